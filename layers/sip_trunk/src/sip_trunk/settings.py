@@ -1,0 +1,514 @@
+"""The one validated document that describes a deployment.
+
+Every string that can reach an Asterisk config or the dialplan is constrained here to a
+safe alphabet, so no value can add a line, a section, a comment, an ``#include`` or a
+dialplan expression. The renderer checks again (see ``sip_trunk.render``): two locks.
+Secrets are never values here, only references to SSM / Secrets Manager names.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+ELEVENLABS_SIP_HOST = "sip.rtc.elevenlabs.io"
+
+T = TypeVar("T")
+
+
+def _matching(pattern: str, explain: str) -> AfterValidator:
+    """A string check whose error message explains the rule instead of quoting the regex."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"must be {explain}")
+        return value
+
+    return AfterValidator(check)
+
+
+# --- constrained scalar types -------------------------------------------------------------
+# Patterns run in pydantic's Rust regex engine, where `$` is the end of the text (no trailing newline).
+
+E164 = Annotated[str, _matching(r"^\+[1-9][0-9]{6,14}$", "an E.164 number: '+' then 7-15 digits, e.g. +14155550100")]
+"""E.164 with the leading '+', exactly as imported into ElevenLabs."""
+
+E164Prefix = Annotated[str, _matching(r"^\+[1-9][0-9]{0,14}$", "an E.164 prefix: '+' then 1-15 digits, e.g. +44")]
+
+Name = Annotated[
+    str, _matching(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$", "2-32 lower-case letters, digits and '-', starting with a letter")
+]
+
+ExtensionNumber = Annotated[
+    str, _matching(r"^[1-9][0-9]{1,5}$", "an extension number: 2-6 digits, not starting with 0")
+]
+
+SipUsername = Annotated[
+    str, _matching(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "a SIP user name: 1-64 letters, digits, '.', '_', '-'")
+]
+
+PASSWORD_ALPHABET = r"A-Za-z0-9._~!@%^*+=:/?-"  # noqa: S105 - an alphabet, not a password
+PASSWORD_PATTERN = re.compile(rf"[{PASSWORD_ALPHABET}]{{12,128}}")
+"""The digest-password alphabet: nothing that Asterisk's parser treats specially (';', '#',
+'[', ']', ',', '$', quotes, whitespace, backslash)."""
+
+_HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+
+
+def _check_hostname(value: str) -> str:
+    if len(value) > 253 or not re.fullmatch(rf"{_HOST_LABEL}(\.{_HOST_LABEL})+", value):
+        raise ValueError("must be an RFC 1123 host name such as sip.example.com")
+    if re.fullmatch(r"[0-9.]+", value):
+        raise ValueError("an IPv4 address is not a host name; use an address field")
+    return value.lower()
+
+
+Hostname = Annotated[str, AfterValidator(_check_hostname)]
+
+
+def _check_host(value: str) -> str:
+    """A SIP peer may be named by an IPv4 address or a host name."""
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        return _check_hostname(value)
+
+
+Host = Annotated[str, AfterValidator(_check_host)]
+
+
+def _check_ipv4(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError as exc:
+        raise ValueError("must be an IPv4 address such as 203.0.113.10") from exc
+
+
+IPv4 = Annotated[str, AfterValidator(_check_ipv4)]
+
+
+def _check_cidr(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"must be an IPv4 network in CIDR form such as 10.0.0.0/16 ({exc})") from exc
+
+
+Cidr = Annotated[str, AfterValidator(_check_cidr)]
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+SECRET_REF_PATTERN = r"^(ssm:/[A-Za-z0-9_./-]{1,1000}|secretsmanager:[A-Za-z0-9/_+=.@-]{1,512})$"  # noqa: S105
+SecretRef = Annotated[
+    str, _matching(SECRET_REF_PATTERN, "a secret reference: 'ssm:/path/name' or 'secretsmanager:name'")
+]
+
+AbsolutePath = Annotated[
+    str, _matching(r"^(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,63})+$", "an absolute path of letters, digits, '.', '_', '-'")
+]
+
+PromptName = Annotated[str, _matching(r"^[A-Za-z0-9][A-Za-z0-9_/-]{0,63}$", "an Asterisk sound name, no extension")]
+ApiId = Annotated[str, _matching(r"^[A-Za-z0-9_-]{1,64}$", "an identifier of 1-64 letters, digits, '_' or '-'")]
+DisplayName = Annotated[str, _matching(r"^[A-Za-z0-9 ._-]{1,40}$", "1-40 letters, digits, spaces, '.', '_', '-'")]
+DtmfKey = Annotated[str, _matching(r"^[0-9*#]$", "one DTMF key: 0-9, * or #")]
+
+
+class Transport(StrEnum):
+    UDP = "udp"
+    TCP = "tcp"
+    TLS = "tls"
+
+
+class MediaEncryption(StrEnum):
+    DISABLED = "disabled"
+    ALLOWED = "allowed"
+    REQUIRED = "required"
+
+
+class AudioCodec(StrEnum):
+    ULAW = "ulaw"
+    ALAW = "alaw"
+    G722 = "g722"
+
+
+class VideoCodec(StrEnum):
+    H264 = "h264"
+    VP8 = "vp8"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+def _unique(values: list[T], what: str) -> list[T]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must not repeat")
+    return values
+
+
+# --- the ElevenLabs trunk -----------------------------------------------------------------
+
+
+class ElevenLabsTrunk(_Strict):
+    """The ElevenLabs Agents SIP trunk: static (INVITE only, no REGISTER), digest auth both ways."""
+
+    phone_number: E164
+    host: Hostname = ELEVENLABS_SIP_HOST
+    port: Port | None = Field(default=None, description="default 5060 for tcp/udp, 5061 for tls")
+    transport: Transport = Transport.TCP
+    allow_experimental_udp: bool = Field(
+        default=False, description="UDP is experimental at ElevenLabs; refused unless this is true"
+    )
+    media_encryption: MediaEncryption = MediaEncryption.DISABLED
+    codecs: list[AudioCodec] = Field(
+        default_factory=lambda: [AudioCodec.ULAW, AudioCodec.ALAW, AudioCodec.G722], min_length=1
+    )
+    outbound_username: SipUsername = Field(description="digest user we send when calling ElevenLabs")
+    outbound_password: SecretRef
+    inbound_username: SipUsername = Field(
+        description="digest user ElevenLabs sends when calling us; also the endpoint's name"
+    )
+    inbound_password: SecretRef
+    api_key: SecretRef | None = Field(
+        default=None, description="ElevenLabs API key, to check and sync the phone number's trunk"
+    )
+    phone_number_id: ApiId | None = None
+    agent_id: ApiId | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ElevenLabsTrunk:
+        _unique(list(self.codecs), "elevenlabs.codecs")
+        if self.transport is Transport.UDP and not self.allow_experimental_udp:
+            raise ValueError(
+                "transport 'udp' is experimental at ElevenLabs; use tcp or tls, or set allow_experimental_udp: true"
+            )
+        if self.media_encryption is not MediaEncryption.DISABLED and self.transport is not Transport.TLS:
+            raise ValueError(
+                "media_encryption 'allowed'/'required' sends SRTP keys in the SDP: it needs transport 'tls'"
+            )
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (5061 if self.transport is Transport.TLS else 5060)
+
+
+# --- network ----------------------------------------------------------------------------
+
+
+class Network(_Strict):
+    """Where the gateway sits: the public (Elastic IP) address Asterisk must advertise for NAT."""
+
+    public_address: IPv4 | None = Field(
+        default=None, description="the Elastic IP; filled in by provisioning when left empty"
+    )
+    public_hostname: Hostname | None = None
+    local_nets: list[Cidr] = Field(default_factory=lambda: ["10.0.0.0/16"], min_length=1)
+    bind_address: IPv4 = "0.0.0.0"
+    sip_port: Port = 5060
+    tls_port: Port = 5061
+    udp_enabled: bool = Field(default=False, description="UDP 5060 for softphones/carriers that need it")
+    rtp_port_start: Port = 10000
+    rtp_port_end: Port = 20000
+
+    @model_validator(mode="after")
+    def _check(self) -> Network:
+        _unique(list(self.local_nets), "network.local_nets")
+        if self.rtp_port_end - self.rtp_port_start < 2:
+            raise ValueError("network.rtp_port_end must be at least rtp_port_start + 2")
+        if self.rtp_port_start % 2:
+            raise ValueError("network.rtp_port_start must be even (RTP uses even ports)")
+        if self.sip_port == self.tls_port:
+            raise ValueError("network.sip_port and network.tls_port must differ")
+        for port in (self.sip_port, self.tls_port):
+            if self.rtp_port_start <= port <= self.rtp_port_end:
+                raise ValueError(f"SIP port {port} lies inside the RTP range")
+        return self
+
+
+class Tls(_Strict):
+    """TLS material on the host (from ACM export, Let's Encrypt or an upload)."""
+
+    enabled: bool = False
+    cert_file: AbsolutePath = "/etc/asterisk/keys/asterisk.crt"
+    key_file: AbsolutePath = "/etc/asterisk/keys/asterisk.key"
+    ca_list_file: AbsolutePath | None = None
+    verify_server: bool = Field(default=True, description="verify the peer's certificate on outbound TLS")
+
+
+# --- carriers and softphones --------------------------------------------------------------
+
+
+class CarrierAuth(StrEnum):
+    REGISTRATION = "registration"
+    IP = "ip"
+
+
+class Carrier(_Strict):
+    """A PSTN carrier trunk: either we register to it, or it is identified by its source networks."""
+
+    name: Name
+    host: Host
+    port: Port = 5060
+    transport: Transport = Transport.UDP
+    auth: CarrierAuth = CarrierAuth.REGISTRATION
+    username: SipUsername | None = None
+    password: SecretRef | None = None
+    match: list[Cidr] = Field(default_factory=list, description="source networks (ip auth)")
+    dids: list[E164] = Field(default_factory=list, description="numbers this carrier delivers to us")
+    codecs: list[AudioCodec] = Field(default_factory=lambda: [AudioCodec.ULAW, AudioCodec.ALAW], min_length=1)
+    from_domain: Hostname | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Carrier:
+        _unique(list(self.codecs), f"carrier {self.name}: codecs")
+        _unique(list(self.dids), f"carrier {self.name}: dids")
+        if self.auth is CarrierAuth.REGISTRATION and (self.username is None or self.password is None):
+            raise ValueError(f"carrier {self.name}: registration needs username and password")
+        if self.auth is CarrierAuth.IP and not self.match:
+            raise ValueError(f"carrier {self.name}: ip authentication needs at least one 'match' network")
+        return self
+
+
+class Extension(_Strict):
+    """A softphone line (desk, laptop and mobile at once: several contacts)."""
+
+    number: ExtensionNumber
+    display_name: DisplayName | None = None
+    password: SecretRef
+    max_contacts: int = Field(default=3, ge=1, le=10)
+    codecs: list[AudioCodec] = Field(default_factory=lambda: [AudioCodec.ULAW, AudioCodec.ALAW], min_length=1)
+    video: bool = True
+    video_codecs: list[VideoCodec] = Field(default_factory=lambda: [VideoCodec.H264, VideoCodec.VP8])
+    max_video_streams: int = Field(default=1, ge=1, le=4)
+
+    @model_validator(mode="after")
+    def _check(self) -> Extension:
+        _unique(list(self.codecs), f"extension {self.number}: codecs")
+        _unique(list(self.video_codecs), f"extension {self.number}: video_codecs")
+        return self
+
+
+# --- dialplan policy --------------------------------------------------------------------
+
+
+class Destination(_Strict):
+    """Where a call goes: the agent, an extension, or the IVR menu."""
+
+    kind: Literal["agent", "extension", "ivr"]
+    extension: ExtensionNumber | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Destination:
+        if (self.kind == "extension") != (self.extension is not None):
+            raise ValueError("'extension' is required for kind 'extension' and only there")
+        return self
+
+
+class IvrMenu(_Strict):
+    enabled: bool = False
+    prompt: PromptName = "demo-instruct"
+    timeout_s: int = Field(default=5, ge=1, le=60)
+    choices: dict[DtmfKey, Destination] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> IvrMenu:
+        if self.enabled and not self.choices:
+            raise ValueError("ivr.choices must hold at least one DTMF choice when the IVR is enabled")
+        if any(d.kind == "ivr" for d in self.choices.values()):
+            raise ValueError("an IVR choice cannot lead back to the IVR")
+        return self
+
+
+class Dialplan(_Strict):
+    """Who may reach what. Trunk contexts can only dial out through the allowlist."""
+
+    did_routes: dict[E164, Destination] = Field(
+        default_factory=dict, description="called number (DID) → destination; others go to default_route"
+    )
+    default_route: Destination = Field(default_factory=lambda: Destination(kind="agent"))
+    outbound_allowlist: list[E164Prefix] = Field(
+        default_factory=list, description="E.164 prefixes the agent and extensions may call via a carrier"
+    )
+    outbound_carrier: Name | None = None
+    agent_extension: ExtensionNumber = Field(default="800", description="what softphones dial to reach the agent")
+    recording: bool = False
+    recordings_dir: AbsolutePath = "/var/spool/asterisk/recording"
+    agent_command: AbsolutePath = Field(
+        default="/usr/local/bin/sip-trunk-agent",
+        description="the host agent the hangup handler calls to upload a recording",
+    )
+    ivr: IvrMenu = Field(default_factory=IvrMenu)
+    dial_timeout_s: int = Field(default=45, ge=5, le=300)
+
+    @model_validator(mode="after")
+    def _check(self) -> Dialplan:
+        _unique(list(self.outbound_allowlist), "dialplan.outbound_allowlist")
+        if self.outbound_allowlist and self.outbound_carrier is None:
+            raise ValueError("dialplan.outbound_allowlist needs dialplan.outbound_carrier")
+        return self
+
+
+# --- the document -------------------------------------------------------------------------
+
+
+class Settings(_Strict):
+    """One deployment. Loaded from YAML/JSON; the same model drives Lambdas, the CLI and local mode."""
+
+    name: Name = Field(description="deployment name; prefixes parameters and resources")
+    elevenlabs: ElevenLabsTrunk
+    network: Network = Field(default_factory=Network)
+    tls: Tls = Field(default_factory=Tls)
+    carriers: list[Carrier] = Field(default_factory=list)
+    extensions: list[Extension] = Field(default_factory=list)
+    dialplan: Dialplan = Field(default_factory=Dialplan)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        el = self.elevenlabs
+        if el.transport is Transport.TLS and not self.tls.enabled:
+            raise ValueError("elevenlabs.transport 'tls' needs tls.enabled: true")
+        if el.transport is Transport.UDP and not self.network.udp_enabled:
+            raise ValueError("elevenlabs.transport 'udp' needs network.udp_enabled: true")
+        for carrier in self.carriers:
+            if carrier.transport is Transport.TLS and not self.tls.enabled:
+                raise ValueError(f"carrier {carrier.name}: transport 'tls' needs tls.enabled: true")
+            if carrier.transport is Transport.UDP and not self.network.udp_enabled:
+                raise ValueError(f"carrier {carrier.name}: transport 'udp' needs network.udp_enabled: true")
+        numbers = [e.number for e in self.extensions]
+        _unique(numbers, "extension numbers")
+        _unique([c.name for c in self.carriers], "carrier names")
+        endpoint_names = [*numbers, *(c.name for c in self.carriers), el.inbound_username]
+        endpoint_names.append(ELEVENLABS_OUTBOUND_ENDPOINT)
+        if len(set(endpoint_names)) != len(endpoint_names):
+            raise ValueError(
+                "endpoint names collide: elevenlabs.inbound_username, carrier names, extension numbers "
+                f"and '{ELEVENLABS_OUTBOUND_ENDPOINT}' must all differ"
+            )
+        if self.dialplan.agent_extension in numbers:
+            raise ValueError("dialplan.agent_extension must not equal a softphone extension number")
+        carrier_names = {c.name for c in self.carriers}
+        if self.dialplan.outbound_carrier is not None and self.dialplan.outbound_carrier not in carrier_names:
+            raise ValueError(f"dialplan.outbound_carrier '{self.dialplan.outbound_carrier}' is not a carrier")
+        destinations = [
+            self.dialplan.default_route,
+            *self.dialplan.did_routes.values(),
+            *self.dialplan.ivr.choices.values(),
+        ]
+        for dest in destinations:
+            if dest.kind == "extension" and dest.extension not in numbers:
+                raise ValueError(f"route to extension {dest.extension}, which is not defined")
+            if dest.kind == "ivr" and not self.dialplan.ivr.enabled:
+                raise ValueError("a route leads to the IVR, but dialplan.ivr.enabled is false")
+        return self
+
+    def secret_refs(self) -> list[str]:
+        """Every secret the renderer needs resolved (ordered, unique)."""
+        el = self.elevenlabs
+        refs = [el.outbound_password, el.inbound_password]
+        refs += [c.password for c in self.carriers if c.password is not None]
+        refs += [e.password for e in self.extensions]
+        return list(dict.fromkeys(refs))
+
+
+ELEVENLABS_OUTBOUND_ENDPOINT = "elevenlabs"
+"""Name of the endpoint that places calls to ElevenLabs (inbound calls use the digest user's name)."""
+
+
+class Secrets(BaseModel):
+    """Resolved secret values by reference. Never logged: values are SecretStr."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    values: dict[str, SecretStr]
+
+    def reveal(self, ref: str) -> str:
+        try:
+            return self.values[ref].get_secret_value()
+        except KeyError:
+            raise SettingsError(f"secret '{ref}' is referenced by the settings but was not provided") from None
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+class SettingsError(ValueError):
+    """A settings or secrets document is invalid. The message points at the fields; no secret in it."""
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """A field-pointing message without the offending input (which may be a secret)."""
+    lines = [f"{source}: {exc.error_count()} problem(s)"]
+    for err in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(document)"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {where}: {message}")
+    return "\n".join(lines)
+
+
+def _read_document(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SettingsError(f"{path}: cannot read ({reason})") from None
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+
+
+def parse_settings(data: Any, source: str = "settings") -> Settings:
+    if not isinstance(data, dict):
+        raise SettingsError(f"{source}: the document must be a mapping of fields")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(format_validation_error(exc, source)) from None
+
+
+def load_settings(path: Path) -> Settings:
+    return parse_settings(_read_document(path), str(path))
+
+
+def parse_secrets(data: Any, source: str = "secrets") -> Secrets:
+    """A secrets document maps each reference to its value; values must use the password alphabet."""
+    if not isinstance(data, dict):
+        raise SettingsError(f"{source}: the document must map secret references to values")
+    problems: list[str] = []
+    values: dict[str, SecretStr] = {}
+    for ref, value in data.items():
+        if not isinstance(ref, str) or not re.fullmatch(SECRET_REF_PATTERN, ref):
+            problems.append(f"  - {ref!s:.80}: not a secret reference ('ssm:/…' or 'secretsmanager:…')")
+            continue
+        if not isinstance(value, str) or not PASSWORD_PATTERN.fullmatch(value):
+            problems.append(
+                f"  - {ref}: the value must be 12-128 characters from [{PASSWORD_ALPHABET}] (value not shown)"
+            )
+            continue
+        values[ref] = SecretStr(value)
+    if problems:
+        raise SettingsError("\n".join([f"{source}: {len(problems)} problem(s)", *problems]))
+    return Secrets(values=values)
+
+
+def load_secrets(path: Path) -> Secrets:
+    return parse_secrets(_read_document(path), str(path))

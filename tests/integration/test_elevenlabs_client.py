@@ -1,0 +1,328 @@
+"""The real ElevenLabsClient over HTTP against the in-process stand-in on 127.0.0.1 (never the real API)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sip_trunk.elevenlabs import (
+    DesiredTrunk,
+    ElevenLabsAuthError,
+    ElevenLabsClient,
+    ElevenLabsError,
+    ElevenLabsNotFound,
+    ElevenLabsRateLimited,
+    ElevenLabsRetryableError,
+    ElevenLabsUnavailable,
+    ElevenLabsValidationError,
+    diff_trunk,
+    ensure_trunk,
+)
+from sip_trunk.local.elevenlabs_api import ElevenLabsStandIn
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "sk_test_9f8e7d6c5b4a39281706"
+PASSWORD = "outbound-pw-Zq81x"
+NEW_PASSWORD = "outbound-pw-rotated-Kp20"
+INBOUND_PASSWORD = "inbound-pw-Lm55c"
+SECRETS = (API_KEY, PASSWORD, NEW_PASSWORD, INBOUND_PASSWORD)
+
+
+class RecordingSleep:
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+@pytest.fixture
+def api() -> Iterator[ElevenLabsStandIn]:
+    with ElevenLabsStandIn(API_KEY) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def sleep() -> RecordingSleep:
+    return RecordingSleep()
+
+
+@pytest.fixture
+def client(api: ElevenLabsStandIn, sleep: RecordingSleep) -> ElevenLabsClient:
+    return ElevenLabsClient(API_KEY, api.url, timeout_s=2.0, max_attempts=4, sleep=sleep)
+
+
+@pytest.fixture(autouse=True)
+def _capture_everything(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG)
+    yield
+    # caplog.text is reset per phase; by teardown only the call phase's records hold the test's logs.
+    logged = "\n".join(r.getMessage() for r in caplog.get_records("call"))
+    for secret in SECRETS:
+        assert secret not in logged
+
+
+def desired(**changes: Any) -> DesiredTrunk:
+    base: dict[str, Any] = {
+        "phone_number": "+14155550100",
+        "label": "aws-sip-trunk gateway",
+        "address": "203.0.113.10:5060",
+        "transport": "tcp",
+        "media_encryption": "disabled",
+        "username": "elevenlabs",
+        "password": PASSWORD,
+        "inbound_username": "gateway",
+        "inbound_password": INBOUND_PASSWORD,
+        "agent_id": "agent_demo",
+    }
+    base.update(changes)
+    return DesiredTrunk.model_validate(base)
+
+
+def assert_no_secrets(exc: BaseException) -> None:
+    shown = f"{exc} {exc!r} {getattr(exc, 'detail', '')} {exc.args!r}"
+    for secret in SECRETS:
+        assert secret not in shown
+
+
+def mutations(api: ElevenLabsStandIn) -> list[tuple[str, str]]:
+    return [(r.method, r.path) for r in api.requests if r.method in {"POST", "PATCH"}]
+
+
+# ------------------------------------------------------------------------------------- lifecycle
+def test_create_get_diff_update_and_idempotent_rerun(api: ElevenLabsStandIn, client: ElevenLabsClient) -> None:
+    want = desired()
+
+    # Given no number: ensure creates it
+    created = ensure_trunk(client, want)
+    assert created.action == "created"
+    number_id = created.phone_number_id
+
+    # Then GET returns the documented shape and diff against it is empty
+    got = client.get_phone_number(number_id)
+    assert got.phone_number == "+14155550100"
+    assert got.outbound is not None
+    assert (got.outbound.address, got.outbound.transport, got.outbound.media_encryption) == (
+        "203.0.113.10:5060",
+        "tcp",
+        "disabled",
+    )
+    assert got.outbound.has_auth_credentials
+    assert got.assigned_agent is not None
+    assert got.assigned_agent.agent_id == "agent_demo"
+    assert diff_trunk(want, got) == []
+    assert api.stored_password(number_id) == PASSWORD
+    assert api.stored_password(number_id, "inbound") == INBOUND_PASSWORD
+
+    # When the Elastic IP moves and TLS is turned on: one PATCH
+    moved = desired(address="198.51.100.20:5061", transport="tls")
+    updated = ensure_trunk(client, moved)
+    assert updated.action == "updated"
+    assert {m.field for m in updated.mismatches} == {"outbound_trunk.address", "outbound_trunk.transport"}
+    assert diff_trunk(moved, client.get_phone_number(number_id)) == []
+
+    # And a re-run changes nothing
+    before = mutations(api)
+    again = ensure_trunk(client, moved)
+    assert (again.action, again.phone_number_id) == ("unchanged", number_id)
+    assert mutations(api) == before
+    assert before == [
+        ("POST", "/v1/convai/phone-numbers"),
+        ("PATCH", f"/v1/convai/phone-numbers/{number_id}"),
+    ]
+
+
+def test_password_rotation_reaches_the_api(api: ElevenLabsStandIn, client: ElevenLabsClient) -> None:
+    number_id = ensure_trunk(client, desired()).phone_number_id
+    # A rotated password is invisible to GET, so without the flag nothing happens...
+    assert ensure_trunk(client, desired(password=NEW_PASSWORD)).action == "unchanged"
+    assert api.stored_password(number_id) == PASSWORD
+    # ...and with it one PATCH carries the new secret.
+    result = ensure_trunk(client, desired(password=NEW_PASSWORD), assume_password_changed=True)
+    assert result.action == "updated"
+    assert api.stored_password(number_id) == NEW_PASSWORD
+
+
+def test_list_and_find_by_number(client: ElevenLabsClient) -> None:
+    assert client.find_by_number("+14155550100") is None
+    number_id = client.create_sip_trunk_phone_number(desired())
+    client.create_sip_trunk_phone_number(desired(phone_number="+442071838750", label="London"))
+    assert sorted(n.phone_number for n in client.list_phone_numbers()) == ["+14155550100", "+442071838750"]
+    found = client.find_by_number("+14155550100")
+    assert found is not None
+    assert found.phone_number_id == number_id
+
+
+def test_outbound_call_is_recorded(api: ElevenLabsStandIn, client: ElevenLabsClient) -> None:
+    number_id = client.create_sip_trunk_phone_number(desired())
+    result = client.outbound_call("agent_demo", number_id, "+14155550199")
+    assert result.success
+    assert result.conversation_id
+    assert result.sip_call_id
+    [call] = api.outbound_calls
+    assert (call.agent_id, call.agent_phone_number_id, call.to_number) == ("agent_demo", number_id, "+14155550199")
+    assert call.conversation_id == result.conversation_id
+
+
+# ---------------------------------------------------------------------------------------- errors
+def test_wrong_key_is_an_auth_error_without_retry(api: ElevenLabsStandIn, sleep: RecordingSleep) -> None:
+    wrong = ElevenLabsClient("sk_wrong_" + API_KEY, api.url, sleep=sleep)
+    with pytest.raises(ElevenLabsAuthError) as caught:
+        wrong.list_phone_numbers()
+    assert caught.value.status == 401
+    assert "Invalid API key" in str(caught.value)
+    assert "sk_wrong_" not in str(caught.value) + repr(caught.value)
+    assert_no_secrets(caught.value)
+    assert sleep.calls == []
+    assert len(api.requests) == 1
+
+
+def test_unknown_id_is_not_found(client: ElevenLabsClient) -> None:
+    with pytest.raises(ElevenLabsNotFound) as caught:
+        client.get_phone_number("phnum_missing")
+    assert caught.value.status == 404
+    assert_no_secrets(caught.value)
+    with pytest.raises(ElevenLabsNotFound):
+        client.update_phone_number("phnum_missing", desired())
+    with pytest.raises(ElevenLabsNotFound):
+        client.outbound_call("agent_demo", "phnum_missing", "+14155550199")
+
+
+class _NoAddress(DesiredTrunk):
+    """A body the API must reject: the outbound trunk lacks its required `address`."""
+
+    def request_body(self) -> dict[str, Any]:
+        body = super().request_body()
+        del body["outbound_trunk_config"]["address"]
+        return body
+
+
+def test_bad_body_is_a_validation_error_with_the_api_detail_and_no_echoed_password(
+    api: ElevenLabsStandIn, client: ElevenLabsClient, sleep: RecordingSleep
+) -> None:
+    bad = _NoAddress.model_validate(
+        desired().model_dump() | {"password": PASSWORD, "inbound_password": INBOUND_PASSWORD}
+    )
+    with pytest.raises(ElevenLabsValidationError) as caught:
+        client.create_sip_trunk_phone_number(bad)
+    # The stand-in, like FastAPI, echoed the whole outbound config (password included) as `input`.
+    assert caught.value.status == 422
+    assert "body.outbound_trunk_config.address: Field required" in caught.value.detail
+    assert caught.value.detail in str(caught.value)
+    assert_no_secrets(caught.value)
+    assert sleep.calls == []
+    assert api.requests[-1].status == 422
+
+
+def test_rate_limit_honours_retry_after_then_succeeds(
+    api: ElevenLabsStandIn, client: ElevenLabsClient, sleep: RecordingSleep
+) -> None:
+    api.rate_limit_next(2, retry_after=3)
+    assert client.list_phone_numbers() == []
+    assert sleep.calls == [3.0, 3.0]
+    assert [r.status for r in api.requests] == [429, 429, 200]
+
+
+def test_rate_limit_is_retried_for_posts_too(
+    api: ElevenLabsStandIn, client: ElevenLabsClient, sleep: RecordingSleep
+) -> None:
+    api.rate_limit_next(1, retry_after=1)
+    number_id = client.create_sip_trunk_phone_number(desired())
+    assert number_id
+    assert sleep.calls == [1.0]
+    assert len(client.list_phone_numbers()) == 1
+
+
+def test_retry_after_is_capped(api: ElevenLabsStandIn, sleep: RecordingSleep) -> None:
+    capped = ElevenLabsClient(API_KEY, api.url, max_retry_after_s=5, sleep=sleep)
+    api.rate_limit_next(1, retry_after=3600)
+    capped.list_phone_numbers()
+    assert sleep.calls == [5.0]
+
+
+def test_rate_limit_exhausted(api: ElevenLabsStandIn, client: ElevenLabsClient, sleep: RecordingSleep) -> None:
+    api.rate_limit_next(10, retry_after=2)
+    with pytest.raises(ElevenLabsRateLimited) as caught:
+        client.list_phone_numbers()
+    assert isinstance(caught.value, ElevenLabsRetryableError)
+    assert caught.value.status == 429
+    assert sleep.calls == [2.0, 2.0, 2.0]
+    assert len(api.requests) == 4
+    assert_no_secrets(caught.value)
+
+
+def test_503_exhausts_retries_with_bounded_jittered_backoff(
+    api: ElevenLabsStandIn, client: ElevenLabsClient, sleep: RecordingSleep
+) -> None:
+    api.fail_next(10, 503)
+    with pytest.raises(ElevenLabsUnavailable) as caught:
+        client.get_phone_number("phnum_x")
+    assert isinstance(caught.value, ElevenLabsRetryableError)
+    assert caught.value.status == 503
+    assert "after 4 attempts" in str(caught.value)
+    assert len(api.requests) == 4
+    # Full jitter: each wait is within [0, base * 2**n], capped.
+    assert len(sleep.calls) == 3
+    for n, waited in enumerate(sleep.calls):
+        assert 0 <= waited <= min(8.0, 0.5 * 2**n)
+    assert_no_secrets(caught.value)
+
+
+def test_transient_503_then_success(api: ElevenLabsStandIn, client: ElevenLabsClient, sleep: RecordingSleep) -> None:
+    api.fail_next(2, 503)
+    assert client.list_phone_numbers() == []
+    assert len(sleep.calls) == 2
+
+
+def test_500_on_a_post_is_not_retried(api: ElevenLabsStandIn, client: ElevenLabsClient, sleep: RecordingSleep) -> None:
+    # A 500 may mean the create or the call happened: repeating could duplicate it.
+    api.fail_next(1, 500)
+    with pytest.raises(ElevenLabsUnavailable):
+        client.outbound_call("agent_demo", "phnum_x", "+14155550199")
+    assert sleep.calls == []
+    assert len(api.requests) == 1
+
+
+def test_500_on_a_patch_is_retried(api: ElevenLabsStandIn, client: ElevenLabsClient, sleep: RecordingSleep) -> None:
+    number_id = client.create_sip_trunk_phone_number(desired())
+    api.fail_next(1, 500)
+    client.update_phone_number(number_id, desired(label="renamed"))
+    assert len(sleep.calls) == 1
+    assert client.get_phone_number(number_id).label == "renamed"
+
+
+def test_timeouts_become_unavailable(api: ElevenLabsStandIn, sleep: RecordingSleep) -> None:
+    impatient = ElevenLabsClient(API_KEY, api.url, timeout_s=0.1, max_attempts=2, sleep=sleep)
+    api.set_latency(0.5)
+    with pytest.raises(ElevenLabsUnavailable, match="after 2 attempts") as caught:
+        impatient.list_phone_numbers()
+    assert len(sleep.calls) == 1
+    assert_no_secrets(caught.value)
+
+
+def test_connection_refused_is_retried_then_unavailable(sleep: RecordingSleep) -> None:
+    with ElevenLabsStandIn(API_KEY) as gone:
+        url = gone.url
+    client = ElevenLabsClient(API_KEY, url, max_attempts=3, sleep=sleep)
+    with pytest.raises(ElevenLabsUnavailable, match="after 3 attempts") as caught:
+        client.create_sip_trunk_phone_number(desired())
+    assert len(sleep.calls) == 2
+    assert_no_secrets(caught.value)
+
+
+def test_every_error_is_an_elevenlabs_error(api: ElevenLabsStandIn, client: ElevenLabsClient) -> None:
+    api.fail_next(1, 400)
+    with pytest.raises(ElevenLabsError) as caught:
+        client.list_phone_numbers()
+    assert type(caught.value) is ElevenLabsError
+    assert caught.value.status == 400
+
+
+def test_stand_in_rejects_duplicate_numbers(client: ElevenLabsClient) -> None:
+    client.create_sip_trunk_phone_number(desired())
+    with pytest.raises(ElevenLabsError) as caught:
+        client.create_sip_trunk_phone_number(desired())
+    assert caught.value.status == 400

@@ -1,0 +1,329 @@
+"""diff_trunk / ensure_trunk / DesiredTrunk: the reconciliation logic, with an in-memory fake API."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from sip_trunk.elevenlabs import (
+    AssignedAgent,
+    DesiredTrunk,
+    ElevenLabsClient,
+    ElevenLabsError,
+    ElevenLabsRateLimited,
+    ElevenLabsRetryableError,
+    ElevenLabsUnavailable,
+    InboundTrunk,
+    OutboundTrunk,
+    PhoneNumber,
+    TrunkConflictError,
+    diff_trunk,
+    ensure_trunk,
+)
+
+pytestmark = pytest.mark.unit
+
+PASSWORD = "s3cret-outbound-pw"
+INBOUND_PASSWORD = "s3cret-inbound-pw"
+
+
+def desired(**changes: object) -> DesiredTrunk:
+    base: dict[str, object] = {
+        "phone_number": "+14155550100",
+        "label": "aws-sip-trunk gateway",
+        "address": "203.0.113.10:5060",
+        "transport": "tcp",
+        "media_encryption": "disabled",
+        "username": "elevenlabs",
+        "password": PASSWORD,
+    }
+    base.update(changes)
+    return DesiredTrunk.model_validate(base)
+
+
+def live(want: DesiredTrunk, phone_number_id: str = "phnum_1", **changes: object) -> PhoneNumber:
+    """The GET view of a number that matches `want` exactly (then apply `changes`)."""
+    data: dict[str, object] = {
+        "phone_number_id": phone_number_id,
+        "phone_number": want.phone_number,
+        "label": want.label,
+        "provider": "sip_trunk",
+        "assigned_agent": AssignedAgent(agent_id=want.agent_id, agent_name="a") if want.agent_id else None,
+        "outbound_trunk": OutboundTrunk(
+            address=want.address,
+            transport=want.transport,
+            media_encryption=want.media_encryption,
+            has_auth_credentials=True,
+            username=want.username,
+        ),
+        "inbound_trunk": InboundTrunk(
+            media_encryption=want.media_encryption,
+            has_auth_credentials=want.inbound_password is not None,
+            username=want.inbound_username,
+        ),
+    }
+    data.update(changes)
+    return PhoneNumber.model_validate(data)
+
+
+class FakeApi:
+    """Implements PhoneNumberApi in memory and records every mutating call."""
+
+    def __init__(self, *numbers: PhoneNumber) -> None:
+        self.numbers = {n.phone_number_id: n for n in numbers}
+        self.created: list[DesiredTrunk] = []
+        self.updated: list[tuple[str, DesiredTrunk]] = []
+
+    def find_by_number(self, e164: str) -> PhoneNumber | None:
+        return next((n for n in self.numbers.values() if n.phone_number == e164), None)
+
+    def get_phone_number(self, phone_number_id: str) -> PhoneNumber:
+        return self.numbers[phone_number_id]
+
+    def create_sip_trunk_phone_number(self, want: DesiredTrunk) -> str:
+        self.created.append(want)
+        phone_number_id = f"phnum_{len(self.numbers) + 1}"
+        self.numbers[phone_number_id] = live(want, phone_number_id)
+        return phone_number_id
+
+    def update_phone_number(self, phone_number_id: str, want: DesiredTrunk) -> PhoneNumber:
+        self.updated.append((phone_number_id, want))
+        self.numbers[phone_number_id] = live(want, phone_number_id)
+        return self.numbers[phone_number_id]
+
+
+# ------------------------------------------------------------------------------------------- diff
+def test_diff_is_empty_when_live_number_matches() -> None:
+    want = desired(agent_id="agent_1")
+    assert diff_trunk(want, live(want)) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "change", "expected_actual"),
+    [
+        ("label", {"label": "old label"}, "old label"),
+        ("outbound_trunk.address", {"address": "198.51.100.7:5060"}, "198.51.100.7:5060"),
+        ("outbound_trunk.transport", {"transport": "tls"}, "tls"),
+        ("outbound_trunk.media_encryption", {"media_encryption": "required"}, "required"),
+        ("outbound_trunk.username", {"username": "someone-else"}, "someone-else"),
+    ],
+)
+def test_diff_reports_each_drifted_field(field: str, change: dict[str, object], expected_actual: str) -> None:
+    # Given a live number configured from an older desired state
+    want = desired()
+    actual = live(desired(**change))
+    # When compared
+    mismatches = diff_trunk(want, actual)
+    # Then the drifted field is reported with both values
+    by_field = {m.field: m for m in mismatches}
+    assert field in by_field
+    assert by_field[field].actual == expected_actual
+    assert by_field[field].desired == getattr(want, field.split(".")[-1])
+
+
+def test_diff_reports_wrong_host_even_if_only_the_port_differs() -> None:
+    want = desired(address="203.0.113.10:5061", transport="tls")
+    mismatches = diff_trunk(want, live(desired(address="203.0.113.10:5060", transport="tls")))
+    assert [m.field for m in mismatches] == ["outbound_trunk.address"]
+
+
+def test_diff_agent_only_when_desired_names_one() -> None:
+    assert diff_trunk(desired(), live(desired(agent_id="agent_other"))) == []
+    mismatches = diff_trunk(desired(agent_id="agent_1"), live(desired(agent_id="agent_other")))
+    assert [(m.field, m.desired, m.actual) for m in mismatches] == [("agent_id", "agent_1", "agent_other")]
+    unassigned = diff_trunk(desired(agent_id="agent_1"), live(desired()))
+    assert [(m.field, m.actual) for m in unassigned] == [("agent_id", None)]
+
+
+def test_diff_missing_outbound_trunk() -> None:
+    mismatches = diff_trunk(desired(), live(desired(), outbound_trunk=None))
+    assert [m.field for m in mismatches] == ["outbound_trunk"]
+
+
+def test_diff_reads_deprecated_provider_config_when_outbound_trunk_is_absent() -> None:
+    want = desired()
+    old_shape = live(want, outbound_trunk=None, provider_config=live(want).outbound_trunk)
+    assert diff_trunk(want, old_shape) == []
+
+
+def test_diff_password_never_shown_and_missing_credentials_reported() -> None:
+    want = desired()
+    actual = live(
+        want,
+        outbound_trunk=OutboundTrunk(
+            address=want.address, transport="tcp", media_encryption="disabled", username="elevenlabs"
+        ),
+    )
+    mismatches = diff_trunk(want, actual)
+    assert [(m.field, m.desired, m.actual) for m in mismatches] == [("outbound_trunk.password", "***", "missing")]
+    rendered = repr(mismatches) + str(mismatches) + "".join(m.model_dump_json() for m in mismatches)
+    assert PASSWORD not in rendered
+
+
+def test_diff_configured_password_is_equal_unless_rotation_is_declared() -> None:
+    want = desired()
+    assert diff_trunk(want, live(want)) == []
+    rotated = diff_trunk(want, live(want), assume_password_changed=True)
+    assert [(m.field, m.desired, m.actual) for m in rotated] == [("outbound_trunk.password", "***", "unknown")]
+
+
+def test_diff_inbound_credentials() -> None:
+    want = desired(inbound_username="gateway", inbound_password=INBOUND_PASSWORD)
+    assert diff_trunk(want, live(want)) == []
+    without = live(want, inbound_trunk=InboundTrunk(media_encryption="disabled"))
+    fields = {m.field: m for m in diff_trunk(want, without)}
+    assert set(fields) == {"inbound_trunk.username", "inbound_trunk.password"}
+    assert INBOUND_PASSWORD not in repr(fields)
+
+
+def test_diff_flags_non_sip_trunk_provider() -> None:
+    mismatches = diff_trunk(desired(), live(desired(), provider="twilio"))
+    assert ("provider", "sip_trunk", "twilio") in [(m.field, m.desired, m.actual) for m in mismatches]
+
+
+# ----------------------------------------------------------------------------------------- ensure
+def test_ensure_creates_when_missing() -> None:
+    api = FakeApi()
+    result = ensure_trunk(api, desired())
+    assert result.action == "created"
+    assert [d.phone_number for d in api.created] == ["+14155550100"]
+    assert api.updated == []
+
+
+def test_ensure_is_a_no_op_when_equal() -> None:
+    want = desired()
+    api = FakeApi(live(want))
+    result = ensure_trunk(api, want)
+    assert (result.action, result.phone_number_id, result.mismatches) == ("unchanged", "phnum_1", [])
+    assert api.created == []
+    assert api.updated == []
+
+
+def test_ensure_patches_drift_then_settles() -> None:
+    # Given a number pointing at the previous Elastic IP
+    api = FakeApi(live(desired(address="198.51.100.7")))
+    want = desired()
+    # When ensured twice
+    first = ensure_trunk(api, want)
+    second = ensure_trunk(api, want)
+    # Then exactly one PATCH happened and the second run did nothing
+    assert first.action == "updated"
+    assert [m.field for m in first.mismatches] == ["outbound_trunk.address"]
+    assert api.updated == [("phnum_1", want)]
+    assert second.action == "unchanged"
+
+
+def test_ensure_create_then_rerun_is_idempotent() -> None:
+    api = FakeApi()
+    assert ensure_trunk(api, desired()).action == "created"
+    assert ensure_trunk(api, desired()).action == "unchanged"
+    assert len(api.created) == 1
+    assert api.updated == []
+
+
+def test_ensure_refuses_to_convert_a_twilio_number() -> None:
+    api = FakeApi(live(desired(), provider="twilio"))
+    with pytest.raises(TrunkConflictError, match="twilio"):
+        ensure_trunk(api, desired())
+    assert api.updated == []
+
+
+def test_ensure_rotation_forces_one_patch() -> None:
+    want = desired()
+    api = FakeApi(live(want))
+    result = ensure_trunk(api, want, assume_password_changed=True)
+    assert result.action == "updated"
+    assert PASSWORD not in result.model_dump_json()
+
+
+# ---------------------------------------------------------------------------------- desired model
+@pytest.mark.parametrize("number", ["14155550100", "+0123", "+1 415 555 0100", "+1415555010012345", ""])
+def test_desired_rejects_non_e164(number: str) -> None:
+    with pytest.raises(ValidationError, match=r"E\.164"):
+        desired(phone_number=number)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "sip:203.0.113.10",
+        "203.0.113.10;transport=tcp",
+        "gw.example.com:70000",
+        "user@gw.example.com",
+        "gw.example.com/path",
+        "-bad.example.com",
+        "",
+    ],
+)
+def test_desired_rejects_addresses_that_are_not_host_port(address: str) -> None:
+    with pytest.raises(ValidationError):
+        desired(address=address)
+
+
+@pytest.mark.parametrize(
+    "address", ["203.0.113.10", "203.0.113.10:5061", "sip.gw.example.com", "gw-1.example.com:5060"]
+)
+def test_desired_accepts_host_port(address: str) -> None:
+    assert desired(address=address).address == address
+
+
+def test_desired_rejects_udp_and_unknown_encryption() -> None:
+    with pytest.raises(ValidationError):
+        desired(transport="udp")
+    with pytest.raises(ValidationError):
+        desired(media_encryption="sometimes")
+
+
+def test_desired_requires_inbound_username_and_password_together() -> None:
+    with pytest.raises(ValidationError, match="together"):
+        desired(inbound_username="gw")
+    with pytest.raises(ValidationError, match="together"):
+        desired(inbound_password=INBOUND_PASSWORD)
+
+
+def test_desired_rejects_empty_password() -> None:
+    with pytest.raises(ValidationError):
+        desired(password="")
+
+
+def test_desired_hides_passwords_in_repr_and_dump() -> None:
+    want = desired(inbound_username="gw", inbound_password=INBOUND_PASSWORD)
+    shown = repr(want) + str(want) + want.model_dump_json()
+    assert PASSWORD not in shown
+    assert INBOUND_PASSWORD not in shown
+
+
+def test_request_body_matches_the_documented_shape() -> None:
+    body = desired(agent_id="agent_1", inbound_username="gw", inbound_password=INBOUND_PASSWORD).request_body()
+    assert body == {
+        "label": "aws-sip-trunk gateway",
+        "agent_id": "agent_1",
+        "inbound_trunk_config": {
+            "media_encryption": "disabled",
+            "credentials": {"username": "gw", "password": INBOUND_PASSWORD},
+        },
+        "outbound_trunk_config": {
+            "address": "203.0.113.10:5060",
+            "transport": "tcp",
+            "media_encryption": "disabled",
+            "credentials": {"username": "elevenlabs", "password": PASSWORD},
+        },
+    }
+
+
+# ------------------------------------------------------------------------------- client (no I/O)
+def test_exception_hierarchy_marks_retryable_errors() -> None:
+    assert issubclass(ElevenLabsRateLimited, ElevenLabsRetryableError)
+    assert issubclass(ElevenLabsUnavailable, ElevenLabsRetryableError)
+    assert issubclass(ElevenLabsRetryableError, ElevenLabsError)
+    assert not issubclass(TrunkConflictError, ElevenLabsRetryableError)
+
+
+def test_client_repr_hides_the_key() -> None:
+    client = ElevenLabsClient("xi-secret-key", "http://127.0.0.1:9")
+    assert "xi-secret-key" not in repr(client) + str(client) + repr(vars(client))
+
+
+@pytest.mark.parametrize("base_url", ["file:///etc/passwd", "ftp://api.elevenlabs.io", "api.elevenlabs.io"])
+def test_client_refuses_non_http_base_urls(base_url: str) -> None:
+    with pytest.raises(ValueError, match="http"):
+        ElevenLabsClient("k", base_url)

@@ -59,7 +59,7 @@ while (($#)); do
         shift
         ;;
     -h | --help)
-        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,/^set /p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) die "unknown argument: $1" ;;

@@ -1,0 +1,74 @@
+"""The `sip-trunk` command: validate settings and render configs, for operators and CI."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sip_trunk.render import UnsafeValueError, render_configs, write_rendered
+from sip_trunk.settings import SettingsError, load_secrets, load_settings
+
+app = typer.Typer(
+    help="aws-sip-trunk: an Asterisk gateway between phone networks and the ElevenLabs Agents SIP trunk.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+EXIT_INVALID = 2
+
+SettingsOption = Annotated[
+    Path, typer.Option("--settings", "-s", help="settings document (YAML or JSON)", show_default=False)
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    return typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+def validate(settings: SettingsOption) -> None:
+    """Check a settings document; exit 2 with field-pointing errors when it is invalid."""
+    try:
+        doc = load_settings(settings)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"[green]valid[/]: deployment '{doc.name}', ElevenLabs number {doc.elevenlabs.phone_number}")
+
+
+@app.command()
+def render(
+    settings: SettingsOption,
+    secrets: Annotated[
+        Path, typer.Option("--secrets", help="secret values by reference (YAML or JSON)", show_default=False)
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="output directory (replaced as a whole)")],
+    public_address: Annotated[str | None, typer.Option(help="override network.public_address (the Elastic IP)")] = None,
+) -> None:
+    """Render the Asterisk and fail2ban configs and their manifest; prints the config version."""
+    try:
+        doc = load_settings(settings)
+        resolved = load_secrets(secrets)
+        rendered = render_configs(doc, resolved, public_address=public_address)
+    except (SettingsError, UnsafeValueError) as exc:
+        raise _fail(str(exc)) from None
+    write_rendered(rendered, out_dir)
+    for name in rendered.files:
+        out.print(f"  {name}", highlight=False)
+    out.print(f"config version [bold]{rendered.version}[/] written to {out_dir}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    app()
+
+
+if __name__ == "__main__":
+    main()

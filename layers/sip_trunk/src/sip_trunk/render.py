@@ -46,6 +46,9 @@ ASTERISK_FILES = (
     "udptl.conf",
     "pjproject.conf",
     "musiconhold.conf",
+    "ccss.conf",
+    "indications.conf",
+    "manager.conf",
 )
 FAIL2BAN_FILTER = "fail2ban/filter.d/asterisk-sip-trunk.conf"
 FAIL2BAN_JAIL = "fail2ban/jail.d/asterisk-sip-trunk.local"

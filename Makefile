@@ -34,16 +34,20 @@ format: dev ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 
 .PHONY: test
-test: dev ## The whole suite: every layer that exists (real Asterisk layers need root)
+test: dev ## The whole suite, every layer (the real-Asterisk layers need root; they set up their own root)
 	$(PYTEST) tests
 
 .PHONY: test-unit
 test-unit: dev ## Unit tests only (no sockets, no AWS)
 	$(PYTEST) -m unit tests
 
+.PHONY: asterisk-root
+asterisk-root: ## Host tools (sipp, mmdebstrap, ...) and the cached Asterisk 22 root file system (root)
+	bash scripts/asterisk-root.sh
+
 .PHONY: test-asterisk
-test-asterisk: dev ## Real Asterisk 22 proofs
-	@echo "test-asterisk: the real-Asterisk harness has not landed yet"; exit 1
+test-asterisk: dev ## Real Asterisk 22 proofs: real SIP and RTP (needs root)
+	$(PYTEST) -m asterisk tests/asterisk
 
 .PHONY: test-statemachine
 test-statemachine: dev ## State machines executed by moto with the real handlers

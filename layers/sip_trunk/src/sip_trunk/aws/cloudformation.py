@@ -1,0 +1,60 @@
+"""CloudFormation: the host stack the Provision workflow launches and updates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sip_trunk.aws.clients import client, error_code
+from sip_trunk.workflows.ports import StackInfo
+
+CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
+
+
+def _parameters(parameters: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(parameters.items())]
+
+
+class CfnStacks:
+    def __init__(self, cfn: Any | None = None) -> None:
+        self._cfn = cfn
+
+    @property
+    def cfn(self) -> Any:
+        return self._cfn or client("cloudformation")
+
+    def describe(self, name: str) -> StackInfo | None:
+        try:
+            stack = self.cfn.describe_stacks(StackName=name)["Stacks"][0]
+        except Exception as exc:
+            if error_code(exc) == "ValidationError" and "does not exist" in str(exc):
+                return None
+            raise
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+        return StackInfo(
+            name=name, status=stack["StackStatus"], reason=stack.get("StackStatusReason", ""), outputs=outputs
+        )
+
+    def create(self, name: str, template_url: str, parameters: Mapping[str, str]) -> None:
+        self.cfn.create_stack(
+            StackName=name,
+            TemplateURL=template_url,
+            Parameters=_parameters(parameters),
+            Capabilities=CAPABILITIES,
+            OnFailure="ROLLBACK",
+            Tags=[{"Key": "sip-trunk:role", "Value": "host"}],
+        )
+
+    def update(self, name: str, template_url: str, parameters: Mapping[str, str]) -> bool:
+        try:
+            self.cfn.update_stack(
+                StackName=name,
+                TemplateURL=template_url,
+                Parameters=_parameters(parameters),
+                Capabilities=CAPABILITIES,
+            )
+        except Exception as exc:
+            if error_code(exc) == "ValidationError" and "No updates are to be performed" in str(exc):
+                return False
+            raise
+        return True

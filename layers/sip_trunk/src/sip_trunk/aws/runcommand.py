@@ -1,0 +1,47 @@
+"""SSM Run Command: how the workflows ask the host agent to act."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+from sip_trunk.aws.clients import client, error_code
+from sip_trunk.workflows.ports import CommandResult, CommandStatus
+
+_KNOWN: set[str] = {"Pending", "InProgress", "Delayed", "Success", "Cancelled", "TimedOut", "Failed"}
+
+
+class SsmCommands:
+    def __init__(self, ssm: Any | None = None, timeout_s: int = 600) -> None:
+        self._ssm = ssm
+        self.timeout_s = timeout_s
+
+    @property
+    def ssm(self) -> Any:
+        return self._ssm or client("ssm")
+
+    def send(self, instance_ids: Sequence[str], commands: Sequence[str], comment: str) -> str:
+        response = self.ssm.send_command(
+            InstanceIds=list(instance_ids),
+            DocumentName="AWS-RunShellScript",
+            Parameters={"commands": list(commands), "executionTimeout": [str(self.timeout_s)]},
+            Comment=comment[:100],
+            TimeoutSeconds=self.timeout_s,
+        )
+        return str(response["Command"]["CommandId"])
+
+    def results(self, command_id: str, instance_ids: Sequence[str]) -> list[CommandResult]:
+        out: list[CommandResult] = []
+        for instance_id in instance_ids:
+            try:
+                item = self.ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+            except Exception as exc:
+                if error_code(exc) == "InvocationDoesNotExist":  # not registered yet: still pending
+                    out.append(CommandResult(instance_id=instance_id, status="Pending"))
+                    continue
+                raise
+            raw = str(item.get("Status", "Unknown"))
+            status = cast(CommandStatus, raw if raw in _KNOWN else "Unknown")
+            output = str(item.get("StandardErrorContent") or item.get("StandardOutputContent") or "")
+            out.append(CommandResult(instance_id=instance_id, status=status, output=output[-500:]))
+        return out

@@ -1,0 +1,101 @@
+"""Parameter Store: the settings document, secret references and the config store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aws_lambda_powertools.utilities import parameters
+
+from sip_trunk import configstore
+from sip_trunk.aws.clients import client, error_code
+from sip_trunk.manifest import MANIFEST_NAME
+
+CACHE_SECONDS = 60
+
+
+class SsmSettingsSource:
+    """The settings JSON written by the template, through the Parameters utility's cache."""
+
+    def __init__(self, name: str, max_age_s: int = CACHE_SECONDS) -> None:
+        self.name = name
+        self.max_age_s = max_age_s
+
+    def settings_document(self) -> Any:
+        raw = parameters.get_parameter(self.name, max_age=self.max_age_s)
+        return json.loads(str(raw))
+
+
+class ParameterSecretResolver:
+    """`ssm:/name` (SecureString, decrypted) or `secretsmanager:name`, cached by the Parameters utility."""
+
+    def __init__(self, max_age_s: int = CACHE_SECONDS) -> None:
+        self.max_age_s = max_age_s
+
+    def resolve(self, ref: str) -> str:
+        try:
+            if ref.startswith("ssm:"):
+                return str(parameters.get_parameter(ref[4:], decrypt=True, max_age=self.max_age_s))
+            if ref.startswith("secretsmanager:"):
+                return str(parameters.get_secret(ref[len("secretsmanager:") :], max_age=self.max_age_s))
+        except parameters.exceptions.GetParameterError as exc:
+            raise KeyError(ref) from exc
+        raise KeyError(ref)
+
+
+class SsmConfigStore:
+    """`sip_trunk.configstore` bound to a client and a prefix."""
+
+    def __init__(self, prefix: str, ssm: Any | None = None) -> None:
+        self.prefix = prefix.rstrip("/")
+        self._ssm = ssm
+
+    @property
+    def ssm(self) -> Any:
+        return self._ssm or client("ssm")
+
+    def has_version(self, version: str) -> bool:
+        try:
+            self.ssm.get_parameter(Name=f"{self.prefix}/{version}/{MANIFEST_NAME}")
+        except Exception as exc:
+            if error_code(exc) == "ParameterNotFound":
+                return False
+            raise
+        return True
+
+    def publish(self, files: Mapping[str, bytes], secret_files: frozenset[str], version: str) -> None:
+        configstore.publish_config(self.ssm, self.prefix, files, secret_files, version)
+
+    def desired_version(self) -> str | None:
+        return configstore.get_desired_version(self.ssm, self.prefix)
+
+    def set_desired_version(self, version: str) -> None:
+        configstore.set_desired_version(self.ssm, self.prefix, version)
+
+    def clear_desired_version(self) -> None:
+        try:
+            self.ssm.delete_parameter(Name=f"{self.prefix}/{configstore.DESIRED_VERSION}")
+        except Exception as exc:
+            if error_code(exc) != "ParameterNotFound":
+                raise
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every parameter under the prefix. SecureString values are never decrypted: only their hash
+        of the ciphertext-free metadata is kept, and they are re-rendered from settings + secrets."""
+        out: list[dict[str, Any]] = []
+        paginator = self.ssm.get_paginator("get_parameters_by_path")
+        for page in paginator.paginate(Path=self.prefix + "/", Recursive=True, WithDecryption=False):
+            for param in page.get("Parameters", []):
+                item: dict[str, Any] = {
+                    "name": param["Name"],
+                    "type": param["Type"],
+                    "version": param.get("Version"),
+                }
+                if param["Type"] == "SecureString":
+                    item["value_sha256_of_ciphertext"] = hashlib.sha256(param["Value"].encode()).hexdigest()
+                else:
+                    item["value"] = param["Value"]
+                out.append(item)
+        return out

@@ -1,0 +1,44 @@
+"""Step Functions: start the Failover workflow, read an execution's history for step durations."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sip_trunk.aws.clients import client, error_code
+
+
+class SfnExecutions:
+    def __init__(self, sfn: Any | None = None) -> None:
+        self._sfn = sfn
+
+    @property
+    def sfn(self) -> Any:
+        return self._sfn or client("stepfunctions")
+
+    def start(self, state_machine_arn: str, name: str, payload: Mapping[str, Any]) -> str:
+        try:
+            response = self.sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload))
+        except Exception as exc:
+            if error_code(exc) == "ExecutionAlreadyExists":
+                return f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+            raise
+        return str(response["executionArn"])
+
+    def history(self, execution_arn: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        for page in self.sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn):
+            for event in page["events"]:
+                stamp = event.get("timestamp")
+                entered = event.get("stateEnteredEventDetails") or {}
+                exited = event.get("stateExitedEventDetails") or {}
+                events.append(
+                    {
+                        "type": event["type"],
+                        "timestamp": stamp.timestamp() if isinstance(stamp, datetime) else stamp,
+                        "state": entered.get("name") or exited.get("name"),
+                    }
+                )
+        return events

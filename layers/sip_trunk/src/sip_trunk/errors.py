@@ -1,0 +1,92 @@
+"""Typed failures of the workflow steps.
+
+A Lambda function that raises reports the exception's class name as its `errorType`, and the state
+machines match those names in `Retry`/`Catch` `ErrorEquals`. Renaming a class here is therefore a
+change to `statemachines/*.asl.yaml` too.
+
+- `RetryableError`: the world has not caught up yet (a stack still updating, a command still running,
+  a lock held by another execution). A `Retry` or a poll loop tries again until its deadline.
+- `FatalError`: retrying cannot help (invalid settings, a failed stack, a deadline passed). The state
+  machine's `Catch` restores the previous configuration and notifies.
+"""
+
+from __future__ import annotations
+
+
+class WorkflowError(Exception):
+    """Root of every failure a workflow step raises on purpose."""
+
+
+class RetryableError(WorkflowError):
+    """Try again later; the same input can succeed."""
+
+
+class FatalError(WorkflowError):
+    """Stop; a human or a new input is needed."""
+
+
+# --- retryable ------------------------------------------------------------------------------
+
+
+class StackNotReady(RetryableError):
+    """The host stack is still creating or updating."""
+
+
+class CommandInProgress(RetryableError):
+    """The SSM Run Command has not finished on every host."""
+
+
+class TrunkNotVerified(RetryableError):
+    """A verification check has not passed yet (version not reported, SIP not answering, ...)."""
+
+
+class LockHeld(RetryableError):
+    """Another execution holds the failover lock."""
+
+
+# --- fatal ----------------------------------------------------------------------------------
+
+
+class SettingsInvalid(FatalError):
+    """The settings document or one of its secrets is invalid or missing."""
+
+
+class StackFailed(FatalError):
+    """The host stack ended in a failed or rolled-back state, or could not be created."""
+
+
+class StackTimedOut(FatalError):
+    """The host stack did not become ready before the deadline."""
+
+
+class ApplyFailed(FatalError):
+    """The host agent could not apply the configuration (or did not finish before the deadline)."""
+
+
+class VerificationTimedOut(FatalError):
+    """The trunk did not pass verification before the deadline."""
+
+
+class HostNotFound(FatalError):
+    """The deployment names no running host to act on."""
+
+
+class PrimaryStillHealthy(FatalError):
+    """The primary answers SIP: the alarm was a false alarm and failover must not move anything."""
+
+
+class StandbyNotReady(FatalError):
+    """The standby is not running the desired version, so failing over to it would not help."""
+
+
+class AddressMoveFailed(FatalError):
+    """The Elastic IP could not be associated with the standby."""
+
+
+RETRYABLE_ERRORS: tuple[str, ...] = (
+    StackNotReady.__name__,
+    CommandInProgress.__name__,
+    TrunkNotVerified.__name__,
+    LockHeld.__name__,
+)
+"""Class names the state machines retry (kept next to the classes so a test can compare with the ASL)."""

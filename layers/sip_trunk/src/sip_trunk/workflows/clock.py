@@ -1,0 +1,33 @@
+"""The one clock the workflows read, replaceable for tests and local mode.
+
+Deadlines are absolute epoch seconds carried in the state machine's data, so a poll loop can be
+resumed by any invocation. Tests swap the source for a fake clock that Wait states advance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+_source: Callable[[], float] = time.time
+
+
+def now() -> float:
+    """Seconds since the epoch."""
+    return _source()
+
+
+def set_source(source: Callable[[], float] | None) -> None:
+    """Use `source` as the clock (`None` restores the system clock)."""
+    global _source
+    _source = source or time.time
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def parse_iso(value: str) -> float:
+    """Epoch seconds of an ISO 8601 timestamp as Step Functions writes them (`...Z` or `+00:00`)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()

@@ -1,0 +1,158 @@
+"""Pieces every workflow step shares: step inputs, loading the settings, probing an address."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from sip_trunk.errors import SettingsInvalid
+from sip_trunk.settings import Secrets, Settings, SettingsError, parse_secrets, parse_settings
+from sip_trunk.settings import Transport as SettingsTransport
+from sip_trunk.sip import ProbeResult, ProbeTarget, Transport
+from sip_trunk.workflows.ports import Prober, SecretResolver, SettingsSource
+
+
+class Model(BaseModel):
+    """Step inputs and outputs: unknown fields from the state machine's data are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ExecutionRef(Model):
+    """Who is running: `$$.Execution.Name`/`Id`/`StartTime`, passed by every Task's Parameters."""
+
+    name: str = "manual"
+    arn: str = ""
+    started_at: str = ""
+
+
+class StepInput(Model):
+    execution: ExecutionRef = ExecutionRef()
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    settings: Settings
+    secrets: Secrets
+    api_key: SecretStr | None
+    digest: str
+    """sha256 of the settings document (never of secrets)."""
+
+    def credentials_hash(self) -> str:
+        """Changes when a trunk password changes, without revealing it."""
+        el = self.settings.elevenlabs
+        material = "\0".join(self.secrets.reveal(ref) for ref in (el.inbound_password, el.outbound_password))
+        return hashlib.sha256(material.encode()).hexdigest()
+
+
+def load_settings(source: SettingsSource, resolver: SecretResolver) -> LoadedSettings:
+    """Parse the settings document and resolve every secret it references; `SettingsInvalid` otherwise."""
+    try:
+        document = source.settings_document()
+    except (ValueError, KeyError) as exc:
+        raise SettingsInvalid(f"settings document cannot be read: {exc.__class__.__name__}") from None
+    try:
+        settings = parse_settings(document, "settings")
+    except SettingsError as exc:
+        raise SettingsInvalid(str(exc)) from None
+    values: dict[str, str] = {}
+    missing: list[str] = []
+    for ref in settings.secret_refs():
+        try:
+            values[ref] = resolver.resolve(ref)
+        except KeyError:
+            missing.append(ref)
+    api_key: SecretStr | None = None
+    if settings.elevenlabs.api_key is not None:
+        try:
+            api_key = SecretStr(resolver.resolve(settings.elevenlabs.api_key))
+        except KeyError:
+            missing.append(settings.elevenlabs.api_key)
+    if missing:
+        raise SettingsInvalid(f"secrets not found: {', '.join(missing)}")
+    try:
+        secrets = parse_secrets(values, "secrets")
+    except SettingsError as exc:
+        raise SettingsInvalid(str(exc)) from None
+    digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+    return LoadedSettings(settings=settings, secrets=secrets, api_key=api_key, digest=digest)
+
+
+def sip_transport(settings: Settings) -> tuple[Transport, int]:
+    """How ElevenLabs reaches the gateway, hence how the probe reaches it too."""
+    el = settings.elevenlabs
+    if el.transport is SettingsTransport.TLS:
+        return Transport.TLS, settings.network.tls_port
+    if el.transport is SettingsTransport.UDP:
+        return Transport.UDP, settings.network.sip_port
+    return Transport.TCP, settings.network.sip_port
+
+
+def probe_target(address: str, transport: Transport, port: int, mapping: Mapping[str, str]) -> ProbeTarget | None:
+    """The target to probe for `address`.
+
+    Production has no mapping: the address itself is probed. Local mode and tests map addresses to
+    responders (`"203.0.113.10": "127.0.0.1:5099"`); with a mapping, unmapped addresses are not probed at
+    all (None), so a test can never send packets to an address moto made up.
+    """
+    if not mapping:
+        return ProbeTarget(host=address, port=port, transport=transport)
+    mapped = mapping.get(address)
+    if mapped is None:
+        return None
+    host, _, mapped_port = mapped.rpartition(":")
+    return ProbeTarget(host=host, port=int(mapped_port), transport=transport)
+
+
+class ProbeReport(Model):
+    address: str
+    probed: bool
+    reachable: bool = False
+    status_code: int | None = None
+    rtt_ms: float | None = None
+    error: str | None = None
+
+    @property
+    def answers(self) -> bool:
+        """A final response that is not a server error: the SIP stack is up and listening."""
+        return self.reachable and self.status_code is not None and self.status_code < 500
+
+
+def probe_address(
+    prober: Prober,
+    address: str,
+    transport: Transport,
+    port: int,
+    mapping: Mapping[str, str],
+    timeout_s: float,
+) -> ProbeReport:
+    target = probe_target(address, transport, port, mapping)
+    if target is None:
+        return ProbeReport(address=address, probed=False, error="not mapped")
+    result: ProbeResult = prober(target, timeout_s)
+    return ProbeReport(
+        address=address,
+        probed=True,
+        reachable=result.reachable,
+        status_code=result.status_code,
+        rtt_ms=None if result.rtt_ms is None else round(result.rtt_ms, 2),
+        error=None if result.error is None else f"{result.error.value}: {result.detail}",
+    )
+
+
+def error_message(failure: Mapping[str, Any]) -> tuple[str, str]:
+    """(error name, message) from a Catch's `{Error, Cause}`; Lambda causes are JSON documents."""
+    error = str(failure.get("Error", "Unknown"))
+    cause = str(failure.get("Cause", ""))
+    try:
+        parsed = json.loads(cause)
+    except ValueError:
+        return error, cause
+    if isinstance(parsed, dict):
+        return error, str(parsed.get("errorMessage", cause))
+    return error, cause

@@ -1,0 +1,71 @@
+"""Environment of the functions, parsed once per container into a validated model."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sip_trunk.errors import SettingsInvalid
+
+ProbeTargets = dict[str, str]
+
+
+class WorkflowConfig(BaseModel):
+    """What every function knows about its deployment (CONTRACTS.md, "Environment variables")."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    stack_name: Annotated[str, Field(alias="STACK_NAME", min_length=1)]
+    config_prefix: Annotated[str, Field(alias="CONFIG_PREFIX", pattern=r"^/[A-Za-z0-9_./-]+$")]
+    settings_parameter: Annotated[str, Field(alias="SETTINGS_PARAMETER", pattern=r"^/[A-Za-z0-9_./-]+$")]
+    state_table: Annotated[str, Field(alias="STATE_TABLE", min_length=1)]
+    backup_bucket: Annotated[str, Field(alias="BACKUP_BUCKET")] = ""
+    recordings_bucket: Annotated[str, Field(alias="RECORDINGS_BUCKET")] = ""
+    notification_topic_arn: Annotated[str, Field(alias="NOTIFICATION_TOPIC_ARN")] = ""
+    host_template_url: Annotated[str, Field(alias="HOST_TEMPLATE_URL")] = ""
+    network_stack_name: Annotated[str, Field(alias="NETWORK_STACK_NAME")] = ""
+    primary_allocation_id: Annotated[str, Field(alias="PRIMARY_ALLOCATION_ID")] = ""
+    failover_state_machine_arn: Annotated[str, Field(alias="FAILOVER_STATE_MACHINE_ARN")] = ""
+
+    # Tunables with production defaults (optional environment variables).
+    host_stack_name_override: Annotated[str, Field(alias="HOST_STACK_NAME")] = ""
+    elevenlabs_api_url: Annotated[str, Field(alias="ELEVENLABS_API_URL")] = "https://api.elevenlabs.io"
+    stack_timeout_s: Annotated[int, Field(alias="STACK_TIMEOUT_S", ge=60)] = 1800
+    apply_timeout_s: Annotated[int, Field(alias="APPLY_TIMEOUT_S", ge=10)] = 600
+    verify_timeout_s: Annotated[int, Field(alias="VERIFY_TIMEOUT_S", ge=10)] = 300
+    probe_timeout_s: Annotated[float, Field(alias="PROBE_TIMEOUT_S", gt=0, le=30)] = 3.0
+    heartbeat_max_age_s: Annotated[int, Field(alias="HEARTBEAT_MAX_AGE_S", ge=30)] = 180
+    failure_threshold: Annotated[int, Field(alias="FAILOVER_AFTER_FAILURES", ge=1, le=60)] = 3
+    lock_ttl_s: Annotated[int, Field(alias="FAILOVER_LOCK_TTL_S", ge=60)] = 900
+    probe_targets: Annotated[ProbeTargets, Field(alias="PROBE_TARGETS")] = Field(default_factory=dict)
+    """Address → `host:port` to probe instead. Empty in production (probe the address itself); local
+    mode and tests map the Elastic IP to a responder on 127.0.0.1."""
+
+    @field_validator("probe_targets", mode="before")
+    @classmethod
+    def _json_mapping(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @property
+    def host_stack_name(self) -> str:
+        return self.host_stack_name_override or f"{self.stack_name}-host"
+
+
+def parse_config(environ: Mapping[str, str]) -> WorkflowConfig:
+    try:
+        return WorkflowConfig.model_validate(dict(environ))
+    except (ValidationError, ValueError) as exc:
+        raise SettingsInvalid(f"function environment is invalid: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def load_config() -> WorkflowConfig:
+    """The environment, read on first use (cold start) and cached for the container's life."""
+    return parse_config(os.environ)

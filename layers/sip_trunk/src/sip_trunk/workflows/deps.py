@@ -1,0 +1,36 @@
+"""Everything a workflow step may touch, in one place (built by `sip_trunk.aws.wiring`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sip_trunk.workflows.config import WorkflowConfig
+from sip_trunk.workflows.ports import (
+    Addresses,
+    Commands,
+    ConfigStore,
+    ElevenLabsFactory,
+    Executions,
+    ObjectStore,
+    Prober,
+    SecretResolver,
+    SettingsSource,
+    Stacks,
+    StateStore,
+)
+
+
+@dataclass(frozen=True)
+class Deps:
+    config: WorkflowConfig
+    settings: SettingsSource
+    secrets: SecretResolver
+    config_store: ConfigStore
+    addresses: Addresses
+    stacks: Stacks
+    commands: Commands
+    state: StateStore
+    executions: Executions
+    objects: ObjectStore
+    prober: Prober
+    elevenlabs: ElevenLabsFactory

@@ -1,0 +1,121 @@
+"""The scheduled health check: probe the Elastic IP and each host, measure drift, count failures,
+and start the Failover workflow after K consecutive failed probes of the Elastic IP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sip_trunk.workflows import clock
+from sip_trunk.workflows.common import Model, ProbeReport, load_settings, probe_address, sip_transport
+from sip_trunk.workflows.deps import Deps
+
+
+class HostHealth(Model):
+    instance_id: str
+    role: str
+    running_version: str | None
+    drift: bool
+    fresh: bool
+    probe: ProbeReport | None = None
+
+
+class HealthReport(Model):
+    address: ProbeReport
+    hosts: list[HostHealth]
+    desired_version: str | None
+    trunk_verified: bool
+    config_drift: int
+    consecutive_failures: int
+    failover_execution: str | None = None
+
+
+@dataclass
+class Metric:
+    name: str
+    unit: str
+    value: float
+    dimensions: dict[str, str] = field(default_factory=dict)
+
+
+def health_check(deps: Deps, invocation: str) -> HealthReport:
+    cfg = deps.config
+    now = clock.now()
+    deployment = deps.state.get_deployment()
+    loaded = load_settings(deps.settings, deps.secrets)
+    transport, port = sip_transport(loaded.settings)
+    allocation_id = (deployment.allocation_id if deployment else None) or cfg.primary_allocation_id
+    address = deps.addresses.describe_address(allocation_id)
+    eip = probe_address(deps.prober, address.public_ip, transport, port, cfg.probe_targets, cfg.probe_timeout_s)
+
+    desired = deps.config_store.desired_version()
+    hosts: list[HostHealth] = []
+    if deployment is not None:
+        ids = deployment.hosts()
+        beats = deps.state.heartbeats(ids)
+        public = {i.instance_id: i.public_ip for i in deps.addresses.instances(ids)}
+        for instance_id in ids:
+            beat = beats.get(instance_id)
+            running = beat.running_version if beat else None
+            ip = public.get(instance_id)
+            host_probe = None
+            if ip and ip != address.public_ip:
+                host_probe = probe_address(deps.prober, ip, transport, port, cfg.probe_targets, cfg.probe_timeout_s)
+            hosts.append(
+                HostHealth(
+                    instance_id=instance_id,
+                    role="primary" if instance_id == deployment.primary_instance_id else "standby",
+                    running_version=running,
+                    drift=desired is not None and running != desired,
+                    fresh=bool(beat and beat.fresh(now, cfg.heartbeat_max_age_s)),
+                    probe=host_probe,
+                )
+            )
+    primary = next((h for h in hosts if h.role == "primary"), None)
+    trunk_verified = eip.answers and primary is not None and not primary.drift and primary.fresh
+
+    counter = deps.state.health()
+    execution: str | None = None
+    if eip.answers or not eip.probed:
+        counter = counter.model_copy(update={"consecutive_failures": 0, "failover_started": None})
+    else:
+        counter = counter.model_copy(update={"consecutive_failures": counter.consecutive_failures + 1})
+        due = counter.consecutive_failures >= cfg.failure_threshold and counter.failover_started is None
+        if due and cfg.failover_state_machine_arn:
+            name = f"health-{invocation}"[:80]
+            deps.executions.start(
+                cfg.failover_state_machine_arn,
+                name,
+                {
+                    "source": "health_check",
+                    "reason": f"{counter.consecutive_failures} consecutive failed SIP probes of {address.public_ip}",
+                },
+            )
+            execution = name
+            counter = counter.model_copy(update={"failover_started": name})
+    deps.state.put_health(counter.model_copy(update={"last_probe_at": now}))
+    return HealthReport(
+        address=eip,
+        hosts=hosts,
+        desired_version=desired,
+        trunk_verified=trunk_verified,
+        config_drift=sum(1 for h in hosts if h.drift),
+        consecutive_failures=counter.consecutive_failures,
+        failover_execution=execution,
+    )
+
+
+def metrics(report: HealthReport) -> list[Metric]:
+    out = [
+        Metric("SipProbeSuccess", "Count", 1.0 if report.address.answers else 0.0),
+        Metric("TrunkVerified", "Count", 1.0 if report.trunk_verified else 0.0),
+        Metric("ConfigDrift", "Count", float(report.config_drift)),
+    ]
+    if report.address.rtt_ms is not None:
+        out.append(Metric("SipProbeLatencyMs", "Milliseconds", report.address.rtt_ms))
+    for host in report.hosts:
+        if host.probe is not None and host.probe.probed:
+            dims = {"InstanceId": host.instance_id}
+            out.append(Metric("SipProbeSuccess", "Count", 1.0 if host.probe.answers else 0.0, dims))
+            if host.probe.rtt_ms is not None:
+                out.append(Metric("SipProbeLatencyMs", "Milliseconds", host.probe.rtt_ms, dims))
+    return out

@@ -1,0 +1,118 @@
+"""The interfaces the workflows need from the world; `sip_trunk.aws` implements them over boto3.
+
+Small on purpose: a fake of any of them is a few lines in a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from sip_trunk.elevenlabs import PhoneNumberApi
+from sip_trunk.sip import ProbeResult, ProbeTarget
+from sip_trunk.workflows.state import Deployment, HealthCounter, HostHeartbeat
+
+
+@dataclass(frozen=True)
+class ElasticAddress:
+    allocation_id: str
+    public_ip: str
+    instance_id: str | None = None
+    association_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    state: str
+    public_ip: str | None = None
+    private_ip: str | None = None
+
+
+StackStatus = str
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    name: str
+    status: StackStatus
+    reason: str = ""
+    outputs: Mapping[str, str] = field(default_factory=dict)
+
+
+CommandStatus = Literal["Pending", "InProgress", "Delayed", "Success", "Cancelled", "TimedOut", "Failed", "Unknown"]
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    instance_id: str
+    status: CommandStatus
+    output: str = ""
+
+
+class SettingsSource(Protocol):
+    def settings_document(self) -> Any:
+        """The settings document (already decoded from JSON)."""
+
+
+class SecretResolver(Protocol):
+    def resolve(self, ref: str) -> str:
+        """The value of an `ssm:/…` or `secretsmanager:…` reference; raise `KeyError` if missing."""
+
+
+class ConfigStore(Protocol):
+    def has_version(self, version: str) -> bool: ...
+    def publish(self, files: Mapping[str, bytes], secret_files: frozenset[str], version: str) -> None: ...
+    def desired_version(self) -> str | None: ...
+    def set_desired_version(self, version: str) -> None: ...
+    def clear_desired_version(self) -> None: ...
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every parameter under the prefix: name, type, version; values of String parameters only."""
+
+
+class Addresses(Protocol):
+    def describe_address(self, allocation_id: str) -> ElasticAddress: ...
+    def associate(self, allocation_id: str, instance_id: str) -> str: ...
+    def instances(self, instance_ids: Sequence[str]) -> list[Instance]: ...
+
+
+class Stacks(Protocol):
+    def describe(self, name: str) -> StackInfo | None: ...
+    def create(self, name: str, template_url: str, parameters: Mapping[str, str]) -> None: ...
+    def update(self, name: str, template_url: str, parameters: Mapping[str, str]) -> bool:
+        """False when CloudFormation reports there is nothing to update."""
+
+
+class Commands(Protocol):
+    def send(self, instance_ids: Sequence[str], commands: Sequence[str], comment: str) -> str: ...
+    def results(self, command_id: str, instance_ids: Sequence[str]) -> list[CommandResult]: ...
+
+
+class StateStore(Protocol):
+    def get_deployment(self) -> Deployment | None: ...
+    def put_deployment(self, deployment: Deployment) -> None: ...
+    def put_history(self, timestamp: str, execution: str, record: Mapping[str, Any]) -> None: ...
+    def heartbeats(self, instance_ids: Sequence[str]) -> dict[str, HostHeartbeat]: ...
+    def acquire_lock(self, owner: str, now: float, ttl_s: int) -> str | None:
+        """None when acquired (or already ours); otherwise the current holder."""
+
+    def release_lock(self, owner: str) -> bool: ...
+    def health(self) -> HealthCounter: ...
+    def put_health(self, counter: HealthCounter) -> None: ...
+    def swap_roles(self, expected_primary: str, new_primary: str, new_standby: str | None, now: float) -> bool:
+        """Conditional on the current primary; False if someone already swapped."""
+
+
+class Executions(Protocol):
+    def start(self, state_machine_arn: str, name: str, payload: Mapping[str, Any]) -> str: ...
+    def history(self, execution_arn: str) -> list[dict[str, Any]]: ...
+
+
+class ObjectStore(Protocol):
+    def put_json(self, bucket: str, key: str, document: Any) -> None: ...
+
+
+Prober = Callable[[ProbeTarget, float], ProbeResult]
+ElevenLabsFactory = Callable[[str], PhoneNumberApi]
+"""API key → client."""

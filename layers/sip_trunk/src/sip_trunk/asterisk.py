@@ -20,9 +20,11 @@ __all__ = [
     "PjsipObjects",
     "RegistrationStatus",
     "TransportStatus",
+    "expected_dialplan_contexts",
     "expected_pjsip_objects",
     "parse_channel_count",
     "parse_contacts",
+    "parse_dialplan_contexts",
     "parse_endpoints",
     "parse_registrations",
     "parse_transports",
@@ -179,6 +181,14 @@ def parse_channel_count(text: str) -> ChannelCount:
     return ChannelCount(channels=values["channel"], calls=values["call"], processed=values.get("processed"))
 
 
+_CONTEXT_RE = re.compile(r"^\[ Context '([^']+)' created by '([^']+)' \]")
+
+
+def parse_dialplan_contexts(text: str) -> dict[str, str]:
+    """``dialplan show`` → context name → the module that created it (``pbx_config`` for extensions.conf)."""
+    return {m.group(1): m.group(2) for line in text.splitlines() if (m := _CONTEXT_RE.match(line.strip()))}
+
+
 def parse_version(text: str) -> str:
     """``core show version`` → the version string (e.g. ``22.10.1+dfsg+~cs6.17.60671434-1`` or ``22.11.0``)."""
     m = _VERSION_RE.match(text.strip())
@@ -266,3 +276,15 @@ def expected_pjsip_objects(text: str) -> PjsipObjects:
         registrations=frozenset(by_type["registration"]),
         aors=frozenset(by_type["aor"]),
     )
+
+
+def expected_dialplan_contexts(text: str) -> frozenset[str]:
+    """Contexts an ``extensions.conf`` defines (not ``[general]``/``[globals]`` and not templates)."""
+    contexts = set()
+    for raw in text.splitlines():
+        line = _strip_comment(raw)
+        if m := _SECTION_RE.match(line):
+            name, opts = m.group(1).strip(), m.group(2) or ""
+            if name.lower() not in ("general", "globals") and "!" not in opts:
+                contexts.add(name)
+    return frozenset(contexts)

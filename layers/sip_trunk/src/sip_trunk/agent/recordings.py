@@ -1,0 +1,188 @@
+"""Recordings: upload with metadata, delete locally only after a verified upload, queue durably when S3 is away.
+
+``upload-recording FILE …`` (the dialplan's hangup handler) first writes a job file into the queue directory
+(fsync'd), then uploads. The object key is derived from the call id, so a retry after a crash or an outage
+overwrites the same object with the same bytes: nothing is duplicated. The local file is deleted only after a
+``HEAD`` shows the object with the expected size and the sha256 we computed; then the job is removed. Anything
+that fails leaves the job in place for ``flush-recordings`` (the ``sip-trunk-recordings.timer``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sip_trunk.agent.config import AgentConfig
+from sip_trunk.agent.runtime import AgentError, atomic_write, file_lock
+
+log = logging.getLogger(__name__)
+
+_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
+_TRANSIENT = (
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "NoCredentialsError",
+)
+
+
+@dataclass
+class Job:
+    path: str
+    key: str
+    sha256: str
+    size: int
+    metadata: dict[str, str]
+    queued_at: float
+    attempts: int = 0
+    last_error: str | None = None
+
+
+def _sha256_md5(path: Path) -> tuple[str, str, int]:
+    sha, md5, size = hashlib.sha256(), hashlib.md5(), 0  # noqa: S324 - MD5 only for S3's Content-MD5
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            sha.update(chunk)
+            md5.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), base64.b64encode(md5.digest()).decode(), size
+
+
+def object_key(stack: str, call_id: str, recorded_at: float, suffix: str) -> str:
+    day = time.strftime("%Y/%m/%d", time.gmtime(recorded_at))
+    return f"recordings/{stack or 'default'}/{day}/{_SAFE.sub('_', call_id)}{suffix}"
+
+
+def enqueue(
+    config: AgentConfig,
+    file: Path,
+    *,
+    call_id: str,
+    caller: str,
+    callee: str,
+    duration: str,
+    config_version: str | None,
+) -> Path:
+    """Record the intent to upload durably before touching S3; returns the job file."""
+    if not file.is_file():
+        raise AgentError(f"no recording at {file}")
+    if not call_id:
+        raise AgentError("--call-id is required")
+    sha, _, size = _sha256_md5(file)
+    recorded_at = file.stat().st_mtime
+    metadata = {
+        name: value.encode("ascii", "replace").decode()
+        for name, value in {
+            "call-id": call_id,
+            "caller": caller,
+            "callee": callee,
+            "duration": duration,
+            "config-version": config_version or "unknown",
+            "sha256": sha,
+            "recorded-at": str(int(recorded_at)),
+        }.items()
+    }
+    job = Job(
+        path=str(file.resolve()),
+        key=object_key(config.stack, call_id, recorded_at, file.suffix),
+        sha256=sha,
+        size=size,
+        metadata=metadata,
+        queued_at=time.time(),
+    )
+    job_file = config.queue_dir / f"{_SAFE.sub('_', call_id)}.json"
+    atomic_write(job_file, (json.dumps(asdict(job), indent=2, sort_keys=True) + "\n").encode(), 0o600)
+    return job_file
+
+
+def _verified(s3: Any, bucket: str, job: Job) -> bool:
+    try:
+        head = s3.head_object(Bucket=bucket, Key=job.key)
+    except Exception as exc:  # botocore's 404 is a ClientError; anything else propagates below
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return bool(head["ContentLength"] == job.size and head.get("Metadata", {}).get("sha256") == job.sha256)
+
+
+def process(config: AgentConfig, s3: Any, job_file: Path) -> str:
+    """Upload one job. Returns uploaded | already-uploaded | queued | locked; raises only on corrupt jobs."""
+    if not config.recordings_bucket:
+        raise AgentError("no recordings bucket: set --recordings-bucket (SIP_TRUNK_RECORDINGS_BUCKET)")
+    bucket = config.recordings_bucket
+    with file_lock(job_file.with_suffix(".lock"), blocking=False) as locked:
+        if not locked:
+            return "locked"
+        if not job_file.exists():  # finished by someone else while we waited
+            return "already-uploaded"
+        job = Job(**json.loads(job_file.read_text()))
+        path = Path(job.path)
+        try:
+            if not path.exists():
+                # Deleted after a verified upload, then the agent stopped before removing the job.
+                if _verified(s3, bucket, job):
+                    _finish(job_file)
+                    return "already-uploaded"
+                raise AgentError(f"{path} is gone and s3://{bucket}/{job.key} does not hold it")
+            sha, md5, size = _sha256_md5(path)
+            if sha != job.sha256 or size != job.size:
+                raise AgentError(f"{path} changed after it was queued")
+            if not _verified(s3, bucket, job):
+                with path.open("rb") as body:
+                    s3.put_object(
+                        Bucket=bucket,
+                        Key=job.key,
+                        Body=body,
+                        ContentMD5=md5,
+                        ContentType="audio/wav" if path.suffix == ".wav" else "application/octet-stream",
+                        Metadata=job.metadata,
+                    )
+                if not _verified(s3, bucket, job):
+                    raise AgentError(f"s3://{bucket}/{job.key} does not match after upload")
+        except AgentError:
+            raise
+        except Exception as exc:
+            job.attempts += 1
+            job.last_error = f"{exc.__class__.__name__}: {exc}"[:500]
+            atomic_write(job_file, (json.dumps(asdict(job), indent=2, sort_keys=True) + "\n").encode(), 0o600)
+            log.warning("recording %s queued: %s", job.key, job.last_error)
+            return "queued"
+        path.unlink()
+        _finish(job_file)
+        return "uploaded"
+
+
+def _finish(job_file: Path) -> None:
+    job_file.unlink(missing_ok=True)
+    job_file.with_suffix(".lock").unlink(missing_ok=True)
+
+
+def upload_recording(config: AgentConfig, s3: Any, file: Path, **fields: Any) -> dict[str, Any]:
+    job_file = enqueue(config, file, **fields)
+    key = str(json.loads(job_file.read_text())["key"])
+    outcome = process(config, s3, job_file)
+    return {"file": str(file), "outcome": outcome, "job": job_file.name, "key": key}
+
+
+def flush_recordings(config: AgentConfig, s3: Any) -> dict[str, Any]:
+    """Retry every queued job, oldest first; a corrupt job is reported and left for an operator."""
+    counts: dict[str, int] = {}
+    errors: dict[str, str] = {}
+    if config.queue_dir.is_dir():
+        for job_file in sorted(config.queue_dir.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                outcome = process(config, s3, job_file)
+            except AgentError as exc:
+                outcome = "error"
+                errors[job_file.name] = str(exc)
+            counts[outcome] = counts.get(outcome, 0) + 1
+    remaining = len(list(config.queue_dir.glob("*.json"))) if config.queue_dir.is_dir() else 0
+    return {"outcomes": counts, "errors": errors, "remaining": remaining}

@@ -23,6 +23,7 @@ DEFAULT_ROOT = Path("/var/lib/aws-sip-trunk/asterisk-root")
 ROOT_MARKER = ".aws-sip-trunk-root"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROOT_SCRIPT = REPO_ROOT / "scripts" / "asterisk-root.sh"
+MODULES_TXT = REPO_ROOT / "tests" / "asterisk" / "MODULES.txt"
 
 # Debian's module directory inside the root (multiarch path).
 _MODULE_DIR_GLOB = "usr/lib/*/asterisk/modules"
@@ -63,6 +64,16 @@ def module_dir(root: Path) -> str:
     if not found:
         raise AsteriskError(f"no Asterisk module directory under {root}")
     return "/" + str(found[0].relative_to(root))
+
+
+def module_load_lines(path: Path = MODULES_TXT) -> list[str]:
+    """The ``load = x.so`` lines of ``tests/asterisk/MODULES.txt`` (the checked module list)."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip().startswith("load")]
+
+
+def module_names(lines: list[str]) -> set[str]:
+    """Module file names from ``load = x.so`` lines."""
+    return {line.split("=", 1)[1].strip() for line in lines}
 
 
 def available_modules(root: Path) -> set[str]:

@@ -308,6 +308,8 @@ class Sipp:
 
 def run_sipp(scenario: str | Path, workdir: Path, *, timeout: float = 60.0, **options: object) -> SippResult:
     """Run a scenario to the end (see :class:`Sipp` for the options) and return its result."""
+    # sipp's own global timeout fires first, so it still writes its statistics and exits non-zero.
+    options.setdefault("global_timeout_s", max(1.0, timeout - 3.0))
     sipp = Sipp(scenario, workdir, **options)  # type: ignore[arg-type]
     sipp.start()
     return sipp.wait(timeout=timeout)

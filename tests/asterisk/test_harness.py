@@ -1,0 +1,174 @@
+"""Smoke tests of the real-Asterisk harness itself: an instance boots from a hand-written config, sipp
+places an authenticated call whose RTP is counted both ways, and the Elastic IP topology carries SIP.
+
+The minimal config (tests/asterisk/configs/minimal) loads exactly the modules of tests/asterisk/MODULES.txt
+(``autoload = no``), so these tests also prove that module list.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support.asterisk import AsteriskInstance, available_modules, module_load_lines, module_names
+from support.netns import ElasticIpTopology
+from support.rtp import RtpCounter
+from support.sipp import auth_field, free_port, run_sipp, write_injection
+
+AsteriskFactory = Callable[..., AsteriskInstance]
+RtpCounterFactory = Callable[..., RtpCounter]
+
+pytestmark = pytest.mark.asterisk
+
+MINIMAL = Path(__file__).parent / "configs" / "minimal"
+PASSWORD = "harness-Secret-1"
+
+
+def minimal_variables(**overrides: str) -> dict[str, str]:
+    values = {
+        "BIND_IP": "127.0.0.1",
+        "SIP_PORT": str(free_port()),
+        "TRANSPORT_NAT": "",
+        "ALICE_PASSWORD": PASSWORD,
+        "RTP_START": "31000",
+        "RTP_END": "31099",
+        "MODULE_LOADS": "\n".join(module_load_lines()),
+    }
+    values.update(overrides)
+    return values
+
+
+def test_minimal_config_boots_and_lists_transports(asterisk_factory: AsteriskFactory) -> None:
+    # Given the hand-written minimal config on a free loopback port
+    variables = minimal_variables()
+    # When Asterisk starts from it
+    ast = asterisk_factory(MINIMAL, variables=variables)
+    # Then it boots and both transports listen where configured
+    out = ast.rx("pjsip show transports")
+    port = variables["SIP_PORT"]
+    assert re.search(rf"transport-tcp\s+tcp\s+\d+\s+\d+\s+127\.0\.0\.1:{port}", out), out
+    assert re.search(rf"transport-udp\s+udp\s+\d+\s+\d+\s+127\.0\.0\.1:{port}", out), out
+    assert ast.boot_seconds is not None
+    assert ast.boot_seconds < 10
+
+
+def test_module_list_loads_every_module(asterisk_root: Path, asterisk_factory: AsteriskFactory) -> None:
+    # Given the module list the product's modules.conf is built from
+    wanted = module_names(module_load_lines())
+    assert wanted <= available_modules(asterisk_root), wanted - available_modules(asterisk_root)
+    # When Asterisk boots with autoload=no and exactly that list
+    ast = asterisk_factory(MINIMAL, variables=minimal_variables())
+    # Then every module is running (a missing dependency declines a module silently) and nothing else is
+    loaded = ast.loaded_modules()
+    assert loaded == wanted, f"not running: {sorted(wanted - loaded)}; unexpected: {sorted(loaded - wanted)}"
+    assert "PJSIP" in ast.rx("core show channeltypes")
+    assert "Error loading module" not in ast.log_text("messages")
+
+
+@pytest.mark.parametrize("service", ["echo", "play"])
+def test_tcp_call_with_digest_auth_carries_rtp(
+    asterisk_factory: AsteriskFactory, rtp_counter: RtpCounterFactory, tmp_path: Path, service: str
+) -> None:
+    # Given an instance whose dialplan answers with Echo() or Playback(), RTP on 31100-31199
+    variables = minimal_variables(RTP_START="31100", RTP_END="31199")
+    ast = asterisk_factory(MINIMAL, variables=variables)
+    counter = rtp_counter((31100, 31199))
+    users = write_injection(tmp_path / "users.csv", [["alice", auth_field("alice", PASSWORD)]])
+    # When sipp calls over TCP, answers the digest challenge and streams 3 s of G.711 A-law
+    result = run_sipp(
+        "uac_auth_pcap.xml",
+        tmp_path,
+        remote=f"127.0.0.1:{variables['SIP_PORT']}",
+        transport="t1",
+        service=service,
+        inject=users,
+        duration_ms=3000,
+        media_port=free_port(kind=socket.SOCK_DGRAM),
+        timeout=40,
+    )
+    # Then the call succeeded, after a challenge, and RTP flowed both ways (≈ 50 packets/s)
+    assert result.ok, result.describe()
+    assert (result.successful, result.failed) == (1, 0)
+    assert "401 Unauthorized" in result.messages
+    counts = counter.counts()
+    assert counts.from_range >= 100, f"Asterisk sent too little RTP: {counts}"
+    if service == "echo":
+        assert counts.to_range >= 100, f"sipp's RTP did not reach Asterisk: {counts}"
+    assert 'SecurityEvent="SuccessfulAuth"' in ast.log_text("security")
+
+
+def test_wrong_password_is_rejected(
+    asterisk_factory: AsteriskFactory, rtp_counter: RtpCounterFactory, tmp_path: Path
+) -> None:
+    # Given an instance and a caller with the wrong password
+    variables = minimal_variables(RTP_START="31200", RTP_END="31299")
+    ast = asterisk_factory(MINIMAL, variables=variables)
+    counter = rtp_counter((31200, 31299))
+    users = write_injection(tmp_path / "users.csv", [["alice", auth_field("alice", "not-the-password")]])
+    # When sipp tries the call
+    result = run_sipp(
+        "uac_auth_pcap.xml",
+        tmp_path,
+        remote=f"127.0.0.1:{variables['SIP_PORT']}",
+        transport="t1",
+        service="echo",
+        inject=users,
+        duration_ms=1000,
+        timeout=40,
+    )
+    # Then the harness sees the failure: no call, no media, a security event for fail2ban
+    assert not result.ok
+    assert result.successful == 0
+    assert counter.counts().from_range == 0
+    assert 'SecurityEvent="ChallengeResponseFailed"' in ast.log_text("security")
+
+
+def test_options_via_elastic_ip_reach_instance(
+    asterisk_factory: AsteriskFactory, elastic_ip_topology: ElasticIpTopology, tmp_path: Path
+) -> None:
+    topo = elastic_ip_topology
+    # Given Asterisk in the instance namespace, bound to its private address, told its public address
+    nat = "\n".join(
+        [
+            f"external_signaling_address = {topo.public_ip}",
+            f"external_media_address = {topo.public_ip}",
+            f"local_net = {topo.private_cidr}",
+        ]
+    )
+    variables = minimal_variables(BIND_IP=topo.instance_ip(), SIP_PORT="5060", TRANSPORT_NAT=nat)
+    asterisk_factory(MINIMAL, variables=variables, netns=topo.instance_ns())
+    users = write_injection(tmp_path / "users.csv", [["alice", auth_field("alice", PASSWORD)]])
+    for transport in ("u1", "t1"):
+        # When a client outside sends OPTIONS to the public address
+        result = run_sipp(
+            "options.xml",
+            tmp_path / transport,
+            remote=f"{topo.public_ip}:5060",
+            transport=transport,
+            local_ip=topo.client_ip,
+            inject=users,
+            netns=topo.client,
+            timeout=20,
+        )
+        # Then the instance answers 200 and names the public address, never the private one
+        assert result.ok, result.describe()
+        assert "SIP/2.0 200 OK" in result.messages
+        received = result.messages.split("SIP/2.0 200 OK", 1)[1]
+        assert topo.instance_ip() not in received.split("\n\n", 1)[0], received
+    # And the private address is not reachable from outside
+    direct = run_sipp(
+        "options.xml",
+        tmp_path / "direct",
+        remote=f"{topo.instance_ip()}:5060",
+        transport="u1",
+        local_ip=topo.client_ip,
+        inject=users,
+        netns=topo.client,
+        global_timeout_s=2,
+        timeout=20,
+    )
+    assert not direct.ok
+    assert not re.search(r"^SIP/2\.0 \d{3}", direct.messages, re.MULTILINE), direct.messages

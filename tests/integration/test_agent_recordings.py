@@ -1,0 +1,207 @@
+"""Recording uploads: metadata round trip, verified delete, and an S3 outage that loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import EndpointConnectionError
+from moto import mock_aws
+from sip_trunk.agent import recordings
+from sip_trunk.agent.__main__ import main
+from sip_trunk.agent.config import AgentConfig
+
+pytestmark = pytest.mark.integration
+
+BUCKET = "test-recordings"
+REGION = "us-east-1"
+
+
+@pytest.fixture
+def s3() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("s3", region_name=REGION)
+        client.create_bucket(Bucket=BUCKET)
+        # Versioning makes a second PUT of the same key visible: the proof that retries never duplicate.
+        client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        yield client
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> AgentConfig:
+    return AgentConfig(stack="teststack", state_dir=tmp_path / "state", recordings_bucket=BUCKET)
+
+
+def make_recording(directory: Path, name: str, size: int = 48_000) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+class FlakyS3:
+    """Wraps the moto client; while `down`, every call fails as if the endpoint were unreachable."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.down = False
+        self.puts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+
+        def call(**kwargs: Any) -> Any:
+            if self.down:
+                raise EndpointConnectionError(endpoint_url="https://s3.us-east-1.amazonaws.com")
+            if name == "put_object":
+                self.puts += 1
+            return target(**kwargs)
+
+        return call
+
+
+def versions(s3: Any, key: str) -> list[dict[str, Any]]:
+    return [v for v in s3.list_object_versions(Bucket=BUCKET, Prefix=key).get("Versions", []) if v["Key"] == key]
+
+
+def test_upload_round_trip_with_metadata_deletes_only_after_verification(
+    s3: Any, config: AgentConfig, tmp_path: Path
+) -> None:
+    # Given a finished recording
+    rec = make_recording(tmp_path / "rec", "1700000000.42.wav")
+    content = rec.read_bytes()
+
+    # When the hangup handler uploads it
+    result = recordings.upload_recording(
+        config,
+        s3,
+        rec,
+        call_id="1700000000.42",
+        caller="+15551230000",
+        callee="+15559870000",
+        duration="37",
+        config_version="v0123456789abcdef",
+    )
+
+    # Then the object holds the bytes and the call's metadata, the local file and the job are gone
+    assert result["outcome"] == "uploaded"
+    obj = s3.get_object(Bucket=BUCKET, Key=result["key"])
+    assert obj["Body"].read() == content
+    assert result["key"].startswith("recordings/teststack/")
+    assert result["key"].endswith("1700000000.42.wav")
+    assert obj["Metadata"] == {
+        "call-id": "1700000000.42",
+        "caller": "+15551230000",
+        "callee": "+15559870000",
+        "duration": "37",
+        "config-version": "v0123456789abcdef",
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "recorded-at": obj["Metadata"]["recorded-at"],
+    }
+    assert not rec.exists()
+    assert list(config.queue_dir.glob("*.json")) == []
+
+
+def test_outage_queues_then_flush_uploads_everything_exactly_once(s3: Any, config: AgentConfig, tmp_path: Path) -> None:
+    flaky = FlakyS3(s3)
+    recs = [make_recording(tmp_path / "rec", f"call-{i}.wav", 8_000 + i) for i in range(5)]
+    contents = {r.name: r.read_bytes() for r in recs}
+
+    # Given S3 is unreachable, when five calls end
+    flaky.down = True
+    outcomes = [
+        recordings.upload_recording(
+            config, flaky, r, call_id=f"call-{i}", caller="+1555", callee="+1666", duration="5", config_version=None
+        )["outcome"]
+        for i, r in enumerate(recs)
+    ]
+    # Then every recording is kept on disk with a durable job
+    assert outcomes == ["queued"] * 5
+    assert all(r.exists() for r in recs)
+    assert len(list(config.queue_dir.glob("*.json"))) == 5
+    assert flaky.puts == 0
+
+    # And a flush during the outage changes nothing
+    assert recordings.flush_recordings(config, flaky)["outcomes"] == {"queued": 5}
+
+    # When S3 comes back and the timer flushes twice
+    flaky.down = False
+    first = recordings.flush_recordings(config, flaky)
+    second = recordings.flush_recordings(config, flaky)
+
+    # Then each recording was uploaded once, byte for byte, and removed locally; nothing remains queued
+    assert first == {"outcomes": {"uploaded": 5}, "errors": {}, "remaining": 0}
+    assert second == {"outcomes": {}, "errors": {}, "remaining": 0}
+    assert flaky.puts == 5
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert len(keys) == 5
+    for key in keys:
+        assert len(versions(s3, key)) == 1
+        name = key.rsplit("/", 1)[1]
+        assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == contents[name]
+    assert not any(r.exists() for r in recs)
+
+
+def test_crash_after_upload_before_delete_does_not_upload_again(s3: Any, config: AgentConfig, tmp_path: Path) -> None:
+    # Given a job whose upload reached S3, but the agent died before deleting the file and the job
+    rec = make_recording(tmp_path / "rec", "call-9.wav")
+    job_file = recordings.enqueue(
+        config, rec, call_id="call-9", caller="", callee="", duration="1", config_version="v1"
+    )
+    job = recordings.Job(**json.loads(job_file.read_text()))
+    s3.put_object(Bucket=BUCKET, Key=job.key, Body=rec.read_bytes(), Metadata=job.metadata)
+    flaky = FlakyS3(s3)
+
+    # When the queue is flushed
+    result = recordings.flush_recordings(config, flaky)
+
+    # Then HEAD proved the object complete: no second PUT, and the local copy and job are gone
+    assert result["outcomes"] == {"uploaded": 1}
+    assert flaky.puts == 0
+    assert len(versions(s3, job.key)) == 1
+    assert not rec.exists()
+    assert not job_file.exists()
+
+
+def test_partial_object_is_replaced_not_trusted(s3: Any, config: AgentConfig, tmp_path: Path) -> None:
+    # Given a truncated object under the job's key (an interrupted upload by some other path)
+    rec = make_recording(tmp_path / "rec", "call-10.wav")
+    job_file = recordings.enqueue(
+        config, rec, call_id="call-10", caller="", callee="", duration="1", config_version="v"
+    )
+    job = recordings.Job(**json.loads(job_file.read_text()))
+    s3.put_object(Bucket=BUCKET, Key=job.key, Body=rec.read_bytes()[:100], Metadata=job.metadata)
+    content = rec.read_bytes()
+
+    # When flushed
+    assert recordings.flush_recordings(config, s3)["outcomes"] == {"uploaded": 1}
+
+    # Then the complete recording is what S3 serves
+    assert s3.get_object(Bucket=BUCKET, Key=job.key)["Body"].read() == content
+
+
+def test_missing_file_is_a_usage_failure_with_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = main(
+        [
+            "--stack",
+            "s",
+            "--state-dir",
+            str(tmp_path),
+            "--recordings-bucket",
+            BUCKET,
+            "--region",
+            REGION,
+            "upload-recording",
+            str(tmp_path / "nope.wav"),
+            "--call-id",
+            "x",
+        ]
+    )
+    assert code == 1
+    assert '"ok": false' in capsys.readouterr().out

@@ -172,3 +172,88 @@ def test_options_via_elastic_ip_reach_instance(
     )
     assert not direct.ok
     assert not re.search(r"^SIP/2\.0 \d{3}", direct.messages, re.MULTILINE), direct.messages
+
+
+def _nat_lines(topo: ElasticIpTopology) -> str:
+    return "\n".join(
+        [
+            f"external_signaling_address = {topo.public_ip}",
+            f"external_media_address = {topo.public_ip}",
+            f"local_net = {topo.private_cidr}",
+        ]
+    )
+
+
+def test_call_via_elastic_ip_carries_rtp_both_ways(
+    asterisk_factory: AsteriskFactory,
+    topology_factory: Callable[..., ElasticIpTopology],
+    rtp_counter: RtpCounterFactory,
+    tmp_path: Path,
+) -> None:
+    # Given Asterisk behind the 1:1 NAT, configured with its public address
+    topo = topology_factory()
+    variables = minimal_variables(
+        BIND_IP=topo.instance_ip(), SIP_PORT="5060", TRANSPORT_NAT=_nat_lines(topo), RTP_START="32000", RTP_END="32099"
+    )
+    asterisk_factory(MINIMAL, variables=variables, netns=topo.instance_ns())
+    # RTP counted where the caller sits: packets to/from sipp's media port on the client's interface
+    media_port = 6000
+    counter = rtp_counter((media_port, media_port), interface="eth0", netns=topo.client)
+    users = write_injection(tmp_path / "users.csv", [["alice", auth_field("alice", PASSWORD)]])
+    # When the outside client calls the public address over TCP and streams audio to Echo()
+    result = run_sipp(
+        "uac_auth_pcap.xml",
+        tmp_path,
+        remote=f"{topo.public_ip}:5060",
+        transport="t1",
+        local_ip=topo.client_ip,
+        service="echo",
+        inject=users,
+        duration_ms=3000,
+        media_port=media_port,
+        netns=topo.client,
+        timeout=40,
+    )
+    # Then the SDP answer names the public address and the echoed audio comes back through the NAT
+    assert result.ok, result.describe()
+    assert f"c=IN IP4 {topo.public_ip}" in result.messages
+    assert f"c=IN IP4 {topo.instance_ip()}" not in result.messages
+    counts = counter.counts()
+    assert counts.from_range >= 100, f"sipp sent too little RTP: {counts}"
+    assert counts.to_range >= 100, f"no RTP came back through the NAT: {counts}"
+
+
+def test_moving_the_public_address_switches_instances(
+    asterisk_factory: AsteriskFactory, topology_factory: Callable[..., ElasticIpTopology], tmp_path: Path
+) -> None:
+    # Given two instances behind the router, the public address mapped to "a"
+    topo = topology_factory(instances=(("a", "10.0.0.10"), ("b", "10.0.0.11")))
+    instances = {}
+    for label in ("a", "b"):
+        variables = minimal_variables(BIND_IP=topo.instance_ip(label), SIP_PORT="5060", TRANSPORT_NAT=_nat_lines(topo))
+        instances[label] = asterisk_factory(MINIMAL, variables=variables, netns=topo.instance_ns(label))
+    users = write_injection(tmp_path / "users.csv", [["alice", auth_field("alice", PASSWORD)]])
+
+    def probe(step: str) -> None:
+        result = run_sipp(
+            "options.xml",
+            tmp_path / step,
+            remote=f"{topo.public_ip}:5060",
+            transport="u1",
+            local_ip=topo.client_ip,
+            inject=users,
+            netns=topo.client,
+            timeout=20,
+        )
+        assert result.ok, result.describe()
+
+    def challenged(label: str) -> int:
+        return instances[label].log_text("security").count('SecurityEvent="ChallengeSent"')
+
+    # When a probe goes to the public address, then "a" answers it
+    probe("before")
+    assert (challenged("a"), challenged("b")) == (1, 0)
+    # When the public address moves to "b" (an EIP re-association), then "b" answers the next probe
+    topo.move_public_address("b")
+    probe("after")
+    assert (challenged("a"), challenged("b")) == (1, 1), topo.nat_rules()

@@ -1,0 +1,21 @@
+"""Failover · AcquireLock / ReleaseLock: a conditional write with expiry in the state table (LockHeld when
+another execution holds it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from sip_trunk.aws.wiring import default_deps
+from sip_trunk.observability import CORRELATION_PATH, logger, metrics, tracer
+from sip_trunk.workflows.failover import LockInput, lock
+
+
+@logger.inject_lambda_context(correlation_id_path=CORRELATION_PATH)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = LockInput.model_validate(event)
+    result = lock(default_deps(), request)
+    logger.info("failover lock", extra=result.model_dump(mode="json"))
+    return result.model_dump(mode="json")

@@ -1,0 +1,20 @@
+"""Failover · VerifyAddress: SIP OPTIONS to the Elastic IP after the move (TrunkNotVerified until it answers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from sip_trunk.aws.wiring import default_deps
+from sip_trunk.observability import CORRELATION_PATH, logger, metrics, tracer
+from sip_trunk.workflows.failover import VerifyInput, verify
+
+
+@logger.inject_lambda_context(correlation_id_path=CORRELATION_PATH)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = VerifyInput.model_validate(event)
+    result = verify(default_deps(), request)
+    logger.info("Elastic IP answers SIP", extra=result.model_dump(mode="json"))
+    return result.model_dump(mode="json")

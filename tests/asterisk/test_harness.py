@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from support.asterisk import AsteriskInstance, available_modules, module_load_lines, module_names
 from support.netns import ElasticIpTopology
 from support.rtp import RtpCounter
-from support.sipp import auth_field, free_port, run_sipp, write_injection
+from support.sipp import TlsTunnel, auth_field, free_port, run_sipp, write_injection
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 RtpCounterFactory = Callable[..., RtpCounter]
@@ -257,3 +258,56 @@ def test_moving_the_public_address_switches_instances(
     topo.move_public_address("b")
     probe("after")
     assert (challenged("a"), challenged("b")) == (1, 1), topo.nat_rules()
+
+
+def _self_signed(directory: Path, ip: str) -> tuple[Path, Path]:
+    cert, key = directory / "server.crt", directory / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={ip}",
+         "-addext", f"subjectAltName=IP:{ip}", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_call_through_tunnel(
+    asterisk_factory: AsteriskFactory, rtp_counter: RtpCounterFactory, tmp_path: Path
+) -> None:
+    # Given an instance with a TLS transport and a certificate the client trusts
+    cert, key = _self_signed(tmp_path, "127.0.0.1")
+    tls_port = free_port()
+    variables = minimal_variables(RTP_START="31300", RTP_END="31399")
+    ast = asterisk_factory(MINIMAL, variables=variables, start=False)
+    keys = f"{ast.chroot_base}/etc/keys"
+    ast.extra_files = {
+        "keys/server.crt": cert.read_bytes(),
+        "keys/server.key": key.read_bytes(),
+        "pjsip_extra.conf": (
+            "[transport-tls]\ntype = transport\nprotocol = tls\n"
+            f"bind = 127.0.0.1:{tls_port}\ncert_file = {keys}/server.crt\npriv_key_file = {keys}/server.key\n"
+            "method = tlsv1_2\n"
+        ),
+    }
+    ast.start()
+    assert re.search(rf"transport-tls\s+tls\s+\d+\s+\d+\s+127\.0\.0\.1:{tls_port}", ast.rx("pjsip show transports"))
+    counter = rtp_counter((31300, 31399))
+    users = write_injection(tmp_path / "users.csv", [["alice", auth_field("alice", PASSWORD)]])
+    # When sipp (TCP only in Debian) calls through a TLS tunnel that verifies the server certificate
+    with TlsTunnel(("127.0.0.1", free_port()), ("127.0.0.1", tls_port), cafile=cert) as tunnel:
+        result = run_sipp(
+            "uac_auth_pcap.xml",
+            tmp_path,
+            remote=f"127.0.0.1:{tunnel.listen[1]}",
+            transport="t1",
+            service="echo",
+            inject=users,
+            duration_ms=2000,
+            media_port=free_port(kind=socket.SOCK_DGRAM),
+            timeout=40,
+        )
+    # Then the call succeeds over TLS with RTP both ways
+    assert result.ok, result.describe()
+    counts = counter.counts()
+    assert counts.to_range >= 50, counts
+    assert counts.from_range >= 50, counts
+    assert f"IPV4/TLS/127.0.0.1/{tls_port}" in ast.log_text("security")

@@ -431,7 +431,7 @@ def test_failed_write_keeps_previous_version(tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = render_configs(*load_example("minimal"))
     write_rendered(first, out)
-    with pytest.raises(OSError):
+    with pytest.raises(FileExistsError):
         write_rendered({"asterisk": b"x", "asterisk/pjsip.conf": b"y"}, out)
     assert _tree(out) == first.files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -481,3 +481,10 @@ def test_rendered_config_repr_hides_nothing_it_should_not_print() -> None:
         assert value not in repr(secrets)
         assert value not in str(secrets)
         assert value not in repr(settings)
+
+
+def test_written_directory_is_readable_by_the_group(tmp_path: Path) -> None:
+    """pjsip.conf is 0640 so that Asterisk's group can read it: the directory must let the group in."""
+    out = tmp_path / "out"
+    write_rendered(render_configs(*load_example("minimal")), out)
+    assert out.stat().st_mode & 0o050 == 0o050, oct(out.stat().st_mode)

@@ -35,7 +35,7 @@ class CfnStacks:
             name=name, status=stack["StackStatus"], reason=stack.get("StackStatusReason", ""), outputs=outputs
         )
 
-    def create(self, name: str, template_url: str, parameters: Mapping[str, str]) -> None:
+    def create(self, name: str, template_url: str, parameters: Mapping[str, str], role_arn: str = "") -> None:
         self.cfn.create_stack(
             StackName=name,
             TemplateURL=template_url,
@@ -43,15 +43,17 @@ class CfnStacks:
             Capabilities=CAPABILITIES,
             OnFailure="ROLLBACK",
             Tags=[{"Key": "sip-trunk:role", "Value": "host"}],
+            **({"RoleARN": role_arn} if role_arn else {}),
         )
 
-    def update(self, name: str, template_url: str, parameters: Mapping[str, str]) -> bool:
+    def update(self, name: str, template_url: str, parameters: Mapping[str, str], role_arn: str = "") -> bool:
         try:
             self.cfn.update_stack(
                 StackName=name,
                 TemplateURL=template_url,
                 Parameters=_parameters(parameters),
                 Capabilities=CAPABILITIES,
+                **({"RoleARN": role_arn} if role_arn else {}),
             )
         except Exception as exc:
             if error_code(exc) == "ValidationError" and "No updates are to be performed" in str(exc):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
-from sip_trunk.aws.clients import client
+from sip_trunk.aws.clients import client, error_code
 
 
 class S3Objects:
@@ -21,3 +22,15 @@ class S3Objects:
         self.s3.put_object(
             Bucket=bucket, Key=key, Body=body, ContentType="application/json", ServerSideEncryption="aws:kms"
         )
+
+    def put_if_changed(self, bucket: str, key: str, body: bytes) -> bool:
+        digest = hashlib.sha256(body).hexdigest()
+        try:
+            head = self.s3.head_object(Bucket=bucket, Key=key)
+            if head.get("Metadata", {}).get("sha256") == digest:
+                return False
+        except Exception as exc:
+            if error_code(exc) not in {"404", "NoSuchKey", "NotFound"}:
+                raise
+        self.s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"sha256": digest})
+        return True

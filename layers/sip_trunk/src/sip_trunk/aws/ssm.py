@@ -28,6 +28,16 @@ class SsmSettingsSource:
         return json.loads(str(raw))
 
 
+class JsonParameterReader:
+    """Any String parameter holding JSON (e.g. the host stack's parameters), cached."""
+
+    def __init__(self, max_age_s: int = CACHE_SECONDS) -> None:
+        self.max_age_s = max_age_s
+
+    def get_json(self, name: str) -> Any:
+        return parameters.get_parameter(name, transform="json", max_age=self.max_age_s)
+
+
 class ParameterSecretResolver:
     """`ssm:/name` (SecureString, decrypted) or `secretsmanager:name`, cached by the Parameters utility."""
 

@@ -12,10 +12,11 @@ from sip_trunk.aws.dynamodb import DynamoStateStore
 from sip_trunk.aws.ec2 import Ec2Addresses
 from sip_trunk.aws.runcommand import SsmCommands
 from sip_trunk.aws.s3 import S3Objects
-from sip_trunk.aws.ssm import ParameterSecretResolver, SsmConfigStore, SsmSettingsSource
+from sip_trunk.aws.ssm import JsonParameterReader, ParameterSecretResolver, SsmConfigStore, SsmSettingsSource
 from sip_trunk.aws.stepfunctions import SfnExecutions
 from sip_trunk.elevenlabs import ElevenLabsClient, PhoneNumberApi
 from sip_trunk.sip import ProbeResult, ProbeTarget, probe_options
+from sip_trunk.workflows import clock
 from sip_trunk.workflows.config import WorkflowConfig, load_config
 from sip_trunk.workflows.deps import Deps
 
@@ -27,11 +28,14 @@ def sip_probe(target: ProbeTarget, timeout_s: float) -> ProbeResult:
 
 def build_deps(config: WorkflowConfig) -> Deps:
     def elevenlabs(api_key: str) -> PhoneNumberApi:
-        return ElevenLabsClient(SecretStr(api_key), config.elevenlabs_api_url, max_attempts=3, backoff_max_s=2.0)
+        return ElevenLabsClient(
+            SecretStr(api_key), config.elevenlabs_api_url, max_attempts=3, backoff_max_s=2.0, sleep=clock.sleep
+        )
 
     return Deps(
         config=config,
         settings=SsmSettingsSource(config.settings_parameter),
+        parameters=JsonParameterReader(),
         secrets=ParameterSecretResolver(),
         config_store=SsmConfigStore(config.config_prefix),
         addresses=Ec2Addresses(),

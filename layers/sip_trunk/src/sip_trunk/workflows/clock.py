@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 _source: Callable[[], float] = time.time
+_sleeper: Callable[[float], None] = time.sleep
 
 
 def now() -> float:
@@ -22,6 +23,16 @@ def set_source(source: Callable[[], float] | None) -> None:
     """Use `source` as the clock (`None` restores the system clock)."""
     global _source
     _source = source or time.time
+
+
+def sleep(seconds: float) -> None:
+    """Back off inside a step (e.g. the ElevenLabs client's retries)."""
+    _sleeper(seconds)
+
+
+def set_sleeper(sleeper: Callable[[float], None] | None) -> None:
+    global _sleeper
+    _sleeper = sleeper or time.sleep
 
 
 def iso(epoch: float) -> str:

@@ -11,6 +11,7 @@ from sip_trunk.workflows.ports import (
     ConfigStore,
     ElevenLabsFactory,
     Executions,
+    JsonParameters,
     ObjectStore,
     Prober,
     SecretResolver,
@@ -24,6 +25,7 @@ from sip_trunk.workflows.ports import (
 class Deps:
     config: WorkflowConfig
     settings: SettingsSource
+    parameters: JsonParameters
     secrets: SecretResolver
     config_store: ConfigStore
     addresses: Addresses

@@ -36,8 +36,8 @@ class AlarmDetail(BaseModel):
 class AlarmStateChange(EventBridgeModel):
     """EventBridge "CloudWatch Alarm State Change": the Failover rule passes it as the execution input."""
 
-    detail_type: Literal["CloudWatch Alarm State Change"] = Field(alias="detail-type")  # type: ignore[assignment]
-    detail: AlarmDetail  # type: ignore[assignment]
+    detail_type: Literal["CloudWatch Alarm State Change"] = Field(alias="detail-type")
+    detail: AlarmDetail
 
 
 def failover_trigger(raw: Any) -> FailoverTrigger:

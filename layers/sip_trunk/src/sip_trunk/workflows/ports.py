@@ -56,6 +56,11 @@ class SettingsSource(Protocol):
         """The settings document (already decoded from JSON)."""
 
 
+class JsonParameters(Protocol):
+    def get_json(self, name: str) -> Any:
+        """A String parameter holding a JSON document, decoded."""
+
+
 class SecretResolver(Protocol):
     def resolve(self, ref: str) -> str:
         """The value of an `ssm:/…` or `secretsmanager:…` reference; raise `KeyError` if missing."""
@@ -79,8 +84,8 @@ class Addresses(Protocol):
 
 class Stacks(Protocol):
     def describe(self, name: str) -> StackInfo | None: ...
-    def create(self, name: str, template_url: str, parameters: Mapping[str, str]) -> None: ...
-    def update(self, name: str, template_url: str, parameters: Mapping[str, str]) -> bool:
+    def create(self, name: str, template_url: str, parameters: Mapping[str, str], role_arn: str = "") -> None: ...
+    def update(self, name: str, template_url: str, parameters: Mapping[str, str], role_arn: str = "") -> bool:
         """False when CloudFormation reports there is nothing to update."""
 
 
@@ -111,6 +116,8 @@ class Executions(Protocol):
 
 class ObjectStore(Protocol):
     def put_json(self, bucket: str, key: str, document: Any) -> None: ...
+    def put_if_changed(self, bucket: str, key: str, body: bytes) -> bool:
+        """Upload unless the object already holds exactly `body`; True when it uploaded."""
 
 
 Prober = Callable[[ProbeTarget, float], ProbeResult]

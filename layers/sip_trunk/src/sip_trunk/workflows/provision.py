@@ -8,6 +8,8 @@ Every function is safe to re-run with the same input; a re-run with unchanged se
 from __future__ import annotations
 
 import re
+import urllib.parse
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -152,28 +154,59 @@ class LaunchResult(Model):
     deadline: float
 
 
-def host_stack_parameters(deps: Deps) -> dict[str, str]:
+class LaunchInput(StepInput):
+    render: RenderResult
+
+
+def template_location(url: str) -> tuple[str, str]:
+    """(bucket, key) of an S3 HTTPS URL: virtual-hosted (`https://b.s3.<region>.amazonaws.com/k`) or path style."""
+    parts = urllib.parse.urlsplit(url)
+    host, path = parts.hostname or "", parts.path.lstrip("/")
+    if ".s3." in host:
+        return host.split(".s3.", 1)[0], path
+    bucket, _, key = path.partition("/")
+    return bucket, key
+
+
+def host_stack_parameters(deps: Deps, version: str) -> dict[str, str]:
+    """The root stack's parameters for the host stack (an SSM JSON document), plus the config version."""
     cfg = deps.config
-    return {
-        "NetworkStackName": cfg.network_stack_name,
-        "ConfigPrefix": cfg.config_prefix,
-        "StateTable": cfg.state_table,
-        "RecordingsBucket": cfg.recordings_bucket,
-    }
+    params: dict[str, str] = {}
+    if cfg.host_parameters_parameter:
+        document = deps.parameters.get_json(cfg.host_parameters_parameter)
+        if not isinstance(document, dict):
+            raise SettingsInvalid(f"{cfg.host_parameters_parameter} must hold a JSON object")
+        params = {str(k): str(v) for k, v in document.items()}
+    params["ConfigVersion"] = version
+    return params
 
 
-def launch_host(deps: Deps) -> LaunchResult:
+def publish_host_template(deps: Deps) -> bool:
+    """Upload the layer's host template to HOST_TEMPLATE_URL when it differs (True when uploaded)."""
+    cfg = deps.config
+    if not cfg.host_template_file:
+        return False
+    path = Path(cfg.host_template_file)
+    if not path.is_file():
+        return False
+    bucket, key = template_location(cfg.host_template_url)
+    return deps.objects.put_if_changed(bucket, key, path.read_bytes())
+
+
+def launch_host(deps: Deps, request: LaunchInput) -> LaunchResult:
     """Create the host stack, or update it; the running hosts keep serving during an update."""
     cfg = deps.config
     name = cfg.host_stack_name
     if not cfg.host_template_url:
         raise SettingsInvalid("HOST_TEMPLATE_URL is not set")
-    params = host_stack_parameters(deps)
+    publish_host_template(deps)
+    params = host_stack_parameters(deps, request.render.version)
+    role = cfg.host_stack_role_arn
     info = deps.stacks.describe(name)
     operation: Literal["created", "updated", "unchanged", "in_progress"]
     if info is None:
         try:
-            deps.stacks.create(name, cfg.host_template_url, params)
+            deps.stacks.create(name, cfg.host_template_url, params, role)
         except Exception as exc:  # CloudFormation refused the template or parameters
             raise StackFailed(f"cannot create {name}: {exc}") from None
         operation = "created"
@@ -183,9 +216,10 @@ def launch_host(deps: Deps) -> LaunchResult:
         raise StackFailed(f"{name} is {info.status} ({info.reason}); delete it and provision again")
     else:
         try:
-            operation = "updated" if deps.stacks.update(name, cfg.host_template_url, params) else "unchanged"
+            changed = deps.stacks.update(name, cfg.host_template_url, params, role)
         except Exception as exc:
             raise StackFailed(f"cannot update {name}: {exc}") from None
+        operation = "updated" if changed else "unchanged"
     return LaunchResult(stack_name=name, operation=operation, deadline=clock.now() + cfg.stack_timeout_s)
 
 

@@ -9,6 +9,7 @@ files only at start and reload, sees the old set or the new set, never a mixture
 from __future__ import annotations
 
 import fnmatch
+import grp
 import json
 import os
 import shutil
@@ -22,6 +23,15 @@ MANIFEST_FILE = ".manifest.json"
 _STAGING = ".staging-"
 
 
+def _gid(group: str | None) -> int | None:
+    if not group:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:  # no such group (a test machine): leave root's group
+        return None
+
+
 def _safe_rel(rel: str) -> str:
     parts = Path(rel).parts
     if not rel or Path(rel).is_absolute() or any(p in ("..", "") for p in parts):
@@ -30,10 +40,11 @@ def _safe_rel(rel: str) -> str:
 
 
 class Releases:
-    def __init__(self, releases_dir: Path, config_dir: Path, *, keep: int = 3) -> None:
+    def __init__(self, releases_dir: Path, config_dir: Path, *, keep: int = 3, group: str | None = "asterisk") -> None:
         self.dir = releases_dir
         self.config_dir = config_dir
         self.keep = keep
+        self.gid = _gid(group)
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -88,8 +99,11 @@ class Releases:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            # rendered configs hold SIP passwords: never world-readable
+            # rendered configs hold SIP passwords: never world-readable; Asterisk (runuser) reads via its group
             dest.chmod(0o640)
+        if self.gid is not None:
+            for path in [staging, *staging.rglob("*")]:
+                os.chown(path, -1, self.gid)
         fsync_dir(staging)
         final = self.path(name)
         if final.exists():

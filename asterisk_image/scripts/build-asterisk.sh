@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Build Asterisk 22 LTS from the pinned source tarball (sha256 verified) with only the modules modules.conf loads.
+#
+# Environment: ASTERISK_VERSION / ASTERISK_SHA256 override versions.env (both or neither);
+#              ASTERISK_TARBALL uses a local tarball instead of downloading (it is still checksum-verified).
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+require_root
+
+# shellcheck source=../versions.env
+source "$IMAGE_DIR/versions.env"
+VERSION="${ASTERISK_VERSION:?}"
+SHA256="${ASTERISK_SHA256:?}"
+[[ "$SHA256" =~ ^[0-9a-f]{64}$ ]] || die "ASTERISK_SHA256 is not 64 hex digits"
+MODULES_LIST="$IMAGE_DIR/files/modules.list"
+SRC_ROOT=/usr/src/sip-trunk-asterisk
+BASE_URL=https://downloads.asterisk.org/pub/telephony/asterisk
+
+apt_install build-essential pkg-config autoconf automake libtool bzip2 patch wget python3 \
+    libedit-dev libjansson-dev libxml2-dev libsqlite3-dev uuid-dev libssl-dev libsrtp2-dev \
+    libcurl4-openssl-dev libunbound-dev libxslt1-dev
+
+mkdir -p "$SRC_ROOT"
+tarball="$SRC_ROOT/asterisk-$VERSION.tar.gz"
+if [[ -n "${ASTERISK_TARBALL:-}" ]]; then
+    cp -- "$ASTERISK_TARBALL" "$tarball"
+elif [[ ! -s "$tarball" ]]; then
+    # Releases move to old-releases/ once superseded; the checksum, not the URL, decides what is accepted.
+    curl -fsSL --retry 5 -o "$tarball" "$BASE_URL/releases/asterisk-$VERSION.tar.gz" ||
+        curl -fsSL --retry 5 -o "$tarball" "$BASE_URL/asterisk-$VERSION.tar.gz" ||
+        curl -fsSL --retry 5 -o "$tarball" "$BASE_URL/old-releases/asterisk-$VERSION.tar.gz" ||
+        die "could not download asterisk-$VERSION.tar.gz"
+fi
+echo "$SHA256  $tarball" | sha256sum --check --strict - || die "checksum mismatch for asterisk-$VERSION.tar.gz"
+
+rm -rf "$SRC_ROOT/asterisk-$VERSION"
+tar -xzf "$tarball" -C "$SRC_ROOT"
+cd "$SRC_ROOT/asterisk-$VERSION"
+
+./configure --with-pjproject-bundled --with-jansson-bundled --without-x11 --without-gtk2 >/dev/null
+make menuselect.makeopts >/dev/null
+
+# Start from nothing, then enable exactly the modules our modules.conf can load (files/modules.list is kept
+# equal to the renderer's template by tests/unit/test_image.py).
+for category in MENUSELECT_ADDONS MENUSELECT_APPS MENUSELECT_BRIDGES MENUSELECT_CDR MENUSELECT_CEL \
+    MENUSELECT_CHANNELS MENUSELECT_CODECS MENUSELECT_FORMATS MENUSELECT_FUNCS MENUSELECT_PBX \
+    MENUSELECT_RES MENUSELECT_TESTS MENUSELECT_CORE_SOUNDS MENUSELECT_MOH MENUSELECT_EXTRA_SOUNDS; do
+    menuselect/menuselect --disable-category "$category" menuselect.makeopts
+done
+while read -r module; do
+    [[ -z "$module" || "$module" == \#* ]] && continue
+    menuselect/menuselect --enable "$module" menuselect.makeopts
+done <"$MODULES_LIST"
+menuselect/menuselect --enable CORE-SOUNDS-EN-GSM menuselect.makeopts
+menuselect/menuselect --disable BUILD_NATIVE menuselect.makeopts # portable across instance families
+menuselect/menuselect --check-deps menuselect.makeopts
+
+make -j"$(nproc)" >/dev/null
+make install >/dev/null
+make install-logrotate >/dev/null || true
+ldconfig
+
+# Every module the list names must exist: menuselect silently skips one whose dependencies are missing.
+missing=0
+while read -r module; do
+    [[ -z "$module" || "$module" == \#* ]] && continue
+    if [[ ! -f "/usr/lib/asterisk/modules/$module.so" ]]; then
+        log "module not built: $module"
+        missing=1
+    fi
+done <"$MODULES_LIST"
+((missing == 0)) || die "some modules from modules.list were not built"
+
+# Unprivileged service account; config is owned by root and readable by the group.
+id asterisk >/dev/null 2>&1 || useradd --system --home-dir /var/lib/asterisk --shell /usr/sbin/nologin asterisk
+install -d -o asterisk -g asterisk -m 0750 /var/lib/asterisk /var/spool/asterisk /var/log/asterisk /var/run/asterisk \
+    /var/spool/asterisk/recording /var/spool/asterisk/voicemail
+install -d -o root -g asterisk -m 0750 /etc/asterisk /etc/asterisk/keys
+install -m 0644 "$IMAGE_DIR/files/systemd/asterisk.service" /etc/systemd/system/asterisk.service
+systemctl daemon-reload
+systemctl enable asterisk.service
+printf '%s\n' "$VERSION" >/usr/lib/asterisk/SIP_TRUNK_VERSION
+log "asterisk $VERSION installed"

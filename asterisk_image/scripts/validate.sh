@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Validate phase: everything the host needs is installed, enabled and configured as intended.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+# shellcheck source=../versions.env
+source "$IMAGE_DIR/versions.env"
+
+fail=0
+check() { # description, command...
+    local what="$1"
+    shift
+    if "$@" >/dev/null 2>&1; then
+        log "ok: $what"
+    else
+        log "FAILED: $what"
+        fail=1
+    fi
+}
+
+check "asterisk $ASTERISK_VERSION installed" grep -qx "$ASTERISK_VERSION" /usr/lib/asterisk/SIP_TRUNK_VERSION
+check "asterisk binary runs" /usr/sbin/asterisk -V
+while read -r module; do
+    [[ -z "$module" || "$module" == \#* ]] && continue
+    check "module $module" test -f "/usr/lib/asterisk/modules/$module.so"
+done <"$IMAGE_DIR/files/modules.list"
+check "host agent" /usr/local/bin/sip-trunk-agent --help
+check "fail2ban" fail2ban-client --version
+check "fail2ban asterisk filter" test -f /etc/fail2ban/filter.d/asterisk.conf
+check "CloudWatch agent" test -x /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl
+check "CloudWatch config template" jq -e '.metrics.namespace == "AwsSipTrunk/Host"' /etc/sip-trunk/cloudwatch-agent.json.template
+check "no password SSH" sh -c 'sshd -T 2>/dev/null | grep -qx "passwordauthentication no"'
+check "chrony uses Amazon Time Sync" grep -q 169.254.169.123 /etc/chrony/sources.d/aws.sources
+for unit in asterisk.service sip-trunk-agent-report.timer sip-trunk-recordings.timer sip-trunk-boot.service \
+    unattended-upgrades.service chrony.service fail2ban.service; do
+    check "$unit enabled" systemctl is-enabled "$unit"
+done
+check "watch-peer unit installed" test -f /etc/systemd/system/sip-trunk-watch-peer.service
+check "units verify" systemd-analyze verify /etc/systemd/system/sip-trunk-*.service /etc/systemd/system/asterisk.service
+((fail == 0)) || die "validation failed"

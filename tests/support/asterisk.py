@@ -29,6 +29,7 @@ MODULES_TXT = REPO_ROOT / "tests" / "asterisk" / "MODULES.txt"
 _MODULE_DIR_GLOB = "usr/lib/*/asterisk/modules"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 LOG_NAMES = ("messages", "full", "security")
+_TOKEN_RE = re.compile(r"\{\{[A-Z][A-Z0-9_]*\}\}")
 
 
 class AsteriskError(RuntimeError):
@@ -176,6 +177,9 @@ class AsteriskInstance:
             else:
                 for key, value in self.variables.items():
                     text = text.replace("{{" + key + "}}", str(value))
+                left = sorted(set(_TOKEN_RE.findall(text)))
+                if left:
+                    raise ValueError(f"{dest.name}: no value for {', '.join(left)}")
                 data = text.encode()
         dest.write_bytes(data)
 

@@ -1,0 +1,78 @@
+"""Fixtures: moto with the state-machine executor, the real handlers, the emulated account."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from support.moto_sfn import REGION, STATEMACHINES, Harness, create_state_machine, substitutions
+from support.world import CONFIG_PREFIX, STACK, TABLE, World, build_world
+
+MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+
+
+@dataclass
+class Machines:
+    sfn: Any
+    provision: str
+    failover: str
+    harness: Harness
+    world: World
+
+
+def _machines(monkeypatch: pytest.MonkeyPatch, world: World) -> Iterator[Machines]:
+    from sip_trunk.aws.runcommand import SsmCommands
+
+    harness = Harness()
+    world.clock = harness.clock
+    harness.before.append(lambda name, event: world.tick())
+    original_send = SsmCommands.send
+
+    def send(self: SsmCommands, instance_ids: Any, commands: Any, comment: str) -> str:
+        command_id = original_send(self, instance_ids, commands, comment)
+        world.on_command(list(instance_ids), list(commands))
+        return command_id
+
+    monkeypatch.setattr(SsmCommands, "send", send)
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    subs = substitutions(
+        {
+            "NotificationTopicArn": world.topic_arn,
+            "StateTableName": TABLE,
+            "ConfigPrefix": CONFIG_PREFIX,
+            "FailoverStateMachineArn": world.env["FAILOVER_STATE_MACHINE_ARN"],
+        }
+    )
+    with harness.installed(monkeypatch):
+        yield Machines(
+            sfn=sfn,
+            provision=create_state_machine(sfn, f"{STACK}-provision", STATEMACHINES / "provision.asl.yaml", subs),
+            failover=create_state_machine(sfn, f"{STACK}-failover", STATEMACHINES / "failover.asl.yaml", subs),
+            harness=harness,
+            world=world,
+        )
+
+
+@pytest.fixture
+def machines(monkeypatch: pytest.MonkeyPatch) -> Iterator[Machines]:
+    with mock_aws(config=MOTO_CONFIG), build_world(monkeypatch) as world:
+        yield from _machines(monkeypatch, world)
+
+
+@pytest.fixture
+def elevenlabs() -> Iterator[Any]:
+    from sip_trunk.local.elevenlabs_api import ElevenLabsStandIn
+    from support.world import API_KEY
+
+    with ElevenLabsStandIn(API_KEY) as api:
+        yield api
+
+
+@pytest.fixture
+def machines_with_api(monkeypatch: pytest.MonkeyPatch, elevenlabs: Any) -> Iterator[Machines]:
+    with mock_aws(config=MOTO_CONFIG), build_world(monkeypatch, api_key=True, api_url=elevenlabs.url) as world:
+        yield from _machines(monkeypatch, world)

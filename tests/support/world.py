@@ -1,0 +1,270 @@
+"""A moto-backed AWS account with everything the workflows touch, and an emulated host agent.
+
+Used by the handler integration tests and the state-machine tests. moto gaps it fills, and nothing else:
+SSM Run Command runs nothing (the emulated agent reacts to `sip-trunk-agent apply` by writing its
+heartbeat, as the real agent's `report` does), and public addresses are not local (the probe reaches a
+responder on 127.0.0.1 through the `PROBE_TARGETS` mapping).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import boto3
+
+from support.moto_sfn import ACCOUNT, REGION, SipResponder
+
+STACK = "trunk"
+SETTINGS_PARAMETER = f"/{STACK}/settings"
+HOST_PARAMETERS = f"/{STACK}/host-parameters"
+CONFIG_PREFIX = f"/{STACK}/asterisk"
+TABLE = f"{STACK}-state"
+BACKUPS = f"{STACK}-backups"
+INBOUND_PASSWORD = "inbound-Pass-1234"
+OUTBOUND_PASSWORD = "outbound-Pass-5678"
+API_KEY = "sk_test_key_0123456789"
+
+HOST_TEMPLATE = """
+AWSTemplateFormatVersion: "2010-09-09"
+Description: Test host stack with the same parameters and outputs as stacks/host.yaml uses for the workflows.
+Parameters:
+  RootStackName: {Type: String}
+  ConfigPrefix: {Type: String}
+  StateTable: {Type: String}
+  ImageId: {Type: String}
+  ConfigVersion: {Type: String, Default: none}
+Resources:
+  PrimaryInstance:
+    Type: AWS::EC2::Instance
+    Properties: {ImageId: !Ref ImageId, InstanceType: t4g.small}
+  StandbyInstance:
+    Type: AWS::EC2::Instance
+    Properties: {ImageId: !Ref ImageId, InstanceType: t4g.small}
+Outputs:
+  PrimaryInstanceId: {Value: !Ref PrimaryInstance}
+  StandbyInstanceId: {Value: !Ref StandbyInstance}
+  ConfigVersion: {Value: !Ref ConfigVersion}
+"""
+
+
+def settings_document(*, api_key: bool = False) -> dict[str, Any]:
+    el: dict[str, Any] = {
+        "phone_number": "+14155550100",
+        "transport": "tcp",
+        "outbound_username": "gateway-out",
+        "outbound_password": f"ssm:/{STACK}/sip/outbound-password",
+        "inbound_username": "elevenlabs-in",
+        "inbound_password": f"secretsmanager:{STACK}/sip/inbound-password",
+    }
+    if api_key:
+        el["api_key"] = f"secretsmanager:{STACK}/elevenlabs/api-key"
+    return {"name": "demo", "elevenlabs": el, "network": {"local_nets": ["10.0.0.0/16"]}}
+
+
+@dataclass
+class Agent:
+    """The host agent as the workflows see it: apply → heartbeat with the version, after a delay."""
+
+    healthy: bool = True
+    report_delay_s: float = 0.0
+    pending: list[tuple[float, str, str]] = field(default_factory=list)
+
+
+@dataclass
+class World:
+    env: dict[str, str]
+    allocation_id: str
+    address: str
+    topic_arn: str
+    queue_url: str
+    responder: SipResponder
+    agent: Agent = field(default_factory=Agent)
+    down: set[str] = field(default_factory=set)
+    """Instances that do not answer SIP (a dead primary)."""
+    clock: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- AWS views -----------------------------------------------------------------------------
+    @property
+    def ec2(self) -> Any:
+        return boto3.client("ec2", region_name=REGION)
+
+    @property
+    def ddb(self) -> Any:
+        return boto3.resource("dynamodb", region_name=REGION).Table(TABLE)
+
+    def holder(self) -> str | None:
+        found = self.ec2.describe_addresses(AllocationIds=[self.allocation_id])["Addresses"][0]
+        return found.get("InstanceId")
+
+    def item(self, pk: str, sk: str) -> dict[str, Any] | None:
+        item = self.ddb.get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True).get("Item")
+        return dict(item) if item else None
+
+    def notifications(self) -> list[dict[str, str]]:
+        sqs = boto3.client("sqs", region_name=REGION)
+        out: list[dict[str, str]] = []
+        while True:
+            messages = sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return out
+            for message in messages:
+                body = json.loads(message["Body"])
+                out.append({"subject": body.get("Subject", ""), "message": body["Message"]})
+                sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def desired_version(self) -> str | None:
+        ssm = boto3.client("ssm", region_name=REGION)
+        try:
+            return str(ssm.get_parameter(Name=f"{CONFIG_PREFIX}/desired-version")["Parameter"]["Value"])
+        except ssm.exceptions.ParameterNotFound:
+            return None
+
+    # --- the emulated hosts ------------------------------------------------------------------------
+    def answering(self) -> bool:
+        holder = self.holder()
+        return holder is not None and holder not in self.down
+
+    def heartbeat(self, instance_id: str, version: str | None, *, at: float | None = None, up: bool = True) -> None:
+        now = self.clock.now() if self.clock else 0.0
+        self.ddb.put_item(
+            Item={
+                "pk": f"host#{instance_id}",
+                "sk": "heartbeat",
+                "running_version": version,
+                "asterisk_up": up,
+                "endpoint_loaded": up,
+                "qualify": "Reachable",
+                "reported_at": Decimal(str(at if at is not None else now)),
+            }
+        )
+
+    def on_command(self, instance_ids: list[str], commands: list[str]) -> None:
+        """What `sip-trunk-agent apply --version V` does on each host (Run Command in moto runs nothing)."""
+        for command in commands:
+            match = re.fullmatch(r"sip-trunk-agent apply --version (v[0-9a-f]{16})", command)
+            if match is None or not self.agent.healthy:
+                continue
+            due = (self.clock.now() if self.clock else 0.0) + self.agent.report_delay_s
+            with self.lock:
+                self.agent.pending += [(due, i, match.group(1)) for i in instance_ids]
+        self.tick()
+
+    def tick(self) -> None:
+        """Hosts report what became due (called before every handler invocation)."""
+        now = self.clock.now() if self.clock else float("inf")
+        with self.lock:
+            due = [p for p in self.agent.pending if p[0] <= now]
+            self.agent.pending = [p for p in self.agent.pending if p[0] > now]
+        for _, instance_id, version in due:
+            self.heartbeat(instance_id, version)
+
+
+@contextmanager
+def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http://127.0.0.1:9") -> Iterator[World]:
+    """Create the account's resources inside an active `mock_aws` and set the functions' environment."""
+    for key, value in {
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "POWERTOOLS_SERVICE_NAME": STACK,
+        "POWERTOOLS_METRICS_NAMESPACE": "AwsSipTrunkTest",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+        "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",  # loading moto's AMI catalogue costs seconds per test
+    }.items():
+        monkeypatch.setenv(key, value)
+    ddb = boto3.client("dynamodb", region_name=REGION)
+    ddb.create_table(
+        TableName=TABLE,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ec2 = boto3.client("ec2", region_name=REGION)
+    allocation = ec2.allocate_address(Domain="vpc")
+    image_id = "ami-0123456789abcdef0"
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=BACKUPS)
+    s3.put_object(Bucket=BACKUPS, Key="templates/host.yaml", Body=HOST_TEMPLATE.encode())
+    ssm = boto3.client("ssm", region_name=REGION)
+    ssm.put_parameter(Name=SETTINGS_PARAMETER, Type="String", Value=json.dumps(settings_document(api_key=api_key)))
+    ssm.put_parameter(
+        Name=HOST_PARAMETERS,
+        Type="String",
+        Value=json.dumps(
+            {"RootStackName": STACK, "ConfigPrefix": CONFIG_PREFIX, "StateTable": TABLE, "ImageId": image_id}
+        ),
+    )
+    ssm.put_parameter(Name=f"/{STACK}/sip/outbound-password", Type="SecureString", Value=OUTBOUND_PASSWORD)
+    sm = boto3.client("secretsmanager", region_name=REGION)
+    sm.create_secret(Name=f"{STACK}/sip/inbound-password", SecretString=INBOUND_PASSWORD)
+    sm.create_secret(Name=f"{STACK}/elevenlabs/api-key", SecretString=API_KEY)
+    sns = boto3.client("sns", region_name=REGION)
+    topic_arn = sns.create_topic(Name=f"{STACK}-notifications")["TopicArn"]
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue_url = sqs.create_queue(QueueName=f"{STACK}-inbox")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+
+    world_ref: list[World] = []
+    responder = SipResponder(lambda: world_ref[0].answering())
+    env = {
+        "STACK_NAME": STACK,
+        "CONFIG_PREFIX": CONFIG_PREFIX,
+        "SETTINGS_PARAMETER": SETTINGS_PARAMETER,
+        "HOST_PARAMETERS_PARAMETER": HOST_PARAMETERS,
+        "STATE_TABLE": TABLE,
+        "BACKUP_BUCKET": BACKUPS,
+        "RECORDINGS_BUCKET": "",
+        "NOTIFICATION_TOPIC_ARN": topic_arn,
+        "HOST_TEMPLATE_URL": f"https://{BACKUPS}.s3.{REGION}.amazonaws.com/templates/host.yaml",
+        "HOST_STACK_NAME": f"{STACK}-host",
+        "NETWORK_STACK_NAME": f"{STACK}-network",
+        "PRIMARY_ALLOCATION_ID": allocation["AllocationId"],
+        "FAILOVER_STATE_MACHINE_ARN": f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{STACK}-failover",
+        "PROBE_TARGETS": json.dumps({allocation["PublicIp"]: responder.target}),
+        "PROBE_TIMEOUT_S": "1",
+        "VERIFY_TIMEOUT_S": "60",
+        "ELEVENLABS_API_URL": api_url,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    world = World(
+        env=env,
+        allocation_id=allocation["AllocationId"],
+        address=allocation["PublicIp"],
+        topic_arn=topic_arn,
+        queue_url=queue_url,
+        responder=responder,
+    )
+    world_ref.append(world)
+    _reset_caches()
+    try:
+        yield world
+    finally:
+        responder.close()
+        _reset_caches()
+
+
+def _reset_caches() -> None:
+    from aws_lambda_powertools.utilities import parameters
+    from aws_lambda_powertools.utilities.parameters import base
+    from sip_trunk import observability
+    from sip_trunk.aws import wiring
+
+    parameters.clear_caches()
+    base.DEFAULT_PROVIDERS.clear()
+    wiring.reset()
+    observability.reset()

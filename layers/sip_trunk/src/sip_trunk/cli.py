@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sip_trunk.render import UnsafeValueError, render_configs, write_rendered
 from sip_trunk.settings import SettingsError, load_secrets, load_settings
@@ -29,7 +30,7 @@ SettingsOption = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     return typer.Exit(EXIT_INVALID)
 
 

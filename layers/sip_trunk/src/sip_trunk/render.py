@@ -30,6 +30,7 @@ from sip_trunk.settings import (
     Secrets,
     Settings,
     Transport,
+    check_ipv4,
 )
 
 ASTERISK_FILES = (
@@ -185,7 +186,10 @@ def render_configs(settings: Settings, secrets: Secrets, *, public_address: str 
     if missing:
         raise UnsafeValueError(f"secrets not provided for: {', '.join(missing)}")
     if public_address is not None:
-        public_address = str(_refuse_unsafe(public_address))
+        try:
+            public_address = check_ipv4(public_address)
+        except ValueError:
+            raise UnsafeValueError("the public address must be an IPv4 address such as 203.0.113.10") from None
     env = _environment()
     context = _context(settings, secrets, public_address)
     files: dict[str, bytes] = {}
@@ -205,9 +209,10 @@ def write_rendered(rendered: RenderedConfig | Mapping[str, bytes], out_dir: Path
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
     try:
+        staging.chmod(0o755)  # mkdtemp makes it 0700: Asterisk's group must be able to enter it
         for rel, data in files.items():
             target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             target.write_bytes(data)
             os.chmod(target, 0o640 if rel in SECRET_BEARING else 0o644)
         if out_dir.exists():

@@ -93,14 +93,14 @@ def _check_host(value: str) -> str:
 Host = Annotated[str, AfterValidator(_check_host)]
 
 
-def _check_ipv4(value: str) -> str:
+def check_ipv4(value: str) -> str:
     try:
         return str(ipaddress.IPv4Address(value))
     except ValueError as exc:
         raise ValueError("must be an IPv4 address such as 203.0.113.10") from exc
 
 
-IPv4 = Annotated[str, AfterValidator(_check_ipv4)]
+IPv4 = Annotated[str, AfterValidator(check_ipv4)]
 
 
 def _check_cidr(value: str) -> str:
@@ -125,7 +125,13 @@ AbsolutePath = Annotated[
 
 PromptName = Annotated[str, _matching(r"^[A-Za-z0-9][A-Za-z0-9_/-]{0,63}$", "an Asterisk sound name, no extension")]
 ApiId = Annotated[str, _matching(r"^[A-Za-z0-9_-]{1,64}$", "an identifier of 1-64 letters, digits, '_' or '-'")]
-DisplayName = Annotated[str, _matching(r"^[A-Za-z0-9 ._-]{1,40}$", "1-40 letters, digits, spaces, '.', '_', '-'")]
+DisplayName = Annotated[
+    str,
+    _matching(
+        r"^[A-Za-z0-9._-]([A-Za-z0-9 ._-]{0,38}[A-Za-z0-9._-])?$",
+        "1-40 letters, digits, spaces, '.', '_', '-' (no leading or trailing space)",
+    ),
+]
 DtmfKey = Annotated[str, _matching(r"^[0-9*#]$", "one DTMF key: 0-9, * or #")]
 
 
@@ -472,8 +478,13 @@ def _read_document(path: Path) -> Any:
         if path.suffix == ".json":
             return json.loads(text)
         return yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise SettingsError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except yaml.YAMLError as exc:
+        # Only the position: PyYAML's message quotes the offending line, which may hold a secret.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise SettingsError(f"{path}: not valid YAML{where}") from None
 
 
 def parse_settings(data: Any, source: str = "settings") -> Settings:

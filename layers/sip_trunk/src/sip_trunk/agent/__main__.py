@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, config: AgentConfig, session: Any) -> dict[str
             dynamodb=session.resource("dynamodb"),
         )
     if command == "backup":
-        return backup_mod.backup(config, session.client("s3"), instance_id(config))
+        return backup_mod.backup(config, session.client("s3"), instance_id(config), cli=_cli(config))
     if command == "restore":
         return backup_mod.restore(config, session.client("s3"), _cli(config), args.key)
     if command == "upload-recording":

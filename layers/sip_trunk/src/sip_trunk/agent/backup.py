@@ -30,6 +30,8 @@ from sip_trunk.agent.runtime import AgentError, AsteriskCli
 
 META = "backup.json"
 ASTDB = "astdb.sqlite3"
+BARRIER_FAMILY = "sip-trunk-agent"
+BARRIER_KEY = "backup-barrier"
 
 
 class BackupCorrupt(AgentError):
@@ -96,9 +98,29 @@ def read_tarball(blob: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
     return meta, members
 
 
-def backup(config: AgentConfig, s3: Any, instance_id: str, *, now: float | None = None) -> dict[str, Any]:
+def astdb_barrier(cli: AsteriskCli, path: Path, *, timeout_s: float = 10.0) -> None:
+    """Wait until everything Asterisk wrote to its astdb is committed to the file.
+
+    Asterisk batches astdb writes in a transaction it commits about once a second. Writing a marker through
+    the CLI and waiting until the file shows it proves every earlier write is on disk (commits are ordered).
+    """
+    marker = f"{time.time():.6f}"
+    cli.rx(f"database put {BARRIER_FAMILY} {BARRIER_KEY} {marker}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (f"/{BARRIER_FAMILY}/{BARRIER_KEY}", marker) in _astdb_rows(path):
+            return
+        time.sleep(0.1)
+    raise AgentError(f"astdb did not commit within {timeout_s} s")
+
+
+def backup(
+    config: AgentConfig, s3: Any, instance_id: str, *, cli: AsteriskCli | None = None, now: float | None = None
+) -> dict[str, Any]:
     if not config.backup_bucket:
         raise AgentError("no backups bucket: set --backup-bucket (SIP_TRUNK_BACKUP_BUCKET)")
+    if cli is not None and cli.up():
+        astdb_barrier(cli, config.astdb_path)
     created = time.time() if now is None else now
     releases = Releases(config.releases_dir, config.config_dir)
     version = releases.current_version() or "unmanaged"

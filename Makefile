@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST := $(BIN)/pytest
 
+include mk/sam.mk
+
 .PHONY: help
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -34,7 +36,7 @@ format: dev ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 
 .PHONY: test
-test: dev ## The whole suite, every layer (the real-Asterisk layers need root; they set up their own root)
+test: dev validate build ## Everything: template checks, offline sam build, then every test layer (real Asterisk needs root)
 	$(PYTEST) tests
 
 .PHONY: test-unit
@@ -50,16 +52,14 @@ test-asterisk: dev ## Real Asterisk 22 proofs: real SIP and RTP (needs root)
 	$(PYTEST) -m asterisk tests/asterisk
 
 .PHONY: test-statemachine
-test-statemachine: dev ## State machines executed by moto with the real handlers
-	@echo "test-statemachine: the workflow state machines have not landed yet"; exit 1
+test-statemachine: dev ## State machines executed by moto's executor with the real handlers
+	$(PYTEST) -m statemachine tests/statemachine
 
 .PHONY: validate
-validate: dev ## sam validate --lint, cfn-lint, checkov, ASL checks
-	@echo "validate: the SAM control plane has not landed yet"; exit 1
+validate: dev validate-templates ## sam validate --lint, cfn-lint (+serverless rules), checkov, ASL checks
 
 .PHONY: build
-build: dev ## sam build (offline, no Docker)
-	@echo "build: the SAM control plane has not landed yet"; exit 1
+build: dev build-sam ## sam build, offline and without Docker (layer built for python3.13 / arm64)
 
 .PHONY: demo
 demo: dev ## The whole product on this machine: provision, verify, call, fail over (needs root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import boto3
@@ -17,11 +18,20 @@ MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": 
 
 @dataclass
 class Machines:
+    """The state machines, created on first use (parsing an ASL costs moto a few hundred ms)."""
+
     sfn: Any
-    provision: str
-    failover: str
+    subs: dict[str, str]
     harness: Harness
     world: World
+
+    @cached_property
+    def provision(self) -> str:
+        return create_state_machine(self.sfn, f"{STACK}-provision", STATEMACHINES / "provision.asl.yaml", self.subs)
+
+    @cached_property
+    def failover(self) -> str:
+        return create_state_machine(self.sfn, f"{STACK}-failover", STATEMACHINES / "failover.asl.yaml", self.subs)
 
 
 def _machines(monkeypatch: pytest.MonkeyPatch, world: World) -> Iterator[Machines]:
@@ -48,13 +58,7 @@ def _machines(monkeypatch: pytest.MonkeyPatch, world: World) -> Iterator[Machine
         }
     )
     with harness.installed(monkeypatch):
-        yield Machines(
-            sfn=sfn,
-            provision=create_state_machine(sfn, f"{STACK}-provision", STATEMACHINES / "provision.asl.yaml", subs),
-            failover=create_state_machine(sfn, f"{STACK}-failover", STATEMACHINES / "failover.asl.yaml", subs),
-            harness=harness,
-            world=world,
-        )
+        yield Machines(sfn=sfn, subs=subs, harness=harness, world=world)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.moto_sfn import run
+from support.moto_sfn import run, states_entered
 
 pytestmark = pytest.mark.statemachine
 
@@ -21,8 +21,8 @@ def test_provision_happy_path(machines):
     version = output["version"]
     assert world.desired_version() == version
     assert world.holder() == output["stack"]["primary_instance_id"]
-    assert output["verify"]["probe"]["answers"] if "answers" in output["verify"]["probe"] else True
     assert output["verify"]["probe"]["reachable"] is True
+    assert output["verify"]["probe"]["status_code"] == 200
     assert output["sync"]["action"] == "skipped"
     assert set(output["durations_s"]) >= {"ValidateSettings", "RenderConfig", "LaunchHost", "ApplyConfig"}
     deployment = world.item("deployment", "current")
@@ -30,3 +30,193 @@ def test_provision_happy_path(machines):
     notes = world.notifications()
     assert len(notes) == 1
     assert "succeeded" in notes[0]["subject"]
+
+
+def _failure(machines, result):
+    assert result["status"] == "FAILED", result
+    notes = machines.world.notifications()
+    assert len(notes) == 1, notes
+    return notes[0]
+
+
+def test_rerun_with_unchanged_settings_changes_nothing(machines):
+    # Given a first successful provision
+    world = machines.world
+    first = run(machines.sfn, machines.provision, {})
+    assert first["status"] == "SUCCEEDED"
+    world.notifications()
+    params_before = world.ssm_versions()
+    commands_before = len(machines.harness.calls("apply_config"))
+    # When Provision runs again with the same settings
+    second = run(machines.sfn, machines.provision, {})
+    # Then it succeeds without publishing, sending an apply command or moving the address
+    assert second["status"] == "SUCCEEDED", second
+    out = json.loads(second["output"])
+    assert out["version"] == json.loads(first["output"])["version"]
+    assert world.ssm_versions() == params_before
+    apply = machines.harness.calls("apply_config")[commands_before:]
+    assert [c.result["skipped"] for c in apply] == [True]
+    assert machines.harness.calls("render_config")[-1].result["published"] is False
+    assert "no change" in world.notifications()[0]["message"]
+
+
+def test_invalid_settings_fail_at_validate_and_change_nothing(machines):
+    # Given a settings document with an invalid phone number
+    world = machines.world
+    world.put_settings(phone_number="4155550100")
+    # When Provision runs
+    result = run(machines.sfn, machines.provision, {})
+    # Then it fails at ValidateSettings, names the field, and no stack or config was created
+    note = _failure(machines, result)
+    assert "ValidateSettings" in note["subject"]
+    assert "SettingsInvalid" in note["message"]
+    assert "phone_number" in note["message"]
+    assert world.desired_version() is None
+    assert machines.harness.calls("launch_host") == []
+
+
+def test_stack_failure_restores_the_desired_version(machines):
+    # Given a deployed version, then a host template CloudFormation refuses
+    world = machines.world
+    assert run(machines.sfn, machines.provision, {})["status"] == "SUCCEEDED"
+    world.notifications()
+    previous = world.desired_version()
+    world.put_settings(phone_number="+14155550199")
+    world.break_host_template()
+    # When Provision runs
+    result = run(machines.sfn, machines.provision, {})
+    # Then LaunchHost fails, the pointer is back on the previous version, and the notification says so
+    note = _failure(machines, result)
+    assert "LaunchHost" in note["subject"]
+    assert "StackFailed" in note["message"]
+    assert world.desired_version() == previous
+    assert f"restored to {previous}" in note["message"]
+
+
+def test_apply_failure_rolls_hosts_back(machines, monkeypatch):
+    # Given a deployed version, and hosts whose agent fails the next apply
+    world = machines.world
+    assert run(machines.sfn, machines.provision, {})["status"] == "SUCCEEDED"
+    world.notifications()
+    previous = world.desired_version()
+    world.put_settings(phone_number="+14155550199")
+    world.fail_commands(monkeypatch, "sip-trunk-agent apply: asterisk refused the new pjsip.conf")
+    # When Provision runs
+    result = run(machines.sfn, machines.provision, {})
+    # Then CheckApply fails; pointer restored and the hosts are told to re-apply the previous version
+    note = _failure(machines, result)
+    assert "CheckApply" in note["subject"]
+    assert "ApplyFailed" in note["message"]
+    assert "refused the new pjsip.conf" in note["message"]
+    assert world.desired_version() == previous
+    assert world.sent_commands[-1] == f"sip-trunk-agent apply --version {previous}"
+
+
+def test_verification_that_times_out(machines):
+    # Given hosts whose agent never reports the new version
+    world = machines.world
+    world.agent.healthy = False
+    # When Provision runs
+    result = run(machines.sfn, machines.provision, {})
+    # Then VerifyTrunk retries with backoff (recorded, not slept) until the deadline, then fails
+    note = _failure(machines, result)
+    assert "VerifyTrunk" in note["subject"]
+    assert "VerificationTimedOut" in note["message"]
+    errors = [c.error for c in machines.harness.calls("verify_trunk")]
+    assert errors[-1] == "VerificationTimedOut"
+    assert set(errors[:-1]) == {"TrunkNotVerified"}
+    assert machines.harness.retry_sleeps[:3] == [5, 10, 20]
+    assert world.desired_version() is None  # first deployment: the pointer is cleared
+
+
+def test_verification_retry_that_succeeds(machines):
+    # Given an agent that reports 12 s after the apply command
+    machines.world.agent.report_delay_s = 12
+    # When Provision runs
+    result = run(machines.sfn, machines.provision, {})
+    # Then VerifyTrunk fails at first, is retried, and the execution succeeds
+    assert result["status"] == "SUCCEEDED", result
+    errors = [c.error for c in machines.harness.calls("verify_trunk")]
+    assert errors[0] == "TrunkNotVerified"
+    assert errors[-1] is None
+    assert states_entered(machines.sfn, result["executionArn"]).count("VerifyTrunk") == 1
+
+
+def test_sip_not_answering_fails_verification(machines):
+    # Given a host that reports the version but whose SIP port does not answer on the Elastic IP
+    machines.world.down.add("*")
+    # When Provision runs
+    result = run(machines.sfn, machines.provision, {})
+    # Then verification names the address
+    note = _failure(machines, result)
+    assert "does not answer SIP OPTIONS" in note["message"]
+
+
+def test_elevenlabs_number_is_created_then_unchanged(machines_with_api, elevenlabs):
+    # Given an ElevenLabs API key and a number not imported yet
+    machines = machines_with_api
+    # When Provision runs twice
+    first = run(machines.sfn, machines.provision, {})
+    second = run(machines.sfn, machines.provision, {})
+    # Then the number is created pointing at the Elastic IP, and the second run changes nothing
+    assert first["status"] == "SUCCEEDED", first
+    assert json.loads(first["output"])["sync"]["action"] == "created"
+    assert json.loads(second["output"])["sync"]["action"] == "unchanged"
+    patches = [r for r in elevenlabs.requests if r.method in {"POST", "PATCH"}]
+    assert len(patches) == 1
+    from sip_trunk.elevenlabs import ElevenLabsClient
+    from support.world import API_KEY, INBOUND_PASSWORD
+
+    number = ElevenLabsClient(API_KEY, elevenlabs.url).find_by_number("+14155550100")
+    assert number.outbound.address == machines.world.address
+    assert number.outbound.transport == "tcp"
+    assert elevenlabs.stored_password(number.phone_number_id) == INBOUND_PASSWORD
+
+
+def _fail_when_syncing(machines, elevenlabs, count):
+    """Make ElevenLabs fail `count` requests from the first SyncElevenLabs invocation on."""
+    armed = []
+
+    def arm(name, event):
+        if name == "sync_elevenlabs" and not armed:
+            armed.append(True)
+            elevenlabs.fail_next(count, 503)
+
+    machines.harness.before.append(arm)
+
+
+def test_elevenlabs_outage_retry_succeeds(machines_with_api, elevenlabs):
+    # Given ElevenLabs answering 503 to the first three requests (the client's own retries give up)
+    machines = machines_with_api
+    _fail_when_syncing(machines, elevenlabs, 3)
+    # When Provision runs
+    result = run(machines.sfn, machines.provision, {})
+    # Then the ASL retries SyncElevenLabs after its back-off and the execution succeeds
+    assert result["status"] == "SUCCEEDED", result
+    errors = [c.error for c in machines.harness.calls("sync_elevenlabs")]
+    assert errors == ["ElevenLabsUnavailable", None]
+    assert 10 in machines.harness.retry_sleeps
+
+
+def test_elevenlabs_outage_retries_exhausted(machines_with_api, elevenlabs):
+    # Given ElevenLabs answering 503 to everything
+    machines = machines_with_api
+    _fail_when_syncing(machines, elevenlabs, 1000)
+    # When Provision runs
+    result = run(machines.sfn, machines.provision, {})
+    # Then SyncElevenLabs is tried 1 + 3 times and the failure notification names it
+    note = _failure(machines, result)
+    assert "SyncElevenLabs" in note["subject"]
+    assert "ElevenLabsUnavailable" in note["message"]
+    assert [c.error for c in machines.harness.calls("sync_elevenlabs")] == ["ElevenLabsUnavailable"] * 4
+
+
+def test_elevenlabs_rejected_key_is_fatal(machines_with_api, elevenlabs, monkeypatch):
+    # Given a wrong API key stored in Secrets Manager
+    machines = machines_with_api
+    machines.world.put_api_key("sk_wrong_key_000000000")
+    # When Provision runs
+    result = run(machines.sfn, machines.provision, {})
+    # Then the failure is not retried and the notification names the auth error
+    note = _failure(machines, result)
+    assert "ElevenLabsAuthError" in note["message"]

@@ -176,6 +176,7 @@ class Harness:
         from moto.awslambda_simple.models import LambdaSimpleBackend
         from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
         from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
+        from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
         from sip_trunk.workflows import clock
 
         harness = self
@@ -194,6 +195,9 @@ class Harness:
             time = staticmethod(time.time)
 
         monkeypatch.setattr(LambdaSimpleBackend, "invoke", invoke)
+        cached = staticmethod(_cached_parse)
+        _cached_parse.__wrapped_original__ = AmazonStateLanguageParser.parse  # type: ignore[attr-defined]
+        monkeypatch.setattr(AmazonStateLanguageParser, "parse", cached)
         monkeypatch.setattr(WaitFunction, "_wait_interval", wait_interval)
         monkeypatch.setattr(retrier_decl, "time", _Time)
         clock.set_source(self.clock.now)
@@ -203,6 +207,24 @@ class Harness:
         finally:
             clock.set_source(None)
             clock.set_sleeper(None)
+
+
+_PARSED: dict[str, Any] = {}
+
+
+def _original_parse(definition: str) -> Any:
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    original = getattr(AmazonStateLanguageParser.parse, "__wrapped_original__", None)
+    return (original or AmazonStateLanguageParser.parse)(definition)
+
+
+def _cached_parse(definition: str) -> Any:
+    """moto parses the ASL with ANTLR on create and on every execution (~0.3 s each); the parsed program
+    holds no execution state (that lives in the Environment), so one parse per definition is enough."""
+    if definition not in _PARSED:
+        _PARSED[definition] = _original_parse(definition)
+    return _PARSED[definition]
 
 
 def create_state_machine(sfn: Any, name: str, path: Path, subs: dict[str, str]) -> str:

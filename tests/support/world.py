@@ -85,11 +85,13 @@ class World:
     topic_arn: str
     queue_url: str
     responder: SipResponder
+    api_key: bool = False
     agent: Agent = field(default_factory=Agent)
     down: set[str] = field(default_factory=set)
     """Instances that do not answer SIP (a dead primary)."""
     clock: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    sent_commands: list[str] = field(default_factory=list)
 
     # --- AWS views -----------------------------------------------------------------------------
     @property
@@ -130,7 +132,42 @@ class World:
     # --- the emulated hosts ------------------------------------------------------------------------
     def answering(self) -> bool:
         holder = self.holder()
-        return holder is not None and holder not in self.down
+        return holder is not None and holder not in self.down and "*" not in self.down
+
+    # --- changes an operator (or a fault) makes ------------------------------------------------
+    def put_settings(self, **elevenlabs: Any) -> None:
+        document = settings_document(api_key=self.api_key)
+        document["elevenlabs"].update(elevenlabs)
+        ssm = boto3.client("ssm", region_name=REGION)
+        ssm.put_parameter(Name=SETTINGS_PARAMETER, Type="String", Value=json.dumps(document), Overwrite=True)
+        _reset_caches()
+
+    def put_api_key(self, value: str) -> None:
+        sm = boto3.client("secretsmanager", region_name=REGION)
+        sm.put_secret_value(SecretId=f"{STACK}/elevenlabs/api-key", SecretString=value)
+        _reset_caches()
+
+    def break_host_template(self) -> None:
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.put_object(Bucket=BACKUPS, Key="templates/host.yaml", Body=b"Resources: [this is not a template")
+
+    def fail_commands(self, monkeypatch: Any, output: str) -> None:
+        """Every Run Command invocation ends Failed with `output` (moto always reports Success)."""
+        from sip_trunk.aws.runcommand import SsmCommands
+        from sip_trunk.workflows.ports import CommandResult
+
+        def results(_: Any, command_id: str, instance_ids: Any) -> list[CommandResult]:
+            return [CommandResult(instance_id=i, status="Failed", output=output) for i in instance_ids]
+
+        monkeypatch.setattr(SsmCommands, "results", results)
+        self.agent.healthy = False
+
+    def ssm_versions(self) -> dict[str, int]:
+        ssm = boto3.client("ssm", region_name=REGION)
+        out: dict[str, int] = {}
+        for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=CONFIG_PREFIX + "/", Recursive=True):
+            out.update({p["Name"]: p["Version"] for p in page["Parameters"]})
+        return out
 
     def heartbeat(self, instance_id: str, version: str | None, *, at: float | None = None, up: bool = True) -> None:
         now = self.clock.now() if self.clock else 0.0
@@ -148,6 +185,7 @@ class World:
 
     def on_command(self, instance_ids: list[str], commands: list[str]) -> None:
         """What `sip-trunk-agent apply --version V` does on each host (Run Command in moto runs nothing)."""
+        self.sent_commands += commands
         for command in commands:
             match = re.fullmatch(r"sip-trunk-agent apply --version (v[0-9a-f]{16})", command)
             if match is None or not self.agent.healthy:
@@ -248,6 +286,7 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
         topic_arn=topic_arn,
         queue_url=queue_url,
         responder=responder,
+        api_key=api_key,
     )
     world_ref.append(world)
     _reset_caches()

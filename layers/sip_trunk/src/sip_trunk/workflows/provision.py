@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sip_trunk.elevenlabs import DesiredTrunk, diff_trunk, ensure_trunk
+from sip_trunk.elevenlabs import DesiredTrunk, ElevenLabsError, diff_trunk, ensure_trunk
 from sip_trunk.errors import (
     ApplyFailed,
     SettingsInvalid,
@@ -402,7 +402,10 @@ def _elevenlabs_check(deps: Deps, loaded: LoadedSettings, public_address: str) -
         return ElevenLabsCheck(checked=False, note="no API key configured")
     api = deps.elevenlabs(loaded.api_key.get_secret_value())
     desired = desired_trunk(loaded, public_address)
-    actual = api.find_by_number(desired.phone_number)
+    try:
+        actual = api.find_by_number(desired.phone_number)
+    except ElevenLabsError as exc:  # reported here; SyncElevenLabs retries and gates
+        return ElevenLabsCheck(checked=False, note=f"{type(exc).__name__}: {exc.message}")
     if actual is None:
         return ElevenLabsCheck(checked=True, matches=False, mismatches=["phone_number"], note="not imported yet")
     mismatches = [m.field for m in diff_trunk(desired, actual)]
@@ -618,7 +621,7 @@ def _record_failure(deps: Deps, request: RecordInput) -> RecordResult:
     failures: dict[str, Any] = state.get("failure") or {}
     failed_step, failure = next(iter(failures.items()), ("unknown", {}))
     error, detail = error_message(failure if isinstance(failure, dict) else {})
-    actions: list[str] = Field(default_factory=list)
+    actions: list[str] = []
     render = RenderResult.model_validate(state["render"]) if "render" in state else None
     if render is not None and render.previous_version != render.version:
         if render.previous_version:

@@ -111,6 +111,7 @@ def _nat_call(
         rtp_echo=True,
         netns=topo.client,
         global_timeout_s=40,
+        extra_args=["-aa"],  # answer the gateway's qualify OPTIONS
     ).start()
     try:
         time.sleep(0.3)
@@ -210,7 +211,6 @@ def test_reload_with_calls_up_drops_none(
     settings, secrets = gateway_settings("127.0.0.2", uas_port, **overrides)
     gateway = render_gateway(settings, secrets, tmp_path / "gw-v1")
     assert "Dial(PJSIP/${EXTEN}@pstn,45)" in gateway.file("extensions.conf")
-    ast = asterisk_factory(gateway.asterisk_dir)
     counter = rtp_counter((33400, 33598))
     uas = Sipp(
         "net_uas_answer.xml",
@@ -222,7 +222,13 @@ def test_reload_with_calls_up_drops_none(
         rtp_echo=True,
         calls=calls,
         global_timeout_s=60,
+        extra_args=["-aa"],  # answer the gateway's qualify OPTIONS
     ).start()
+    try:
+        ast = asterisk_factory(gateway.asterisk_dir)
+    except BaseException:
+        uas.stop()
+        raise
     users = write_injection(tmp_path / "users.csv", [["1001", auth_field("1001", EXT_PASSWORD)]])
     uac = Sipp(
         "uac_auth_pcap.xml",

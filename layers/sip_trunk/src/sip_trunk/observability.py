@@ -46,9 +46,7 @@ def idempotency_store() -> DynamoDBPersistenceLayer:
     )
 
 
-def run_idempotent(
-    func: Callable[[M], R], *, request: M, returns: type[R], context: LambdaContext | None = None
-) -> R:
+def run_idempotent(func: Callable[[M], R], *, request: M, returns: type[R], context: LambdaContext | None = None) -> R:
     """Call `func(request)` at most once per distinct `request` (within a day): a retried Lambda
     invocation gets the stored result instead of changing the world twice."""
     config = IdempotencyConfig(expires_after_seconds=IDEMPOTENCY_TTL_S, raise_on_no_idempotency_key=True)

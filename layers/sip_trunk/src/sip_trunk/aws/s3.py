@@ -19,9 +19,8 @@ class S3Objects:
 
     def put_json(self, bucket: str, key: str, document: Any) -> None:
         body = json.dumps(document, indent=2, sort_keys=True, default=str).encode()
-        self.s3.put_object(
-            Bucket=bucket, Key=key, Body=body, ContentType="application/json", ServerSideEncryption="aws:kms"
-        )
+        # The bucket's default encryption (the stack key) applies; naming aws:kms here would pick aws/s3.
+        self.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
 
     def put_if_changed(self, bucket: str, key: str, body: bytes) -> bool:
         digest = hashlib.sha256(body).hexdigest()

@@ -26,7 +26,7 @@ def backup(deps: Deps, invocation: str) -> BackupResult:
     if instance_id:
         command_id = deps.commands.send(
             [instance_id],
-            [f"sip-trunk-agent backup --bucket {cfg.backup_bucket} --prefix {prefix}/host"],
+            ["sip-trunk-agent backup"],  # the agent knows its bucket and key layout from its environment
             f"backup {invocation}"[:100],
         )
     snapshot = deps.config_store.snapshot()

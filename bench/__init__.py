@@ -1,0 +1,1 @@
+"""Benchmarks of the gateway: capacity, reload under load and Lambda cost signals (``python -m bench.run``)."""

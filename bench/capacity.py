@@ -1,0 +1,419 @@
+"""Capacity of the product's rendered gateway on a real Asterisk 22, in the product topology.
+
+    carrier (sipp UAC, 127.0.1.5, identified by IP)  --TCP SIP, RTP-->  gateway (127.0.1.1, rendered config,
+    direct_media=no: Asterisk relays every packet)  --TCP SIP, RTP-->  "ElevenLabs" (sipp UAS at 127.0.1.3 that
+    answers each call with the port of one of several sipp -rtp_echo processes)
+
+The gateway resolves ``sip.rtc.elevenlabs.io`` to the UAS through a hosts file private to its mount
+namespace (tests/asterisk/standin.py). The carrier streams G.711 mu-law in a loop (sipp's ``rtp_stream``,
+audio converted from sipp's A-law pcap by bench/audio.py). RTP is counted on loopback per port range
+(carrier ports, gateway range, echo ports), packets of exactly 200 bytes only (RTCP excluded), so the loss
+of each hop is known:
+
+    gateway forward  = 1 - to_echo / from_carrier      echo      = 1 - from_echo / to_echo
+    gateway return   = 1 - to_carrier / from_echo      end to end = 1 - to_carrier / from_carrier
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.audio import write_audio
+from bench.common import SCENARIOS, CpuWindow, MediaCounter, find_child, loadavg, rss_mib
+from standin import ELEVENLABS_HOST, hosts_file, use_private_hosts
+from support.asterisk import AsteriskInstance
+from support.gateway import load_example, merge, render_gateway
+from support.rtp import RtpRange, reserve_rtp_range
+from support.sipp import Sipp, free_port, write_injection
+
+GATEWAY_IP = "127.0.1.1"
+AGENT_IP = "127.0.1.3"
+CARRIER_IP = "127.0.1.5"
+CALLS_PER_ECHO = 60  # one single-threaded sipp echo saturates from ~200 calls: stay far below
+CODECS = {"ulaw": ("0", "PCMU/8000"), "alaw": ("8", "PCMA/8000"), "g722": ("9", "G722/8000")}
+
+Edit = Callable[[str], str]
+
+
+@dataclass
+class ConfigVariant:
+    """The rendered config, optionally post-edited (file name -> text edit) to measure a candidate change.
+    ``asterisk_options`` are ``[options]`` lines of asterisk.conf (the harness writes its own file)."""
+
+    name: str
+    description: str
+    edits: Mapping[str, Edit] = field(default_factory=dict)
+    asterisk_options: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass
+class GatewayInstance(AsteriskInstance):
+    """An :class:`AsteriskInstance` whose asterisk.conf also carries the product's ``[options]``."""
+
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def _asterisk_conf(self) -> str:
+        text = super()._asterisk_conf()
+        extra = "".join(f"{k} = {v}\n" for k, v in self.options.items() if not text.count(f"\n{k} = "))
+        return text + extra
+
+
+def product_options(rendered_asterisk_conf: str) -> dict[str, str]:
+    """``[options]`` of the rendered asterisk.conf, minus what cannot apply to a chrooted bench instance
+    (runuser/rungroup: the harness runs Asterisk as root inside the chroot)."""
+    opts: dict[str, str] = {}
+    section = ""
+    for raw in rendered_asterisk_conf.splitlines():
+        line = raw.split(";", 1)[0].strip()
+        if line.startswith("["):
+            section = line.split("]", 1)[0].lstrip("[")
+        elif section == "options" and "=" in line:
+            key, value = (x.strip() for x in line.split("=", 1))
+            if key not in ("runuser", "rungroup"):
+                opts[key] = value
+    return opts
+
+
+def gateway_settings(sip_port: int, rtp: tuple[int, int], agent_port: int) -> tuple[dict[str, Any], dict[str, str]]:
+    settings, secrets = load_example("minimal")
+    e164 = settings["elevenlabs"]["phone_number"]
+    settings = merge(
+        settings,
+        {
+            "elevenlabs": {"port": agent_port},
+            "network": {
+                "public_address": None,
+                "local_nets": ["127.0.0.0/8"],
+                "bind_address": GATEWAY_IP,
+                "sip_port": sip_port,
+                "tls_port": free_port(GATEWAY_IP),
+                "rtp_port_start": rtp[0],
+                "rtp_port_end": rtp[1],
+            },
+            "carriers": [
+                {
+                    "name": "carrier",
+                    "host": CARRIER_IP,
+                    "port": free_port(CARRIER_IP),
+                    "transport": "tcp",
+                    "auth": "ip",
+                    "match": [f"{CARRIER_IP}/32"],
+                    "dids": [e164],
+                }
+            ],
+        },
+    )
+    return settings, secrets
+
+
+def start_gateway(
+    root: Path,
+    workdir: Path,
+    name: str,
+    variant: ConfigVariant,
+    *,
+    sip_port: int,
+    rtp: tuple[int, int],
+    agent_port: int,
+) -> tuple[GatewayInstance, str]:
+    """Render, post-edit, start; returns the instance and the E.164 the carrier dials."""
+    settings, secrets = gateway_settings(sip_port, rtp, agent_port)
+    rendered = render_gateway(settings, secrets, workdir / f"gw-{name}")
+    for fname, edit in variant.edits.items():
+        path = rendered.asterisk_dir / fname
+        path.write_text(edit(path.read_text() if path.exists() else ""))
+    options = product_options(rendered.file("asterisk.conf"))
+    for key, value in variant.asterisk_options.items():
+        if value is None:
+            options.pop(key, None)
+        else:
+            options[key] = value
+    inst = GatewayInstance(
+        root,
+        name,
+        rendered.asterisk_dir,
+        extra_files={"hosts": hosts_file({ELEVENLABS_HOST: AGENT_IP})},
+        options=options,
+    )
+    use_private_hosts(inst)
+    inst.start()
+    return inst, str(settings["elevenlabs"]["phone_number"])
+
+
+def asterisk_pid(inst: AsteriskInstance) -> int:
+    assert inst.pid is not None
+    pid = find_child(inst.pid, "asterisk")
+    if pid is None:
+        raise RuntimeError(f"no asterisk process under {inst.pid}")
+    return pid
+
+
+def active_calls(inst: AsteriskInstance) -> int:
+    m = re.search(r"(\d+) active call", inst.rx("core show channels count"))
+    return int(m.group(1)) if m else 0
+
+
+def _bridge_technologies(inst: AsteriskInstance) -> dict[str, int]:
+    """How many bridges use each technology (native_rtp = relayed without decoding, simple_bridge = frames)."""
+    counts: dict[str, int] = {}
+    for line in inst.rx("bridge show all").splitlines():
+        m = re.match(r"^[0-9a-f-]{36}\s.*?\s\d+\s+\S+\s+(\S+)\s+\d\d:\d\d:\d\d$", line.strip())
+        if m:
+            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts
+
+
+def _ratio_loss(received: int, sent: int) -> float | None:
+    return round(100 * (1 - received / sent), 3) if sent else None
+
+
+@dataclass
+class Agent:
+    """The far end: a signalling UAS plus echo processes (the UAS echoes on the first port itself)."""
+
+    uas: Sipp
+    echoes: list[Sipp]
+    ports: list[int]
+    ranges: list[RtpRange]
+
+    def stop(self) -> dict[str, Any]:
+        result = self.uas.stop()
+        for echo in self.echoes:
+            echo.kill()
+        return {"answered": result.successful}
+
+    def pids(self) -> list[int]:
+        return [p.process.pid for p in (self.uas, *self.echoes) if p.process is not None]
+
+
+def start_agent(workdir: Path, calls: int, codec: str) -> tuple[Agent, int]:
+    count = max(1, math.ceil(calls / CALLS_PER_ECHO))
+    reserved = reserve_rtp_range(4 * count + 4)
+    base = reserved.low
+    ports = [base + 4 * i for i in range(count)]  # sipp also echoes on port + 2
+    payload, encoding = CODECS[codec]
+    rows = [[str(ports[i % count]), payload, encoding] for i in range(max(calls, count))]
+    inject = write_injection(workdir / "agent.csv", rows)
+    agent_port = free_port(AGENT_IP)
+    echoes = []
+    for i, port in enumerate(ports[1:], start=1):
+        echoes.append(
+            Sipp(
+                SCENARIOS / "echo_idle.xml",
+                workdir / f"echo{i}",
+                transport="u1",
+                local_ip=AGENT_IP,
+                local_port=free_port(AGENT_IP),
+                media_port=port,
+                rtp_echo=True,
+                calls=None,
+                trace_messages=False,
+            ).start()
+        )
+    uas = Sipp(
+        SCENARIOS / "agent_uas_echo.xml",
+        workdir / "agent",
+        transport="t1",
+        local_ip=AGENT_IP,
+        local_port=agent_port,
+        media_port=ports[0],
+        rtp_echo=True,
+        inject=inject,
+        calls=None,
+        trace_messages=False,
+    ).start()
+    return Agent(uas=uas, echoes=echoes, ports=ports, ranges=[reserved]), agent_port
+
+
+def carrier_scenario(workdir: Path, audio: Path, payload: str) -> Path:
+    text = (SCENARIOS / "carrier_uac_stream.xml").read_text()
+    path = workdir / "carrier_uac_stream.xml"
+    path.write_text(text.replace("@AUDIO_FILE@", str(audio)).replace("@PAYLOAD@", payload))
+    return path
+
+
+@dataclass
+class LevelPlan:
+    calls: int
+    call_s: float
+    steady_s: float
+    rate: float
+
+    @property
+    def ramp_s(self) -> float:
+        return self.calls / self.rate
+
+
+def plan(calls: int, *, quick: bool) -> LevelPlan:
+    rate = float(min(50, max(10, math.ceil(calls / 10))))
+    steady = 6.0 if quick else 20.0
+    ramp = calls / rate
+    call_s = max(8.0 if quick else 30.0, ramp + 3 + steady + 3)
+    return LevelPlan(calls=calls, call_s=call_s, steady_s=steady, rate=rate)
+
+
+def run_level(
+    root: Path,
+    workdir: Path,
+    lp: LevelPlan,
+    variant: ConfigVariant,
+    *,
+    carrier_codec: str = "ulaw",
+    agent_codec: str = "ulaw",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """One level: ``lp.calls`` concurrent calls for ``lp.call_s`` each; measures over the steady window."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    audio = write_audio(workdir / "audio")["ulaw" if carrier_codec == "ulaw" else "alaw"]
+    gw_range = reserve_rtp_range(max(200, 4 * lp.calls + 100))
+    uac_range = reserve_rtp_range(2 * lp.calls + 100)
+    rtp, uac_base = gw_range.ports, uac_range.low
+    sip_port = free_port(GATEWAY_IP)
+    load_before = loadavg()
+    started = time.monotonic()
+    counters: dict[str, MediaCounter] = {}
+    agent: Agent | None = None
+    gw: GatewayInstance | None = None
+    uac: Sipp | None = None
+    out: dict[str, Any] = {
+        "calls": lp.calls,
+        "call_s": lp.call_s,
+        "rate_cps": lp.rate,
+        "carrier_codec": carrier_codec,
+        "agent_codec": agent_codec,
+        "config": variant.name,
+    }
+    try:
+        agent, agent_port = start_agent(workdir, lp.calls, agent_codec)
+        name = f"bench-{variant.name}-{carrier_codec}-{agent_codec}-{lp.calls}"[:40]
+        gw, e164 = start_gateway(root, workdir, name, variant, sip_port=sip_port, rtp=rtp, agent_port=agent_port)
+        apid = asterisk_pid(gw)
+        rss_idle = rss_mib(apid)
+        counters = {
+            "carrier": MediaCounter((uac_base, uac_base + 2 * lp.calls + 99)).install(),
+            "gateway": MediaCounter(rtp).install(),
+            "echo": MediaCounter((agent.ports[0], agent.ports[-1] + 2)).install(),
+        }
+        payload = CODECS[carrier_codec][0]
+        uac = Sipp(
+            carrier_scenario(workdir, audio, payload),
+            workdir / "carrier",
+            remote=f"{GATEWAY_IP}:{sip_port}",
+            transport="t1",
+            local_ip=CARRIER_IP,
+            service=e164,
+            calls=lp.calls,
+            rate=lp.rate,
+            limit=lp.calls,
+            duration_ms=int(lp.call_s * 1000),
+            media_port=uac_base,
+            keys={"payload": payload, "encoding": CODECS[carrier_codec][1]},
+            global_timeout_s=lp.call_s + lp.ramp_s + 60,
+            trace_messages=False,
+        ).start()
+        # ramp: wait for every call (or the end of the ramp plus a margin), then let media settle
+        deadline = time.monotonic() + lp.ramp_s + 8
+        up = 0
+        while time.monotonic() < deadline:
+            up = active_calls(gw)
+            if up >= lp.calls:
+                break
+            time.sleep(0.5)
+        time.sleep(2)
+        assert uac.process is not None
+        window = CpuWindow({"asterisk": [apid], "carrier": [uac.process.pid], "agent": agent.pids()})
+        before = {k: c.counts() for k, c in counters.items()}
+        window.start()
+        bridges = _bridge_technologies(gw)
+        steady_end = time.monotonic() + lp.steady_s
+        min_up = up
+        while time.monotonic() < steady_end:
+            time.sleep(min(2.0, max(0.0, steady_end - time.monotonic())))
+            min_up = min(min_up, active_calls(gw))
+        cpu = window.stop()
+        after = {k: c.counts() for k, c in counters.items()}
+        rss_loaded = rss_mib(apid)
+        d = {k: (after[k].from_range - before[k].from_range, after[k].to_range - before[k].to_range) for k in after}
+        from_carrier, to_carrier = d["carrier"]
+        from_echo, to_echo = d["echo"]
+        gw_sent, gw_recv = d["gateway"]
+        result = uac.wait(timeout=lp.call_s + lp.ramp_s + 90)
+        answered = agent.stop()["answered"]
+        successful = result.successful or 0
+        failed = lp.calls - successful
+        log_text = gw.log_text("messages")
+        out.update(
+            {
+                "calls_up_at_window_start": up,
+                "calls_up_min_in_window": min_up,
+                "failed_calls": failed,
+                "sipp_failed": result.failed,
+                "agent_answered": answered,
+                "packets": {
+                    "from_carrier": from_carrier,
+                    "to_agent": to_echo,
+                    "from_agent": from_echo,
+                    "to_carrier": to_carrier,
+                    "gateway_received": gw_recv,
+                    "gateway_sent": gw_sent,
+                },
+                "loss_pct": {
+                    "gateway_forward": _ratio_loss(to_echo, from_carrier),
+                    "agent_echo": _ratio_loss(from_echo, to_echo),
+                    "gateway_return": _ratio_loss(to_carrier, from_echo),
+                    "gateway": _ratio_loss(to_echo + to_carrier, from_carrier + from_echo),
+                    "end_to_end": _ratio_loss(to_carrier, from_carrier),
+                },
+                "expected_pps_each_way": 50 * lp.calls,
+                "carrier_pps": round(from_carrier / cpu["seconds"]) if cpu["seconds"] else None,
+                "cpu_pct": cpu,
+                "asterisk_cpu_pct_per_call": round(cpu["asterisk"] / lp.calls, 3) if lp.calls else None,
+                "asterisk_rss_mib": rss_loaded,
+                "asterisk_rss_idle_mib": rss_idle,
+                "asterisk_rss_mib_per_call": round((rss_loaded - rss_idle) / lp.calls, 3),
+                "log_warnings": len(re.findall(r"\b(WARNING|ERROR)\[", log_text)),
+                "log_maxload": len(re.findall(r"loadavg", log_text, re.IGNORECASE)),
+                "log_sample": [ln for ln in log_text.splitlines() if "WARNING" in ln or "ERROR" in ln][:5],
+                "bridges": bridges,
+            }
+        )
+        e2e = out["loss_pct"]["end_to_end"]
+        out["ok"] = failed == 0 and e2e is not None and e2e < 1.0
+    finally:
+        if uac is not None:
+            uac.kill()
+        if agent is not None:
+            with contextlib.suppress(Exception):
+                agent.stop()
+        for c in counters.values():
+            c.remove()
+        for r in (gw_range, uac_range, *(agent.ranges if agent else [])):
+            r.release()
+        if gw is not None:
+            gw.stop()
+            shutil.copytree(gw.log_dir, workdir / "gateway-logs", dirs_exist_ok=True)
+    out["loadavg_before"] = load_before
+    out["loadavg_after"] = loadavg()
+    out["wall_s"] = round(time.monotonic() - started, 1)
+    log(_summary(out))
+    return out
+
+
+def _summary(r: dict[str, Any]) -> str:
+    loss = r.get("loss_pct", {})
+    cpu = r.get("cpu_pct", {})
+    return (
+        f"  {r['config']:<10} {r['carrier_codec']}->{r['agent_codec']} {r['calls']:>4} calls: "
+        f"failed {r.get('failed_calls')}, loss gw {loss.get('gateway')}% echo {loss.get('agent_echo')}% "
+        f"e2e {loss.get('end_to_end')}%, asterisk {cpu.get('asterisk')}% "
+        f"({r.get('asterisk_cpu_pct_per_call')}%/call), carrier {cpu.get('carrier')}% agent {cpu.get('agent')}% "
+        f"machine {cpu.get('machine')}%, RSS {r.get('asterisk_rss_mib')} MiB, load {r.get('loadavg_before')}"
+    )

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.audio import write_audio
-from bench.common import SCENARIOS, CpuWindow, MediaCounter, find_child, loadavg, rss_mib
 from standin import ELEVENLABS_HOST, hosts_file, use_private_hosts
 from support.asterisk import AsteriskInstance
 from support.gateway import load_example, merge, render_gateway
 from support.rtp import RtpRange, reserve_rtp_range
 from support.sipp import Sipp, free_port, write_injection
+
+from bench.audio import write_audio
+from bench.common import SCENARIOS, CpuWindow, MediaCounter, find_child, loadavg, rss_mib
 
 GATEWAY_IP = "127.0.1.1"
 AGENT_IP = "127.0.1.3"

@@ -3,6 +3,7 @@ memory from /proc, and RTP counters that count media packets only."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -139,10 +140,8 @@ class CpuWindow:
         for label, pids in self.pids.items():
             total = 0.0
             for pid in pids:
-                try:
+                with contextlib.suppress(OSError):
                     total += cpu_seconds(pid)
-                except OSError:
-                    pass
             out[label] = total
         return out
 
@@ -156,18 +155,15 @@ class CpuWindow:
         core used by everything not labelled (other work on the machine, the kernel's softirq included)."""
         elapsed = time.monotonic() - self._t0
         cpu1, m1 = self._sample(), machine_jiffies()
-        assert self._cpu0 is not None and self._m0 is not None
-        out: dict[str, Any] = {
-            label: round(100 * (cpu1[label] - self._cpu0[label]) / elapsed, 1) for label in cpu1
-        }
+        assert self._cpu0 is not None
+        assert self._m0 is not None
+        out: dict[str, Any] = {label: round(100 * (cpu1[label] - self._cpu0[label]) / elapsed, 1) for label in cpu1}
         delta = {k: m1[k] - self._m0[k] for k in m1}
         total = sum(delta.values())
         busy = total - delta["idle"] - delta["iowait"]
         cores = os.cpu_count() or 1
         out["machine"] = round(100 * busy / total, 1) if total else 0.0
-        out["machine_kinds"] = {
-            k: round(100 * v / total, 1) for k, v in delta.items() if k not in ("idle",) and total
-        }
+        out["machine_kinds"] = {k: round(100 * v / total, 1) for k, v in delta.items() if k not in ("idle",) and total}
         labelled = sum(out[label] for label in cpu1)
         out["others"] = round(out["machine"] * cores - labelled, 1)
         out["seconds"] = round(elapsed, 1)

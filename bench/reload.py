@@ -13,9 +13,12 @@ from typing import Any
 
 import boto3
 from moto import mock_aws
+from support.gateway import merge, render_gateway
+from support.rtp import reserve_rtp_range
+from support.sipp import Sipp, free_port
 
+from bench.audio import write_audio
 from bench.capacity import (
-    AGENT_IP,
     CARRIER_IP,
     CODECS,
     GATEWAY_IP,
@@ -27,10 +30,6 @@ from bench.capacity import (
     start_agent,
     start_gateway,
 )
-from bench.audio import write_audio
-from support.gateway import merge, render_gateway
-from support.rtp import reserve_rtp_range
-from support.sipp import Sipp, free_port
 
 PREFIX = "/bench/asterisk"
 
@@ -89,7 +88,9 @@ def run(root: Path, workdir: Path, *, calls: int, call_s: float, log: Any = prin
         # the new version: another dial timeout and a new DID, rendered by the product's renderer
         settings, secrets = gateway_settings(sip_port, gw_range.ports, agent_port)
         settings["carriers"][0]["port"] = 5999
-        changed = merge(settings, {"dialplan": {"dial_timeout_s": 33, "did_routes": {"+14155550199": {"kind": "agent"}}}})
+        changed = merge(
+            settings, {"dialplan": {"dial_timeout_s": 33, "did_routes": {"+14155550199": {"kind": "agent"}}}}
+        )
         v2 = render_gateway(changed, secrets, workdir / "gw-v2")
         files = dict(v2.rendered.files)
         files["asterisk/asterisk.conf"] = (gw.etc_dir / "asterisk.conf").read_bytes()  # unchanged: no restart

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, RESULTS
@@ -73,7 +72,7 @@ def plots(results: dict[str, Any], prefix: str) -> list[str]:
 
 
 def _fmt(v: Any) -> str:
-    return "–" if v is None else str(v)
+    return "-" if v is None else str(v)
 
 
 def table(results: dict[str, Any], pngs: list[str]) -> str:
@@ -116,7 +115,7 @@ def table(results: dict[str, Any], pngs: list[str]) -> str:
                     f"{_fmt(loss.get('agent_echo'))} | {_fmt(loss.get('gateway_return'))} | "
                     f"{_fmt(loss.get('end_to_end'))} | {_fmt(cpu.get('asterisk'))} | "
                     f"{_fmt(r.get('asterisk_cpu_pct_per_call'))} | {_fmt(cpu.get('machine'))} | {_fmt(gen)} | "
-                    f"{_fmt(r.get('asterisk_rss_mib'))} | {', '.join(r.get('bridges', {}) or {}) or '–'} |"
+                    f"{_fmt(r.get('asterisk_rss_mib'))} | {', '.join(r.get('bridges', {}) or {}) or '-'} |"
                 )
         lines.append("")
         for png in pngs:
@@ -160,9 +159,10 @@ def table(results: dict[str, Any], pngs: list[str]) -> str:
             ]
             for name in ("health_check", "verify_trunk"):
                 h = hd.get(name, {})
+                error = f" {h['error']}" if "error" in h else ""
                 lines.append(
                     f"- `{name}` in-process (moto, real SIP probe on loopback), median of {hd.get('invocations')}: "
-                    f"{_fmt(h.get('median_ms'))} ms (p90 {_fmt(h.get('p90_ms'))} ms){' ' + h['error'] if 'error' in h else ''}"
+                    f"{_fmt(h.get('median_ms'))} ms (p90 {_fmt(h.get('p90_ms'))} ms){error}"
                 )
             lines.append(f"- {hd.get('note', '')}")
         lines.append("")

@@ -53,12 +53,12 @@ def run_capacity(root: Path, work: Path, *, quick: bool, levels: tuple[int, ...]
     for n in levels:
         out["levels"].append(run_level(root, work / f"rendered-{n}", plan(n, quick=quick), RENDERED))
     print(f"capacity: candidate config ({CANDIDATE.description})")
-    for n in (levels[-1:] if quick else tuple(x for x in levels if x >= 100)):
+    for n in levels[-1:] if quick else tuple(x for x in levels if x >= 100):
         out["candidate"].append(run_level(root, work / f"candidate-{n}", plan(n, quick=quick), CANDIDATE))
     # maxload refuses calls whenever the machine's load average (generators included) passes 1.8: the
     # transcoding point is measured on the candidate so it measures transcoding, not the load gate
     print("capacity: one transcoding point (carrier mu-law, agent G.722), candidate config")
-    for n in (levels[:1] if quick else (100, 200)):
+    for n in levels[:1] if quick else (100, 200):
         out["transcoding"].append(
             run_level(root, work / f"g722-{n}", plan(n, quick=quick), CANDIDATE, agent_codec="g722")
         )

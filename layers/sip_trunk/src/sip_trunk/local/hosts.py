@@ -1,0 +1,688 @@
+"""Local "EC2 hosts": each a network namespace on the shared LAN 10.0.0.0/24 behind the Elastic-IP router, an
+Asterisk 22 chrooted into a copy-on-write root of its own, and the real host agent (``sip-trunk-agent``)
+run the way SSM Run Command and systemd run it on EC2.
+
+* network: :class:`~sip_trunk.local.netns.LocalTopology` — router (1:1 NAT for each public address), the
+  outside bridge with the carrier/client namespace (198.51.100.50) and the ElevenLabs stand-in, one namespace
+  per host on the LAN;
+* disk: :class:`~sip_trunk.local.asterisk_runner.OverlayRoot` over the cached Asterisk root, with the image's
+  bootstrap config in ``/etc/asterisk`` (a TCP transport on 5060 that answers probes, no endpoints) and
+  ``/etc/hosts`` naming the stand-in ``sip.rtc.elevenlabs.io``;
+* AWS: the agent reaches the moto server through ``AWS_ENDPOINT_URL=http://127.0.0.1:<port>`` inside the host's
+  namespace; a socat pair carries that port over a Unix socket to the moto server on this machine's loopback,
+  so no namespace is attached to the host network;
+* the standby runs ``sip-trunk-agent watch-peer`` against the primary's private address, as its systemd unit does.
+
+Everything the manager starts is recorded (PID + process start time, namespaces, mounts) in
+``<run_dir>/hosts.json`` after every change, so :meth:`LocalHostManager.teardown` in another process (``sip-trunk
+local down``) ends exactly those processes by PID and removes exactly those namespaces and mounts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sip_trunk.local.asterisk_runner import (
+    HOST_CONF,
+    AsteriskError,
+    HostAsterisk,
+    OverlayRoot,
+    is_mounted,
+    kill_recorded,
+    process_start_time,
+    root_problem,
+)
+from sip_trunk.local.netns import LocalTopology, NetnsError, list_namespaces, run
+
+ELEVENLABS_HOST = "sip.rtc.elevenlabs.io"
+STANDIN_IP = "198.51.100.20"
+CLIENT_IP = "198.51.100.50"
+DEFAULT_PUBLIC_IP = "203.0.113.10"
+STATE_FILE = "hosts.json"
+ROLES = ("primary", "standby")
+
+_BOOTSTRAP_MODULES = """res_pjproject res_sorcery_config res_sorcery_memory res_sorcery_astdb res_pjsip
+res_pjsip_session
+res_pjsip_pubsub chan_pjsip res_timing_timerfd pbx_config"""
+# The image's Asterisk config before the first `apply`: directories as the rendered asterisk.conf names them,
+# a TCP transport that answers SIP probes, no endpoints (so nothing can be called).
+BOOTSTRAP_CONFIG: dict[str, str] = {
+    "asterisk.conf": (
+        "; bootstrap config of the local host image (replaced by the first `sip-trunk-agent apply`)\n"
+        "[directories](!)\nastetcdir => /etc/asterisk\nastmoddir => /usr/lib/asterisk/modules\n"
+        "astvarlibdir => /var/lib/asterisk\nastdbdir => /var/lib/asterisk\nastkeydir => /var/lib/asterisk\n"
+        "astdatadir => /usr/share/asterisk\nastagidir => /usr/share/asterisk/agi-bin\n"
+        "astspooldir => /var/spool/asterisk\nastrundir => /var/run/asterisk\nastlogdir => /var/log/asterisk\n"
+        "astsbindir => /usr/sbin\n\n[options]\ntransmit_silence = no\n"
+    ),
+    "modules.conf": "[modules]\nautoload = no\n" + "".join(f"load = {m}.so\n" for m in _BOOTSTRAP_MODULES.split()),
+    "pjsip.conf": "[transport-tcp]\ntype = transport\nprotocol = tcp\nbind = 0.0.0.0:5060\n",
+    "extensions.conf": "[general]\nstatic = yes\nwriteprotect = yes\n",
+    "logger.conf": "[logfiles]\nmessages.log => notice,warning,error\n",
+    **{f"{name}.conf": "" for name in ("cdr", "cel", "features", "acl", "udptl", "pjproject", "rtp")},
+}
+
+
+class HostError(RuntimeError):
+    """A local host could not be started, reached or removed."""
+
+
+@dataclass
+class Recorded:
+    """A process the manager started: PID, the kernel's start time (so a reused PID is never signalled)
+    and whether the PID leads its own process group."""
+
+    pid: int
+    start_time: int | None
+    group: bool = True
+
+    @property
+    def alive(self) -> bool:
+        return process_start_time(self.pid) is not None and (
+            self.start_time is None or process_start_time(self.pid) == self.start_time
+        )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        kill_recorded(self.pid, self.start_time, sig, group=self.group)
+
+    @classmethod
+    def of(cls, proc: subprocess.Popen[Any]) -> Recorded:
+        return cls(proc.pid, process_start_time(proc.pid))
+
+
+@dataclass
+class LocalHost:
+    """One local host (what an EC2 instance is in AWS)."""
+
+    instance_id: str
+    private_ip: str
+    role: str
+    label: str
+    netns: str
+    base: Path
+    asterisk: HostAsterisk
+    peer_address: str | None = None
+    watch: Recorded | None = None
+    bridge: Recorded | None = None
+    started_seconds: float | None = None
+
+    @property
+    def root(self) -> Path:
+        """The host's root file system on this machine."""
+        return self.base / "root"
+
+    def rx(self, command: str, *, timeout: float = 15.0) -> str:
+        """One Asterisk CLI command on this host."""
+        return self.asterisk.rx(command, timeout=timeout)
+
+    def path(self, inside: str) -> Path:
+        """A path of the host (``/etc/asterisk/pjsip.conf``) on this machine."""
+        return self.root / inside.lstrip("/")
+
+    def log_text(self, name: str = "messages") -> str:
+        path = self.path(f"/var/log/asterisk/{name}" + ("" if name.endswith(".log") else ".log"))
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "private_ip": self.private_ip,
+            "role": self.role,
+            "label": self.label,
+            "netns": self.netns,
+            "base": str(self.base),
+            "peer_address": self.peer_address,
+            "asterisk": {"pid": self.asterisk.pid, "start_time": self.asterisk.start_time},
+            "watch": asdict(self.watch) if self.watch else None,
+            "bridge": asdict(self.bridge) if self.bridge else None,
+            "started_seconds": self.started_seconds,
+        }
+
+
+def _agent_command() -> list[str]:
+    """``sip-trunk-agent`` of this Python environment (the console script next to the interpreter)."""
+    script = Path(sys.executable).parent / "sip-trunk-agent"
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("sip-trunk-agent")
+    return [found] if found else [sys.executable, "-m", "sip_trunk.agent"]
+
+
+def _wait_listening(netns: str, port: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = run(["ip", "netns", "exec", netns, "ss", "-Hltn", f"sport = :{port}"], check=False)
+        if out.strip():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class LocalHostManager:
+    """Start, stop, crash and command local hosts; move public addresses between them; tear everything down.
+
+    ``run_dir`` holds the state file, each host's disk (``hosts/<instance-id>/``) and logs; ``root`` is the
+    cached Asterisk root file system (``make asterisk-root``); ``moto_endpoint`` is the moto server's URL on this
+    machine. ``agent_env`` is the agent's deployment environment (``SIP_TRUNK_STACK``, ``SIP_TRUNK_STATE_TABLE``,
+    ``SIP_TRUNK_BACKUP_BUCKET``, ``SIP_TRUNK_RECORDINGS_BUCKET``, ``SIP_TRUNK_FAILOVER_STATE_MACHINE_ARN`` …, as the
+    host stack's user data writes it to ``agent.env``); ``watch_interval_s``/``watch_failures`` are the standby's
+    ``watch-peer`` settings. Constructing a manager over a ``run_dir`` that holds state adopts it (for
+    :meth:`status` and :meth:`teardown` from another process).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        root: Path,
+        moto_endpoint: str,
+        region: str,
+        *,
+        agent_env: Mapping[str, str] | None = None,
+        public_ip: str = DEFAULT_PUBLIC_IP,
+        watch_interval_s: float = 1.0,
+        watch_failures: int = 3,
+        watch_timeout_s: float = 1.0,
+        asterisk_maxload: float | None = 0.0,
+        command_timeout_s: float = 600.0,
+    ) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        self.root = Path(root)
+        self.moto_endpoint = moto_endpoint
+        self.region = region
+        self.agent_env = dict(agent_env or {})
+        self.public_ip = public_ip
+        self.watch_interval_s = watch_interval_s
+        self.watch_failures = watch_failures
+        self.watch_timeout_s = watch_timeout_s
+        self.asterisk_maxload = asterisk_maxload
+        self.command_timeout_s = command_timeout_s
+        self.hosts: dict[str, LocalHost] = {}
+        self.topology: LocalTopology | None = None
+        self.moto_bridge: Recorded | None = None
+        self.extra_processes: dict[str, Recorded] = {}  # stand-in, carrier …: name -> process
+        self.extra_state: dict[str, Any] = {}
+        self.labels = 0
+        self._lock = threading.RLock()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.state_path.exists():
+            self._load()
+
+    # --- state -------------------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / STATE_FILE
+
+    @property
+    def moto_port(self) -> int:
+        parts = urlsplit(self.moto_endpoint)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def moto_socket(self) -> Path:
+        path = self.run_dir / "moto.sock"
+        if len(str(path)) < 100:
+            return path
+        digest = hashlib.sha256(str(self.run_dir).encode()).hexdigest()[:12]
+        return Path(f"/run/aws-sip-trunk-moto-{digest}.sock")
+
+    def _save(self) -> None:
+        state = {
+            "root": str(self.root),
+            "moto_endpoint": self.moto_endpoint,
+            "region": self.region,
+            "public_ip": self.public_ip,
+            "labels": self.labels,
+            "topology": self.topology.to_state() if self.topology else None,
+            "moto_bridge": asdict(self.moto_bridge) if self.moto_bridge else None,
+            "hosts": {iid: host.to_state() for iid, host in self.hosts.items()},
+            "extra_processes": {name: asdict(rec) for name, rec in self.extra_processes.items()},
+            "extra": self.extra_state,
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.state_path)
+
+    def _load(self) -> None:
+        state = json.loads(self.state_path.read_text())
+        self.labels = int(state.get("labels", 0))
+        if state.get("topology"):
+            self.topology = LocalTopology.from_state(state["topology"])
+        if state.get("moto_bridge"):
+            self.moto_bridge = Recorded(**state["moto_bridge"])
+        self.extra_processes = {k: Recorded(**v) for k, v in (state.get("extra_processes") or {}).items()}
+        self.extra_state = dict(state.get("extra") or {})
+        for iid, raw in (state.get("hosts") or {}).items():
+            base = Path(raw["base"])
+            asterisk = HostAsterisk(
+                root=base / "root", name=raw["label"], console_log=base / "asterisk-console.log",
+                netns=raw["netns"], pid=raw["asterisk"]["pid"], start_time=raw["asterisk"]["start_time"],
+            )  # fmt: skip
+            self.hosts[iid] = LocalHost(
+                instance_id=iid, private_ip=raw["private_ip"], role=raw["role"], label=raw["label"],
+                netns=raw["netns"], base=base, asterisk=asterisk, peer_address=raw.get("peer_address"),
+                watch=Recorded(**raw["watch"]) if raw.get("watch") else None,
+                bridge=Recorded(**raw["bridge"]) if raw.get("bridge") else None,
+                started_seconds=raw.get("started_seconds"),
+            )  # fmt: skip
+
+    # --- network -----------------------------------------------------------------------------------------
+    def network(self) -> LocalTopology:
+        """The router, outside bridge and client namespace (built on first use) and the moto bridge."""
+        with self._lock:
+            if self.topology is None:
+                problem = root_problem(self.root)
+                if problem:
+                    raise HostError(problem)
+                prefix = "lh" + hashlib.sha256(str(self.run_dir).encode()).hexdigest()[:6]
+                stale = [ns for ns in list_namespaces() if ns.startswith(prefix + "-")]
+                if stale:
+                    raise HostError(f"namespaces {stale} exist: run `sip-trunk local down` for {self.run_dir}")
+                topo = LocalTopology(prefix=prefix, public_ip=self.public_ip, client_ip=CLIENT_IP)
+                self.topology = topo
+                self._save()  # before building: a failure half way is still torn down by name
+                topo.build()
+                self._save()
+            if self.moto_bridge is None or not self.moto_bridge.alive:
+                self._start_moto_bridge()
+            return self.topology
+
+    def _start_moto_bridge(self) -> None:
+        sock = self.moto_socket
+        sock.unlink(missing_ok=True)
+        host = urlsplit(self.moto_endpoint).hostname or "127.0.0.1"
+        log = (self.run_dir / "moto-bridge.log").open("ab")
+        proc = subprocess.Popen(
+            ["socat", f"UNIX-LISTEN:{sock},fork,mode=600", f"TCP:{host}:{self.moto_port}"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        self.moto_bridge = Recorded.of(proc)
+        self._save()
+        deadline = time.monotonic() + 5
+        while not sock.exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise HostError(f"moto bridge (socat) did not start: see {self.run_dir / 'moto-bridge.log'}")
+            time.sleep(0.02)
+
+    def _namespace_bridge(self, netns: str, log_path: Path) -> Recorded:
+        """127.0.0.1:<moto port> inside ``netns`` → the moto bridge's Unix socket."""
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", netns, "socat",
+                 f"TCP-LISTEN:{self.moto_port},bind=127.0.0.1,fork,reuseaddr", f"UNIX-CONNECT:{self.moto_socket}"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        if not _wait_listening(netns, self.moto_port):
+            Recorded.of(proc).kill()
+            raise HostError(f"moto bridge in {netns} did not listen on 127.0.0.1:{self.moto_port}")
+        return Recorded.of(proc)
+
+    def add_outside(self, label: str, ip: str) -> str:
+        """A namespace on the outside segment (an internet participant such as the ElevenLabs stand-in)."""
+        with self._lock:
+            ns = self.network().add_outside(label, ip)
+            self._save()
+            return ns
+
+    def outside_namespace(self, label: str = "client") -> str:
+        """The namespace of an outside participant (``client`` = the carrier, 198.51.100.50)."""
+        topo = self.network()
+        if label == "client":
+            return topo.client
+        return topo.outside[label][0]
+
+    def run_outside(self, argv: Sequence[str], *, timeout: float = 60.0) -> tuple[int, str, str]:
+        """Run a command from the outside (the client namespace): how the internet sees the public address."""
+        ns = self.outside_namespace()
+        proc = subprocess.run(
+            ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        return proc.returncode, proc.stdout, proc.stderr
+
+    # --- hosts -------------------------------------------------------------------------------------------
+    def host(self, instance_id: str) -> LocalHost:
+        try:
+            return self.hosts[instance_id]
+        except KeyError:
+            raise HostError(f"no local host {instance_id}") from None
+
+    def host_env(self, host: LocalHost) -> dict[str, str]:
+        """What the agent's ``agent.env`` + ``role.env`` hold on this host, with the paths of its root."""
+        r = host.root
+        env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.moto_port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "SIP_TRUNK_REGION": self.region,
+            "SIP_TRUNK_INSTANCE_ID": host.instance_id,
+            "SIP_TRUNK_ROLE": host.role,
+            "SIP_TRUNK_CONFIG_DIR": str(r / "etc/asterisk"),
+            "SIP_TRUNK_RELEASES_DIR": str(r / "var/lib/sip-trunk/releases"),
+            "SIP_TRUNK_STATE_DIR": str(r / "var/lib/sip-trunk"),
+            "SIP_TRUNK_FAIL2BAN_DIR": str(r / "etc/fail2ban"),
+            "SIP_TRUNK_FAIL2BAN_RELOAD": "",
+            "SIP_TRUNK_ASTERISK_CMD": " ".join(host.asterisk.cli_prefix),
+            "SIP_TRUNK_ASTERISK_CONF": HOST_CONF,
+            "SIP_TRUNK_ASTDB_PATH": str(r / "var/lib/asterisk/astdb.sqlite3"),
+            "SIP_TRUNK_VOICEMAIL_DIR": str(r / "var/spool/asterisk/voicemail"),
+            "SIP_TRUNK_ETC_DIR": str(r / "etc/sip-trunk"),
+            "SIP_TRUNK_UNITS_DIR": str(r / "etc/systemd/system"),
+            "SIP_TRUNK_SYSTEMCTL": "true",
+            "SIP_TRUNK_CLOUDWATCH_AGENT_CTL": "true",
+            "SIP_TRUNK_IMDS_URL": "http://127.0.0.1:9",
+        }
+        if host.peer_address:
+            env["SIP_TRUNK_PEER_ADDRESS"] = host.peer_address
+        return env
+
+    def environment(self, host: LocalHost, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The full process environment of an agent command on ``host``: the deployment's ``agent_env``, then
+        ``env`` (what the caller adds), then the host's own paths and endpoints (which always win)."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SIP_TRUNK_"))}
+        return {**base, **self.agent_env, **dict(env or {}), **self.host_env(host)}
+
+    def start_host(self, instance_id: str, private_ip: str, role: str, *, peer_address: str | None = None) -> LocalHost:
+        """A new host: namespace with ``private_ip`` on the LAN, its own root with the bootstrap config, Asterisk
+        fully booted, the moto bridge; on a standby, ``watch-peer`` against ``peer_address`` (default: the
+        primary's private address, as soon as a primary exists)."""
+        if role not in ROLES:
+            raise HostError(f"role must be one of {ROLES}: {role!r}")
+        started = time.monotonic()
+        with self._lock:
+            if instance_id in self.hosts:
+                raise HostError(f"host {instance_id} exists")
+            topo = self.network()
+            if any(ip == private_ip for _, ip in topo.instances.values()):
+                raise HostError(f"private address {private_ip} is in use")
+            self.labels += 1
+            label = f"h{self.labels}"
+            base = self.run_dir / "hosts" / instance_id
+            shutil.rmtree(base, ignore_errors=True)
+            base.mkdir(parents=True)
+            netns = f"{topo.prefix}-{label}"
+            asterisk = HostAsterisk(
+                root=base / "root", name=label, console_log=base / "asterisk-console.log", netns=netns,
+                maxload=self.asterisk_maxload,
+            )  # fmt: skip
+            host = LocalHost(instance_id, private_ip, role, label, netns, base, asterisk, peer_address)
+            self.hosts[instance_id] = host
+            self._save()  # recorded before anything exists, so a failure below is still torn down
+        try:
+            topo.add_instance(label, private_ip)
+            overlay = OverlayRoot(self.root, base).mount()
+            overlay.prepare(hosts={ELEVENLABS_HOST: STANDIN_IP}, bootstrap=BOOTSTRAP_CONFIG)
+            with self._lock:
+                self._save()
+            asterisk.start(wait=False)
+            with self._lock:
+                self._save()
+            host.bridge = self._namespace_bridge(netns, base / "moto-bridge.log")
+            with self._lock:
+                self._save()
+            asterisk.wait_fully_booted(asterisk.boot_timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.stop_host(instance_id)
+            raise
+        host.started_seconds = round(time.monotonic() - started, 3)
+        with self._lock:
+            self._save()
+            self._start_watchers()
+        return host
+
+    def _primary(self) -> LocalHost | None:
+        return next((h for h in self.hosts.values() if h.role == "primary"), None)
+
+    def _start_watchers(self) -> None:
+        """Every standby without a running ``watch-peer`` starts one once it knows its peer."""
+        primary = self._primary()
+        for host in self.hosts.values():
+            if host.role != "standby" or (host.watch is not None and host.watch.alive):
+                continue
+            if host.peer_address is None and primary is not None:
+                host.peer_address = primary.private_ip
+            if host.peer_address is None:
+                continue
+            argv = [
+                *_agent_command(), "watch-peer", "--target", host.peer_address, "--transport", "tcp",
+                "--interval", f"{self.watch_interval_s:g}", "--failures", str(self.watch_failures),
+                "--timeout", f"{self.watch_timeout_s:g}",
+            ]  # fmt: skip
+            with (host.base / "watch-peer.log").open("ab") as log:
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", host.netns, *argv], env=self.environment(host), stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=log, start_new_session=True,
+                )  # fmt: skip
+            host.watch = Recorded.of(proc)
+        self._save()
+
+    def set_role(self, instance_id: str, role: str, peer_address: str | None = None) -> LocalHost:
+        """Make a host primary (its ``watch-peer`` ends) or standby (it starts watching ``peer_address``)."""
+        if role not in ROLES:
+            raise HostError(f"role must be one of {ROLES}: {role!r}")
+        with self._lock:
+            host = self.host(instance_id)
+            if host.watch is not None:
+                host.watch.kill()
+                host.watch = None
+            host.role, host.peer_address = role, (peer_address if role == "standby" else None)
+            self._start_watchers()
+            return host
+
+    def kill_host(self, instance_id: str) -> None:
+        """Crash the host's Asterisk (SIGKILL to its process group); the namespace, disk and agent stay."""
+        with self._lock:
+            host = self.host(instance_id)
+        host.asterisk.kill()
+
+    def restart_asterisk(self, instance_id: str) -> float:
+        """Start a crashed host's Asterisk again (what systemd's Restart= does); returns the seconds it took."""
+        host = self.host(instance_id)
+        if host.asterisk.running:
+            raise HostError(f"Asterisk on {instance_id} is running")
+        host.asterisk.process = None
+        host.asterisk.start()
+        with self._lock:
+            self._save()
+        return host.asterisk.boot_seconds or 0.0
+
+    def stop_host(self, instance_id: str) -> None:
+        """Terminate a host: its processes by PID, its namespace (and with it any mapping to it), its disk."""
+        with self._lock:
+            host = self.hosts.get(instance_id)
+            if host is None:
+                return
+            for process in (host.watch, host.bridge):
+                if process is not None:
+                    process.kill()
+            host.asterisk.stop(timeout=5)
+            if self.topology is not None and host.label in self.topology.instances:
+                self.topology.remove_instance(host.label)
+            with contextlib.suppress(NetnsError):
+                run(["ip", "netns", "del", host.netns], check=False)
+            overlay = OverlayRoot(self.root, host.base)
+            logs = host.root / "var/log/asterisk"
+            if overlay.mounted and logs.is_dir():
+                shutil.copytree(logs, host.base / "logs", dirs_exist_ok=True)
+            overlay.unmount()
+            shutil.rmtree(overlay.upper, ignore_errors=True)
+            shutil.rmtree(overlay.work, ignore_errors=True)
+            del self.hosts[instance_id]
+            self._save()
+
+    def run_command(
+        self, instance_id: str, argv: list[str], env: dict[str, str], *, timeout: float | None = None
+    ) -> tuple[int, str, str]:
+        """Run ``argv`` on the host as SSM Run Command would (root, in the host's network namespace, with the
+        agent's environment plus ``env``); ``sip-trunk-agent`` is this environment's agent. Returns
+        (exit code, stdout, stderr)."""
+        with self._lock:
+            host = self.host(instance_id)
+            environ = self.environment(host, env)
+        if not argv:
+            raise HostError("empty command")
+        command = [*_agent_command(), *argv[1:]] if argv[0] == "sip-trunk-agent" else list(argv)
+        try:
+            proc = subprocess.run(
+                ["ip", "netns", "exec", host.netns, *command], env=environ, capture_output=True, text=True,
+                timeout=timeout or self.command_timeout_s, check=False, cwd=host.base,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            return 124, out, f"timed out after {exc.timeout} s"
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def map_public_address(self, public_ip: str, instance_id: str) -> None:
+        """Point ``public_ip`` at the host (router DNAT/SNAT rewritten, tracked flows forgotten)."""
+        with self._lock:
+            host = self.host(instance_id)
+            topo = self.network()
+            for other, label in list(topo.mappings.items()):
+                if label == host.label and other != public_ip:
+                    topo.unmap_address(other)
+            topo.map_address(public_ip, host.label)
+            self._save()
+
+    def unmap_public_address(self, public_ip: str) -> None:
+        with self._lock:
+            if self.topology is not None:
+                self.topology.unmap_address(public_ip)
+                self._save()
+
+    def public_mapping(self) -> dict[str, str]:
+        """public address → instance id."""
+        if self.topology is None:
+            return {}
+        by_label = {h.label: iid for iid, h in self.hosts.items()}
+        return {ip: by_label.get(label, label) for ip, label in self.topology.mappings.items()}
+
+    # --- extra processes (stand-in …) --------------------------------------------------------------------
+    def record_process(self, name: str, pid: int, *, group: bool = True, extra: Any = None) -> None:
+        """Remember a process started for this local world (ended by :meth:`teardown`)."""
+        with self._lock:
+            self.extra_processes[name] = Recorded(pid, process_start_time(pid), group)
+            if extra is not None:
+                self.extra_state[name] = extra
+            self._save()
+
+    def forget_process(self, name: str) -> None:
+        with self._lock:
+            self.extra_processes.pop(name, None)
+            self.extra_state.pop(name, None)
+            self._save()
+
+    # --- observation -------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        hosts = {}
+        for iid, host in self.hosts.items():
+            hosts[iid] = {
+                "role": host.role,
+                "private_ip": host.private_ip,
+                "netns": host.netns,
+                "asterisk_pid": host.asterisk.pid,
+                "asterisk_running": host.asterisk.running,
+                "watch_peer_pid": host.watch.pid if host.watch else None,
+                "watch_peer_running": bool(host.watch and host.watch.alive),
+                "peer_address": host.peer_address,
+                "started_seconds": host.started_seconds,
+                "root": str(host.root),
+            }
+        return {
+            "run_dir": str(self.run_dir),
+            "public_addresses": self.public_mapping(),
+            "hosts": hosts,
+            "namespaces": list(self.topology.namespaces) if self.topology else [],
+            "processes": {name: rec.alive for name, rec in self.extra_processes.items()},
+        }
+
+    # --- teardown ----------------------------------------------------------------------------------------
+    def leftovers(self) -> dict[str, list[str]]:
+        """What of this local world still exists (processes, namespaces, mounts); empty lists when clean."""
+        procs = []
+        for iid, host in self.hosts.items():
+            if host.asterisk.running:
+                procs.append(f"asterisk {iid} pid {host.asterisk.pid}")
+            for name, rec in (("watch-peer", host.watch), ("moto bridge", host.bridge)):
+                if rec is not None and rec.alive:
+                    procs.append(f"{name} {iid} pid {rec.pid}")
+        for name, rec in self.extra_processes.items():
+            if rec.alive:
+                procs.append(f"{name} pid {rec.pid}")
+        if self.moto_bridge is not None and self.moto_bridge.alive:
+            procs.append(f"moto bridge pid {self.moto_bridge.pid}")
+        prefix = self.topology.prefix if self.topology else None
+        namespaces = [ns for ns in list_namespaces() if prefix and ns.startswith(prefix + "-")]
+        mounts = [str(p) for p in sorted((self.run_dir / "hosts").glob("*/root")) if is_mounted(p)]
+        return {"processes": procs, "namespaces": namespaces, "mounts": mounts}
+
+    def teardown(self) -> dict[str, list[str]]:
+        """End every recorded process by PID, delete every namespace (router rules and counters live inside
+        them), unmount every host root; raise `HostError` if anything is left. Returns what was removed."""
+        removed: dict[str, list[str]] = {"processes": [], "namespaces": [], "mounts": []}
+        with self._lock:
+            for name, rec in list(self.extra_processes.items()):
+                if rec.alive:
+                    rec.kill()
+                    removed["processes"].append(name)
+            for iid, host in list(self.hosts.items()):
+                for process in (host.watch, host.bridge):
+                    if process is not None and process.alive:
+                        process.kill()
+                        removed["processes"].append(f"{iid}:{process.pid}")
+                if host.asterisk.running:
+                    host.asterisk.kill()
+                    removed["processes"].append(f"{iid}:asterisk")
+            if self.topology is not None:
+                for ns in self.topology.namespaces:
+                    removed["namespaces"].append(ns)
+                killed = self.topology.teardown()
+                removed["processes"] += [f"pid {pid} (in a namespace)" for pid in killed]
+                for ns in list_namespaces():  # namespaces made by a half-finished build
+                    if ns.startswith(self.topology.prefix + "-"):
+                        run(["ip", "netns", "del", ns], check=False)
+                        removed["namespaces"].append(ns)
+            for path in sorted((self.run_dir / "hosts").glob("*/root")):
+                if is_mounted(path):
+                    try:
+                        OverlayRoot(self.root, path.parent).unmount()
+                    except AsteriskError as exc:
+                        raise HostError(str(exc)) from exc
+                    removed["mounts"].append(str(path))
+            if self.moto_bridge is not None and self.moto_bridge.alive:
+                self.moto_bridge.kill()
+                removed["processes"].append("moto bridge")
+            self.moto_socket.unlink(missing_ok=True)
+            if self.topology is not None:  # the stand-in's instance directory in the shared root
+                shutil.rmtree(self.root / "inst" / f"local-{self.topology.prefix}", ignore_errors=True)
+            deadline = time.monotonic() + 10  # SIGKILLed processes need a moment to be gone
+            while any((left := self.leftovers()).values()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if any(left.values()):
+                raise HostError(f"left after teardown: {left}")
+            for host in self.hosts.values():
+                shutil.rmtree(host.base / "upper", ignore_errors=True)
+                shutil.rmtree(host.base / "work", ignore_errors=True)
+            self.hosts.clear()
+            self.extra_processes.clear()
+            self.extra_state.clear()
+            self.topology = None
+            self.moto_bridge = None
+            self.state_path.unlink(missing_ok=True)
+        return removed

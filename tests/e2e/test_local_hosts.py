@@ -1,6 +1,7 @@
 """Local hosts (sip_trunk.local.hosts) with the real host agent and real calls: a config published to a moto
 server's SSM is applied through `run_command` exactly as SSM Run Command would run it, a carrier calls the DID
-through the emulated Elastic IP to the ElevenLabs stand-in with audio both ways, the Elastic IP moves to a
+through the emulated Elastic IP to the ElevenLabs stand-in with audio both ways, a broken version is rolled
+back with calls still working, the Elastic IP moves to a
 second host and the next call lands there, a crashed primary is noticed by the standby's watch-peer (which
 starts the Failover state machine in moto), and teardown — from another process — leaves nothing behind."""
 
@@ -23,6 +24,7 @@ from sip_trunk.local.asterisk_runner import DEFAULT_ROOT, root_problem
 from sip_trunk.local.hosts import LocalHostManager
 from sip_trunk.local.sipp import free_port
 from sip_trunk.local.standin import Standin, carrier_settings, credentials, place_call, start_standin
+from sip_trunk.manifest import MANIFEST_NAME, Manifest
 from sip_trunk.render import render_configs
 from sip_trunk.settings import parse_secrets, parse_settings
 
@@ -122,6 +124,19 @@ def _publish(endpoint: str, settings: dict[str, Any], secrets: dict[str, str]) -
     return rendered.version
 
 
+def _publish_broken(endpoint: str, settings: dict[str, Any], secrets: dict[str, str]) -> str:
+    """A version whose manifest is consistent but one of whose endpoints does not load (an unknown option)."""
+    rendered = render_configs(
+        parse_settings(settings, "test"), parse_secrets(secrets, "test"), public_address=PUBLIC_IP
+    )
+    files = dict(rendered.files)
+    files["asterisk/pjsip.conf"] += b"\n[broken-endpoint]\ntype = endpoint\nthis_option_does_not_exist = yes\n"
+    files[MANIFEST_NAME] = Manifest.for_files({k: v for k, v in files.items() if k != MANIFEST_NAME}).to_json()
+    version = Manifest.from_json(files[MANIFEST_NAME]).version
+    configstore.publish_config(_client(endpoint, "ssm"), PREFIX, files, rendered.secret_files, version)
+    return version
+
+
 def _apply(manager: LocalHostManager, instance_id: str, version: str) -> dict[str, Any]:
     started = time.monotonic()
     code, out, err = manager.run_command(instance_id, ["sip-trunk-agent", "apply", "--version", version], {})
@@ -172,8 +187,20 @@ def test_apply_call_move_eip_call_again_crash(world: tuple[LocalHostManager, str
     manager.map_public_address(PUBLIC_IP, PRIMARY)
     MEASURED["map eip"] = time.monotonic() - started
 
-    # Then a carrier call to the DID through the public address reaches the agent with audio both ways
+    # Then the public address answers SIP from outside, and a carrier call to the DID through it reaches the
+    # agent with audio both ways
+    probe = manager.probe_public(PUBLIC_IP)
+    assert probe["reachable"], probe
     _call(manager, standin, did, tmp_path / "call1", "via primary")
+
+    # When a broken version is pushed (a dialplan context the rendered files declare fails to load)
+    broken = _publish_broken(endpoint, settings, secrets)
+    code, out, err = manager.run_command(PRIMARY, ["sip-trunk-agent", "apply", "--version", broken], {})
+    # Then the agent reports failure, rolls back, and calls keep working
+    assert code == 1, (code, out, err[-2000:])
+    assert json.loads(out)["ok"] is False, out
+    assert "rolled back" in json.loads(out)["error"], out
+    _call(manager, standin, did, tmp_path / "call1b", "after rollback")
     assert "STANDIN" not in primary.log_text("messages")
 
     # Given a standby with the same version, watching the primary

@@ -77,6 +77,16 @@ BOOTSTRAP_CONFIG: dict[str, str] = {
 }
 
 
+_PROBE = """
+import json, sys
+from sip_trunk.sip import ProbeTarget, probe_options
+target = ProbeTarget(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+r = probe_options(target, float(sys.argv[4]), verify=False)
+print(json.dumps({"reachable": r.reachable, "status_code": r.status_code, "reason": r.reason,
+                  "rtt_ms": r.rtt_ms, "elapsed_ms": r.elapsed_ms, "server": r.server}))
+"""
+
+
 class HostError(RuntimeError):
     """A local host could not be started, reached or removed."""
 
@@ -352,6 +362,17 @@ class LocalHostManager:
             ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout, check=False
         )
         return proc.returncode, proc.stdout, proc.stderr
+
+    def probe_public(
+        self, address: str, port: int = 5060, transport: str = "tcp", *, timeout_s: float = 3.0
+    ) -> dict[str, Any]:
+        """The product's SIP OPTIONS probe (``sip_trunk.sip.probe_options``) sent from the outside (the client
+        namespace) to ``address``: what verification and health checks see of the public address."""
+        code, out, err = self.run_outside([sys.executable, "-c", _PROBE, address, str(port), transport, str(timeout_s)])
+        if code != 0:
+            raise HostError(f"probe of {address}:{port}/{transport} failed to run: {err.strip()[-500:]}")
+        result: dict[str, Any] = json.loads(out)
+        return result
 
     # --- hosts -------------------------------------------------------------------------------------------
     def host(self, instance_id: str) -> LocalHost:

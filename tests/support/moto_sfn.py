@@ -5,25 +5,26 @@
   `{errorType, errorMessage}`, exactly what `Retry`/`Catch` `ErrorEquals` match on AWS.
 - Time: Wait states and Retry back-offs are recorded, not slept, and advance a fake clock that the
   workflows read (`sip_trunk.workflows.clock`), so deadlines behave as in production in milliseconds.
+
+The dispatcher itself is the product's (`sip_trunk.local.executor.Dispatcher`, which local mode uses too);
+this module adds the fake clock, the test substitutions and a tiny SIP responder.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from sip_trunk.local import executor
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = ROOT / "functions"
@@ -44,16 +45,7 @@ def pascal(name: str) -> str:
 
 def load_handlers() -> dict[str, Handler]:
     """Every `functions/<name>/app.py` handler, imported under a unique module name."""
-    handlers: dict[str, Handler] = {}
-    for app in sorted(FUNCTIONS.glob("*/app.py")):
-        name = app.parent.name
-        spec = importlib.util.spec_from_file_location(f"function_{name}", app)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        handlers[name] = module.handler
-    return handlers
+    return executor.load_handlers(FUNCTIONS)
 
 
 def substitutions(extra: dict[str, str]) -> dict[str, str]:
@@ -73,20 +65,7 @@ def render_definition(path: Path, subs: dict[str, str]) -> str:
     return json.dumps(yaml.safe_load(text))
 
 
-@dataclass
-class FakeContext:
-    function_name: str
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    memory_limit_in_mb: int = 256
-    log_group_name: str = "/aws/lambda/test"
-    log_stream_name: str = "test"
-
-    @property
-    def invoked_function_arn(self) -> str:
-        return function_arn(self.function_name)
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
+FakeContext = executor.LambdaContextStub
 
 
 class FakeClock:
@@ -104,127 +83,20 @@ class FakeClock:
             self.offset += seconds
 
 
-@dataclass
-class Invocation:
-    function: str
-    event: dict[str, Any]
-    error: str | None
-    result: Any
+Invocation = executor.Invocation
 
 
-class Harness:
-    """Patches moto for one test; see the module docstring."""
+class Harness(executor.Dispatcher):
+    """The product's dispatcher (sip_trunk.local.executor) with a fake clock that waits advance."""
 
     def __init__(self) -> None:
-        self.handlers = load_handlers()
         self.clock = FakeClock()
-        self.waits: list[float] = []
-        self.retry_sleeps: list[float] = []
-        self.client_sleeps: list[float] = []
-        self.invocations: list[Invocation] = []
-        self.before: list[Callable[[str, dict[str, Any]], None]] = []
-        self.after: list[Callable[[str, dict[str, Any], Any], None]] = []
-        self.lock = threading.Lock()
-
-    def calls(self, function: str) -> list[Invocation]:
-        return [i for i in self.invocations if i.function == function]
-
-    # --- the patched hooks -----------------------------------------------------------------
-    def invoke(self, function_name: str, body: Any, response_headers: dict[str, str]) -> bytes:
-        name = function_name.rsplit(":", 1)[-1]
-        event = json.loads(body) if body else {}
-        for hook in self.before:
-            hook(name, event)
-        try:
-            result = self.handlers[name](event, FakeContext(name))
-        except Exception as exc:
-            self._record(Invocation(name, event, type(exc).__name__, None))
-            response_headers["x-amz-function-error"] = "Unhandled"
-            return json.dumps(
-                {
-                    "errorType": type(exc).__name__,
-                    "errorMessage": str(exc),
-                    "stackTrace": traceback.format_exception(exc)[-3:],
-                }
-            ).encode()
-        self._record(Invocation(name, event, None, result))
-        for hook in self.after:
-            hook(name, event, result)
-        return json.dumps(result).encode()
-
-    def _record(self, invocation: Invocation) -> None:
-        with self.lock:
-            self.invocations.append(invocation)
-
-    def wait(self, seconds: float) -> None:
-        with self.lock:
-            self.waits.append(seconds)
-        self.clock.advance(seconds)
-
-    def retry_sleep(self, seconds: float) -> None:
-        with self.lock:
-            self.retry_sleeps.append(seconds)
-        self.clock.advance(seconds)
-
-    def client_sleep(self, seconds: float) -> None:
-        with self.lock:
-            self.client_sleeps.append(seconds)
-        self.clock.advance(seconds)
+        super().__init__(load_handlers(), pacer=lambda kind, seconds: self.clock.advance(seconds))
 
     @contextmanager
-    def installed(self, monkeypatch: Any) -> Iterator[Harness]:
-        from moto.awslambda_simple.models import LambdaSimpleBackend
-        from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
-        from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
-        from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
-        from sip_trunk.workflows import clock
-
-        harness = self
-
-        def invoke(backend: Any, function_name: str, qualifier: Any, body: Any, headers: Any, resp: Any) -> bytes:
-            return harness.invoke(function_name, body, resp)
-
-        def wait_interval(function: Any, env: Any, wait_seconds: float) -> None:
-            harness.wait(wait_seconds)
-
-        class _Time:
-            @staticmethod
-            def sleep(seconds: float) -> None:
-                harness.retry_sleep(seconds)
-
-            time = staticmethod(time.time)
-
-        monkeypatch.setattr(LambdaSimpleBackend, "invoke", invoke)
-        cached = staticmethod(_cached_parse)
-        _cached_parse.__wrapped_original__ = AmazonStateLanguageParser.parse  # type: ignore[attr-defined]
-        monkeypatch.setattr(AmazonStateLanguageParser, "parse", cached)
-        monkeypatch.setattr(WaitFunction, "_wait_interval", wait_interval)
-        monkeypatch.setattr(retrier_decl, "time", _Time)
-        clock.set_source(self.clock.now)
-        clock.set_sleeper(self.client_sleep)
-        try:
+    def installed(self, monkeypatch: Any = None) -> Iterator[Harness]:  # type: ignore[override]
+        with super().installed(self.clock.now):
             yield self
-        finally:
-            clock.set_source(None)
-            clock.set_sleeper(None)
-
-
-_PARSED: dict[str, Any] = {}
-
-
-def _original_parse(definition: str) -> Any:
-    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
-
-    original = getattr(AmazonStateLanguageParser.parse, "__wrapped_original__", None)
-    return (original or AmazonStateLanguageParser.parse)(definition)
-
-
-def _cached_parse(definition: str) -> Any:
-    """moto parses the ASL with ANTLR on create and on every execution (~0.3 s each); the parsed program
-    holds no execution state (that lives in the Environment), so one parse per definition is enough."""
-    if definition not in _PARSED:
-        _PARSED[definition] = _original_parse(definition)
-    return _PARSED[definition]
 
 
 def create_state_machine(sfn: Any, name: str, path: Path, subs: dict[str, str]) -> str:

@@ -1,0 +1,424 @@
+"""The bridge from moto's EC2 and SSM to local hosts: what happens to an instance happens to a host.
+
+moto records instances, Elastic IPs and Run Command invocations but runs nothing. In local mode:
+- an instance created by a CloudFormation stack boots in the background, as EC2 instances do:
+  `HostManager.start_host(instance_id, private_ip, role)` (the role from the instance's `aws-sip-trunk:role`
+  tag), then the agent part of its user data, `sip-trunk-agent bootstrap --env-file <agent.env>`, through
+  `run_command`; a terminated instance → `stop_host`;
+- `ssm:SendCommand` to an instance → each command line runs on that host through
+  `HostManager.run_command(instance_id, argv, env)` in the background (once the host has booted), and
+  `GetCommandInvocation` reports InProgress, then Success or Failed with the command's output (moto always
+  says Success at once);
+- an Elastic IP association → `HostManager.map_public_address(public_ip, instance_id)` (once booted);
+- Elastic IPs are handed out from the documentation range, 203.0.113.10 first (the primary's address),
+  instead of moto's random 127.x addresses, so the address in the configs is the one the router maps.
+
+moto gaps fixed for the host stack's instances (and nothing else): `AWS::EC2::Instance` created by moto's
+CloudFormation ignores `LaunchTemplate` (no ImageId: a KeyError) and `NetworkInterfaces` (the instance lands
+outside its subnet); both are folded into the properties moto reads before the instance is created.
+
+The environment a host command runs with is the agent's (`/etc/sip-trunk/agent.env`, written by the
+instance's user data: parsed from it here) plus the emulated account's endpoint and credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shlex
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+PUBLIC_ADDRESSES = ("203.0.113.10", "203.0.113.11", "203.0.113.12", "203.0.113.13")
+ROLE_TAG = "aws-sip-trunk:role"
+AGENT_ENV_PATH = "/etc/sip-trunk/agent.env"
+
+
+class HostManager(Protocol):
+    """What local mode needs from the hosts (implemented by `sip_trunk.local.hosts.LocalHostManager`)."""
+
+    def start_host(self, instance_id: str, private_ip: str, role: str) -> Any: ...
+
+    def stop_host(self, instance_id: str) -> None: ...
+
+    def run_command(self, instance_id: str, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]: ...
+
+    def map_public_address(self, public_ip: str, instance_id: str) -> None: ...
+
+
+@dataclass
+class CommandRun:
+    """One command on one instance, as `GetCommandInvocation` reports it."""
+
+    command_id: str
+    instance_id: str
+    commands: list[str]
+    status: str = "InProgress"
+    response_code: int = -1
+    stdout: str = ""
+    stderr: str = ""
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.ended is None else round(self.ended - self.started, 3)
+
+
+@dataclass
+class HostEvent:
+    """Something the hooks did, for the progress display and the summary."""
+
+    kind: str  # host-started | host-stopped | address-mapped | command-done | host-failed
+    instance_id: str
+    detail: str
+    duration_s: float = 0.0
+
+
+def agent_env_from_user_data(user_data: str) -> dict[str, str]:
+    """`KEY=VALUE` lines of the agent.env heredoc in the instance's user data (base64 or plain)."""
+    text = user_data
+    try:
+        decoded = base64.b64decode(user_data, validate=True).decode()
+        text = decoded
+    except (ValueError, UnicodeDecodeError):
+        pass
+    env: dict[str, str] = {}
+    inside = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not inside:
+            inside = line.startswith("cat >") and AGENT_ENV_PATH in line and "<<" in line
+            continue
+        if line == "EOF":
+            break
+        key, sep, value = line.partition("=")
+        if sep and key:
+            env[key] = value
+    return env
+
+
+def _user_data(instance: Any) -> str:
+    data = getattr(instance, "user_data", None)
+    if isinstance(data, list):
+        data = data[0] if data else ""
+    if isinstance(data, bytes):
+        data = data.decode(errors="replace")
+    return str(data or "")
+
+
+def _tag(instance: Any, key: str) -> str | None:
+    for tag in instance.get_tags():
+        if tag.get("key") == key:
+            return str(tag.get("value"))
+    return None
+
+
+class Ec2Hooks:
+    """Patches moto's backends (in this process) so that they drive `manager`; see the module docstring."""
+
+    def __init__(
+        self,
+        manager: HostManager | None,
+        *,
+        base_env: Mapping[str, str] | None = None,
+        public_addresses: tuple[str, ...] = PUBLIC_ADDRESSES,
+        on_event: Callable[[HostEvent], None] | None = None,
+        state_dir: Path | None = None,
+        run_user_data: bool = True,
+        boot_timeout_s: float = 300.0,
+    ) -> None:
+        self._manager = manager
+        self.state_dir = state_dir
+        self.run_user_data = run_user_data
+        self.boot_timeout_s = boot_timeout_s
+        self.booted: dict[str, threading.Event] = {}
+        self.boot_errors: dict[str, str] = {}
+        self._pending_maps: dict[str, str] = {}
+        self.base_env = dict(base_env or {})
+        self._addresses = list(public_addresses)
+        self._handed_out = 0
+        self.on_event = on_event
+        self.lock = threading.Lock()
+        self.hosts: dict[str, dict[str, str]] = {}
+        """instance id → {private_ip, role}."""
+        self.agent_env: dict[str, dict[str, str]] = {}
+        self.runs: dict[tuple[str, str], CommandRun] = {}
+        self.events: list[HostEvent] = []
+        self.mapped: dict[str, str] = {}
+        """public ip → instance id."""
+        self._threads: list[threading.Thread] = []
+        self._undo: list[Callable[[], None]] = []
+
+    @property
+    def manager(self) -> HostManager:
+        if self._manager is None:
+            raise RuntimeError("no host manager: instances cannot be started yet")
+        return self._manager
+
+    @manager.setter
+    def manager(self, value: HostManager) -> None:
+        self._manager = value
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    def _event(self, event: HostEvent) -> None:
+        with self.lock:
+            self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def next_public_ip(self, fallback: Callable[[], str]) -> str:
+        with self.lock:
+            if self._handed_out < len(self._addresses):
+                address = self._addresses[self._handed_out]
+                self._handed_out += 1
+                return address
+        return fallback()
+
+    def env_for(self, instance_id: str) -> dict[str, str]:
+        return {**self.agent_env.get(instance_id, {}), **self.base_env}
+
+    # --- what the patched methods call -----------------------------------------------------------
+    def instance_created(self, instance: Any) -> None:
+        role = _tag(instance, ROLE_TAG) or "primary"
+        private_ip = str(instance.private_ip)
+        with self.lock:
+            self.hosts[instance.id] = {"private_ip": private_ip, "role": role}
+            self.agent_env[instance.id] = agent_env_from_user_data(_user_data(instance))
+            self.booted[instance.id] = threading.Event()
+        thread = threading.Thread(
+            target=self._boot, args=(instance.id, private_ip, role), name=f"boot-{instance.id}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _boot(self, instance_id: str, private_ip: str, role: str) -> None:
+        started = time.monotonic()
+        try:
+            self.manager.start_host(instance_id, private_ip, role)
+            self._event(
+                HostEvent("host-started", instance_id, f"{role} at {private_ip}", round(time.monotonic() - started, 3))
+            )
+            if self.run_user_data:
+                self._run_user_data(instance_id)
+            with self.lock:
+                pending = [ip for ip, iid in self._pending_maps.items() if iid == instance_id]
+                for ip in pending:
+                    del self._pending_maps[ip]
+            for ip in pending:
+                self.address_associated(ip, instance_id)
+        except Exception as exc:
+            log.exception("host %s failed to boot", instance_id)
+            with self.lock:
+                self.boot_errors[instance_id] = f"{type(exc).__name__}: {exc}"
+            self._event(HostEvent("host-failed", instance_id, f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.booted[instance_id].set()
+
+    def _run_user_data(self, instance_id: str) -> None:
+        """The agent part of the host stack's user data: agent.env, then `sip-trunk-agent bootstrap`."""
+        env = self.agent_env.get(instance_id, {})
+        if not env:
+            return
+        directory = (self.state_dir or Path("/tmp")) / "instances" / instance_id  # noqa: S108
+        directory.mkdir(parents=True, exist_ok=True)
+        env_file = directory / "agent.env"
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        started = time.monotonic()
+        code, stdout, stderr = self.manager.run_command(
+            instance_id, ["sip-trunk-agent", "bootstrap", "--env-file", str(env_file)], self.env_for(instance_id)
+        )
+        (directory / "bootstrap.log").write_text(stdout + stderr)
+        if code != 0:
+            raise RuntimeError(f"bootstrap exited {code}: {(stdout + stderr).strip()[-400:]}")
+        self._event(HostEvent("host-bootstrapped", instance_id, "user data done", round(time.monotonic() - started, 3)))
+
+    def wait_booted(self, instance_id: str, timeout_s: float | None = None) -> bool:
+        event = self.booted.get(instance_id)
+        if event is None:
+            return True  # not an instance of ours: nothing to wait for
+        return event.wait(self.boot_timeout_s if timeout_s is None else timeout_s)
+
+    def instance_terminated(self, instance_id: str) -> None:
+        with self.lock:
+            known = self.hosts.pop(instance_id, None)
+        if known is None:
+            return
+        self.manager.stop_host(instance_id)
+        self._event(HostEvent("host-stopped", instance_id, known["role"]))
+
+    def address_associated(self, public_ip: str, instance_id: str) -> None:
+        event = self.booted.get(instance_id)
+        if event is not None and not event.is_set():
+            with self.lock:  # mapped when the host has booted (an EIP can point at a booting instance)
+                self._pending_maps[public_ip] = instance_id
+            return
+        if instance_id in self.boot_errors or (event is None and instance_id not in self.hosts):
+            return
+        self.manager.map_public_address(public_ip, instance_id)
+        with self.lock:
+            self.mapped[public_ip] = instance_id
+        self._event(HostEvent("address-mapped", instance_id, public_ip))
+
+    def command_sent(self, command_id: str, instance_ids: list[str], commands: list[str]) -> None:
+        for instance_id in instance_ids:
+            run = CommandRun(command_id=command_id, instance_id=instance_id, commands=list(commands))
+            with self.lock:
+                self.runs[(command_id, instance_id)] = run
+            thread = threading.Thread(target=self._execute, args=(run,), name=f"run-{instance_id}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _execute(self, run: CommandRun) -> None:
+        out: list[str] = []
+        err: list[str] = []
+        code = 0
+        if not self.wait_booted(run.instance_id) or run.instance_id in self.boot_errors:
+            code = 1
+            err.append(f"instance {run.instance_id} is not online: {self.boot_errors.get(run.instance_id, 'booting')}")
+        for line in run.commands if code == 0 else []:
+            try:
+                code, stdout, stderr = self.manager.run_command(
+                    run.instance_id, shlex.split(line), self.env_for(run.instance_id)
+                )
+            except Exception as exc:
+                code, stdout, stderr = 1, "", f"{type(exc).__name__}: {exc}"
+            out.append(stdout)
+            err.append(stderr)
+            if code != 0:
+                break
+        with self.lock:
+            run.stdout, run.stderr = "".join(out), "".join(err)
+            run.response_code = code
+            run.status = "Success" if code == 0 else "Failed"
+            run.ended = time.monotonic()
+        self._event(
+            HostEvent("command-done", run.instance_id, f"{run.status}: {run.commands[0]}", run.duration_s or 0.0)
+        )
+
+    def invocation(self, command_id: str, instance_id: str, base: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            run = self.runs.get((command_id, instance_id))
+            if run is None:
+                return base
+            return {
+                **base,
+                "Status": run.status,
+                "StatusDetails": run.status,
+                "ResponseCode": run.response_code,
+                "StandardOutputContent": run.stdout[-24000:],
+                "StandardErrorContent": run.stderr[-8000:],
+            }
+
+    def wait_commands(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # --- patching moto ---------------------------------------------------------------------------
+    def _patch(self, owner: Any, name: str, value: Any) -> None:
+        original = owner.__dict__[name]
+        setattr(owner, name, value)
+        self._undo.append(lambda: setattr(owner, name, original))
+
+    def install(self) -> None:
+        from moto.ec2.models import elastic_ip_addresses, instances
+        from moto.ssm import models as ssm_models
+
+        hooks = self
+        original_random_ip = getattr(elastic_ip_addresses, "random_ip")  # noqa: B009 (not exported)
+        self._patch(elastic_ip_addresses, "random_ip", lambda: hooks.next_public_ip(original_random_ip))
+
+        create_instance = instances.Instance.__dict__["create_from_cloudformation_json"].__func__
+
+        def create_from_cloudformation_json(
+            cls: Any, /, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kw: Any
+        ) -> Any:
+            fold_instance_properties(cloudformation_json, account_id, region_name)
+            instance = create_instance(cls, resource_name, cloudformation_json, account_id, region_name, **kw)
+            hooks.instance_created(instance)
+            return instance
+
+        self._patch(instances.Instance, "create_from_cloudformation_json", classmethod(create_from_cloudformation_json))
+
+        terminate = instances.InstanceBackend.terminate_instances
+
+        def terminate_instances(backend: Any, instance_ids: list[str]) -> Any:
+            result = terminate(backend, instance_ids)
+            for instance_id in instance_ids:
+                hooks.instance_terminated(instance_id)
+            return result
+
+        self._patch(instances.InstanceBackend, "terminate_instances", terminate_instances)
+
+        associate = elastic_ip_addresses.ElasticAddressBackend.associate_address
+
+        def associate_address(backend: Any, *args: Any, **kwargs: Any) -> Any:
+            eip = associate(backend, *args, **kwargs)
+            if eip.instance is not None:
+                hooks.address_associated(eip.public_ip, eip.instance.id)
+            return eip
+
+        self._patch(elastic_ip_addresses.ElasticAddressBackend, "associate_address", associate_address)
+
+        send = ssm_models.SimpleSystemManagerBackend.send_command
+
+        def send_command(backend: Any, *args: Any, **kwargs: Any) -> Any:
+            command = send(backend, *args, **kwargs)
+            commands = list((command.parameters or {}).get("commands", []))
+            hooks.command_sent(command.command_id, list(command.instance_ids), commands)
+            return command
+
+        self._patch(ssm_models.SimpleSystemManagerBackend, "send_command", send_command)
+
+        get_invocation = ssm_models.Command.get_invocation
+
+        def invocation(command: Any, instance_id: str, plugin_name: str | None) -> dict[str, Any]:
+            base = get_invocation(command, instance_id, plugin_name)
+            return hooks.invocation(command.command_id, instance_id, dict(base))
+
+        self._patch(ssm_models.Command, "get_invocation", invocation)
+
+    def uninstall(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+    @contextmanager
+    def installed(self) -> Iterator[Ec2Hooks]:
+        self.install()
+        try:
+            yield self
+        finally:
+            self.uninstall()
+
+
+def fold_instance_properties(cloudformation_json: Any, account_id: str, region_name: str) -> None:
+    """Give moto's `AWS::EC2::Instance` what it reads: ImageId/InstanceType/UserData from the launch template
+    when the instance names one, and SubnetId/PrivateIpAddress from its first network interface."""
+    from moto.ec2.models import ec2_backends
+
+    props = cloudformation_json.setdefault("Properties", {})
+    template_ref = props.get("LaunchTemplate")
+    if template_ref and "ImageId" not in props:
+        backend = ec2_backends[account_id][region_name]
+        ref = {k: v for k, v in template_ref.items() if k in {"LaunchTemplateId", "LaunchTemplateName", "Version"}}
+        data = backend._get_template_from_args(ref).data
+        for key in ("ImageId", "InstanceType", "UserData", "KeyName"):
+            if key not in props and data.get(key):
+                props[key] = data[key]
+    interfaces = props.get("NetworkInterfaces") or []
+    if interfaces and "SubnetId" not in props:
+        first = interfaces[0]
+        if first.get("SubnetId"):
+            props["SubnetId"] = first["SubnetId"]
+        if first.get("PrivateIpAddress") and "PrivateIpAddress" not in props:
+            props["PrivateIpAddress"] = first["PrivateIpAddress"]
+        if first.get("GroupSet") and "SecurityGroupIds" not in props:
+            props["SecurityGroupIds"] = first["GroupSet"]

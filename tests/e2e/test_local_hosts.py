@@ -1,9 +1,10 @@
-"""Local hosts (sip_trunk.local.hosts) with the real host agent and real calls: a config published to a moto
-server's SSM is applied through `run_command` exactly as SSM Run Command would run it, a carrier calls the DID
-through the emulated Elastic IP to the ElevenLabs stand-in with audio both ways, a broken version is rolled
-back with calls still working, the Elastic IP moves to a
-second host and the next call lands there, a crashed primary is noticed by the standby's watch-peer (which
-starts the Failover state machine in moto), and teardown — from another process — leaves nothing behind."""
+"""Local hosts (sip_trunk.local.hosts) with the real host agent and real calls.
+
+A config published to a moto server's SSM is applied through `run_command` exactly as SSM Run Command would
+run it; a carrier calls the DID through the emulated Elastic IP to the ElevenLabs stand-in with audio both
+ways; a broken version is rolled back with calls still working; the Elastic IP moves to a second host and the
+next call lands there; a crashed primary is noticed by the standby's watch-peer (which starts the Failover
+state machine in moto); and teardown, from another process, leaves nothing behind."""
 
 from __future__ import annotations
 

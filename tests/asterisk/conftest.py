@@ -13,9 +13,9 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from support.asterisk import DEFAULT_ROOT, AsteriskError, AsteriskInstance, ensure_root, root_problem
+from support.asterisk import DEFAULT_ROOT, AsteriskError, AsteriskInstance, ensure_root, prune_runs, root_problem
 from support.netns import ElasticIpTopology
-from support.rtp import RtpCounter
+from support.rtp import RtpCounter, release_rtp_ranges
 
 _INSTANCES = pytest.StashKey[list[AsteriskInstance]]()
 _ASTERISK_DIR = Path(__file__).resolve().parent
@@ -58,7 +58,16 @@ def asterisk_root() -> Path:
     problem = root_problem(root)
     if problem:
         pytest.fail(problem, pytrace=False)
+    prune_runs(root)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _release_rtp_ranges() -> Iterator[None]:
+    """RTP ranges reserved during a test (``support.rtp.rtp_range``) are free again after it, once
+    everything it started has stopped (this fixture is set up first, so it is torn down last)."""
+    yield
+    release_rtp_ranges()
 
 
 def _instance_name(request: pytest.FixtureRequest, index: int) -> str:
@@ -76,7 +85,8 @@ def asterisk_factory(asterisk_root: Path, request: pytest.FixtureRequest) -> Ite
 
     ``asterisk_factory(config_dir, *, name=None, netns=None, variables=None, extra_files=None,
     boot_timeout=30.0, start=True) -> AsteriskInstance``. The instance's files stay under
-    ``<root>/inst/<name>/`` after the test for post-mortems (the next start of the same name wipes them).
+    ``<root>/inst/run<pid>/<name>/`` after the test for post-mortems (the next session deletes the
+    directories of runs whose process is gone).
     """
     instances: list[AsteriskInstance] = request.node.stash.setdefault(_INSTANCES, [])
 

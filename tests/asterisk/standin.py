@@ -23,15 +23,16 @@ Everything listens on loopback with ports chosen per test.
 from __future__ import annotations
 
 import contextlib
-import random
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.asterisk import AsteriskInstance, module_load_lines
+from support.rtp import rtp_range
 from support.sipp import free_port
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "elevenlabs-standin"
@@ -42,23 +43,14 @@ ELEVENLABS_HOST = "sip.rtc.elevenlabs.io"
 AsteriskFactory = Callable[..., AsteriskInstance]
 
 
-def free_rtp_range(size: int = 100) -> tuple[int, int]:
-    """An even-based UDP port range of ``size`` ports, all free on loopback right now."""
-    for _ in range(200):
-        low = random.randrange(20000, 60000 - size, 2)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(low, low + size):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("0.0.0.0", port))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return low, low + size - 1
-    raise RuntimeError("no free RTP port range found")
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``predicate`` until it returns something true or ``timeout`` seconds pass; its last verdict."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
 
 
 def hosts_file(mapping: dict[str, str]) -> str:
@@ -338,7 +330,7 @@ def start_standin(
     """
     holder_port = free_port(HOLDER_IP)
     shared_port = free_port(SHARED_IP)
-    rtp = free_rtp_range()
+    rtp = rtp_range()
     loads = [line for line in module_load_lines() if "registrar" not in line]
     loads.append("load = res_clioriginate.so")  # channel originate: the agent's calls into the gateway
     variables = {

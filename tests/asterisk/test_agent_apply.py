@@ -3,7 +3,6 @@ backup → wipe → restore. AWS is moto; Asterisk runs chrooted through the sha
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from sip_trunk.agent.runtime import AsteriskCli
 from sip_trunk.asterisk import parse_channel_count, parse_endpoints
 from sip_trunk.manifest import MANIFEST_NAME, Manifest
 from support.asterisk import AsteriskInstance
+from support.rtp import rtp_range
+from support.sipp import free_port
 
 pytestmark = pytest.mark.asterisk
 
@@ -61,8 +62,15 @@ def endpoint(name: str, extra: str = "") -> str:
     )
 
 
-def config_set(asterisk_conf: bytes, port: int, endpoints: str, *, extra_context: str = "") -> dict[str, bytes]:
+@dataclass(frozen=True)
+class Ports:
+    sip: int
+    rtp: tuple[int, int]
+
+
+def config_set(asterisk_conf: bytes, ports: Ports, endpoints: str, *, extra_context: str = "") -> dict[str, bytes]:
     """A complete rendered set in the config store's layout (asterisk/…, fail2ban/…, manifest.json)."""
+    port = ports.sip
     pjsip = f"[transport-tcp]\ntype = transport\nprotocol = tcp\nbind = 127.0.0.1:{port}\n{endpoints}"
     files = {
         "asterisk/asterisk.conf": asterisk_conf,
@@ -72,7 +80,7 @@ def config_set(asterisk_conf: bytes, port: int, endpoints: str, *, extra_context
             "[general]\n\n[test]\nexten => wait,1,Answer()\n same => n,Wait(300)\n\n[from-extensions]\n"
             f"exten => 100,1,Answer()\n same => n,Hangup()\n{extra_context}"
         ).encode(),
-        "asterisk/rtp.conf": f"[general]\nrtpstart = {port + 10}\nrtpend = {port + 60}\n".encode(),
+        "asterisk/rtp.conf": f"[general]\nrtpstart = {ports.rtp[0]}\nrtpend = {ports.rtp[1]}\n".encode(),
         "asterisk/logger.conf": b"[logfiles]\nmessages.log => notice,warning,error\nsecurity.log => security\n",
         "fail2ban/jail.d/asterisk-sip-trunk.local": f"[asterisk-sip-trunk]\nenabled = true\n# {port}\n".encode(),
     }
@@ -89,7 +97,7 @@ class Host:
     cli: AsteriskCli
     ssm: Any
     s3: Any
-    port: int
+    port: Ports
     asterisk_conf: bytes
 
     def publish(self, files: dict[str, bytes]) -> str:
@@ -108,7 +116,7 @@ class Host:
 
 @pytest.fixture
 def host(asterisk_factory: Any, tmp_path: Path) -> Iterator[Host]:
-    port = random.randint(30000, 39000)
+    port = Ports(free_port(), rtp_range())
     inst: AsteriskInstance = asterisk_factory(None, start=False)
     inst.prepare()
     asterisk_conf = (inst.etc_dir / "asterisk.conf").read_bytes()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +25,14 @@ from standin import (
     ELEVENLABS_HOST,
     SHARED_IP,
     Standin,
-    free_rtp_range,
     hosts_file,
     start_standin,
     use_private_hosts,
+    wait_for,
 )
 from support.asterisk import AsteriskInstance
 from support.gateway import load_example, merge, render_gateway
-from support.rtp import RtpCounter
+from support.rtp import RtpCounter, rtp_range
 from support.sipp import free_port, run_sipp
 
 AsteriskFactory = Callable[..., AsteriskInstance]
@@ -78,7 +77,7 @@ def start_pair(
     settings, secrets = _credentials()
     el = settings["elevenlabs"]
     sip_port = free_port(GATEWAY_IP)
-    rtp = free_rtp_range()
+    rtp = rtp_range()
     standin = start_standin(
         asterisk_factory,
         e164=el["phone_number"],
@@ -137,15 +136,6 @@ def pairs() -> Any:
         pair.standin.stop()
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 # ------------------------------------------------------------------------------------------- proofs
 def carrier_call_reaches_agent(pair: Pair, rtp_counter: RtpCounterFactory, workdir: Path) -> None:
     """P2: carrier -> gateway -> stand-in over TCP with digest auth; the agent sees the E.164 with '+'
@@ -193,7 +183,7 @@ def bye_reaches_call_holder(pair: Pair, workdir: Path) -> None:
     assert result.ok, result.describe()
     assert pair.standin.agent_calls() == [pair.e164]
     # the holder got the BYE: its channel is gone at once (not after the 32 s ACK timeout)
-    assert _wait(lambda: pair.standin.channel_count() == 0, 3.0), pair.standin.inst.rx("core show channels")
+    assert wait_for(lambda: pair.standin.channel_count() == 0, 3.0), pair.standin.inst.rx("core show channels")
     refused = pair.standin.shared.refused()
     assert refused == [], f"in-dialog requests reached the shared address: {refused}"
 
@@ -203,7 +193,7 @@ def agent_call_lands_in_from_elevenlabs(pair: Pair, exten: str = "1001") -> None
     pair.standin.originate(exten)
     user = pair.settings["elevenlabs"]["inbound_username"]
     landed = re.compile(rf"{re.escape(user)}: Call .*extension '{exten}'.*context 'from-elevenlabs'")
-    ok = _wait(lambda: bool(landed.search(pair.gateway.log_text("messages"))), 8.0)
+    ok = wait_for(lambda: bool(landed.search(pair.gateway.log_text("messages"))), 8.0)
     assert ok, "the agent's call never reached from-elevenlabs:\n" + pair.gateway.log_text("messages")[-3000:]
     security = pair.gateway.log_text("security")
     assert re.search(rf'SecurityEvent="SuccessfulAuth".*AccountID="{re.escape(user)}"', security), security
@@ -263,9 +253,9 @@ def _self_signed(directory: Path) -> tuple[bytes, bytes]:
 def test_example_configs_load(asterisk_factory: AsteriskFactory, tmp_path: Path, example: str) -> None:
     # Given an example config with ports (and, for TLS, a throwaway certificate) adapted to this machine
     settings, secrets = load_example(example)
-    name = f"el-p1-{example}-{free_port()}"
-    keys = f"/inst/{name}/etc/keys"
-    rtp = free_rtp_range()
+    gw = asterisk_factory(None, name=f"el-p1-{example}", start=False)
+    keys = f"{gw.chroot_base}/etc/keys"
+    rtp = rtp_range()
     ports = {"sip_port": free_port(GATEWAY_IP), "tls_port": free_port(GATEWAY_IP)}
     overrides: dict[str, Any] = {
         "network": {"bind_address": GATEWAY_IP, "rtp_port_start": rtp[0], "rtp_port_end": rtp[1], **ports},
@@ -287,7 +277,7 @@ def test_example_configs_load(asterisk_factory: AsteriskFactory, tmp_path: Path,
     settings = merge(settings, overrides)
     rendered = render_gateway(settings, secrets, tmp_path / "gateway")
     # When Asterisk starts from the rendered files
-    gw = asterisk_factory(rendered.asterisk_dir, name=name, start=False, extra_files=extra)
+    gw.config_dir, gw.extra_files = rendered.asterisk_dir, extra
     use_private_hosts(gw)
     gw.start()
     # Then every transport listens where configured, every endpoint and AOR is loaded
@@ -379,12 +369,13 @@ def test_unauthenticated_invite_as_elevenlabs_is_challenged(
     pairs.append(pair)
     # When an INVITE claims to come from "elevenlabs" (the outbound endpoint's name) without credentials
     result = run_sipp(
-        "el_uac_noauth.xml",
+        "uac_noauth.xml",
         tmp_path / "sipp",
         remote=f"{GATEWAY_IP}:{pair.sip_port}",
         transport="t1",
         local_ip=INTRUDER_IP,
         service="+442071838750",
+        keys={"from_user": "elevenlabs"},
         media_port=free_port(INTRUDER_IP, socket.SOCK_DGRAM),
         timeout=15,
     )

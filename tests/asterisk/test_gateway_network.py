@@ -21,7 +21,7 @@ import pytest
 from support.asterisk import AsteriskInstance
 from support.gateway import load_example, merge, render_gateway
 from support.netns import ElasticIpTopology, in_ns
-from support.rtp import RtpCounter
+from support.rtp import RtpCounter, rtp_range
 from support.sipp import Sipp, SippResult, auth_field, free_port, run_sipp, write_injection
 
 AsteriskFactory = Callable[..., AsteriskInstance]
@@ -197,21 +197,22 @@ def test_reload_with_calls_up_drops_none(
     sip_port, tls_port = free_port(), free_port()
     uas_port, uas_media = free_port(), free_port(kind=socket.SOCK_DGRAM)
     uac_media = free_port(kind=socket.SOCK_DGRAM)
+    gw_rtp = rtp_range(200)
     overrides: dict[str, Any] = {
         "network": {
             "bind_address": "127.0.0.1",
             "sip_port": sip_port,
             "tls_port": tls_port,
             "local_nets": ["127.0.0.0/8"],
-            "rtp_port_start": 33400,
-            "rtp_port_end": 33598,
+            "rtp_port_start": gw_rtp[0],
+            "rtp_port_end": gw_rtp[1],
         },
     }
     # Given the rendered gateway and an agent trunk (sipp UAS echoing RTP) on loopback
     settings, secrets = gateway_settings("127.0.0.2", uas_port, **overrides)
     gateway = render_gateway(settings, secrets, tmp_path / "gw-v1")
     assert "Dial(PJSIP/${EXTEN}@pstn,45)" in gateway.file("extensions.conf")
-    counter = rtp_counter((33400, 33598))
+    counter = rtp_counter(gw_rtp)
     uas = Sipp(
         "net_uas_answer.xml",
         tmp_path / "uas",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support.asterisk import AsteriskInstance, available_modules, module_load_lines, module_names
 from support.netns import ElasticIpTopology
-from support.rtp import RtpCounter
+from support.rtp import RtpCounter, rtp_range
 from support.sipp import TlsTunnel, auth_field, free_port, run_sipp, write_injection
 
 AsteriskFactory = Callable[..., AsteriskInstance]
@@ -29,17 +29,23 @@ PASSWORD = "harness-Secret-1"
 
 
 def minimal_variables(**overrides: str) -> dict[str, str]:
+    """The minimal config's variables: a free SIP port and an RTP range reserved for this test."""
+    low, high = rtp_range()
     values = {
         "BIND_IP": "127.0.0.1",
         "SIP_PORT": str(free_port()),
         "TRANSPORT_NAT": "",
         "ALICE_PASSWORD": PASSWORD,
-        "RTP_START": "31000",
-        "RTP_END": "31099",
+        "RTP_START": str(low),
+        "RTP_END": str(high),
         "MODULE_LOADS": "\n".join(module_load_lines()),
     }
     values.update(overrides)
     return values
+
+
+def rtp_ports(variables: dict[str, str]) -> tuple[int, int]:
+    return int(variables["RTP_START"]), int(variables["RTP_END"])
 
 
 def test_minimal_config_boots_and_lists_transports(asterisk_factory: AsteriskFactory) -> None:
@@ -73,10 +79,10 @@ def test_module_list_loads_every_module(asterisk_root: Path, asterisk_factory: A
 def test_tcp_call_with_digest_auth_carries_rtp(
     asterisk_factory: AsteriskFactory, rtp_counter: RtpCounterFactory, tmp_path: Path, service: str
 ) -> None:
-    # Given an instance whose dialplan answers with Echo() or Playback(), RTP on 31100-31199
-    variables = minimal_variables(RTP_START="31100", RTP_END="31199")
+    # Given an instance whose dialplan answers with Echo() or Playback(), RTP counted on its range
+    variables = minimal_variables()
     ast = asterisk_factory(MINIMAL, variables=variables)
-    counter = rtp_counter((31100, 31199))
+    counter = rtp_counter(rtp_ports(variables))
     users = write_injection(tmp_path / "users.csv", [["alice", auth_field("alice", PASSWORD)]])
     # When sipp calls over TCP, answers the digest challenge and streams 3 s of G.711 A-law
     result = run_sipp(
@@ -105,9 +111,9 @@ def test_wrong_password_is_rejected(
     asterisk_factory: AsteriskFactory, rtp_counter: RtpCounterFactory, tmp_path: Path
 ) -> None:
     # Given an instance and a caller with the wrong password
-    variables = minimal_variables(RTP_START="31200", RTP_END="31299")
+    variables = minimal_variables()
     ast = asterisk_factory(MINIMAL, variables=variables)
-    counter = rtp_counter((31200, 31299))
+    counter = rtp_counter(rtp_ports(variables))
     users = write_injection(tmp_path / "users.csv", [["alice", auth_field("alice", "not-the-password")]])
     # When sipp tries the call
     result = run_sipp(
@@ -193,9 +199,7 @@ def test_call_via_elastic_ip_carries_rtp_both_ways(
 ) -> None:
     # Given Asterisk behind the 1:1 NAT, configured with its public address
     topo = topology_factory()
-    variables = minimal_variables(
-        BIND_IP=topo.instance_ip(), SIP_PORT="5060", TRANSPORT_NAT=_nat_lines(topo), RTP_START="32000", RTP_END="32099"
-    )
+    variables = minimal_variables(BIND_IP=topo.instance_ip(), SIP_PORT="5060", TRANSPORT_NAT=_nat_lines(topo))
     asterisk_factory(MINIMAL, variables=variables, netns=topo.instance_ns())
     # RTP counted where the caller sits: packets to/from sipp's media port on the client's interface
     media_port = 6000
@@ -276,7 +280,7 @@ def test_tls_call_through_tunnel(
     # Given an instance with a TLS transport and a certificate the client trusts
     cert, key = _self_signed(tmp_path, "127.0.0.1")
     tls_port = free_port()
-    variables = minimal_variables(RTP_START="31300", RTP_END="31399")
+    variables = minimal_variables()
     ast = asterisk_factory(MINIMAL, variables=variables, start=False)
     keys = f"{ast.chroot_base}/etc/keys"
     ast.extra_files = {
@@ -290,7 +294,7 @@ def test_tls_call_through_tunnel(
     }
     ast.start()
     assert re.search(rf"transport-tls\s+tls\s+\d+\s+\d+\s+127\.0\.0\.1:{tls_port}", ast.rx("pjsip show transports"))
-    counter = rtp_counter((31300, 31399))
+    counter = rtp_counter(rtp_ports(variables))
     users = write_injection(tmp_path / "users.csv", [["alice", auth_field("alice", PASSWORD)]])
     # When sipp (TCP only in Debian) calls through a TLS tunnel that verifies the server certificate
     with TlsTunnel(("127.0.0.1", free_port()), ("127.0.0.1", tls_port), cafile=cert) as tunnel:

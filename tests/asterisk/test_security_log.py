@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from support.asterisk import AsteriskInstance, module_load_lines
 from support.gateway import load_example, merge, render_gateway
-from support.rtp import RtpCounter
+from support.rtp import RtpCounter, rtp_range
 from support.sipp import Sipp, TlsTunnel, auth_field, free_port, run_sipp, write_injection
 
 AsteriskFactory = Callable[..., AsteriskInstance]
@@ -222,7 +222,7 @@ def test_tls_call_media_encryption(
     peer_cert, peer_key = _pem(*_issue(ca, "peer"))
     ca_pem = ca[0].public_bytes(serialization.Encoding.PEM)
     sip_port, tls_port, peer_tls_port, uas_port = free_port(), free_port(), free_port(), free_port()
-    gw_rtp, peer_rtp = (33800, 33898), (33900, 33998)
+    gw_rtp, peer_rtp = rtp_range(), rtp_range()
     # Given the rendered gateway: ElevenLabs over TLS with media_encryption=<mode>, and a carrier "pstn"
     # (a sipp UAS echoing plain RTP) the agent may call through the outbound allowlist
     settings, secrets = load_example("minimal")

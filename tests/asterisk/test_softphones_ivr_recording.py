@@ -23,7 +23,18 @@ from typing import Any
 import pytest
 from support.asterisk import AsteriskInstance
 from support.gateway import load_example, merge, render_gateway
-from support.sipp import SIPP_SHARE, Sipp, SippResult, auth_field, free_port, run_sipp, scenario_path, write_injection
+from support.rtp import rtp_range
+from support.sipp import (
+    SIPP_SHARE,
+    Sipp,
+    SippResult,
+    auth_field,
+    free_port,
+    received_requests,
+    run_sipp,
+    scenario_path,
+    write_injection,
+)
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 
@@ -207,11 +218,6 @@ def agent_stand_in(tmp_path: Path, label: str, port: int) -> Sipp:
     ).start()
 
 
-def received_requests(messages: str, method: str) -> list[str]:
-    """Request lines of ``method`` in a sipp message trace (the received ones start their own line)."""
-    return re.findall(rf"^({method} sip:\S+ SIP/2\.0)", messages, re.MULTILINE)
-
-
 # ------------------------------------------------------------------------------------------ P6 softphones
 
 
@@ -219,7 +225,7 @@ def test_three_contacts_per_extension_and_a_fourth_replaces_the_oldest(
     asterisk_factory: AsteriskFactory, tmp_path: Path
 ) -> None:
     # Given the gateway with extension 1002 (max_contacts 3)
-    ast, sip_port = start_gateway(asterisk_factory, tmp_path, rtp=(41000, 41099))
+    ast, sip_port = start_gateway(asterisk_factory, tmp_path, rtp=rtp_range())
     ports = [udp_port() for _ in range(4)]
     clients: list[Sipp] = []
     try:
@@ -254,7 +260,7 @@ def test_three_contacts_per_extension_and_a_fourth_replaces_the_oldest(
 
 def test_video_call_between_extensions_passes_video_through(asterisk_factory: AsteriskFactory, tmp_path: Path) -> None:
     # Given the gateway and extension 1002 registered by a video phone
-    ast, sip_port = start_gateway(asterisk_factory, tmp_path, rtp=(41100, 41199))
+    ast, sip_port = start_gateway(asterisk_factory, tmp_path, rtp=rtp_range())
     callee = phone(tmp_path, "callee", sip_port, "1002", "phone_video_uas.xml")
     try:
         # When 1001 calls 1002 offering H.264 and VP8 video
@@ -319,7 +325,7 @@ def test_ivr_dtmf_routes_to_the_agent_and_to_an_extension(asterisk_factory: Aste
     ast, sip_port = start_gateway(
         asterisk_factory,
         tmp_path,
-        rtp=(41200, 41299),
+        rtp=rtp_range(),
         agent_port=agent_port,
         dialplan=lambda base: {
             "did_routes": {IVR_DID: {"kind": "ivr"}},
@@ -402,7 +408,7 @@ def test_recording_is_written_and_handed_to_the_agent(
     ast, sip_port = start_gateway(
         asterisk_factory,
         tmp_path,
-        rtp=(41300, 41399) if expected == caller else (41400, 41499),
+        rtp=rtp_range(),
         agent_port=agent_port,
         dialplan=lambda base: {
             "did_routes": {AGENT_NUMBER: {"kind": "agent"}},

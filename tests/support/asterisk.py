@@ -1,9 +1,10 @@
 """Run real Asterisk 22 instances from the root file system that ``scripts/asterisk-root.sh`` builds.
 
-Each instance lives under ``<root>/inst/<name>/`` (etc, run, log, spool, lib, cache) with its own
-``asterisk.conf``, so several instances run side by side from one root. Asterisk runs chrooted in a private
-mount namespace (``unshare --mount --fork --kill-child``), optionally inside a network namespace, in its own
-process group; :meth:`AsteriskInstance.stop` ends it by PID.
+Each instance lives under ``<root>/inst/<run>/<name>/`` (etc, run, log, spool, lib, cache) with its own
+``asterisk.conf``, so several instances run side by side from one root. ``<run>`` is ``run<pid>`` of the
+test process: two test runs at once (same test names) never share, or wipe, each other's directories.
+Asterisk runs chrooted in a private mount namespace (``unshare --mount --fork --kill-child``), optionally
+inside a network namespace, in its own process group; :meth:`AsteriskInstance.stop` ends it by PID.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ _MODULE_DIR_GLOB = "usr/lib/*/asterisk/modules"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 LOG_NAMES = ("messages", "full", "security")
 _TOKEN_RE = re.compile(r"\{\{[A-Z][A-Z0-9_]*\}\}")
+RUN_DIR = f"run{os.getpid()}"
+_RUN_DIR_RE = re.compile(r"^run(\d+)$")
 
 
 class AsteriskError(RuntimeError):
@@ -57,6 +60,28 @@ def ensure_root(root: Path = DEFAULT_ROOT, *, timeout: float = 900) -> Path:
     if proc.returncode != 0:
         raise AsteriskError(f"{ROOT_SCRIPT.name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prune_runs(root: Path) -> list[Path]:
+    """Delete the instance directories of test runs whose process is gone (never a live run's);
+    returns what it deleted. Instances of the current run are kept until the next run prunes them."""
+    removed = []
+    for path in sorted((root / "inst").glob("run*")):
+        m = _RUN_DIR_RE.match(path.name)
+        if m and path.is_dir() and path.name != RUN_DIR and not _alive(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def module_dir(root: Path) -> str:
@@ -87,7 +112,7 @@ class AsteriskInstance:
     """One Asterisk process running a given set of configuration files.
 
     ``config_dir`` holds what the renderer produces (pjsip.conf, extensions.conf, modules.conf, ...);
-    it is copied to ``<root>/inst/<name>/etc`` and an ``asterisk.conf`` pointing every directory at the
+    it is copied to ``<root>/inst/<run>/<name>/etc`` and an ``asterisk.conf`` pointing every directory at the
     instance is written over any ``asterisk.conf`` in it. ``variables`` replaces ``{{KEY}}`` tokens in the
     copied text files (ports, addresses); ``extra_files`` adds or overrides files (relative to etc).
     """
@@ -111,12 +136,12 @@ class AsteriskInstance:
     @property
     def chroot_base(self) -> str:
         """The instance directory as Asterisk sees it (inside the chroot)."""
-        return f"/inst/{self.name}"
+        return f"/inst/{RUN_DIR}/{self.name}"
 
     @property
     def base(self) -> Path:
         """The instance directory on the host."""
-        return self.root / "inst" / self.name
+        return self.root / "inst" / RUN_DIR / self.name
 
     @property
     def etc_dir(self) -> Path:
@@ -265,7 +290,7 @@ class AsteriskInstance:
             time.sleep(0.05)
 
     def _remote(self, cmd: str, *, timeout: float, check: bool) -> subprocess.CompletedProcess[str]:
-        # The control socket is a file in <root>/inst/<name>/run: no network namespace needed.
+        # The control socket is a file in <root>/inst/<run>/<name>/run: no network namespace needed.
         argv = ["chroot", str(self.root), "/usr/sbin/asterisk", "-C", self.conf_path, "-rx", cmd]
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)

@@ -15,10 +15,14 @@ forwards. :meth:`remove` deletes exactly the rules and chain it added.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
+import random
+import socket
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _COUNTER_IDS = itertools.count(1)
 
@@ -114,3 +118,101 @@ class RtpCounter:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+# ------------------------------------------------------------------------------------------ allocation
+# RTP ranges come from a pool *below* the kernel's ephemeral range (32768-60999 by default), so no port
+# the kernel hands out (free_port(), sipp's media ports, outgoing TCP connections) can fall inside one.
+# Blocks are reserved with an exclusive flock on one file per block, shared by every process on the
+# machine: two test runs at once (or two tests in one run) never get overlapping ranges, and a block
+# is released when its owner releases it or dies.
+POOL_START = 20000
+POOL_END = 32700  # exclusive
+BLOCK = 100
+LOCK_DIR = Path(os.environ.get("RTP_LOCK_DIR", "/run/lock/aws-sip-trunk-rtp"))
+
+
+class RtpRangeError(RuntimeError):
+    pass
+
+
+@dataclass
+class RtpRange:
+    """A reserved, even-based range of UDP ports (``low``..``high`` inclusive); :meth:`release` ends it."""
+
+    low: int
+    high: int
+    _fds: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return self.low, self.high
+
+    def release(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+
+_RESERVED: list[RtpRange] = []
+
+
+def _ports_free(low: int, high: int) -> bool:
+    socks: list[socket.socket] = []
+    try:
+        for port in range(low, high + 1):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.bind(("0.0.0.0", port))
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+    return True
+
+
+def reserve_rtp_range(size: int = BLOCK) -> RtpRange:
+    """Reserve ``size`` ports (rounded up to whole blocks; the range returned has exactly ``size`` ports)
+    that no other test, in this process or any other, holds; all of them free on this machine now.
+    Held until :meth:`RtpRange.release` or :func:`release_rtp_ranges`."""
+    if not 2 <= size <= POOL_END - POOL_START:
+        raise ValueError(f"bad RTP range size {size}")
+    blocks = -(-size // BLOCK)
+    count = (POOL_END - POOL_START) // BLOCK
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    start = random.randrange(count)  # spread concurrent runs over the pool
+    for offset in range(count):
+        first = (start + offset) % count
+        if first + blocks > count:
+            continue
+        fds: list[int] = []
+        try:
+            for index in range(first, first + blocks):
+                fd = os.open(LOCK_DIR / f"{index:04d}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                fds.append(fd)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            continue
+        low = POOL_START + first * BLOCK
+        reserved = RtpRange(low, low + size - 1, fds)
+        if not _ports_free(low, low + blocks * BLOCK - 1):  # something outside this scheme holds a port
+            reserved.release()
+            continue
+        _RESERVED.append(reserved)
+        return reserved
+    raise RtpRangeError(f"no free block of {blocks * BLOCK} RTP ports in {POOL_START}-{POOL_END - 1}")
+
+
+def rtp_range(size: int = BLOCK) -> tuple[int, int]:
+    """:func:`reserve_rtp_range` for callers that need only the bounds (released after the test)."""
+    return reserve_rtp_range(size).ports
+
+
+def release_rtp_ranges() -> None:
+    """Release every range this process reserved (the harness does it after each test)."""
+    while _RESERVED:
+        _RESERVED.pop().release()

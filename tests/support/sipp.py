@@ -315,6 +315,11 @@ def run_sipp(scenario: str | Path, workdir: Path, *, timeout: float = 60.0, **op
     return sipp.wait(timeout=timeout)
 
 
+def received_requests(messages: str, method: str) -> list[str]:
+    """Request lines of ``method`` in a sipp message trace (the received ones start their own line)."""
+    return re.findall(rf"^({method} sip:\S+ SIP/2\.0)", messages, re.MULTILINE)
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     """A port that is free now on ``host`` (for loopback tests; races are unlikely but possible)."""
     with socket.socket(socket.AF_INET, kind) as s:

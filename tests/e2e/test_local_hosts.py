@@ -257,3 +257,39 @@ def test_stop_host_removes_its_namespace_and_mapping(world: tuple[LocalHostManag
     left = manager.leftovers()
     assert left["mounts"] == [], left
     assert not any(PRIMARY in p for p in left["processes"]), left
+
+
+def test_backup_destroy_fresh_host_restore_call(world: tuple[LocalHostManager, str], tmp_path: Path) -> None:
+    manager, _ = world
+    endpoint = manager.moto_endpoint
+    bucket = f"{STACK}-backups-{tmp_path.name}".lower().replace("_", "-")[:63]
+    _client(endpoint, "s3").create_bucket(Bucket=bucket)
+    env = {"SIP_TRUNK_BACKUP_BUCKET": bucket}
+    settings, secrets = _settings()
+    did = settings["elevenlabs"]["phone_number"]
+    version = _publish(endpoint, settings, secrets)
+    standin = start_standin(manager, credentials(settings, secrets), public_ip=PUBLIC_IP)
+
+    # Given a serving primary that is backed up (as the daily Backup schedule runs it)
+    manager.start_host(PRIMARY, "10.0.0.10", "primary")
+    _apply(manager, PRIMARY, version)
+    manager.map_public_address(PUBLIC_IP, PRIMARY)
+    code, out, err = manager.run_command(PRIMARY, ["sip-trunk-agent", "backup"], env)
+    assert code == 0, (out, err[-2000:])
+    backup = json.loads(out)
+    assert backup["version"] == version, backup
+
+    # When the host is destroyed and a fresh one (bootstrap config only) takes its place and address
+    manager.stop_host(PRIMARY)
+    fresh = manager.start_host(STANDBY, "10.0.0.10", "primary")
+    assert "elevenlabs" not in fresh.rx("pjsip show endpoints")
+    manager.map_public_address(PUBLIC_IP, STANDBY)
+    started = time.monotonic()
+    code, out, err = manager.run_command(STANDBY, ["sip-trunk-agent", "restore", "--key", backup["key"]], env)
+    MEASURED["restore"] = time.monotonic() - started
+
+    # Then the restored host runs the backed-up version and carries a call through the same address
+    assert code == 0, (out, err[-2000:])
+    assert json.loads(out)["version"] == version, out
+    assert "elevenlabs" in fresh.rx("pjsip show endpoints")
+    _call(manager, standin, did, tmp_path / "call", "after restore")

@@ -459,7 +459,9 @@ class OverlayRoot:
             return self
         for path in (self.path, self.upper, self.work):
             path.mkdir(parents=True, exist_ok=True)
-        options = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
+        # redirect_dir: the agent renames directories that exist in the lower root (voicemail on restore);
+        # without it overlayfs answers EXDEV.
+        options = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work},redirect_dir=on"
         proc = subprocess.run(
             ["mount", "-t", "overlay", "overlay", "-o", options, str(self.path)],
             capture_output=True,

@@ -241,6 +241,14 @@ def test_apply_call_move_eip_call_again_crash(world: tuple[LocalHostManager, str
 
     # And the standby still answers on the public address
     _call(manager, standin, did, tmp_path / "call3", "after crash")
+
+    # When the Failover workflow makes it the primary (SSM Run Command `set-role`)
+    code, out, err = manager.run_command(STANDBY, ["sip-trunk-agent", "set-role", "--role", "primary"], {})
+    assert code == 0, (out, err[-2000:])
+    # Then its watch-peer ends, as systemd stops the unit on EC2
+    status = manager.status()["hosts"][STANDBY]
+    assert status["role"] == "primary", status
+    assert not status["watch_peer_running"], status
     print("\nlocal host timings (s): " + json.dumps({k: round(v, 2) for k, v in MEASURED.items()}))
 
 

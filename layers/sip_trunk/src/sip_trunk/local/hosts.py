@@ -559,7 +559,10 @@ class LocalHostManager:
             environ = self.environment(host, env)
         if not argv:
             raise HostError("empty command")
-        command = [*_agent_command(), *argv[1:]] if argv[0] == "sip-trunk-agent" else list(argv)
+        agent = argv[0] == "sip-trunk-agent"
+        command = [*_agent_command(), *argv[1:]] if agent else list(argv)
+        if agent and "bootstrap" in argv and not any(a.startswith("--env-file") for a in argv):
+            command += ["--env-file", str(self._write_agent_env(host, env))]
         try:
             proc = subprocess.run(
                 ["ip", "netns", "exec", host.netns, *command], env=environ, capture_output=True, text=True,
@@ -568,7 +571,30 @@ class LocalHostManager:
         except subprocess.TimeoutExpired as exc:
             out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
             return 124, out, f"timed out after {exc.timeout} s"
+        if agent and proc.returncode == 0:
+            self._follow_role_env(host)
         return proc.returncode, proc.stdout, proc.stderr
+
+    def _write_agent_env(self, host: LocalHost, env: Mapping[str, str]) -> Path:
+        """``/etc/sip-trunk/agent.env`` of the host, as the host stack's user data writes it (``bootstrap``
+        reads it)."""
+        path = host.path("/etc/sip-trunk/agent.env")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        values = {**self.agent_env, **dict(env), **self.host_env(host)}
+        values = {k: v for k, v in values.items() if k.startswith("SIP_TRUNK_") and k not in ("SIP_TRUNK_ROLE",)}
+        path.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
+        return path
+
+    def _follow_role_env(self, host: LocalHost) -> None:
+        """What systemd does on EC2 when the agent (``set-role``, ``bootstrap``) rewrites ``role.env``: start or
+        stop watch-peer for the new role and peer."""
+        path = host.path("/etc/sip-trunk/role.env")
+        if not path.is_file():
+            return
+        values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+        role, peer = values.get("SIP_TRUNK_ROLE", host.role), values.get("SIP_TRUNK_PEER_ADDRESS") or None
+        if role in ROLES and (role, peer) != (host.role, host.peer_address if role == "standby" else None):
+            self.set_role(host.instance_id, role, peer)
 
     def map_public_address(self, public_ip: str, instance_id: str) -> None:
         """Point ``public_ip`` at the host (router DNAT/SNAT rewritten, tracked flows forgotten)."""

@@ -332,6 +332,19 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def free_sip_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on ``host`` now (a SIP transport pair on the same number)."""
+    for _ in range(100):
+        port = free_port(host)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise SippError(f"no port free for both TCP and UDP on {host}")
+
+
 @dataclass
 class TlsTunnel:
     """socat: accept plain TCP on ``listen`` and carry it over TLS to ``target`` (host, port).

@@ -119,6 +119,7 @@ def test_root_stack_creates_every_piece_and_wires_the_functions(aws: None) -> No
         described = sfn.describe_state_machine(stateMachineArn=physical[logical])
         text = described["definition"]
         assert "${" not in text, f"{logical}: unresolved placeholder"
+        assert "$$.Execution.Name" in text, f"{logical}: context references lost"
         for arn in re.findall(r"arn:aws:lambda:[^\"]+", text):
             assert arn.rsplit(":", 1)[-1] in functions, f"{logical} invokes a function that does not exist"
     assert physical["FailoverStateMachine"].endswith(f":stateMachine:{STACK}-failover")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -64,6 +64,191 @@ def render(
     for name in rendered.files:
         out.print(f"  {name}", highlight=False)
     out.print(f"config version [bold]{rendered.version}[/] written to {out_dir}")
+
+
+# --- local mode ------------------------------------------------------------------------------------------
+
+local_app = typer.Typer(
+    help="The whole product on this machine: moto for AWS, local Asterisk hosts in network namespaces (root).",
+    no_args_is_help=True,
+)
+app.add_typer(local_app, name="local")
+
+RunDirOption = Annotated[Path, typer.Option("--run-dir", help="state of the local deployment (PIDs, logs, sockets)")]
+_DEFAULT_RUN_DIR = Path("/run/aws-sip-trunk/local")
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="local deployment", show_lines=False)
+    table.add_column("step")
+    table.add_column("seconds", justify="right")
+    for name, seconds in summary.get("steps_s", {}).items():
+        table.add_row(name, f"{seconds:.2f}")
+    out.print(table)
+    prov = summary.get("provision", {})
+    steps = Table(title=f"provision {prov.get('execution', '')} (measured, Wait states not slept)")
+    steps.add_column("step")
+    steps.add_column("seconds", justify="right")
+    for name, seconds in prov.get("steps_s", {}).items():
+        steps.add_row(name, f"{seconds:.2f}")
+    steps.add_row("total", f"{prov.get('total_s', 0):.2f}")
+    out.print(steps)
+    waits = prov.get("waits_nominal_s") or []
+    retries = prov.get("retries_nominal_s") or []
+    out.print(f"nominal Wait states: {len(waits)} ({sum(waits):.0f} s on AWS); retry back-offs: {len(retries)}")
+    out.print(f"config version [bold]{prov.get('version')}[/] on Elastic IP {summary.get('public_ip')}")
+    for host in summary.get("hosts", []):
+        out.print(
+            f"  host {host['instance_id']} {host['role']} {host['private_ip']}: boot {host.get('boot_s')} s, "
+            f"user data {host.get('user_data_s')} s",
+            highlight=False,
+        )
+    call = summary.get("call", {})
+    rtp = call.get("rtp", {})
+    verdict = "[green]answered, audio both ways[/]" if call.get("audio_both_ways") else "[red]FAILED[/]"
+    out.print(
+        f"call carrier → {call.get('did')} @ {call.get('public_ip')} → agent: {verdict} in {call.get('seconds')} s"
+    )
+    out.print(
+        f"  RTP packets: carrier sent {rtp.get('carrier_sent')}, received {rtp.get('carrier_received')}; "
+        f"agent received {rtp.get('agent_received')}, sent {rtp.get('agent_sent')}",
+        highlight=False,
+    )
+
+
+def _controller_or_exit(run_dir: Path) -> int:
+    from sip_trunk.local.orchestrator import controller_pid
+
+    pid = controller_pid(run_dir)
+    if pid is None:
+        raise _fail(f"no local deployment is running (run dir {run_dir}); start one with `sip-trunk local up`")
+    return pid
+
+
+@local_app.command("up")
+def local_up(
+    run_dir: RunDirOption = _DEFAULT_RUN_DIR,
+    single_host: Annotated[bool, typer.Option("--single-host", help="no standby host")] = False,
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 900.0,
+) -> None:
+    """Create the control plane in moto, provision local hosts with the real state machine, place a real call."""
+    import os
+    import time
+
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    from sip_trunk.local.controlplane import find_project_root
+    from sip_trunk.local.orchestrator import LOG, controller_pid, read_events, spawn_controller
+
+    if os.geteuid() != 0:
+        raise _fail("local mode needs root (network namespaces, mounts, Asterisk): run it with sudo")
+    if controller_pid(run_dir) is not None:
+        raise _fail(f"a local deployment is already running ({run_dir}); `sip-trunk local down` first")
+    pid = spawn_controller(run_dir, find_project_root(), high_availability=not single_host)
+    out.print(f"controller pid {pid}, run dir {run_dir} (log: {run_dir / LOG})", highlight=False)
+    offset, deadline, current = 0, time.monotonic() + timeout, "starting"
+    with Live(Spinner("dots", text=current), console=out, transient=True) as live:
+        while True:
+            events, offset = read_events(run_dir, offset)
+            for event in events:
+                kind = event.get("kind")
+                if kind == "step" and event["status"] == "start":
+                    current = event["title"]
+                elif kind == "step" and event["status"] == "done":
+                    live.console.print(
+                        f"[green]✓[/] {escape(event['title'])} [dim]{event['seconds']:.2f} s[/] "
+                        f"{escape(str(event.get('detail', '')))}"
+                    )
+                elif kind == "step":
+                    live.console.print(f"[red]✗[/] {escape(event['title'])}: {escape(str(event.get('error')))}")
+                elif kind == "host":
+                    live.console.print(
+                        f"  [dim]host {event['instance_id']}: {event['event']} {escape(str(event['detail']))} "
+                        f"({event['seconds']} s)[/]"
+                    )
+                elif kind == "ready":
+                    live.stop()
+                    _print_summary(event["summary"])
+                    out.print(f"[bold green]up[/]: `sip-trunk local status|call|down` (run dir {run_dir})")
+                    return
+                elif kind == "failed":
+                    live.stop()
+                    err.print(f"[bold red]local up failed[/]: {escape(str(event.get('error')))}")
+                    err.print(escape(str(event.get("trace", ""))[-1500:]), highlight=False)
+                    raise typer.Exit(1)
+            live.update(Spinner("dots", text=current))
+            if controller_pid(run_dir) is None and not events:
+                raise _fail(f"the controller exited; see {run_dir / LOG}")
+            if time.monotonic() > deadline:
+                raise _fail(f"not up after {timeout:.0f} s; see {run_dir / LOG}")
+            time.sleep(0.2)
+
+
+@local_app.command("status")
+def local_status(run_dir: RunDirOption = _DEFAULT_RUN_DIR) -> None:
+    """What runs: hosts, the Elastic IP's holder, the last provisioning."""
+    import json
+
+    from sip_trunk.local.orchestrator import send_request
+
+    _controller_or_exit(run_dir)
+    answer = send_request(run_dir, {"command": "status"}, timeout_s=30)
+    out.print_json(json.dumps({k: v for k, v in answer.items() if k != "summary"}, default=str))
+
+
+@local_app.command("call")
+def local_call(
+    run_dir: RunDirOption = _DEFAULT_RUN_DIR,
+    duration_ms: Annotated[int, typer.Option(help="how long the call holds audio")] = 3000,
+) -> None:
+    """Place a real call: the carrier calls the DID at the Elastic IP, the gateway hands it to the agent."""
+    import json
+
+    from sip_trunk.local.orchestrator import send_request
+
+    _controller_or_exit(run_dir)
+    answer = send_request(run_dir, {"command": "call", "duration_ms": duration_ms})
+    out.print_json(json.dumps(answer, default=str))
+    if not answer.get("ok"):
+        raise typer.Exit(1)
+
+
+@local_app.command("down")
+def local_down(run_dir: RunDirOption = _DEFAULT_RUN_DIR) -> None:
+    """Remove every process, namespace and mount local mode made."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    from sip_trunk.local.orchestrator import (
+        CONTROL,
+        PIDFILE,
+        controller_pid,
+        process_alive,
+        send_request,
+        teardown_without_controller,
+    )
+
+    pid = controller_pid(run_dir)
+    removed: dict[str, Any] = {}
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            removed = send_request(run_dir, {"command": "down"}, timeout_s=180).get("removed", {})
+        deadline = time.monotonic() + 30
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if process_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    leftovers = teardown_without_controller(run_dir)
+    for name in (CONTROL, PIDFILE):
+        (run_dir / name).unlink(missing_ok=True)
+    count = sum(len(v) for v in removed.values()) + sum(len(v) for v in leftovers.values())
+    out.print(f"down: removed {count} processes/namespaces/mounts ({run_dir})", highlight=False)
 
 
 def main() -> None:

@@ -6,9 +6,11 @@ documented fix-ups and nothing else:
 - the network stack is created on its own and its outputs replace `GetAtt NetworkStack.Outputs.X`
   (moto cannot resolve nested-stack outputs); in it `Fn::Cidr` and `Fn::GetAZs` are evaluated here;
 - state machine definitions are given inline with the substitutions applied (moto leaves
-  `DefinitionSubstitutions` unresolved and `DefinitionS3Location` empty);
+  `DefinitionSubstitutions` unresolved and `DefinitionS3Location` empty), `$$` escaped for moto's Fn::Sub;
 - `AWS::Scheduler::Schedule` is removed (unsupported), and so is the dashboard (moto cannot resolve
   `${Alarm.Arn}` inside its body);
+- with moto's executor on (`configure_moto`), API calls go to a second Step Functions backend that
+  CloudFormation does not write to: the created state machines are registered there too, same name and ARN;
 - `AWS::SecretsManager::Secret` resources are stored by moto's CloudFormation without being created: the
   secrets are created afterwards with the same name and a generated (or the given) value.
 
@@ -88,6 +90,7 @@ class MotoServer:
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
+        os.environ["MOTO_PORT"] = str(port)  # where moto's own service integrations (sns:publish …) call
         return self.endpoint
 
     def stop(self) -> None:
@@ -224,7 +227,11 @@ def root_template(root: Path, outputs: Mapping[str, str], network_id: str) -> di
             props = res["Properties"]
             text = definitions[json.dumps(props["StateMachineName"], sort_keys=True)]
             props.pop("DefinitionS3Location", None)
-            props["DefinitionString"] = {"Fn::Sub": [text, props.pop("DefinitionSubstitutions", {})]}
+            subs = props.pop("DefinitionSubstitutions", {})
+            # moto's Fn::Sub runs string.Template once per substitution, and each run turns `$$` into `$`:
+            # double the ASL's context references (`$$.Execution.Name`) once per run so they survive.
+            text = text.replace("$$", "$" * 2 ** (len(subs) + 1))
+            props["DefinitionString"] = {"Fn::Sub": [text, subs]}
     return transformed
 
 
@@ -421,6 +428,23 @@ def fix_host_parameters(ssm: Any, lam: Any, stack_name: str) -> None:
     ssm.put_parameter(Name=name, Value=json.dumps(document, indent=2), Type="String", Overwrite=True)
 
 
+def register_with_executor(endpoint: str | None) -> list[str]:
+    """Copy the state machines CloudFormation created into the executing backend (see the module docstring)."""
+    from moto.core.config import default_user_config
+    from moto.stepfunctions.models import stepfunctions_backends
+
+    if not default_user_config.get("stepfunctions", {}).get("execute_state_machine"):
+        return []
+    sfn = client("stepfunctions", endpoint)
+    made: list[str] = []
+    for machine in list(stepfunctions_backends[ACCOUNT][REGION].state_machines):
+        arn = sfn.create_state_machine(name=machine.name, definition=machine.definition, roleArn=machine.roleArn)[
+            "stateMachineArn"
+        ]
+        made.append(str(arn))
+    return made
+
+
 def create_control_plane(
     root: Path,
     stack_name: str,
@@ -458,6 +482,7 @@ def create_control_plane(
         if "LogicalResourceId" in r and "PhysicalResourceId" in r  # moto omits them for some types
     }
     create_declared_secrets(client("secretsmanager", endpoint), template, stack_name, params)
+    register_with_executor(endpoint)
     fix_host_parameters(client("ssm", endpoint), client("lambda", endpoint), stack_name)
     lam = client("lambda", endpoint)
     functions: dict[str, dict[str, str]] = {}

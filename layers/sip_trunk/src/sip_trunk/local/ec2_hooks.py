@@ -213,7 +213,7 @@ class Ec2Hooks:
                 for ip in pending:
                     del self._pending_maps[ip]
             for ip in pending:
-                self.address_associated(ip, instance_id)
+                self._map(ip, instance_id)
         except Exception as exc:
             log.exception("host %s failed to boot", instance_id)
             with self.lock:
@@ -262,6 +262,9 @@ class Ec2Hooks:
             return
         if instance_id in self.boot_errors or (event is None and instance_id not in self.hosts):
             return
+        self._map(public_ip, instance_id)
+
+    def _map(self, public_ip: str, instance_id: str) -> None:
         self.manager.map_public_address(public_ip, instance_id)
         with self.lock:
             self.mapped[public_ip] = instance_id

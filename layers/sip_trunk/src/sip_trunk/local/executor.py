@@ -14,6 +14,7 @@ Nothing here is imported by the handlers.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -217,6 +218,7 @@ class Dispatcher:
         self._patch(retrier_decl, "time", _Time)
         clock.set_source(clock_source)
         clock.set_sleeper(self.client_sleep)
+
         def restore_clock() -> None:
             clock.set_source(None)
             clock.set_sleeper(None)
@@ -289,6 +291,8 @@ class ExecutionReport:
     states: list[StateRun]
     waits_s: list[float] = field(default_factory=list)
     retries_s: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    """Every failed task of the execution (`error: cause`), retried ones included."""
 
     @property
     def duration_s(self) -> float:
@@ -329,6 +333,19 @@ def history_states(events: list[dict[str, Any]]) -> list[StateRun]:
             if name in open_runs:
                 open_runs.pop(name).exited = _stamp(event["timestamp"])
     return runs
+
+
+def history_failures(events: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for event in events:
+        for key in ("lambdaFunctionFailedEventDetails", "taskFailedEventDetails"):
+            details = event.get(key)
+            if details:
+                cause = str(details.get("cause", ""))
+                with contextlib.suppress(ValueError, TypeError):
+                    cause = str(json.loads(cause).get("errorMessage", cause))
+                out.append(f"{details.get('error')}: {cause}")
+    return out
 
 
 def run_execution(
@@ -384,6 +401,7 @@ def run_execution(
         started=started,
         stopped=time.time(),
         states=history_states(events),
+        failures=history_failures(events),
         waits_s=list(dispatcher.waits[waits_before:]) if dispatcher else [],
         retries_s=list(dispatcher.retry_sleeps[retries_before:]) if dispatcher else [],
     )

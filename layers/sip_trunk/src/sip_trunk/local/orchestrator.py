@@ -1,0 +1,590 @@
+"""`sip-trunk local up`: the whole product on one machine, and the controller process that keeps it running.
+
+`up` starts a controller (`python -m sip_trunk.local.orchestrator serve`) in its own session; the controller
+owns everything that lives in memory — moto's server with the emulated account, the state-machine executor
+and the hooks to the local hosts — and answers `status`, `call`, `drill` and `down` on a Unix socket in the run
+directory. Its steps are appended to `events.jsonl` there, which `up` follows to show progress.
+
+The steps, each timed:
+1. moto: the server on 127.0.0.1 (random port), EC2/SSM hooks and the Lambda dispatcher installed;
+2. control plane: `template.yaml` transformed offline and created (see `controlplane`);
+3. operator settings: the local carrier added to the settings document (what an operator does to route a DID);
+4. hosts network + ElevenLabs stand-in: the router/outside namespaces, the stand-in's API (HTTP) and SIP side;
+5. provision: the real Provision state machine, whose LaunchHost creates the host stack, whose instances boot
+   as local hosts (`ec2_hooks`); VerifyTrunk probes the Elastic IP 203.0.113.10 from the outside namespace;
+6. call: the carrier calls the DID at 203.0.113.10, the gateway sends it to the agent, audio both ways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sip_trunk.local import controlplane as cp
+from sip_trunk.local.ec2_hooks import Ec2Hooks, HostEvent
+from sip_trunk.local.executor import Dispatcher, ExecutionReport, load_handlers, real_time_pacer, run_execution
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUN_DIR = Path("/run/aws-sip-trunk/local")
+STACK = "sip-local"
+PHONE_NUMBER = "+14155550100"
+API_KEY = "sk_local_0123456789abcdefghij"
+PUBLIC_IP = "203.0.113.10"
+EVENTS = "events.jsonl"
+STATE = "state.json"
+CONTROL = "control.sock"
+PIDFILE = "controller.pid"
+LOG = "controller.log"
+_CLONE_NEWNET = 0x40000000
+
+
+# --- small helpers ------------------------------------------------------------------------------------
+
+
+def run_in_namespace(netns: str, func: Callable[[], Any]) -> Any:
+    """Call `func` on a thread that joined network namespace `netns` (setns affects only that thread, and
+    sockets belong to the namespace they were made in): how a probe "from the internet" is made locally."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns}")
+            finally:
+                os.close(fd)
+            box["value"] = func()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"in-{netns}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def send_request(run_dir: Path, request: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]:
+    """One JSON request to the controller's socket; its JSON answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(str(run_dir / CONTROL))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    answer: dict[str, Any] = json.loads(data or b"{}")
+    return answer
+
+
+def controller_pid(run_dir: Path) -> int | None:
+    try:
+        pid = int((run_dir / PIDFILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def read_events(run_dir: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    path = run_dir / EVENTS
+    if not path.exists():
+        return [], offset
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    complete = data[: data.rfind(b"\n") + 1]
+    events = [json.loads(line) for line in complete.splitlines() if line.strip()]
+    return events, offset + len(complete)
+
+
+# --- the local deployment ----------------------------------------------------------------------------
+
+
+@dataclass
+class StepTiming:
+    name: str
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class LocalDeployment:
+    """Everything `up` made, in this (the controller) process."""
+
+    run_dir: Path
+    project: Path
+    high_availability: bool = True
+    asterisk_root: Path | None = None
+    steps: list[StepTiming] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    moto: cp.MotoServer | None = None
+    plane: cp.ControlPlane | None = None
+    hooks: Ec2Hooks | None = None
+    dispatcher: Dispatcher | None = None
+    manager: Any = None
+    standin: Any = None
+    api: Any = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    provision_reports: list[ExecutionReport] = field(default_factory=list)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # --- events ----------------------------------------------------------------------------------
+    def emit(self, **event: Any) -> None:
+        event.setdefault("at", time.time())
+        with (self.run_dir / EVENTS).open("a") as fh:
+            fh.write(json.dumps(event, default=str) + "\n")
+
+    @contextlib.contextmanager
+    def step(self, name: str, title: str) -> Iterator[dict[str, Any]]:
+        self.emit(kind="step", step=name, title=title, status="start")
+        started = time.monotonic()
+        info: dict[str, Any] = {}
+        try:
+            yield info
+        except BaseException as exc:
+            self.emit(kind="step", step=name, title=title, status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        seconds = round(time.monotonic() - started, 3)
+        self.steps.append(StepTiming(name, seconds, str(info.get("detail", ""))))
+        self.emit(kind="step", step=name, title=title, status="done", seconds=seconds, **info)
+
+    def on_host_event(self, event: HostEvent) -> None:
+        self.emit(kind="host", event=event.kind, instance_id=event.instance_id, detail=event.detail,
+                  seconds=event.duration_s)  # fmt: skip
+
+    @property
+    def endpoint(self) -> str:
+        return self.moto.endpoint if self.moto else ""
+
+    def client(self, service: str) -> Any:
+        return cp.client(service, self.endpoint)
+
+    # --- up ----------------------------------------------------------------------------------------
+    def up(self) -> dict[str, Any]:
+        from sip_trunk.local.asterisk_runner import DEFAULT_ROOT, root_problem
+
+        root = self.asterisk_root or DEFAULT_ROOT
+        problem = root_problem(root)
+        if problem:
+            raise RuntimeError(f"{problem} (run `make asterisk-root`)")
+        with self.step("moto", "AWS stand-in (moto server)") as info:
+            self.moto = cp.MotoServer()
+            self.moto.start()
+            self.hooks = Ec2Hooks(
+                None, base_env=cp.aws_environment(self.endpoint), on_event=self.on_host_event, state_dir=self.run_dir
+            )
+            self.hooks.install()
+            info["detail"] = self.endpoint
+        with self.step("control-plane", "control plane from template.yaml") as info:
+            self.plane = cp.create_control_plane(
+                self.project,
+                STACK,
+                {
+                    "ElevenLabsPhoneNumber": PHONE_NUMBER,
+                    "AlarmEmail": "ops@example.com",
+                    "ElevenLabsApiKey": API_KEY,
+                    "AmiSource": "ami-id",
+                    "AmiReference": "ami-0123456789abcdef0",
+                },
+                self.endpoint,
+                high_availability=self.high_availability,
+                one_lan=True,
+            )
+            outputs = self.plane.network_outputs
+            info["detail"] = (
+                f"{len(self.plane.functions)} functions, Elastic IP {outputs['PrimaryPublicIp']} "
+                f"({outputs['PrimaryAllocationId']})"
+            )
+        self._save_state()
+        with self.step("settings", "operator settings: the local carrier routes the DID to the agent") as info:
+            self.settings = self._add_carrier()
+            info["detail"] = f"carrier 198.51.100.50 → DID {PHONE_NUMBER}"
+        with self.step("standin", "hosts network and the ElevenLabs stand-in") as info:
+            self._start_world(root)
+            info["detail"] = f"API {self.api.url}, SIP {self.standin.address}:{self.standin.port}"
+        self._save_state()
+        with self.step("provision", "Provision state machine (real ASL, real handlers)") as info:
+            report = self.provision()
+            if report.status != "SUCCEEDED":
+                last = report.failures[-1] if report.failures else f"{report.error}: {report.cause}"
+                raise RuntimeError(f"provision {report.status}: {last}")
+            info["detail"] = f"version {report.output.get('version')}"
+            info["states"] = self._state_durations(report)
+        self._save_state()
+        with self.step("call", "carrier → gateway → ElevenLabs stand-in") as info:
+            call = self.call()
+            info["detail"] = json.dumps(call.get("rtp", {}))
+            if not call.get("ok") or not call.get("audio_both_ways"):
+                raise RuntimeError(f"the call failed: {call}")
+        self.summary = self.build_summary(call)
+        self._save_state()
+        self.emit(kind="ready", summary=self.summary)
+        return self.summary
+
+    def _add_carrier(self) -> dict[str, Any]:
+        from sip_trunk.local.standin import carrier_settings
+
+        ssm = self.client("ssm")
+        name = f"/{STACK}/settings"
+        document: dict[str, Any] = json.loads(ssm.get_parameter(Name=name)["Parameter"]["Value"])
+        document.update(carrier_settings(document["elevenlabs"]["phone_number"]))
+        ssm.put_parameter(Name=name, Value=json.dumps(document), Type="String", Overwrite=True)
+        return document
+
+    def agent_environment(self) -> dict[str, str]:
+        """What the host stack's user data writes to agent.env, from the host stack's parameters."""
+        ssm = self.client("ssm")
+        params = json.loads(ssm.get_parameter(Name=f"/{STACK}/host-parameters")["Parameter"]["Value"])
+        return {
+            "AWS_REGION": cp.REGION,
+            "SIP_TRUNK_STACK": params["RootStackName"],
+            "SIP_TRUNK_CONFIG_PREFIX": params["ConfigPrefix"],
+            "SIP_TRUNK_STATE_TABLE": params["StateTable"],
+            "SIP_TRUNK_BACKUP_BUCKET": params["BackupBucket"],
+            "SIP_TRUNK_RECORDINGS_BUCKET": params["RecordingsBucket"],
+            "SIP_TRUNK_FAILOVER_STATE_MACHINE_ARN": params["FailoverStateMachineArn"],
+            "SIP_TRUNK_ASTERISK_LOG_GROUP": params["AsteriskLogGroup"],
+        }
+
+    def _secrets(self) -> dict[str, str]:
+        sm = self.client("secretsmanager")
+        out: dict[str, str] = {}
+        for item in sm.list_secrets()["SecretList"]:
+            value = sm.get_secret_value(SecretId=item["Name"])["SecretString"]
+            out[f"secretsmanager:{item['Name']}"] = value
+        return out
+
+    def _start_world(self, root: Path) -> None:
+        from sip_trunk.local.elevenlabs_api import ElevenLabsStandIn
+        from sip_trunk.local.hosts import LocalHostManager
+        from sip_trunk.local.standin import credentials, start_standin
+
+        self.manager = LocalHostManager(
+            self.run_dir / "world", root, self.endpoint, cp.REGION, agent_env=self.agent_environment()
+        )
+        assert self.hooks is not None
+        self.hooks.manager = self.manager
+        self.manager.network()
+        self.api = ElevenLabsStandIn(API_KEY)
+        self.api.__enter__()
+        self.standin = start_standin(self.manager, credentials(self.settings, self._secrets()), public_ip=PUBLIC_IP)
+        self._probe_from_outside()
+
+    def _probe_from_outside(self) -> None:
+        """VerifyTrunk and the failover probes reach the Elastic IP from the internet: here, from the outside
+        namespace (the address is not routable from this machine's own network)."""
+        from sip_trunk.aws import wiring
+        from sip_trunk.sip import ProbeResult, ProbeTarget
+
+        outside = self.manager.outside_namespace()
+        original = wiring.sip_probe
+
+        def probe(target: ProbeTarget, timeout_s: float) -> ProbeResult:
+            result: ProbeResult = run_in_namespace(outside, lambda: original(target, timeout_s))
+            log.info("probe %s from %s: %s", target, outside, result)
+            return result
+
+        wiring.sip_probe = probe
+
+    def function_environment(self) -> dict[str, str]:
+        assert self.plane is not None
+        return {
+            **self.plane.environment(),
+            **cp.aws_environment(self.endpoint),
+            # the host template the layer ships (/opt/sip_trunk_assets/host.yaml in Lambda)
+            "HOST_TEMPLATE_FILE": str(self.project / "stacks" / "host.yaml"),
+            "ELEVENLABS_API_URL": str(self.api.url),
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+            "PROBE_TIMEOUT_S": "2",
+        }
+
+    def _dispatcher(self) -> Dispatcher:
+        if self.dispatcher is None:
+            assert self.plane is not None
+            env = self.function_environment()
+            os.environ.update(env)  # the handlers' modules read POWERTOOLS_* at import
+            names = dict(self.plane.function_names)
+            self.dispatcher = Dispatcher(
+                load_handlers(self.project / "functions"),
+                resolve=lambda name: names.get(name, name),
+                environment=lambda name: env,
+                pacer=real_time_pacer(scale=0.05, floor_s=0.1, ceiling_s=2.0),
+            )
+            self.dispatcher.install()
+        return self.dispatcher
+
+    def provision(self, payload: dict[str, Any] | None = None) -> ExecutionReport:
+        assert self.plane is not None
+        dispatcher = self._dispatcher()
+        report = run_execution(
+            self.client("stepfunctions"),
+            self.plane.provision_state_machine_arn,
+            payload or {"reason": "local up"},
+            name=f"local-{len(self.provision_reports) + 1}-{int(time.time())}",
+            dispatcher=dispatcher,
+        )
+        self.provision_reports.append(report)
+        return report
+
+    def _state_durations(self, report: ExecutionReport) -> dict[str, Any]:
+        from sip_trunk.workflows.provision import STEP_OF_STATE
+
+        return {
+            "steps_s": report.step_durations(STEP_OF_STATE),
+            "waits_nominal_s": report.waits_s,
+            "retries_nominal_s": report.retries_s,
+            "total_s": report.duration_s,
+            "states": [s.name for s in report.states],
+        }
+
+    def call(self, duration_ms: int = 3000) -> dict[str, Any]:
+        from sip_trunk.local.standin import place_call
+
+        with self.lock:
+            workdir = self.run_dir / "calls" / str(int(time.time() * 1000))
+            workdir.mkdir(parents=True, exist_ok=True)
+            result = place_call(
+                self.manager, self.standin, PHONE_NUMBER, workdir, public_ip=PUBLIC_IP, duration_ms=duration_ms
+            )
+            summary: dict[str, Any] = result.summary()
+            summary["audio_both_ways"] = result.audio_both_ways
+            if not result.ok:
+                summary["sipp"] = result.sipp.describe()[-2000:]
+            return summary
+
+    def build_summary(self, call: dict[str, Any]) -> dict[str, Any]:
+        report = self.provision_reports[-1]
+        output = report.output if isinstance(report.output, dict) else {}
+        hosts = []
+        if self.hooks is not None:
+            boots = {e.instance_id: e.duration_s for e in self.hooks.events if e.kind == "host-started"}
+            booted = {e.instance_id: e.duration_s for e in self.hooks.events if e.kind == "host-bootstrapped"}
+            for iid, info in self.hooks.hosts.items():
+                hosts.append({"instance_id": iid, **info, "boot_s": boots.get(iid), "user_data_s": booted.get(iid)})
+        return {
+            "steps_s": {s.name: s.seconds for s in self.steps},
+            "provision": {
+                "execution": report.arn.rsplit(":", 1)[-1],
+                "version": output.get("version"),
+                **self._state_durations(report),
+                "durations_recorded_s": output.get("durations_s"),
+            },
+            "public_ip": PUBLIC_IP,
+            "hosts": hosts,
+            "call": call,
+            "endpoint": self.endpoint,
+        }
+
+    def status(self) -> dict[str, Any]:
+        from sip_trunk.workflows.state import Deployment
+
+        out: dict[str, Any] = {"endpoint": self.endpoint, "summary": self.summary}
+        with contextlib.suppress(Exception):
+            out["hosts"] = self.manager.status()
+        with contextlib.suppress(Exception):
+            assert self.plane is not None
+            table = self.plane.environment()["STATE_TABLE"]
+            item = self.client("dynamodb").get_item(
+                TableName=table, Key={"pk": {"S": "deployment"}, "sk": {"S": "current"}}
+            )
+            out["deployment_item"] = bool(item.get("Item"))
+            _ = Deployment
+        with contextlib.suppress(Exception):
+            assert self.plane is not None
+            eip = self.client("ec2").describe_addresses(
+                AllocationIds=[self.plane.network_outputs["PrimaryAllocationId"]]
+            )["Addresses"][0]
+            out["elastic_ip"] = {"address": eip["PublicIp"], "instance_id": eip.get("InstanceId")}
+        return out
+
+    def _save_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "endpoint": self.endpoint,
+            "plane": self.plane.to_json() if self.plane else None,
+            "summary": self.summary,
+            "steps": [s.__dict__ for s in self.steps],
+        }
+        (self.run_dir / STATE).write_text(json.dumps(state, indent=2, default=str))
+
+    # --- down ----------------------------------------------------------------------------------------
+    def down(self) -> dict[str, Any]:
+        removed: dict[str, Any] = {}
+        if self.api is not None:
+            with contextlib.suppress(Exception):
+                self.api.__exit__(None, None, None)
+        if self.manager is not None:
+            removed = self.manager.teardown()
+        if self.dispatcher is not None:
+            self.dispatcher.uninstall()
+        if self.hooks is not None:
+            self.hooks.uninstall()
+        if self.moto is not None:
+            with contextlib.suppress(Exception):
+                self.moto.stop()
+        return removed
+
+
+def teardown_without_controller(run_dir: Path) -> dict[str, Any]:
+    """`local down` when the controller is gone: adopt the recorded world and remove it."""
+    from sip_trunk.local.asterisk_runner import DEFAULT_ROOT
+    from sip_trunk.local.hosts import STATE_FILE, LocalHostManager
+
+    world = run_dir / "world"
+    if not (world / STATE_FILE).exists():
+        return {}
+    manager = LocalHostManager(world, DEFAULT_ROOT, "http://127.0.0.1:9", cp.REGION)
+    removed: dict[str, Any] = manager.teardown()
+    return removed
+
+
+# --- the controller process -----------------------------------------------------------------------------
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    deployment: LocalDeployment
+    stop: threading.Event
+
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        try:
+            request = json.loads(line or b"{}")
+            answer = self.server_dispatch(request)
+        except Exception as exc:
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+        self.wfile.write(json.dumps(answer, default=str).encode() + b"\n")
+
+    def server_dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("command")
+        dep = self.deployment
+        if command == "status":
+            return {"ok": True, **dep.status()}
+        if command == "call":
+            result = dep.call(int(request.get("duration_ms", 3000)))
+            return {"ok": bool(result.get("ok")), "call": result}
+        if command == "provision":
+            report = dep.provision(request.get("payload"))
+            return {"ok": report.status == "SUCCEEDED", "status": report.status, "report": dep._state_durations(report),
+                    "output": report.output, "error": report.error, "cause": report.cause}  # fmt: skip
+        if command == "down":
+            removed = dep.down()
+            self.stop.set()
+            return {"ok": True, "removed": removed}
+        raise ValueError(f"unknown command {command!r}")
+
+
+def serve(run_dir: Path, project: Path, *, high_availability: bool = True) -> int:
+    """The controller: bring everything up, then answer requests until `down` (or SIGTERM)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / PIDFILE).write_text(f"{os.getpid()}\n")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    deployment = LocalDeployment(run_dir=run_dir, project=project, high_availability=high_availability)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        deployment.up()
+    except BaseException as exc:
+        deployment.emit(kind="failed", error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc()[-4000:])
+        log.exception("local up failed; tearing down")
+        try:
+            deployment.down()
+        finally:
+            (run_dir / PIDFILE).unlink(missing_ok=True)
+            deployment.emit(kind="stopped")
+        return 1
+    sock_path = run_dir / CONTROL
+    sock_path.unlink(missing_ok=True)
+    handler = type("Handler", (_Handler,), {"deployment": deployment, "stop": stop})
+    server = socketserver.ThreadingUnixStreamServer(str(sock_path), handler)
+    threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
+    deployment.emit(kind="serving", socket=str(sock_path))
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    sock_path.unlink(missing_ok=True)
+    if deployment.manager is not None and deployment.manager.hosts:
+        deployment.down()  # SIGTERM without `down`
+    (run_dir / PIDFILE).unlink(missing_ok=True)
+    deployment.emit(kind="stopped")
+    return 0
+
+
+def spawn_controller(run_dir: Path, project: Path, *, high_availability: bool = True) -> int:
+    """Start the controller in its own session, its output in the run directory's log; its PID."""
+    import subprocess
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / EVENTS).unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "sip_trunk.local.orchestrator", "serve", "--run-dir", str(run_dir),
+            "--project", str(project)]  # fmt: skip
+    if not high_availability:
+        argv.append("--single-host")
+    with (run_dir / LOG).open("ab") as log_file:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    (run_dir / PIDFILE).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):  # a zombie child of ours counts as gone
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sip_trunk.local.orchestrator")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    p.add_argument("--project", type=Path, default=None)
+    p.add_argument("--single-host", action="store_true")
+    args = parser.parse_args(argv)
+    project = args.project or cp.find_project_root()
+    return serve(args.run_dir, project, high_availability=not args.single_host)
+
+
+if __name__ == "__main__":
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # moto's executor and server threads are not daemons: everything they served is gone

@@ -97,7 +97,8 @@ def table(results: dict[str, Any], pngs: list[str]) -> str:
             f"- highest level with 0 failed and < 1 % loss: rendered **{_fmt(s.get('max_calls_ok_rendered'))}**, "
             f"candidate **{_fmt(s.get('max_calls_ok_candidate'))}**, mu-law↔G.722 "
             f"**{_fmt(s.get('max_calls_ok_g722'))}** (highest level run: {max(r['calls'] for r in cap['levels'])})",
-            f"- saturates first: {s.get('saturates_first')}",
+            f"- saturates first, rendered: {s.get('saturates_first')}",
+            f"- saturates first, candidate: {s.get('saturates_first_candidate')}",
             "",
             "| config | codecs | calls | failed | loss gw fwd % | loss echo % | loss gw return % | loss e2e % "
             "| Asterisk CPU % | CPU %/call | machine CPU % | generators CPU % | RSS MiB | bridge |",

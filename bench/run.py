@@ -79,6 +79,7 @@ def summarize(cap: dict[str, Any]) -> dict[str, Any]:
         "max_calls_ok_g722": best(cap["transcoding"]),
         "asterisk_cpu_pct_per_call_max": max(per_call) if per_call else None,
         "saturates_first": saturation(cap["levels"]),
+        "saturates_first_candidate": saturation(cap["candidate"]),
     }
 
 
@@ -91,6 +92,11 @@ def saturation(rows: list[dict[str, Any]]) -> str:
         hops = {k: v for k, v in loss.items() if k in ("gateway_forward", "agent_echo", "gateway_return") and v}
         worst = max(hops, key=lambda k: hops[k]) if hops else "none"
         cpu = r.get("cpu_pct", {})
+        if r.get("log_maxload"):
+            return (
+                f"at {r['calls']} calls: {r.get('failed_calls')} calls refused by asterisk.conf maxload "
+                f"(1-minute load average above the limit) while Asterisk used {cpu.get('asterisk')} % of one core"
+            )
         return (
             f"at {r['calls']} calls: {r.get('failed_calls')} failed calls, worst hop {worst} "
             f"({hops.get(worst)} % loss); machine CPU {cpu.get('machine')} % of all cores, Asterisk "
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", default="", help="capacity levels, e.g. 50,100,200 (overrides the default)")
     ap.add_argument("--keep-work", action="store_true", help="keep the sipp/Asterisk working files")
     args = ap.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows under make/tee
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:

@@ -1,0 +1,90 @@
+"""`sip-trunk local up` → assertions → `local down` → nothing left behind: the whole product on one machine,
+run exactly as a user runs it (the CLI, a controller process, real Asterisk hosts, real SIP and RTP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sip_trunk.local.asterisk_runner import DEFAULT_ROOT, root_problem
+from sip_trunk.local.netns import list_namespaces
+from sip_trunk.local.orchestrator import EVENTS, process_alive, read_events
+
+pytestmark = pytest.mark.e2e
+
+CLI = [sys.executable, "-m", "sip_trunk.cli"]
+
+
+def sip_trunk(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("local mode needs root")
+    problem = root_problem(DEFAULT_ROOT)
+    if problem:
+        pytest.skip(problem)
+    path = Path("/run/aws-sip-trunk") / f"e2e-{os.getpid()}"
+    yield path
+    sip_trunk("local", "down", "--run-dir", str(path), timeout=300)
+
+
+def test_local_up_provisions_calls_and_tears_down(run_dir: Path) -> None:
+    # When the user runs `local up`
+    up = sip_trunk("local", "up", "--run-dir", str(run_dir), timeout=900)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    events, _ = read_events(run_dir)
+    ready = [e for e in events if e["kind"] == "ready"]
+    assert ready, events[-5:]
+    summary = ready[0]["summary"]
+    pid = int((run_dir / "controller.pid").read_text())
+
+    # Then the real Provision state machine went through every step and deployed a version
+    provision = summary["provision"]
+    assert provision["version"].startswith("v")
+    assert {"ValidateSettings", "RenderConfig", "LaunchHost", "ApplyConfig", "VerifyTrunk", "SyncElevenLabs",
+            "RecordDeployment"} <= set(provision["steps_s"])  # fmt: skip
+    assert "Provisioned" in provision["states"]
+    # and two hosts booted from the host stack, the primary behind the Elastic IP
+    roles = sorted(h["role"] for h in summary["hosts"])
+    assert roles == ["primary", "standby"]
+    # and the carrier's call reached the agent with audio both ways
+    call = summary["call"]
+    assert call["ok"], call
+    assert call["audio_both_ways"], call
+    assert call["public_ip"] == "203.0.113.10"
+    assert min(call["rtp"].values()) > 50
+
+    # When the user asks for the status and places another call
+    status = sip_trunk("local", "status", "--run-dir", str(run_dir), timeout=60)
+    assert status.returncode == 0, status.stderr
+    state = json.loads(status.stdout)
+    primary = next(i for i, h in state["hosts"]["hosts"].items() if h["role"] == "primary")
+    assert state["elastic_ip"] == {"address": "203.0.113.10", "instance_id": primary}
+    assert state["hosts"]["public_addresses"] == {"203.0.113.10": primary}
+    again = sip_trunk("local", "call", "--run-dir", str(run_dir), timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["call"]["audio_both_ways"]
+    namespaces = [h["netns"] for h in state["hosts"]["hosts"].values()]
+    prefix = namespaces[0].rsplit("-", 1)[0]
+
+    # When the user runs `local down`
+    down = sip_trunk("local", "down", "--run-dir", str(run_dir), timeout=300)
+    assert down.returncode == 0, down.stderr
+
+    # Then nothing is left: no controller, no namespace, no mount, no process of the hosts
+    assert not process_alive(pid)
+    assert [ns for ns in list_namespaces() if ns.startswith(prefix + "-")] == []
+    mounts = Path("/proc/mounts").read_text()
+    assert str(run_dir) not in mounts
+    for host in state["hosts"]["hosts"].values():
+        assert not process_alive(int(host["asterisk_pid"]))
+    assert not (run_dir / "control.sock").exists()
+    assert (run_dir / EVENTS).exists()

@@ -33,7 +33,7 @@ from standin import (
 from support.asterisk import AsteriskInstance
 from support.gateway import load_example, merge, render_gateway
 from support.rtp import RtpCounter, rtp_range
-from support.sipp import free_port, run_sipp
+from support.sipp import free_port, free_sip_port, run_sipp
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 RtpCounterFactory = Callable[..., RtpCounter]
@@ -256,7 +256,8 @@ def test_example_configs_load(asterisk_factory: AsteriskFactory, tmp_path: Path,
     gw = asterisk_factory(None, name=f"el-p1-{example}", start=False)
     keys = f"{gw.chroot_base}/etc/keys"
     rtp = rtp_range()
-    ports = {"sip_port": free_port(GATEWAY_IP), "tls_port": free_port(GATEWAY_IP)}
+    # (the full example also listens on UDP, on the TCP port's number)
+    ports = {"sip_port": free_sip_port(GATEWAY_IP), "tls_port": free_port(GATEWAY_IP)}
     overrides: dict[str, Any] = {
         "network": {"bind_address": GATEWAY_IP, "rtp_port_start": rtp[0], "rtp_port_end": rtp[1], **ports},
     }

@@ -37,7 +37,7 @@ from standin import (
 from support.asterisk import AsteriskInstance
 from support.gateway import load_example, merge, render_gateway
 from support.rtp import rtp_range
-from support.sipp import Sipp, auth_field, free_port, received_requests, run_sipp, write_injection
+from support.sipp import Sipp, auth_field, free_port, free_sip_port, received_requests, run_sipp, write_injection
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 
@@ -88,14 +88,7 @@ def start_inbound(
     """The stand-in, the carrier UAS and the gateway (its extensions.conf optionally post-edited)."""
     settings, secrets = load_example("minimal")
     el = settings["elevenlabs"]
-    sip_port = free_port(GATEWAY_IP)
-    while True:  # the softphone registers over UDP on the same port number as TCP
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind((GATEWAY_IP, sip_port))
-            break
-        except OSError:
-            sip_port = free_port(GATEWAY_IP)
+    sip_port = free_sip_port(GATEWAY_IP)  # the softphone registers over UDP on the TCP port's number
     carrier_port = free_port(CARRIER_IP)
     rtp = rtp_range()
     standin = start_standin(

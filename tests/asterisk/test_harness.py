@@ -17,7 +17,7 @@ import pytest
 from support.asterisk import AsteriskInstance, available_modules, module_load_lines, module_names
 from support.netns import ElasticIpTopology
 from support.rtp import RtpCounter, rtp_range
-from support.sipp import TlsTunnel, auth_field, free_port, run_sipp, write_injection
+from support.sipp import TlsTunnel, auth_field, free_port, free_sip_port, run_sipp, write_injection
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 RtpCounterFactory = Callable[..., RtpCounter]
@@ -33,7 +33,7 @@ def minimal_variables(**overrides: str) -> dict[str, str]:
     low, high = rtp_range()
     values = {
         "BIND_IP": "127.0.0.1",
-        "SIP_PORT": str(free_port()),
+        "SIP_PORT": str(free_sip_port()),  # UDP and TCP transports on one number
         "TRANSPORT_NAT": "",
         "ALICE_PASSWORD": PASSWORD,
         "RTP_START": str(low),

@@ -30,6 +30,7 @@ from support.sipp import (
     SippResult,
     auth_field,
     free_port,
+    free_sip_port,
     received_requests,
     run_sipp,
     scenario_path,
@@ -60,14 +61,7 @@ def build_gateway(
 ) -> tuple[Path, int]:
     """Render the product's config for this test: returns (asterisk config dir, SIP port)."""
     settings, secrets = load_example("minimal")
-    sip_port = free_port()
-    while True:  # UDP and TCP on the same number
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind(("127.0.0.1", sip_port))
-            break
-        except OSError:
-            sip_port = free_port()
+    sip_port = free_sip_port()  # UDP and TCP on the same number
     overrides: dict[str, Any] = {
         "elevenlabs": {"host": AGENT_HOST, "port": agent_port or free_port(), "codecs": ["alaw"]},
         "network": {
@@ -377,6 +371,16 @@ printf '%s\\n' "$line" >> "$out"
 """
 
 
+def wav_closed(path: Path) -> bool:
+    """The RIFF and data chunk sizes in the header account for the whole file (written at close)."""
+    data = path.read_bytes()
+    if len(data) <= 44 or data[:4] != b"RIFF":
+        return False
+    riff_size = int.from_bytes(data[4:8], "little")
+    data_size = int.from_bytes(data[40:44], "little")
+    return riff_size == len(data) - 8 and data_size == len(data) - 44
+
+
 def wav_peak_rms(path: Path) -> tuple[int, int]:
     with wave.open(str(path)) as w:
         assert w.getsampwidth() == 2, w.getparams()
@@ -451,6 +455,9 @@ def test_recording_is_written_and_handed_to_the_agent(
     # And the recording exists and holds audio, not silence
     recording = ast.host_path(args[1])
     assert recording.exists(), sorted(p.name for p in recording.parent.iterdir())
+    # MixMonitor's thread writes the WAV header's sizes when it closes the file, which can be after the
+    # hangup handler has already run the agent command: read it once the header matches the file
+    wait_until(lambda: wav_closed(recording), 10, f"MixMonitor to close {recording.name}")
     peak, rms = wav_peak_rms(recording)
     assert peak > 2000, (peak, rms)
     assert rms > 200, (peak, rms)

@@ -159,6 +159,11 @@ class Sipp:
             raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}: {self.transport!r}")
         self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.local_port is None and self.netns is None:
+            # sipp's default is 5060: two sipps on one address (two tests, or two test runs at once)
+            # would fight over it, and one would get the other's requests
+            kind = socket.SOCK_DGRAM if self.transport.startswith("u") else socket.SOCK_STREAM
+            self.local_port = free_port(self.local_ip, kind)
         self.scenario = scenario_path(self.scenario)
 
     @property
@@ -325,6 +330,19 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_sip_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on ``host`` now (a SIP transport pair on the same number)."""
+    for _ in range(100):
+        port = free_port(host)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise SippError(f"no port free for both TCP and UDP on {host}")
 
 
 @dataclass

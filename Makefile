@@ -66,8 +66,8 @@ demo: dev ## The whole product on this machine: provision, verify, call, fail ov
 	@echo "demo: local mode has not landed yet"; exit 1
 
 .PHONY: bench
-bench: dev ## Benchmarks: capacity, reload under load, provisioning time, failover RTO
-	@echo "bench: the benchmarks have not landed yet"; exit 1
+bench: dev asterisk-root ## Benchmarks: capacity, reload under load, Lambda cost signals (writes bench/results, docs/PERFORMANCE.md)
+	$(BIN)/python -m bench.run
 
 .PHONY: clean
 clean: ## Remove build output and caches (keeps .venv)

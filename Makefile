@@ -62,8 +62,19 @@ validate: dev validate-templates ## sam validate --lint, cfn-lint (+serverless r
 build: dev build-sam ## sam build, offline and without Docker (layer built for python3.13 / arm64)
 
 .PHONY: demo
-demo: dev ## The whole product on this machine: provision, verify, call, fail over (needs root)
-	@echo "demo: local mode has not landed yet"; exit 1
+demo: dev ## The whole product on this machine: provision, verify, call (needs root)
+	@[ "$$(id -u)" = 0 ] || { echo "demo: run as root (network namespaces, mounts, Asterisk)"; exit 1; }
+	bash scripts/asterisk-root.sh
+	$(BIN)/sip-trunk local up
+	@echo "next: $(BIN)/sip-trunk local status | local call | local down"
+
+.PHONY: demo-down
+demo-down: dev ## Stop the local demo and remove every process, namespace and mount it made
+	$(BIN)/sip-trunk local down
+
+.PHONY: test-e2e
+test-e2e: dev ## The local emulation end to end (needs root)
+	$(PYTEST) -m e2e tests/e2e
 
 .PHONY: bench
 bench: dev asterisk-root ## Benchmarks: capacity, reload under load, Lambda cost signals (writes bench/results, docs/PERFORMANCE.md)

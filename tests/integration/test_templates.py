@@ -50,7 +50,6 @@ ALL_FUNCTIONS = PROVISION_FUNCTIONS + FAILOVER_FUNCTIONS + SCHEDULED_FUNCTIONS
 
 # Every IAM statement with Resource "*" (role → actions). Each is explained in docs/SECURITY.md:
 # these actions have no resource-level permissions.
-EC2_DESCRIBE = {"ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "ec2:DescribeAddresses"}
 LOG_DELIVERY = {
     "logs:CreateLogDelivery",
     "logs:GetLogDelivery",
@@ -75,15 +74,12 @@ WILDCARD_ALLOWLIST: dict[str, set[str]] = {
         "ec2:DescribeVolumes",
         "ec2:DescribeTags",
     },
-    "RenderConfigFunctionRole": EC2_DESCRIBE,
-    "CheckHostStackFunctionRole": EC2_DESCRIBE,
-    "ApplyConfigFunctionRole": EC2_DESCRIBE,
-    "CheckApplyFunctionRole": {"ssm:GetCommandInvocation", "ssm:ListCommandInvocations"},
-    "FailoverConfirmFunctionRole": EC2_DESCRIBE,
-    "FailoverMoveEipFunctionRole": EC2_DESCRIBE,
-    "FailoverVerifyFunctionRole": EC2_DESCRIBE,
-    "FailoverSwapRolesFunctionRole": EC2_DESCRIBE,
-    "HealthCheckFunctionRole": EC2_DESCRIBE,
+    "RenderConfigFunctionRole": {"ec2:DescribeAddresses"},
+    "CheckHostStackFunctionRole": {"ec2:DescribeAddresses"},
+    "CheckApplyFunctionRole": {"ssm:GetCommandInvocation"},
+    "FailoverConfirmFunctionRole": {"ec2:DescribeAddresses", "ec2:DescribeInstances"},
+    "FailoverMoveEipFunctionRole": {"ec2:DescribeAddresses"},
+    "HealthCheckFunctionRole": {"ec2:DescribeAddresses", "ec2:DescribeInstances"},
     "ProvisionStateMachineRole": LOG_DELIVERY,
     "FailoverStateMachineRole": LOG_DELIVERY,
 }

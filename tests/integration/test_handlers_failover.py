@@ -296,3 +296,30 @@ def test_swap_roles(world, handlers, event, lambda_context, logs):
     assert again == {"swapped": False, "primary_instance_id": standby, "standby_instance_id": primary}
     assert world.item("deployment", "current") == current
     assert {line.get("correlation_id") for line in logs.lines()} == {"alarm-2026-01-01"}
+
+
+# --- the recorded events match the ASL ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("state", "recorded"),
+    [
+        ("ConfirmPrimaryDown", "failover_task_confirm.json"),
+        ("ConfirmPrimaryDown", "failover_task_confirm_manual.json"),
+        ("ConfirmPrimaryDown", "failover_task_confirm_health.json"),
+        ("AcquireLock", "failover_task_lock.json"),
+        ("ReleaseLock", "failover_task_release.json"),
+        ("ReleaseLockAfterFailure", "failover_task_release.json"),
+        ("MoveAddress", "failover_task_move.json"),
+        ("VerifyAddress", "failover_task_verify.json"),
+        ("SwapRoles", "failover_task_swap.json"),
+    ],
+)
+def test_recorded_task_input_matches_the_asl_parameters(state, recorded, event):
+    import yaml
+    from support.moto_sfn import STATEMACHINES
+
+    parameters = yaml.safe_load((STATEMACHINES / "failover.asl.yaml").read_text())["States"][state]["Parameters"]
+    ev = event(recorded)
+    assert set(ev) == {key.removesuffix(".$") for key in parameters}
+    for key, value in parameters.items():
+        if not key.endswith(".$"):
+            assert ev[key] == value

@@ -890,3 +890,36 @@ def test_sync_rate_limited_until_the_client_gives_up(world_api, api_handlers, lo
         api_handlers["sync_elevenlabs"](_sync_event(event, world_api), lambda_context)
     assert len(standin.requests) == 3
     logs.assert_no(*SECRETS)
+
+
+# --- the recorded events match the ASL ---------------------------------------------------------------------
+ASL_TASKS = {
+    "ValidateSettings": "provision_task_validate.json",
+    "RenderConfig": "provision_task_render.json",
+    "LaunchHost": "provision_task_launch.json",
+    "CheckHostStack": "provision_task_check_stack.json",
+    "ApplyConfig": "provision_task_apply.json",
+    "CheckApply": "provision_task_check_apply.json",
+    "VerifyTrunk": "provision_task_verify.json",
+    "SyncElevenLabs": "provision_task_sync.json",
+    "RecordDeployment": "provision_task_record_succeeded.json",
+    "RecordFailure": "provision_task_record_failed.json",
+}
+
+
+@pytest.mark.parametrize(("state", "recorded"), ASL_TASKS.items())
+def test_recorded_task_input_matches_the_asl_parameters(state, recorded, event):
+    import yaml
+    from support.moto_sfn import STATEMACHINES
+
+    states = yaml.safe_load((STATEMACHINES / "provision.asl.yaml").read_text())["States"]
+    parameters = states[state]["Parameters"]
+    ev = event(recorded)
+    assert set(ev) == {key.removesuffix(".$") for key in parameters}
+    for key, value in parameters.items():
+        if not key.endswith(".$"):
+            assert ev[key] == value
+    if "state" in ev:  # `state.$: $`: the execution's data, one key per earlier ResultPath
+        writers = [*states.values(), *(c for s in states.values() for c in s.get("Catch", []))]
+        result_paths = {w["ResultPath"].removeprefix("$.").split(".")[0] for w in writers if w.get("ResultPath")}
+        assert set(ev["state"]) <= result_paths | {"request", "execution"}

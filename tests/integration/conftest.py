@@ -129,7 +129,7 @@ def logs(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[LogCapture]:
-    """The shared Powertools logger at DEBUG, re-pointed at the captured stdout (its handler's stream is
+    """The module-level Powertools logger at DEBUG, re-pointed at the captured stdout (its handler's stream is
     bound when the logger is created, before capsys replaces sys.stdout)."""
     from sip_trunk.observability import logger
 

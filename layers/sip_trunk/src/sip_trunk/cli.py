@@ -132,6 +132,12 @@ def local_up(
     run_dir: RunDirOption = _DEFAULT_RUN_DIR,
     single_host: Annotated[bool, typer.Option("--single-host", help="no standby host")] = False,
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 900.0,
+    watch_interval: Annotated[
+        float, typer.Option(help="the standby's watch-peer --interval in seconds (production: 5)")
+    ] = 0.5,
+    watch_failures: Annotated[
+        int, typer.Option(help="the standby's watch-peer --failures: failed probes before failover (production: 3)")
+    ] = 3,
 ) -> None:
     """Create the control plane in moto, provision local hosts with the real state machine, place a real call."""
     import os
@@ -147,7 +153,13 @@ def local_up(
         raise _fail("local mode needs root (network namespaces, mounts, Asterisk): run it with sudo")
     if controller_pid(run_dir) is not None:
         raise _fail(f"a local deployment is already running ({run_dir}); `sip-trunk local down` first")
-    pid = spawn_controller(run_dir, find_project_root(), high_availability=not single_host)
+    pid = spawn_controller(
+        run_dir,
+        find_project_root(),
+        high_availability=not single_host,
+        watch_interval_s=watch_interval,
+        watch_failures=watch_failures,
+    )
     out.print(f"controller pid {pid}, run dir {run_dir} (log: {run_dir / LOG})", highlight=False)
     offset, deadline, current = 0, time.monotonic() + timeout, "starting"
     with Live(Spinner("dots", text=current), console=out, transient=True) as live:
@@ -214,6 +226,107 @@ def local_call(
     out.print_json(json.dumps(answer, default=str))
     if not answer.get("ok"):
         raise typer.Exit(1)
+
+
+def _print_drill(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    runs = result.get("runs") or [result]
+    for run in runs:
+        title = f"drill {result.get('drill')}" + (f" run {run.get('run')}" if len(runs) > 1 else "")
+        table = Table(title=title)
+        table.add_column("step")
+        table.add_column("seconds", justify="right")
+        table.add_column("what happened")
+        for step in run.get("steps", []):
+            mark = "[green]✓[/]" if step.get("ok") else "[red]✗[/]"
+            table.add_row(f"{mark} {escape(step['step'])}", f"{step['seconds']:.2f}", escape(str(step.get("detail"))))
+        out.print(table)
+        if "rto_s" in run and not isinstance(run["rto_s"], dict):
+            out.print(
+                f"RTO [bold]{run['rto_s']:.2f} s[/] = detection {run['detection_s']:.2f} s (primary dead → "
+                f"{escape(str(run['execution']))} started) + movement {run['movement_s']:.2f} s (→ SIP OPTIONS "
+                f"answered on 203.0.113.10 from outside); execution {run['execution_s']:.2f} s",
+                highlight=False,
+            )
+    if isinstance(result.get("rto_s"), dict):
+        wp = result.get("watch_peer", {})
+        out.print(
+            f"watch-peer --interval {wp.get('interval_s')} --failures {wp.get('failures')} --timeout "
+            f"{wp.get('timeout_s')} (production: --interval 5 --failures 3 --timeout 2)",
+            highlight=False,
+        )
+        table = Table(title=f"failover RTO over {result['rto_s']['n']} runs (seconds)")
+        for column in ("", "median", "p95", "min", "max"):
+            table.add_column(column, justify="right" if column else "left")
+        for key, label in (("rto_s", "RTO"), ("detection_s", "detection"), ("movement_s", "movement")):
+            stats = result[key]
+            table.add_row(label, *(f"{stats[k]:.2f}" for k in ("median", "p95", "min", "max")))
+        out.print(table)
+    out.print(f"[bold green]drill {result.get('drill')} passed[/] in {result.get('seconds', 0):.1f} s")
+
+
+@local_app.command("drill")
+def local_drill(
+    name: Annotated[str, typer.Argument(help="failover | restore | bad-config")],
+    run_dir: RunDirOption = _DEFAULT_RUN_DIR,
+    repeat: Annotated[int, typer.Option(help="failover: run it N times (the standby re-armed in between)")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json-out", help="write the result as JSON here")] = None,
+) -> None:
+    """Run a drill on the local deployment: failover (kill the primary), restore (backup, lose the hosts,
+    provision, restore), bad-config (push a version Asterisk rejects during a call)."""
+    import json
+    import threading
+    import time
+
+    from sip_trunk.local.drills import DRILLS, write_json
+    from sip_trunk.local.orchestrator import read_events, send_request
+
+    if name not in DRILLS:
+        raise _fail(f"unknown drill {name!r}: one of {', '.join(DRILLS)}")
+    if repeat < 1 or (repeat > 1 and name != "failover"):
+        raise _fail("--repeat N (N ≥ 1) is for the failover drill")
+    _controller_or_exit(run_dir)
+    _, offset = read_events(run_dir)
+    box: dict[str, Any] = {}
+
+    def request() -> None:
+        try:
+            box["answer"] = send_request(run_dir, {"command": "drill", "drill": name, "repeat": repeat}, 3600)
+        except Exception as exc:
+            box["answer"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    worker = threading.Thread(target=request, daemon=True)
+    worker.start()
+    while worker.is_alive() or offset < (run_dir / "events.jsonl").stat().st_size:
+        events, offset = read_events(run_dir, offset)
+        for event in events:
+            if event.get("kind") != "drill" or event.get("status") == "start":
+                continue
+            prefix = f"[dim]#{event['run']}[/] " if repeat > 1 else ""
+            if event["status"] == "done":
+                out.print(
+                    f"{prefix}[green]✓[/] {escape(event['step'])} [dim]{event['seconds']:.2f} s[/] "
+                    f"{escape(str(event.get('detail', '')))}"
+                )
+            else:
+                out.print(f"{prefix}[red]✗[/] {escape(event['step'])}: {escape(str(event.get('error')))}")
+        if not events:
+            time.sleep(0.1)
+        worker.join(0)
+    answer = box.get("answer", {})
+    if not answer.get("ok"):
+        err.print(f"[bold red]drill {name} failed[/]: {escape(str(answer.get('error')))}")
+        if answer.get("trace"):
+            err.print(escape(str(answer["trace"])[-1500:]), highlight=False)
+        raise typer.Exit(1)
+    result = answer["result"]
+    _print_drill(result)
+    if json_out is not None:
+        write_json(json_out, result)
+        out.print(f"result: {json_out}", highlight=False)
+    else:
+        (run_dir / f"drill-{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
 @local_app.command("down")

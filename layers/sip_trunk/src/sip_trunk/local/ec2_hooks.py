@@ -5,7 +5,8 @@ moto records instances, Elastic IPs and Run Command invocations but runs nothing
   `HostManager.start_host(instance_id, private_ip, role)` (the role from the instance's `aws-sip-trunk:role`
   tag), then the agent part of its user data, `sip-trunk-agent bootstrap --env-file <agent.env>`, through
   `run_command`; a terminated instance → `stop_host`;
-- `ssm:SendCommand` to an instance → each command line runs on that host through
+- `ssm:SendCommand` to instances (only those named: moto would add every instance of the account when no
+  Targets are given) → each command line runs on that host through
   `HostManager.run_command(instance_id, argv, env)` in the background (once the host has booted), and
   `GetCommandInvocation` reports InProgress, then Success or Failed with the command's output (moto always
   says Success at once);
@@ -374,7 +375,13 @@ class Ec2Hooks:
         send = ssm_models.SimpleSystemManagerBackend.send_command
 
         def send_command(backend: Any, *args: Any, **kwargs: Any) -> Any:
+            requested = list(kwargs.get("instance_ids") or [])
             command = send(backend, *args, **kwargs)
+            if requested and not kwargs.get("targets"):
+                # moto adds every instance of the account when no Targets are given (an empty tag filter
+                # matches all): the command goes to the requested instances only, as on AWS
+                command.instance_ids = requested
+                command.invocations = [i for i in command.invocations if i.get("InstanceId") in requested]
             commands = list((command.parameters or {}).get("commands", []))
             hooks.command_sent(command.command_id, list(command.instance_ids), commands)
             return command

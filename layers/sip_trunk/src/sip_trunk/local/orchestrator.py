@@ -2,8 +2,8 @@
 
 `up` starts a controller (`python -m sip_trunk.local.orchestrator serve`) in its own session; the controller
 owns everything that lives in memory — moto's server with the emulated account, the state-machine executor
-and the hooks to the local hosts — and answers `status`, `call`, `drill` and `down` on a Unix socket in the run
-directory. Its steps are appended to `events.jsonl` there, which `up` follows to show progress.
+and the hooks to the local hosts — and answers `status`, `call`, `provision`, `drill` and `down` on a Unix socket in the
+run directory. Its steps are appended to `events.jsonl` there, which `up` follows to show progress.
 
 The steps, each timed:
 1. moto: the server on 127.0.0.1 (random port), EC2/SSM hooks and the Lambda dispatcher installed;
@@ -13,6 +13,12 @@ The steps, each timed:
 5. provision: the real Provision state machine, whose LaunchHost creates the host stack, whose instances boot
    as local hosts (`ec2_hooks`); VerifyTrunk probes the Elastic IP 203.0.113.10 from the outside namespace;
 6. call: the carrier calls the DID at 203.0.113.10, the gateway sends it to the agent, audio both ways.
+
+While it serves, the controller runs `sip-trunk-agent report` on every host each `HEARTBEAT_S` (what the hosts'
+`sip-trunk-agent.timer` does on EC2), so the Failover state machine's standby check sees fresh heartbeats.
+
+watch-peer on the standby runs with local-mode settings through its real options: `--interval 0.5 --failures 3
+--timeout 0.5` (production: `--interval 5 --failures 3 --timeout 2`, in `sip-trunk-watch-peer.service`).
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ CONTROL = "control.sock"
 PIDFILE = "controller.pid"
 LOG = "controller.log"
 _CLONE_NEWNET = 0x40000000
+HEARTBEAT_S = 60.0
+WATCH_INTERVAL_S = 0.5
+WATCH_FAILURES = 3
+WATCH_TIMEOUT_S = 0.5
 
 
 # --- small helpers ------------------------------------------------------------------------------------
@@ -143,6 +153,9 @@ class LocalDeployment:
     project: Path
     high_availability: bool = True
     asterisk_root: Path | None = None
+    watch_interval_s: float = WATCH_INTERVAL_S
+    watch_failures: int = WATCH_FAILURES
+    watch_timeout_s: float = WATCH_TIMEOUT_S
     steps: list[StepTiming] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     moto: cp.MotoServer | None = None
@@ -155,6 +168,7 @@ class LocalDeployment:
     settings: dict[str, Any] = field(default_factory=dict)
     provision_reports: list[ExecutionReport] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     # --- events ----------------------------------------------------------------------------------
     def emit(self, **event: Any) -> None:
@@ -288,7 +302,14 @@ class LocalDeployment:
         from sip_trunk.local.standin import credentials, start_standin
 
         self.manager = LocalHostManager(
-            self.run_dir / "world", root, self.endpoint, cp.REGION, agent_env=self.agent_environment()
+            self.run_dir / "world",
+            root,
+            self.endpoint,
+            cp.REGION,
+            agent_env=self.agent_environment(),
+            watch_interval_s=self.watch_interval_s,
+            watch_failures=self.watch_failures,
+            watch_timeout_s=self.watch_timeout_s,
         )
         assert self.hooks is not None
         self.hooks.manager = self.manager
@@ -354,6 +375,31 @@ class LocalDeployment:
         )
         self.provision_reports.append(report)
         return report
+
+    def heartbeats(self, period_s: float = HEARTBEAT_S) -> None:
+        """`sip-trunk-agent report` on every host every `period_s` until `down` (the hosts' heartbeat timer)."""
+        while not self.stopping.wait(period_s):
+            for instance_id in list(getattr(self.manager, "hosts", {}) or {}):
+                try:
+                    host = self.manager.host(instance_id)
+                    if not host.asterisk.running:
+                        continue  # a crashed host reports nothing until it is repaired
+                    env = self.hooks.env_for(instance_id) if self.hooks else {}
+                    self.manager.run_command(instance_id, ["sip-trunk-agent", "report"], env, timeout=60)
+                except Exception:  # a host going away between the listing and the command
+                    log.debug("heartbeat of %s skipped", instance_id, exc_info=True)
+
+    def drill(self, name: str, repeat: int = 1) -> dict[str, Any]:
+        from sip_trunk.local.drills import run_drill
+
+        self.emit(kind="drill-start", drill=name, repeat=repeat)
+        try:
+            result = run_drill(self, name, repeat=repeat)
+        except Exception as exc:
+            self.emit(kind="drill-end", drill=name, ok=False, error=f"{type(exc).__name__}: {exc}")
+            raise
+        self.emit(kind="drill-end", drill=name, ok=True)
+        return result
 
     def _state_durations(self, report: ExecutionReport) -> dict[str, Any]:
         from sip_trunk.workflows.provision import STEP_OF_STATE
@@ -439,6 +485,7 @@ class LocalDeployment:
     # --- down ----------------------------------------------------------------------------------------
     def down(self) -> dict[str, Any]:
         removed: dict[str, Any] = {}
+        self.stopping.set()
         if self.api is not None:
             with contextlib.suppress(Exception):
                 self.api.__exit__(None, None, None)
@@ -495,6 +542,9 @@ class _Handler(socketserver.StreamRequestHandler):
             report = dep.provision(request.get("payload"))
             return {"ok": report.status == "SUCCEEDED", "status": report.status, "report": dep._state_durations(report),
                     "output": report.output, "error": report.error, "cause": report.cause}  # fmt: skip
+        if command == "drill":
+            result = dep.drill(str(request.get("drill")), int(request.get("repeat", 1)))
+            return {"ok": bool(result.get("ok")), "result": result}
         if command == "down":
             removed = dep.down()
             self.stop.set()
@@ -502,13 +552,27 @@ class _Handler(socketserver.StreamRequestHandler):
         raise ValueError(f"unknown command {command!r}")
 
 
-def serve(run_dir: Path, project: Path, *, high_availability: bool = True) -> int:
+def serve(
+    run_dir: Path,
+    project: Path,
+    *,
+    high_availability: bool = True,
+    watch_interval_s: float = WATCH_INTERVAL_S,
+    watch_failures: int = WATCH_FAILURES,
+) -> int:
     """The controller: bring everything up, then answer requests until `down` (or SIGTERM)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / PIDFILE).write_text(f"{os.getpid()}\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    deployment = LocalDeployment(run_dir=run_dir, project=project, high_availability=high_availability)
+    deployment = LocalDeployment(
+        run_dir=run_dir,
+        project=project,
+        high_availability=high_availability,
+        watch_interval_s=watch_interval_s,
+        watch_failures=watch_failures,
+        watch_timeout_s=min(WATCH_TIMEOUT_S, watch_interval_s),
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -527,8 +591,10 @@ def serve(run_dir: Path, project: Path, *, high_availability: bool = True) -> in
     handler = type("Handler", (_Handler,), {"deployment": deployment, "stop": stop})
     server = socketserver.ThreadingUnixStreamServer(str(sock_path), handler)
     threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
+    threading.Thread(target=deployment.heartbeats, name="heartbeats", daemon=True).start()
     deployment.emit(kind="serving", socket=str(sock_path))
     stop.wait()
+    deployment.stopping.set()
     server.shutdown()
     server.server_close()
     sock_path.unlink(missing_ok=True)
@@ -539,7 +605,14 @@ def serve(run_dir: Path, project: Path, *, high_availability: bool = True) -> in
     return 0
 
 
-def spawn_controller(run_dir: Path, project: Path, *, high_availability: bool = True) -> int:
+def spawn_controller(
+    run_dir: Path,
+    project: Path,
+    *,
+    high_availability: bool = True,
+    watch_interval_s: float = WATCH_INTERVAL_S,
+    watch_failures: int = WATCH_FAILURES,
+) -> int:
     """Start the controller in its own session, its output in the run directory's log; its PID."""
     import subprocess
 
@@ -549,6 +622,7 @@ def spawn_controller(run_dir: Path, project: Path, *, high_availability: bool = 
             "--project", str(project)]  # fmt: skip
     if not high_availability:
         argv.append("--single-host")
+    argv += ["--watch-interval", f"{watch_interval_s:g}", "--watch-failures", str(watch_failures)]
     with (run_dir / LOG).open("ab") as log_file:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
@@ -577,9 +651,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     p.add_argument("--project", type=Path, default=None)
     p.add_argument("--single-host", action="store_true")
+    p.add_argument("--watch-interval", type=float, default=WATCH_INTERVAL_S, help="the standby's watch-peer --interval")
+    p.add_argument("--watch-failures", type=int, default=WATCH_FAILURES, help="the standby's watch-peer --failures")
     args = parser.parse_args(argv)
     project = args.project or cp.find_project_root()
-    return serve(args.run_dir, project, high_availability=not args.single_host)
+    return serve(
+        args.run_dir,
+        project,
+        high_availability=not args.single_host,
+        watch_interval_s=args.watch_interval,
+        watch_failures=args.watch_failures,
+    )
 
 
 if __name__ == "__main__":

@@ -164,6 +164,11 @@ class Sipp:
             raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}: {self.transport!r}")
         self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.local_port is None and self.netns is None:
+            # sipp's default is 5060: two sipps on one address (two tests, or two test runs at once)
+            # would fight over it, and one would get the other's requests
+            kind = socket.SOCK_DGRAM if self.transport.startswith("u") else socket.SOCK_STREAM
+            self.local_port = free_port(self.local_ip, kind)
         self.scenario = scenario_path(self.scenario)
 
     @property

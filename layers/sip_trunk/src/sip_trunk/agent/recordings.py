@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,45 @@ def object_key(stack: str, call_id: str, recorded_at: float, suffix: str) -> str
     return f"recordings/{stack or 'default'}/{day}/{_SAFE.sub('_', call_id)}{suffix}"
 
 
+def _riff_complete(file: Path) -> bool | None:
+    """Asterisk's WAV writer fills in the RIFF size when it closes the file: until then it is stale.
+
+    None when the file has no RIFF header at all (not a WAV the recorder writes).
+    """
+    with file.open("rb") as fh:
+        header = fh.read(12)
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        return None
+    return int.from_bytes(header[4:8], "little") + 8 == file.stat().st_size
+
+
+def wait_until_complete(
+    file: Path,
+    *,
+    timeout_s: float = 30.0,
+    poll_s: float = 0.2,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Wait for the recorder to finish the file; the hangup handler may call us before it has.
+
+    A RIFF/WAV file is complete when its header matches its size; any other file when its size
+    stops changing between two polls. Returns False on timeout (the file is then queued as it is).
+    """
+    deadline = clock() + timeout_s
+    last_size = -1
+    while True:
+        size = file.stat().st_size
+        riff = _riff_complete(file)
+        done = riff if riff is not None else size == last_size
+        if done:
+            return True
+        if clock() >= deadline:
+            return False
+        last_size = size
+        sleep(poll_s)
+
+
 def enqueue(
     config: AgentConfig,
     file: Path,
@@ -76,6 +116,8 @@ def enqueue(
         raise AgentError(f"no recording at {file}")
     if not call_id:
         raise AgentError("--call-id is required")
+    if not wait_until_complete(file):
+        log.warning("recording %s still changing after the wait; queued as it is", file.name)
     sha, _, size = _sha256_md5(file)
     recorded_at = file.stat().st_mtime
     metadata = {

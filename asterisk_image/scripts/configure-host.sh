@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Host hardening and service configuration: SSH without passwords, security-only unattended upgrades,
-# Amazon Time Sync, fail2ban defaults, the CloudWatch agent configuration template.
+# Amazon Time Sync, fail2ban defaults.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -24,7 +24,6 @@ install -m 0644 "$files/fail2ban-defaults.local" /etc/fail2ban/jail.d/00-sip-tru
 test -f /etc/fail2ban/filter.d/asterisk.conf || die "fail2ban's asterisk filter is missing"
 systemctl enable fail2ban.service
 
+# The CloudWatch agent configuration is written per stack by `sip-trunk-agent bootstrap` at boot.
 install -d /etc/sip-trunk
-install -m 0644 "$files/cloudwatch-agent.json" /etc/sip-trunk/cloudwatch-agent.json.template
-install -m 0755 "$IMAGE_DIR/scripts/first-boot.sh" /usr/local/sbin/sip-trunk-first-boot
 log "host configured"

@@ -16,10 +16,9 @@ python3 -m venv --system-site-packages /opt/sip-trunk
 ln -sf /opt/sip-trunk/bin/sip-trunk-agent /usr/local/bin/sip-trunk-agent
 
 install -d -m 0750 /var/lib/sip-trunk /var/lib/sip-trunk/releases /etc/sip-trunk
-for unit in "$IMAGE_DIR"/files/systemd/sip-trunk-*; do
-    install -m 0644 "$unit" "/etc/systemd/system/$(basename "$unit")"
-done
-systemctl daemon-reload
-systemctl enable sip-trunk-agent-report.timer sip-trunk-recordings.timer sip-trunk-boot.service
-# watch-peer runs on the standby only: host.yaml's user data enables it there.
+# The units ship inside the package (the stock-Ubuntu path installs the same copy): sip-trunk-boot.service runs
+# `sip-trunk-agent bootstrap` at every boot, which enables the heartbeat/recordings timers and, on the
+# standby only, watch-peer.
+/usr/local/bin/sip-trunk-agent --systemctl systemctl install-units
+systemctl enable sip-trunk-boot.service
 log "agent installed: $(/opt/sip-trunk/bin/python -c 'import sip_trunk; print(sip_trunk.__version__)')"

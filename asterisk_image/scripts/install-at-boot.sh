@@ -27,5 +27,6 @@ PY
 for step in install-base build-asterisk install-agent configure-host validate; do
     bash "$DEST/scripts/$step.sh"
 done
-systemctl start asterisk.service sip-trunk-boot.service
+systemctl start asterisk.service
+# host.yaml's user data runs `sip-trunk-agent bootstrap` next (sip-trunk-boot.service on later boots).
 echo "install-at-boot finished in $((SECONDS - started)) s" >&2

@@ -28,13 +28,15 @@ check "host agent" /usr/local/bin/sip-trunk-agent --help
 check "fail2ban" fail2ban-client --version
 check "fail2ban asterisk filter" test -f /etc/fail2ban/filter.d/asterisk.conf
 check "CloudWatch agent" test -x /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl
-check "CloudWatch config template" jq -e '.metrics.namespace == "AwsSipTrunk/Host"' /etc/sip-trunk/cloudwatch-agent.json.template
+check "CloudWatch config renders" sh -c "/opt/sip-trunk/bin/python -c 'from sip_trunk.agent.bootstrap import cloudwatch_agent_config as c; print(c(\"validate\").decode())' | jq -e '.metrics.namespace == \"AwsSipTrunk/Host\"'"
 check "no password SSH" sh -c 'sshd -T 2>/dev/null | grep -qx "passwordauthentication no"'
 check "chrony uses Amazon Time Sync" grep -q 169.254.169.123 /etc/chrony/sources.d/aws.sources
-for unit in asterisk.service sip-trunk-agent-report.timer sip-trunk-recordings.timer sip-trunk-boot.service \
+for unit in asterisk.service sip-trunk-boot.service \
     unattended-upgrades.service chrony.service fail2ban.service; do
     check "$unit enabled" systemctl is-enabled "$unit"
 done
-check "watch-peer unit installed" test -f /etc/systemd/system/sip-trunk-watch-peer.service
+for unit in sip-trunk-agent.timer sip-trunk-recordings.timer sip-trunk-watch-peer.service; do
+    check "$unit installed" test -f "/etc/systemd/system/$unit"
+done
 check "units verify" systemd-analyze verify /etc/systemd/system/sip-trunk-*.service /etc/systemd/system/asterisk.service
 ((fail == 0)) || die "validation failed"

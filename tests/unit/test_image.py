@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ IMAGE = REPO / "asterisk_image"
 SCRIPTS = IMAGE / "scripts"
 COMPONENT = IMAGE / "component.yaml"
 MODULES_TEMPLATE = REPO / "layers/sip_trunk/src/sip_trunk/templates/modules.conf.j2"
+AGENT_UNITS = REPO / "layers/sip_trunk/src/sip_trunk/agent/host_files/systemd"
 # Image Builder component document actions (AWSTOE) this project may use.
 ACTIONS = {"ExecuteBash", "S3Download", "WebDownload", "CreateFile", "SetFilePermissions", "Reboot", "UpdateOS"}
 PHASES = {"build", "validate", "test"}
@@ -91,7 +91,7 @@ def test_every_referenced_script_exists_and_every_script_is_referenced() -> None
     for name in referenced:
         assert (SCRIPTS / name).is_file(), f"component references missing script {name}"
     # the rest are sourced helpers or the boot-time paths
-    assert {p.name for p in SCRIPTS.glob("*.sh")} - referenced == {"lib.sh", "first-boot.sh", "install-at-boot.sh"}
+    assert {p.name for p in SCRIPTS.glob("*.sh")} - referenced == {"lib.sh", "install-at-boot.sh"}
 
 
 def test_install_at_boot_runs_the_same_build_steps() -> None:
@@ -115,35 +115,37 @@ def test_modules_list_matches_the_renderers_modules_conf() -> None:
     assert "res_resolver_unbound" in listed  # host names (sip.rtc.elevenlabs.io) need it
 
 
-def test_cloudwatch_agent_config() -> None:
-    config = json.loads((IMAGE / "files/cloudwatch-agent.json").read_text())
-    metrics = config["metrics"]
-    assert metrics["namespace"] == "AwsSipTrunk/Host"
-    assert metrics["metrics_collected"]["mem"]["measurement"] == ["mem_used_percent"]
-    assert metrics["metrics_collected"]["disk"]["measurement"] == ["disk_used_percent"]
-    logs = {e["file_path"]: e["log_group_name"] for e in config["logs"]["logs_collected"]["files"]["collect_list"]}
-    for name in ("messages", "security"):
-        assert logs[f"/var/log/asterisk/{name}.log"] == "/aws-sip-trunk/__STACK__/asterisk"
-
-
 def test_systemd_units_present() -> None:
-    units = {p.name for p in (IMAGE / "files/systemd").iterdir()}
-    assert {
-        "asterisk.service",
-        "sip-trunk-agent-report.timer",
-        "sip-trunk-agent-report.service",
+    assert {p.name for p in (IMAGE / "files/systemd").iterdir()} == {"asterisk.service"}
+    units = {p.name for p in AGENT_UNITS.iterdir()}
+    assert units == {
+        "sip-trunk-boot.service",
+        "sip-trunk-agent.service",
+        "sip-trunk-agent.timer",
         "sip-trunk-watch-peer.service",
-        "sip-trunk-recordings.timer",
         "sip-trunk-recordings.service",
-    } <= units
+        "sip-trunk-recordings.timer",
+    }
     for unit in units:
-        text = (IMAGE / "files/systemd" / unit).read_text()
+        text = (AGENT_UNITS / unit).read_text()
         for command in re.findall(r"^ExecStart=(\S+)", text, re.MULTILINE):
-            assert command in {
-                "/usr/sbin/asterisk",
-                "/usr/local/bin/sip-trunk-agent",
-                "/usr/local/sbin/sip-trunk-first-boot",
-            }
+            assert command == "/usr/local/bin/sip-trunk-agent", unit
+    boot = (AGENT_UNITS / "sip-trunk-boot.service").read_text()
+    assert "ExecStart=/usr/local/bin/sip-trunk-agent bootstrap --env-file /etc/sip-trunk/agent.env" in boot
+
+
+def test_host_stack_and_units_name_only_units_that_exist() -> None:
+    """user data, the install scripts and the bootstrap enable units by name: every name must be a shipped unit."""
+    from sip_trunk.agent import bootstrap
+
+    shipped = {p.name for p in AGENT_UNITS.iterdir()} | {"asterisk.service"}
+    texts = [(REPO / "stacks/host.yaml").read_text(), *(p.read_text() for p in SCRIPTS.glob("*.sh"))]
+    named = {m for text in texts for m in re.findall(r"\b(sip-trunk-[a-z-]+\.(?:service|timer))", text)}
+    assert named <= shipped, named - shipped
+    for unit in (bootstrap.HEARTBEAT_TIMER, bootstrap.RECORDINGS_TIMER, bootstrap.WATCH_PEER, bootstrap.BOOT_SERVICE):
+        assert unit in shipped
+    host = (REPO / "stacks/host.yaml").read_text()
+    assert host.count("sip-trunk-agent bootstrap --env-file /etc/sip-trunk/agent.env") == 2
 
 
 def test_ssh_has_no_passwords() -> None:

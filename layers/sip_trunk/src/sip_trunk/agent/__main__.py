@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Any
 
 from sip_trunk.agent import apply as apply_mod
 from sip_trunk.agent import backup as backup_mod
+from sip_trunk.agent import bootstrap as bootstrap_mod
 from sip_trunk.agent import recordings, report, watch
-from sip_trunk.agent.config import OPTIONS, AgentConfig, build_config, env_name, instance_id
+from sip_trunk.agent.config import OPTIONS, AgentConfig, build_config, env_name, instance_id, known_env, read_env_file
 from sip_trunk.agent.runtime import AgentError, AsteriskCli
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -30,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("apply", help="install a config version from SSM: verify, swap, reload, roll back on failure")
     p.add_argument("--version", required=True, dest="config_version")
+
+    p = sub.add_parser("bootstrap", help="every boot: identity, units, CloudWatch agent, desired config, heartbeat")
+    p.add_argument("--env-file", type=Path, default=Path("/etc/sip-trunk/agent.env"))
+    sub.add_parser("install-units", help="install the agent's systemd units (image build)")
+    p = sub.add_parser("set-role", help="become primary or standby: role.env, watch-peer on the standby only")
+    p.add_argument("--role", required=True, dest="new_role", choices=bootstrap_mod.ROLES)
+    p.add_argument("--peer-address", dest="new_peer", default=None)
 
     sub.add_parser("report", help="heartbeat: CloudWatch metrics + the state table item")
     sub.add_parser("backup", help="config + astdb + voicemail to the backups bucket")
@@ -68,6 +77,12 @@ def _cli(config: AgentConfig) -> AsteriskCli:
 
 def run(args: argparse.Namespace, config: AgentConfig, session: Any) -> dict[str, Any]:
     command = args.command
+    if command == "bootstrap":
+        return bootstrap_mod.bootstrap(config, session, _cli(config))
+    if command == "install-units":
+        return {"units_changed": bootstrap_mod.install_units(config)}
+    if command == "set-role":
+        return bootstrap_mod.set_role(config, args.new_role, args.new_peer or config.peer_address)
     if command == "apply":
         return apply_mod.apply_version(config, session.client("ssm"), _cli(config), args.config_version)
     if command == "report":
@@ -128,8 +143,15 @@ def main(argv: Sequence[str] | None = None, *, session: Any | None = None) -> in
         return EXIT_USAGE if exc.code else EXIT_OK
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config = build_config(vars(args))
-    except (TypeError, ValueError) as exc:
+        environ: dict[str, str] | None = None
+        if getattr(args, "env_file", None) is not None:
+            from_file = read_env_file(args.env_file)
+            unknown = sorted(k for k in from_file if k.startswith("SIP_TRUNK_") and k not in known_env())
+            if unknown:
+                raise ValueError(f"{args.env_file}: unknown settings {unknown}")
+            environ = {**os.environ, **from_file}
+        config = build_config(vars(args), environ)
+    except (OSError, TypeError, ValueError) as exc:
         print(json.dumps({"ok": False, "command": args.command, "error": str(exc)}))
         return EXIT_USAGE
     try:

@@ -2,13 +2,17 @@
 
 1. fetch every file of V from SSM (``sip_trunk.configstore``) and check each hash against V's manifest;
 2. write the Asterisk files as a new release directory (TLS keys carried over) and the fail2ban files aside;
-3. swap the live config symlink to it, ``core reload``, and verify that every endpoint, transport and dialplan
-   context the files declare is loaded;
-4. on any failure point the symlink back at the previous release, restore the fail2ban files, reload again.
+3. swap the live config symlink to it, ``core reload`` — or restart Asterisk when ``modules.conf`` or
+   ``asterisk.conf`` changed (a reload keeps the loaded modules and directories) and wait until it is fully
+   booted — then verify that every endpoint, transport and dialplan context the files declare is loaded;
+4. on any failure point the symlink back at the previous release, restore the fail2ban files, reload (or
+   restart) again;
+5. after a successful swap, reload fail2ban so the rendered jail and filter take effect.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import time
@@ -79,6 +83,64 @@ def verify_loaded(cli: AsteriskCli, release: Path, *, timeout_s: float) -> Verif
         time.sleep(0.2)
 
 
+def restart_required(previous: Mapping[str, bytes], new: Mapping[str, bytes]) -> list[str]:
+    """The files among `RESTART_FILES` whose content differs between two config directories."""
+    return sorted(name for name in RESTART_FILES if previous.get(name) != new.get(name))
+
+
+def _uptime(cli: AsteriskCli) -> int | None:
+    try:
+        return ast.parse_uptime(cli.rx("core show uptime seconds", timeout_s=5))[0]
+    except (AsteriskUnavailable, ValueError):
+        return None
+
+
+def restart_asterisk(config: AgentConfig, cli: AsteriskCli) -> float:
+    """Restart Asterisk, wait until it runs again and is fully booted; returns the seconds it took."""
+    started = time.monotonic()
+    before = _uptime(cli)
+    if before == 0:  # started within the second: make "uptime went down" observable
+        time.sleep(1.0)
+        before = _uptime(cli)
+    command = list(config.restart_command)
+    if command and command[0].endswith("systemctl"):
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=config.restart_timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise AgentError(f"restart: {exc}") from exc
+        if proc.returncode != 0:
+            raise AgentError(f"restart: {' '.join(command)} exited {proc.returncode}: {proc.stderr.strip()[:200]}")
+    else:
+        # the control socket may close under the command: what counts is what follows
+        with contextlib.suppress(AsteriskUnavailable):
+            cli.rx(" ".join(command), timeout_s=config.reload_timeout_s)
+    deadline = started + config.restart_timeout_s
+    restarted = before is None
+    while time.monotonic() < deadline:
+        uptime = _uptime(cli)
+        if uptime is None:
+            restarted = True  # down: the restart is under way
+        elif restarted or (before is not None and uptime < before):
+            restarted = True
+            try:
+                if "fully booted" in cli.rx("core waitfullybooted", timeout_s=max(1.0, deadline - time.monotonic())):
+                    return round(time.monotonic() - started, 3)
+            except AsteriskUnavailable:
+                pass
+        time.sleep(0.1)
+    if not restarted:
+        with contextlib.suppress(AsteriskUnavailable):  # let the pending graceful restart go
+            cli.rx("core abort shutdown", timeout_s=5)
+    raise AgentError(f"Asterisk did not restart within {config.restart_timeout_s:.0f} s")
+
+
+def _take_effect(config: AgentConfig, cli: AsteriskCli, restart: bool) -> float | None:
+    if restart:
+        return restart_asterisk(config, cli)
+    cli.rx("core reload", timeout_s=config.reload_timeout_s)
+    return None
+
+
 def release_files(files: Mapping[str, bytes], carried: Mapping[str, bytes]) -> dict[str, bytes]:
     """The Asterisk part of a rendered set as a config directory, plus carried local files and the manifest."""
     out = dict(carried)
@@ -131,21 +193,20 @@ def install_release(
 
     release = releases.stage(name, files)
     old_fail2ban = {rel: _read_or_none(config.fail2ban_dir / rel) for rel in (fail2ban or {})}
+    restart = restart_required(previous_files, files) if previous is not None else []
     releases.activate(name)
     _write_fail2ban(config.fail2ban_dir, fail2ban or {})
+    restart_seconds = None
     try:
-        cli.rx("core reload", timeout_s=config.reload_timeout_s)
+        restart_seconds = _take_effect(config, cli, bool(restart))
         verification = verify_loaded(cli, release, timeout_s=config.reload_timeout_s)
     except AgentError as exc:
         log.error("version %s failed (%s); rolling back to %s", name, exc, previous)
-        rollback = _rollback(config, cli, releases, previous, old_fail2ban)
+        rollback = _rollback(config, cli, releases, previous, old_fail2ban, restart=bool(restart))
         raise ApplyFailed(f"version {name} rolled back to {previous}: {exc}; {rollback}") from exc
     warnings = []
     if fail2ban and (problem := _reload_fail2ban(config)):
         warnings.append(problem)
-    restart = sorted(f for f in RESTART_FILES if previous_files.get(f) != files.get(f) and previous is not None)
-    if restart:
-        warnings.append(f"{', '.join(restart)} changed: takes effect at the next Asterisk restart")
     removed = releases.prune({name, previous} if previous else {name})
     return {
         "version": name,
@@ -153,6 +214,8 @@ def install_release(
         "previous": previous,
         "verified": verification.__dict__,
         "restart_required": bool(restart),
+        "restarted_for": restart,
+        "restart_seconds": restart_seconds,
         "warnings": warnings,
         "pruned": removed,
         "seconds": round(time.monotonic() - started, 3),
@@ -172,13 +235,17 @@ def _rollback(
     releases: Releases,
     previous: str | None,
     old_fail2ban: Mapping[str, bytes | None],
+    *,
+    restart: bool = False,
 ) -> str:
     _write_fail2ban(config.fail2ban_dir, old_fail2ban)
+    if old_fail2ban:
+        _reload_fail2ban(config)
     if previous is None:
         return "no previous release to restore"
     releases.activate(previous)
     try:
-        cli.rx("core reload", timeout_s=config.reload_timeout_s)
+        _take_effect(config, cli, restart)
         verify_loaded(cli, releases.path(previous), timeout_s=config.reload_timeout_s)
     except AgentError as exc:
         return f"previous release {previous} restored but not verified: {exc}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +31,22 @@ class AgentConfig:
     recordings_bucket: str | None = None
     failover_state_machine_arn: str | None = None
     instance_id: str | None = None
+    role: str | None = None  # primary | standby; bootstrap reads the instance tag aws-sip-trunk:role
+    peer_address: str | None = None  # the other host's private address (what watch-peer probes)
+    config_version: str | None = None  # the version the host stack names; "none" = ask SSM
+    asterisk_log_group: str | None = None
+    imds_url: str = "http://169.254.169.254"
+    systemctl: tuple[str, ...] = ("systemctl",)
+    cloudwatch_agent_ctl: tuple[str, ...] = ("/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl",)
+    etc_dir: Path = Path("/etc/sip-trunk")
+    units_dir: Path = Path("/etc/systemd/system")
     trunk_endpoint: str = "elevenlabs"
     releases_kept: int = 3
     reload_timeout_s: float = 15.0
+    # How a version that changes modules.conf/asterisk.conf takes effect: an Asterisk CLI command (the default
+    # waits for calls in progress to end) or, when it starts with "systemctl", a host command.
+    restart_command: tuple[str, ...] = ("core", "restart", "gracefully")
+    restart_timeout_s: float = 300.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -70,12 +82,30 @@ OPTIONS: dict[str, str] = {
     "recordings_bucket": "str",
     "failover_state_machine_arn": "str",
     "instance_id": "str",
+    "role": "str",
+    "peer_address": "str",
+    "config_version": "str",
+    "asterisk_log_group": "str",
+    "imds_url": "str",
+    "systemctl": "argv",
+    "cloudwatch_agent_ctl": "argv",
+    "etc_dir": "path",
+    "units_dir": "path",
     "trunk_endpoint": "str",
+    "restart_command": "argv",
 }
+
+# Options whose empty value is kept as "" (the rest become None when empty).
+_KEEP_EMPTY = ("stack", "config_prefix", "trunk_endpoint", "imds_url")
 
 
 def env_name(option: str) -> str:
     return ENV_PREFIX + option.upper()
+
+
+def known_env() -> frozenset[str]:
+    """Every SIP_TRUNK_* variable the agent reads (what /etc/sip-trunk/agent.env and role.env may hold)."""
+    return frozenset(env_name(option) for option in OPTIONS)
 
 
 def build_config(flags: Mapping[str, object], environ: Mapping[str, str] | None = None) -> AgentConfig:
@@ -96,26 +126,35 @@ def build_config(flags: Mapping[str, object], environ: Mapping[str, str] | None 
         elif kind == "argv":
             values[option] = tuple(shlex.split(text))
         else:
-            values[option] = text or None if option not in ("stack", "config_prefix", "trunk_endpoint") else text
+            values[option] = text if option in _KEEP_EMPTY else (text or None)
     return AgentConfig(**values)  # type: ignore[arg-type]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines as systemd's EnvironmentFile reads them (comments, blank lines, optional quotes)."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "").isalnum():
+            raise ValueError(f"{path}:{number}: not KEY=VALUE: {raw!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
 
 
 def instance_id(config: AgentConfig, *, timeout_s: float = 1.0) -> str:
     """The EC2 instance id: configured, or from the instance metadata service (IMDSv2), or the host name."""
+    from sip_trunk.agent.imds import Imds, ImdsError
+
     if config.instance_id:
         return config.instance_id
     try:
-        token_req = urllib.request.Request(
-            "http://169.254.169.254/latest/api/token",
-            method="PUT",
-            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
-        )
-        with urllib.request.urlopen(token_req, timeout=timeout_s) as resp:  # noqa: S310
-            token = resp.read().decode()
-        id_req = urllib.request.Request(
-            "http://169.254.169.254/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token}
-        )
-        with urllib.request.urlopen(id_req, timeout=timeout_s) as resp:  # noqa: S310
-            return str(resp.read().decode()).strip()
-    except OSError:
+        return Imds(config.imds_url, timeout_s=timeout_s, attempts=1).instance_id()
+    except ImdsError:
         return os.uname().nodename

@@ -1,0 +1,179 @@
+"""``bootstrap --env-file /etc/sip-trunk/agent.env``: make a fresh instance a serving gateway host.
+
+Run by the host stack's user data on the first boot (before it signals CloudFormation) and by
+``sip-trunk-boot.service`` on every later boot; every step is idempotent.
+
+1. identity: the instance id and role (tag ``aws-sip-trunk:role``) from IMDSv2, unless configured;
+2. the agent's systemd units (shipped in this package) installed into ``/etc/systemd/system``;
+3. the CloudWatch agent configured for this stack (``AwsSipTrunk/Host`` metrics, the Asterisk log group);
+4. the desired config version (named by the host stack, else the SSM pointer) fetched and applied;
+5. ``role.env`` written and the role's services enabled (heartbeat and recordings timers; watch-peer on the
+   standby only, disabled on the primary);
+6. the first heartbeat written, so the control plane sees the host at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import logging
+import re
+import subprocess
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sip_trunk.agent import apply as apply_mod
+from sip_trunk.agent import report as report_mod
+from sip_trunk.agent.config import AgentConfig
+from sip_trunk.agent.imds import Imds, ImdsError
+from sip_trunk.agent.releases import Releases
+from sip_trunk.agent.runtime import AgentError, AsteriskCli, atomic_write
+
+log = logging.getLogger(__name__)
+
+ROLES = ("primary", "standby")
+ROLE_ENV = "role.env"
+CLOUDWATCH_CONFIG = "cloudwatch-agent.json"
+HEARTBEAT_TIMER = "sip-trunk-agent.timer"
+RECORDINGS_TIMER = "sip-trunk-recordings.timer"
+WATCH_PEER = "sip-trunk-watch-peer.service"
+BOOT_SERVICE = "sip-trunk-boot.service"
+_STACK = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,127}")
+_ADDRESS = re.compile(r"[A-Za-z0-9.:-]{1,253}")
+
+Runner = Callable[[Sequence[str]], str]
+
+
+def run_command(argv: Sequence[str]) -> str:
+    """Run a host command; a non-zero exit is an `AgentError` naming the command and its stderr."""
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AgentError(f"{' '.join(argv)}: {exc}") from exc
+    if proc.returncode != 0:
+        raise AgentError(f"{' '.join(argv)} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:300]}")
+    return proc.stdout
+
+
+def host_file(name: str) -> bytes:
+    return (importlib.resources.files("sip_trunk.agent") / "host_files" / name).read_bytes()
+
+
+def unit_files() -> dict[str, bytes]:
+    """The agent's systemd units, as shipped in the package (the one copy the image and the stock path use)."""
+    base = importlib.resources.files("sip_trunk.agent") / "host_files" / "systemd"
+    return {entry.name: entry.read_bytes() for entry in sorted(base.iterdir(), key=lambda e: e.name)}
+
+
+def cloudwatch_agent_config(stack: str) -> bytes:
+    """The CloudWatch agent configuration for ``stack`` (``__STACK__`` in the shipped template replaced)."""
+    if not _STACK.fullmatch(stack):
+        raise ValueError(f"unsafe stack name: {stack!r}")
+    return host_file(CLOUDWATCH_CONFIG).replace(b"__STACK__", stack.encode())
+
+
+def install_units(config: AgentConfig, run: Runner = run_command) -> list[str]:
+    """Write units that differ from the shipped ones; ``daemon-reload`` when anything changed."""
+    changed = []
+    for name, data in unit_files().items():
+        dest = config.units_dir / name
+        if not dest.exists() or dest.read_bytes() != data:
+            atomic_write(dest, data, 0o644)
+            changed.append(name)
+    if changed and config.systemctl:
+        run([*config.systemctl, "daemon-reload"])
+        run([*config.systemctl, "enable", BOOT_SERVICE])
+    return changed
+
+
+def configure_cloudwatch(config: AgentConfig, run: Runner = run_command) -> str:
+    path = config.etc_dir / CLOUDWATCH_CONFIG
+    atomic_write(path, cloudwatch_agent_config(config.stack), 0o644)
+    if config.cloudwatch_agent_ctl:
+        run([*config.cloudwatch_agent_ctl, "-a", "fetch-config", "-m", "ec2", "-s", "-c", f"file:{path}"])
+    return str(path)
+
+
+def set_role(config: AgentConfig, role: str, peer_address: str | None, run: Runner = run_command) -> dict[str, Any]:
+    """Record the role in ``role.env`` and start/stop the role's services (watch-peer on the standby only)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+    if role == "standby" and not peer_address:
+        raise ValueError("the standby needs the primary's address (SIP_TRUNK_PEER_ADDRESS / --peer-address)")
+    if peer_address and not _ADDRESS.fullmatch(peer_address):
+        raise ValueError(f"bad peer address: {peer_address!r}")
+    lines = [f"SIP_TRUNK_ROLE={role}"]
+    if peer_address:
+        lines.append(f"SIP_TRUNK_PEER_ADDRESS={peer_address}")
+    atomic_write(config.etc_dir / ROLE_ENV, ("\n".join(lines) + "\n").encode(), 0o644)
+    services = {HEARTBEAT_TIMER: True, WATCH_PEER: role == "standby"}
+    if config.recordings_bucket:
+        services[RECORDINGS_TIMER] = True
+    if config.systemctl:
+        for unit, wanted in services.items():
+            if wanted:
+                run([*config.systemctl, "enable", "--now", unit])
+            else:
+                run([*config.systemctl, "disable", "--now", unit])
+        if role == "standby":  # pick up a changed peer address
+            run([*config.systemctl, "restart", WATCH_PEER])
+    return {"role": role, "peer_address": peer_address, "services": services}
+
+
+def _desired_version(config: AgentConfig, ssm: Any) -> str | None:
+    from sip_trunk import configstore
+
+    named = (config.config_version or "").strip()
+    if named and named != "none":
+        return named
+    return configstore.get_desired_version(ssm, config.prefix)
+
+
+def bootstrap(
+    config: AgentConfig,
+    session: Any,
+    cli: AsteriskCli,
+    *,
+    imds: Imds | None = None,
+    run: Runner = run_command,
+) -> dict[str, Any]:
+    if not config.stack:
+        raise ValueError("SIP_TRUNK_STACK is missing from the environment file")
+    metadata = imds or Imds(config.imds_url)
+    try:
+        instance = config.instance_id or metadata.instance_id()
+        role = config.role or metadata.role() or "primary"
+    except ImdsError as exc:
+        raise AgentError(f"instance identity: {exc}") from exc
+    config = dataclasses.replace(config, instance_id=instance, role=role)
+    result: dict[str, Any] = {"instance_id": instance, "role": role, "warnings": []}
+
+    result["units_changed"] = install_units(config, run)
+    try:
+        result["cloudwatch_config"] = configure_cloudwatch(config, run)
+    except AgentError as exc:  # metrics/logs are not worth an unserved host; the heartbeat still reports
+        result["warnings"].append(f"CloudWatch agent: {exc}")
+
+    version = _desired_version(config, session.client("ssm"))
+    result["desired_version"] = version
+    result["apply"] = None
+    if version is None:
+        result["warnings"].append("no desired version in SSM yet: Asterisk keeps its current config")
+    else:
+        try:
+            result["apply"] = apply_mod.apply_version(config, session.client("ssm"), cli, version)
+        except AgentError as exc:  # recorded in last-apply.json and the heartbeat; ApplyConfig retries
+            result["apply"] = {"version": version, "ok": False, "error": str(exc)}
+            result["warnings"].append(f"apply {version}: {exc}")
+
+    result["services"] = set_role(config, role, config.peer_address, run)["services"]
+    status = report_mod.report(
+        config, cli, instance, cloudwatch=session.client("cloudwatch"), dynamodb=session.resource("dynamodb")
+    )
+    result["heartbeat"] = {
+        "running_version": status["running_version"],
+        "asterisk_up": status["asterisk_up"],
+        "apply_error": status["apply_error"],
+    }
+    result["running_version"] = Releases(config.releases_dir, config.config_dir).current_version()
+    return result

@@ -1,0 +1,349 @@
+"""bootstrap: IMDSv2 through a local stand-in on 127.0.0.1, AWS through moto, host commands recorded."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from sip_trunk import configstore
+from sip_trunk.agent import bootstrap as boot
+from sip_trunk.agent.__main__ import main
+from sip_trunk.agent.config import AgentConfig, known_env, read_env_file
+from sip_trunk.agent.imds import Imds, ImdsError
+from sip_trunk.agent.releases import Releases
+from sip_trunk.agent.runtime import AsteriskUnavailable
+from sip_trunk.manifest import MANIFEST_NAME, Manifest
+
+pytestmark = pytest.mark.integration
+
+REGION = "us-east-1"
+STACK = "boottest"
+PREFIX = f"/{STACK}/asterisk"
+TABLE = "state"
+FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "asterisk"
+HOST_YAML = Path(__file__).resolve().parents[2] / "stacks" / "host.yaml"
+
+
+@dataclass
+class FakeImds:
+    instance_id: str = "i-0123456789abcdef0"
+    tags: dict[str, str] = field(default_factory=dict)
+    tokens: set[str] = field(default_factory=set)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    fail_first: int = 0  # answer 503 to this many requests (an IMDS hiccup at boot)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: Any
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _answer(self, code: int, body: str = "") -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_PUT(self) -> None:
+        imds: FakeImds = self.server.imds
+        imds.requests.append(("PUT", self.path))
+        if imds.fail_first:
+            imds.fail_first -= 1
+            return self._answer(503)
+        if self.path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            return self._answer(400)
+        token = f"token-{len(imds.tokens)}"
+        imds.tokens.add(token)
+        return self._answer(200, token)
+
+    def do_GET(self) -> None:
+        imds: FakeImds = self.server.imds
+        imds.requests.append(("GET", self.path))
+        if self.headers.get("X-aws-ec2-metadata-token") not in imds.tokens:
+            return self._answer(401)  # IMDSv2 only: no token, no answer
+        if self.path == "/latest/meta-data/instance-id":
+            return self._answer(200, imds.instance_id)
+        prefix = "/latest/meta-data/tags/instance/"
+        if self.path.startswith(prefix):
+            from urllib.parse import unquote
+
+            key = unquote(self.path[len(prefix) :])
+            if key in imds.tags:
+                return self._answer(200, imds.tags[key])
+        return self._answer(404)
+
+
+@pytest.fixture
+def imds() -> Iterator[tuple[FakeImds, str]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    state = FakeImds(tags={"aws-sip-trunk:role": "primary"})
+    server.imds = state  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class FixtureCli:
+    """Asterisk's answers captured from a real 22 (endpoints alice + elevenlabs, transports tcp + udp)."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+        self.uptime = 1000
+
+    def rx(self, command: str, *, timeout_s: float | None = None) -> str:
+        self.commands.append(command)
+        if command == "core reload":
+            return ""
+        if command == "core restart gracefully":
+            self.uptime = 1
+            return ""
+        if command == "core show uptime seconds":
+            return f"System uptime: {self.uptime}\nLast reload: {self.uptime}\n"
+        if command == "core waitfullybooted":
+            return "Asterisk has fully booted.\n"
+        path = FIXTURES / (command.replace(" ", "_") + ".txt")
+        if not path.exists():
+            raise AsteriskUnavailable(f"no fixture for {command}")
+        return path.read_text()
+
+
+def rendered_set(endpoints: Sequence[str], *, new_modules: bool = True) -> dict[str, bytes]:
+    """A rendered set; with ``new_modules`` its modules.conf differs from the stock one (a restart)."""
+    pjsip = "[transport-tcp]\ntype = transport\nprotocol = tcp\nbind = 0.0.0.0:5060\n"
+    for name in endpoints:
+        pjsip += f"\n[{name}]\ntype = endpoint\ncontext = x\n"
+    files = {
+        "asterisk/pjsip.conf": pjsip.encode(),
+        "asterisk/asterisk.conf": b"[directories]\n",
+        "asterisk/modules.conf": b"[modules]\nautoload = no\n" if new_modules else b"[modules]\n",
+        "fail2ban/jail.d/asterisk-sip-trunk.local": b"[asterisk-sip-trunk]\nenabled = true\n",
+    }
+    files[MANIFEST_NAME] = Manifest.for_files(files).to_json()
+    return files
+
+
+@dataclass
+class Host:
+    config: AgentConfig
+    session: Any
+    ssm: Any
+    dynamodb: Any
+    commands: list[list[str]]
+
+    def run(self, argv: Sequence[str]) -> str:
+        self.commands.append(list(argv))
+        return ""
+
+    def publish(self, files: dict[str, bytes], *, desired: bool = True) -> str:
+        version = Manifest.from_json(files[MANIFEST_NAME]).version
+        configstore.publish_config(self.ssm, PREFIX, files, [], version)
+        if desired:
+            configstore.set_desired_version(self.ssm, PREFIX, version)
+        return version
+
+
+@pytest.fixture
+def host(tmp_path: Path, imds: tuple[FakeImds, str]) -> Iterator[Host]:
+    with mock_aws():
+        session = boto3.session.Session(region_name=REGION)
+        dynamodb = session.resource("dynamodb")
+        dynamodb.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        config_dir = tmp_path / "etc-asterisk"
+        config_dir.mkdir()
+        (config_dir / "asterisk.conf").write_text("[directories]\n")
+        (config_dir / "modules.conf").write_text("[modules]\n")
+        config = AgentConfig(
+            stack=STACK,
+            region=REGION,
+            config_prefix=PREFIX,
+            config_dir=config_dir,
+            releases_dir=tmp_path / "releases",
+            state_dir=tmp_path / "state",
+            fail2ban_dir=tmp_path / "fail2ban",
+            fail2ban_reload=(),
+            state_table=TABLE,
+            imds_url=imds[1],
+            systemctl=("systemctl",),
+            cloudwatch_agent_ctl=("amazon-cloudwatch-agent-ctl",),
+            etc_dir=tmp_path / "etc-sip-trunk",
+            units_dir=tmp_path / "systemd",
+            reload_timeout_s=2.0,
+            restart_timeout_s=5.0,
+        )
+        yield Host(config, session, session.client("ssm"), dynamodb, [])
+
+
+def heartbeat(host: Host, instance: str) -> dict[str, Any]:
+    key = {"pk": f"host#{instance}", "sk": "heartbeat"}
+    item: dict[str, Any] = host.dynamodb.Table(TABLE).get_item(Key=key)["Item"]
+    return item
+
+
+def test_primary_bootstrap_applies_the_desired_version_and_writes_the_first_heartbeat(
+    host: Host, imds: tuple[FakeImds, str]
+) -> None:
+    # Given a desired version in SSM and a primary whose IMDS hiccups once at boot
+    version = host.publish(rendered_set(["alice", "elevenlabs"]))
+    imds[0].fail_first = 1
+
+    # When the host bootstraps
+    cli = FixtureCli()
+    result = boot.bootstrap(host.config, host.session, cli, run=host.run)  # type: ignore[arg-type]
+
+    # Then identity came from IMDSv2 (token first, every GET with it)
+    assert result["instance_id"] == imds[0].instance_id
+    assert result["role"] == "primary"
+    assert imds[0].requests[0][0] == "PUT"
+    # and the version is live, the units and the CloudWatch config are in place
+    assert result["apply"]["version"] == version
+    # and modules.conf changed from the stock one, so Asterisk was restarted (not reloaded) before verifying
+    assert result["apply"]["restarted_for"] == ["modules.conf"]
+    assert "core restart gracefully" in cli.commands
+    assert "core reload" not in cli.commands
+    assert Releases(host.config.releases_dir, host.config.config_dir).current_version() == version
+    assert set(result["units_changed"]) == set(boot.unit_files())
+    cw = json.loads((host.config.etc_dir / "cloudwatch-agent.json").read_text())
+    assert cw["metrics"]["metrics_collected"]["mem"]["append_dimensions"] == {"Stack": STACK}
+    # and the primary runs the heartbeat timer but not watch-peer
+    assert ["systemctl", "enable", "--now", boot.HEARTBEAT_TIMER] in host.commands
+    assert ["systemctl", "disable", "--now", boot.WATCH_PEER] in host.commands
+    assert ["systemctl", "daemon-reload"] in host.commands
+    ctl = [c for c in host.commands if c[0] == "amazon-cloudwatch-agent-ctl"]
+    assert ctl == [["amazon-cloudwatch-agent-ctl", "-a", "fetch-config", "-m", "ec2", "-s", "-c",
+                    f"file:{host.config.etc_dir / 'cloudwatch-agent.json'}"]]  # fmt: skip
+    # and the first heartbeat says which version runs
+    item = heartbeat(host, imds[0].instance_id)
+    assert item["running_version"] == version
+    assert item["asterisk_up"] is True
+    assert (host.config.etc_dir / "role.env").read_text() == "SIP_TRUNK_ROLE=primary\n"
+
+
+def test_standby_bootstrap_starts_watch_peer_and_survives_a_missing_version(
+    host: Host, imds: tuple[FakeImds, str]
+) -> None:
+    # Given a standby (tag) with the primary's address and no desired version yet
+    imds[0].tags["aws-sip-trunk:role"] = "standby"
+    config = host.config.__class__(**{**host.config.__dict__, "peer_address": "10.0.1.10"})
+
+    # When it bootstraps twice (first boot, then a reboot)
+    first = boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+    again = boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+
+    # Then watch-peer runs against the primary, nothing was applied, and the reboot changed no unit
+    assert first["role"] == "standby"
+    assert ["systemctl", "enable", "--now", boot.WATCH_PEER] in host.commands
+    assert "SIP_TRUNK_PEER_ADDRESS=10.0.1.10" in (config.etc_dir / "role.env").read_text()
+    assert first["apply"] is None
+    assert any("no desired version" in w for w in first["warnings"])
+    assert again["units_changed"] == []
+    assert "running_version" not in heartbeat(host, imds[0].instance_id)  # None values are not stored
+
+
+def test_a_version_asterisk_refuses_is_recorded_but_the_host_still_boots(
+    host: Host, imds: tuple[FakeImds, str]
+) -> None:
+    # Given a desired version that declares an endpoint Asterisk does not load
+    version = host.publish(rendered_set(["alice", "ghost"]))
+
+    result = boot.bootstrap(host.config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+
+    assert result["apply"]["ok"] is False
+    assert "ghost" in result["apply"]["error"]
+    item = heartbeat(host, imds[0].instance_id)
+    assert version in item["apply_error"]
+    assert ["systemctl", "enable", "--now", boot.HEARTBEAT_TIMER] in host.commands
+
+
+def test_imds_refuses_requests_without_a_token_and_times_out_when_absent(imds: tuple[FakeImds, str]) -> None:
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{imds[1]}/latest/meta-data/instance-id", timeout=2)  # noqa: S310
+    assert refused.value.code == 401
+    assert Imds(imds[1]).tag("no-such-tag") is None
+    sleeps: list[float] = []
+    with pytest.raises(ImdsError):
+        Imds("http://127.0.0.1:9", timeout_s=0.2, attempts=3, sleep=sleeps.append).instance_id()
+    assert sleeps == [0.5, 1.0]
+
+
+def test_cli_bootstrap_reads_the_env_file_the_host_stack_writes(
+    host: Host, imds: tuple[FakeImds, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the env file exactly as host.yaml's user data writes it (values substituted)
+    user_data = HOST_YAML.read_text()
+    block = user_data.split("cat > /etc/sip-trunk/agent.env <<'EOF'\n", 1)[1].split("EOF\n", 1)[0]
+    values = {
+        "${AWS::Region}": REGION, "${RootStackName}": STACK, "${ConfigPrefix}": PREFIX, "${StateTable}": TABLE,
+        "${BackupBucket}": "b", "${RecordingsBucket}": "", "${FailoverStateMachineArn}": "arn:x",
+        "${AsteriskLogGroup}": f"/aws-sip-trunk/{STACK}/asterisk", "${ConfigVersion}": "none",
+        "${PeerAddress}": "",
+    }  # fmt: skip
+    text = "\n".join(line.strip() for line in block.splitlines())
+    for key, value in values.items():
+        text = text.replace(key, value)
+    assert "${" not in text, text
+    env_file = tmp_path / "agent.env"
+    env_file.write_text(text + "\n")
+    parsed = read_env_file(env_file)
+    assert {k for k in parsed if k.startswith("SIP_TRUNK_")} <= known_env()
+    version = host.publish(rendered_set(["alice", "elevenlabs"], new_modules=False))
+    log = tmp_path / "commands.log"
+    fake = tmp_path / "fake-cmd"
+    fake.write_text(f'#!/bin/sh\necho "$0 $*" >> {log}\n')
+    fake.chmod(0o755)
+    cli_fixture = tmp_path / "asterisk"
+    cli_fixture.write_text(
+        "#!/bin/sh\nshift 3\ncase \"$*\" in\n  'core reload') exit 0;;\nesac\n"
+        f"cat {FIXTURES}/$(echo \"$*\" | tr ' ' '_').txt\n"
+    )
+    cli_fixture.chmod(0o755)
+    c = host.config
+    argv = [
+        "--config-dir", str(c.config_dir), "--releases-dir", str(c.releases_dir), "--state-dir", str(c.state_dir),
+        "--fail2ban-dir", str(c.fail2ban_dir), "--fail2ban-reload", "", "--imds-url", imds[1],
+        "--systemctl", str(fake), "--cloudwatch-agent-ctl", str(fake), "--etc-dir", str(c.etc_dir),
+        "--units-dir", str(c.units_dir), "--asterisk-cmd", str(cli_fixture),
+        "bootstrap", "--env-file", str(env_file),
+    ]  # fmt: skip
+
+    code = main(argv, session=host.session)
+
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0, out
+    assert out["ok"] is True
+    assert out["desired_version"] == version
+    assert out["apply"]["version"] == version
+    assert f"{fake} enable --now {boot.HEARTBEAT_TIMER}" in log.read_text()
+    # recording is off (empty bucket): its timer is left alone
+    assert boot.RECORDINGS_TIMER not in log.read_text()
+
+
+def test_env_file_with_an_unknown_setting_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env_file = tmp_path / "agent.env"
+    env_file.write_text("SIP_TRUNK_STACK=x\nSIP_TRUNK_STAK_TYPO=y\n")
+    assert main(["bootstrap", "--env-file", str(env_file)]) == 2
+    assert "SIP_TRUNK_STAK_TYPO" in capsys.readouterr().out

@@ -802,11 +802,6 @@ def test_sync_rejected_api_key_is_fatal_and_does_not_show_it(
     assert idempotency_records(world_api) == []  # a failure is not cached: the next run tries again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sync_elevenlabs never reads settings.elevenlabs.phone_number_id: a configured id that ElevenLabs "
-    "answers 404 for is ignored and the number is looked up (and created) by phone number instead",
-)
 def test_sync_configured_phone_number_id_not_found(world_api, api_handlers, logs, event, lambda_context, standin):
     # Given settings naming an ElevenLabs phone-number id that does not exist there
     world_api.put_settings(phone_number_id="phnum_0000000000000000deadbeef")

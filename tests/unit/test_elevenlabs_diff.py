@@ -9,6 +9,7 @@ from sip_trunk.elevenlabs import (
     DesiredTrunk,
     ElevenLabsClient,
     ElevenLabsError,
+    ElevenLabsNotFound,
     ElevenLabsRateLimited,
     ElevenLabsRetryableError,
     ElevenLabsUnavailable,
@@ -77,6 +78,8 @@ class FakeApi:
         return next((n for n in self.numbers.values() if n.phone_number == e164), None)
 
     def get_phone_number(self, phone_number_id: str) -> PhoneNumber:
+        if phone_number_id not in self.numbers:
+            raise ElevenLabsNotFound(f"GET /v1/convai/phone-numbers/{phone_number_id}: HTTP 404", status=404)
         return self.numbers[phone_number_id]
 
     def create_sip_trunk_phone_number(self, want: DesiredTrunk) -> str:
@@ -327,3 +330,25 @@ def test_client_repr_hides_the_key() -> None:
 def test_client_refuses_non_http_base_urls(base_url: str) -> None:
     with pytest.raises(ValueError, match="http"):
         ElevenLabsClient("k", base_url)
+
+
+def test_ensure_with_a_configured_id_updates_that_number() -> None:
+    want = desired()
+    api = FakeApi(live(want, "phnum_configured", label="old label"))
+    result = ensure_trunk(api, want, phone_number_id="phnum_configured")
+    assert (result.action, result.phone_number_id) == ("updated", "phnum_configured")
+
+
+def test_ensure_with_a_configured_id_that_is_gone_creates_nothing() -> None:
+    api = FakeApi()
+    with pytest.raises(ElevenLabsNotFound):
+        ensure_trunk(api, desired(), phone_number_id="phnum_missing")
+    assert api.created == []
+
+
+def test_ensure_with_a_configured_id_of_another_number_is_a_conflict() -> None:
+    want = desired()
+    other = live(desired(phone_number="+14155550199"), "phnum_other")
+    api = FakeApi(other)
+    with pytest.raises(TrunkConflictError, match="phnum_other"):
+        ensure_trunk(api, want, phone_number_id="phnum_other")

@@ -338,13 +338,35 @@ class PhoneNumberApi(Protocol):
     def update_phone_number(self, phone_number_id: str, desired: DesiredTrunk) -> PhoneNumber: ...
 
 
-def ensure_trunk(api: PhoneNumberApi, desired: DesiredTrunk, *, assume_password_changed: bool = False) -> SyncResult:
+def find_trunk(api: PhoneNumberApi, desired: DesiredTrunk, phone_number_id: str | None = None) -> PhoneNumber | None:
+    """The number as ElevenLabs holds it: by its configured id when there is one, else by number.
+
+    A configured id that does not exist raises ElevenLabsNotFound (never silently replaced by a new number),
+    and one that belongs to a different number raises TrunkConflictError.
+    """
+    if phone_number_id is None:
+        return api.find_by_number(desired.phone_number)
+    actual = api.get_phone_number(phone_number_id)
+    if actual.phone_number != desired.phone_number:
+        raise TrunkConflictError(
+            f"phone number id {phone_number_id} is {actual.phone_number}, not {desired.phone_number}"
+        )
+    return actual
+
+
+def ensure_trunk(
+    api: PhoneNumberApi,
+    desired: DesiredTrunk,
+    *,
+    assume_password_changed: bool = False,
+    phone_number_id: str | None = None,
+) -> SyncResult:
     """Create the number if missing, PATCH it if it drifted, otherwise touch nothing.
 
     Safe to re-run after any failure: a create that succeeded but whose answer was lost is found by number
-    on the next run instead of being created twice.
+    on the next run instead of being created twice. With a configured `phone_number_id` nothing is created.
     """
-    actual = api.find_by_number(desired.phone_number)
+    actual = find_trunk(api, desired, phone_number_id)
     if actual is None:
         phone_number_id = api.create_sip_trunk_phone_number(desired)
         logger.info("created ElevenLabs SIP trunk number %s (%s)", desired.phone_number, phone_number_id)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sip_trunk.elevenlabs import DesiredTrunk, ElevenLabsError, diff_trunk, ensure_trunk
+from sip_trunk.elevenlabs import DesiredTrunk, ElevenLabsError, diff_trunk, ensure_trunk, find_trunk
 from sip_trunk.errors import (
     ApplyFailed,
     SettingsInvalid,
@@ -403,7 +403,7 @@ def _elevenlabs_check(deps: Deps, loaded: LoadedSettings, public_address: str) -
     api = deps.elevenlabs(loaded.api_key.get_secret_value())
     desired = desired_trunk(loaded, public_address)
     try:
-        actual = api.find_by_number(desired.phone_number)
+        actual = find_trunk(api, desired, loaded.settings.elevenlabs.phone_number_id)
     except ElevenLabsError as exc:  # reported here; SyncElevenLabs retries and gates
         return ElevenLabsCheck(checked=False, note=f"{type(exc).__name__}: {exc.message}")
     if actual is None:
@@ -490,7 +490,9 @@ def sync_elevenlabs(deps: Deps, request: SyncInput) -> SyncOutcome:
         current is not None and current.credentials_hash not in (None, credentials_hash)
     )
     api = deps.elevenlabs(loaded.api_key.get_secret_value())
-    result = ensure_trunk(api, desired, assume_password_changed=rotated)
+    result = ensure_trunk(
+        api, desired, assume_password_changed=rotated, phone_number_id=loaded.settings.elevenlabs.phone_number_id
+    )
     remaining = diff_trunk(desired, api.get_phone_number(result.phone_number_id))
     if remaining:
         raise TrunkNotVerified("ElevenLabs number still differs after sync: " + ", ".join(m.field for m in remaining))

@@ -329,6 +329,83 @@ def local_drill(
         (run_dir / f"drill-{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
+@local_app.command("measure")
+def local_measure(
+    run_dir: RunDirOption = Path("/run/aws-sip-trunk/measure"),
+    ups: Annotated[int, typer.Option(help="`local up` runs whose provisioning is timed")] = 5,
+    failovers: Annotated[int, typer.Option(help="failover drills on the last deployment")] = 10,
+    out_file: Annotated[Path, typer.Option("--out", help="JSON result")] = Path("bench/results/local_drills.json"),
+) -> None:
+    """Time `local up` (provisioning) N times and the failover drill M times; write medians and p95."""
+    import datetime
+    import json
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from sip_trunk.local.drills import summarize, write_json
+    from sip_trunk.local.orchestrator import read_events, send_request
+
+    def cli(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "sip_trunk.cli", "local", *args, "--run-dir", str(run_dir)],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        if proc.returncode != 0:
+            subprocess.run([sys.executable, "-m", "sip_trunk.cli", "local", "down", "--run-dir", str(run_dir)],
+                           capture_output=True, check=False)  # fmt: skip
+            raise _fail(f"local {args[0]} failed: {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
+
+    provision: list[float] = []
+    up_total: list[float] = []
+    runs: dict[str, Any] = {}
+    for index in range(max(1, ups)):
+        cli("up")
+        events, _ = read_events(run_dir)
+        summary = next(e["summary"] for e in events if e.get("kind") == "ready")
+        provision.append(float(summary["steps_s"]["provision"]))
+        up_total.append(round(sum(summary["steps_s"].values()), 3))
+        out.print(f"up {index + 1}/{ups}: provision {provision[-1]:.2f} s, up {up_total[-1]:.2f} s", highlight=False)
+        if index < ups - 1:
+            cli("down")
+    try:
+        answer = send_request(run_dir, {"command": "drill", "drill": "failover", "repeat": failovers}, 3600)
+        if not answer.get("ok"):
+            raise _fail(f"failover drill failed: {answer.get('error')}")
+        runs = answer["result"]
+    finally:
+        cli("down")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    result = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": cpu,
+            "kernel": platform.release(),
+            "os": platform.freedesktop_os_release().get("PRETTY_NAME", platform.system()),
+            "python": platform.python_version(),
+        },
+        "provision_s": summarize(provision),
+        "local_up_s": summarize(up_total),
+        "failover_rto_s": runs["rto_s"],
+        "failover_detection_s": runs["detection_s"],
+        "failover_movement_s": runs["movement_s"],
+        "watch_peer": {**runs["watch_peer"], "production": {"interval_s": 5, "failures": 3, "timeout_s": 2}},
+        "failover_runs": [
+            {k: r[k] for k in ("rto_s", "detection_s", "movement_s", "execution_s", "execution")} for r in runs["runs"]
+        ],
+        "method": (
+            "provision_s: the Provision step of `sip-trunk local up` (the real state machine in moto, Wait states "
+            "paced, not slept), one fresh deployment per run. Failover: `sip-trunk local drill failover --repeat N`: "
+            "SIGKILL to the primary's Asterisk; detection = until the Failover execution's start time (started by "
+            "the standby's watch-peer); movement = from there until SIP OPTIONS to 203.0.113.10 from the outside "
+            "namespace is answered; the standby is re-armed between runs."
+        ),
+    }
+    write_json(out_file, result)
+    out.print_json(json.dumps({k: v for k, v in result.items() if k != "failover_runs"}))
+
+
 @local_app.command("down")
 def local_down(run_dir: RunDirOption = _DEFAULT_RUN_DIR) -> None:
     """Remove every process, namespace and mount local mode made."""

@@ -279,3 +279,39 @@ def test_tampered_backup_is_refused(host: Host) -> None:
     with pytest.raises(backup_mod.BackupCorrupt, match="sha256"):
         backup_mod.restore(host.config, host.s3, host.cli, made["key"])
     assert Releases(host.config.releases_dir, host.config.config_dir).current() == current
+
+
+def test_modules_conf_change_restarts_asterisk_and_fail2ban_is_reloaded_with_the_new_files(
+    host: Host, tmp_path: Path
+) -> None:
+    # Given a fail2ban reload command that records which jail file it saw, and a running first version
+    seen = tmp_path / "fail2ban-reload.log"
+    jail = host.config.fail2ban_dir / "jail.d/asterisk-sip-trunk.local"
+    recorder = tmp_path / "fail2ban-client"
+    recorder.write_text(f'#!/bin/sh\necho "$* $(cat {jail} | tail -n1)" >> {seen}\n')
+    recorder.chmod(0o755)
+    config = AgentConfig(**{**host.config.__dict__, "fail2ban_reload": (str(recorder), "reload")})
+    first = host.publish(config_set(host.asterisk_conf, host.port, endpoint("alice")))
+    assert apply_version(config, host.ssm, host.cli, first)["restart_required"] is False
+    assert seen.read_text().splitlines() == [f"reload {jail.read_text().splitlines()[-1]}"]
+    uptime_before = int(host.inst.rx("core show uptime seconds").split("System uptime:")[1].split()[0])
+    time.sleep(1.1)
+
+    # When a version adds a module to modules.conf (a reload would not load it)
+    files = config_set(host.asterisk_conf, host.port, endpoint("alice") + endpoint("bob"))
+    files["asterisk/modules.conf"] += b"load = app_echo.so\n"
+    files["fail2ban/jail.d/asterisk-sip-trunk.local"] += b"# second\n"
+    files[MANIFEST_NAME] = Manifest.for_files({k: v for k, v in files.items() if k != MANIFEST_NAME}).to_json()
+    second = host.publish(files)
+    result = apply_version(config, host.ssm, host.cli, second)
+
+    # Then Asterisk was restarted (same process, re-executed), is fully booted, runs the module and the version
+    assert result["restart_required"] is True
+    assert result["restarted_for"] == ["modules.conf"]
+    assert result["restart_seconds"] < 30
+    assert "app_echo.so" in host.inst.rx("module show like app_echo")
+    uptime_after = int(host.inst.rx("core show uptime seconds").split("System uptime:")[1].split()[0])
+    assert uptime_after < uptime_before + 1
+    assert host.endpoints() == {"alice", "bob"}
+    # and fail2ban was reloaded after the new jail file was in place
+    assert seen.read_text().splitlines()[-1] == "reload # second"

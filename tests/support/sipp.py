@@ -1,423 +1,50 @@
-"""Run sipp scenarios (``tests/asterisk/scenarios/*.xml``) and read their statistics.
-
-sipp runs in its own process group (optionally inside a network namespace) and is always ended by PID.
-Statistics come from ``-trace_stat`` (CSV, last row) with ``-trace_screen`` as a fall-back.
-Debian's sipp 3.6.1 is built without TLS: :class:`TlsTunnel` puts a socat TLS client in front of a TCP sipp.
-"""
+"""sipp runs for the tests: :mod:`sip_trunk.local.sipp` (shared with local mode); scenario names are looked up
+in ``tests/asterisk/scenarios`` first."""
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import os
-import re
-import signal
-import socket
-import subprocess
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from sip_trunk.local import sipp as _sipp
+from sip_trunk.local.sipp import (
+    G711A_PCAP,
+    SIPP_SHARE,
+    TRANSPORTS,
+    Sipp,
+    SippError,
+    SippResult,
+    TlsTunnel,
+    auth_field,
+    free_port,
+    free_sip_port,
+    parse_screen,
+    parse_stat_csv,
+    received_requests,
+    run_sipp,
+    scenario_path,
+    write_injection,
+)
+
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "asterisk" / "scenarios"
-SIPP_SHARE = Path("/usr/share/sip-tester")
-G711A_PCAP = SIPP_SHARE / "g711a.pcap"
-TRANSPORTS = {"u1", "un", "t1", "tn", "l1", "ln"}
+if SCENARIO_DIR not in _sipp.SCENARIO_DIRS:
+    _sipp.SCENARIO_DIRS.insert(0, SCENARIO_DIR)
 
-
-class SippError(RuntimeError):
-    """sipp could not be started or did not finish in time."""
-
-
-def scenario_path(name: str | Path) -> Path:
-    """A scenario by file name (``uac_auth_pcap.xml``) or path."""
-    path = Path(name)
-    if not path.is_absolute() and not path.exists():
-        path = SCENARIO_DIR / path
-    if not path.is_file():
-        raise SippError(f"no sipp scenario {name} (looked in {SCENARIO_DIR})")
-    return path
-
-
-def write_injection(path: Path, rows: Sequence[Sequence[str]], order: str = "SEQUENTIAL") -> Path:
-    """Write a sipp injection file (``-inf``): first line the order, then ``;``-separated fields."""
-    for row in rows:
-        for value in row:
-            if ";" in value or "\n" in value:
-                raise ValueError(f"injection field may not contain ';' or a newline: {value!r}")
-    path.write_text(order + "\n" + "".join(";".join(row) + "\n" for row in rows))
-    return path
-
-
-def auth_field(username: str, password: str) -> str:
-    """An injection field that expands to sipp's digest ``[authentication ...]`` keyword."""
-    return f"[authentication username={username} password={password}]"
-
-
-@dataclass
-class SippResult:
-    command: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-    stats: dict[str, str]
-    successful: int | None
-    failed: int | None
-    screen: str
-    errors: str
-    messages: str
-    elapsed: float
-
-    @property
-    def ok(self) -> bool:
-        """sipp exits 0 only when every call succeeded."""
-        return self.returncode == 0
-
-    def describe(self) -> str:
-        """Everything useful for an assertion message."""
-        return (
-            f"sipp exit {self.returncode}, successful={self.successful} failed={self.failed}\n"
-            f"command: {' '.join(self.command)}\n--- stderr ---\n{self.stderr[-3000:]}\n"
-            f"--- errors ---\n{self.errors[-3000:]}\n--- screen ---\n{self.screen[-3000:]}\n"
-            f"--- messages (tail) ---\n{self.messages[-6000:]}"
-        )
-
-
-def parse_stat_csv(path: Path) -> dict[str, str]:
-    """The last row of a ``-trace_stat`` file as {column: value} (sipp separates with ``;``)."""
-    if not path.exists():
-        return {}
-    rows = [r for r in csv.reader(path.read_text(errors="replace").splitlines(), delimiter=";") if r]
-    if len(rows) < 2:
-        return {}
-    header, last = rows[0], rows[-1]
-    return {h.strip(): v.strip() for h, v in zip(header, last, strict=False) if h.strip()}
-
-
-_SCREEN_RE = {
-    "successful": re.compile(r"Successful call\s*\|\s*(\d+)\s*\|\s*(\d+)"),
-    "failed": re.compile(r"Failed call\s*\|\s*(\d+)\s*\|\s*(\d+)"),
-}
-
-
-def parse_screen(text: str) -> dict[str, int]:
-    """Cumulative successful/failed counts from the last statistics screen in ``-trace_screen``."""
-    found: dict[str, int] = {}
-    for key, regex in _SCREEN_RE.items():
-        matches = regex.findall(text)
-        if matches:
-            found[key] = int(matches[-1][1])
-    return found
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-@dataclass
-class Sipp:
-    """One sipp process. :meth:`start` then :meth:`wait`, or :func:`run_sipp` for both.
-
-    ``transport``: u1/un (UDP), t1/tn (TCP; tn gets ``-max_socket``), l1/ln (TLS: needs a sipp built with
-    OpenSSL and ``tls_cert``/``tls_key``; Debian's is not, see :class:`TlsTunnel`).
-    ``remote`` is ``host:port`` (omit for a UAS). ``inject`` is an injection CSV (see
-    :func:`write_injection`). ``media_port`` is sipp's RTP port (``-mp``), ``rtp_echo`` echoes RTP back.
-    """
-
-    scenario: str | Path
-    workdir: Path
-    remote: str | None = None
-    transport: str = "u1"
-    local_ip: str = "127.0.0.1"
-    local_port: int | None = None
-    service: str | None = None
-    calls: int | None = 1
-    rate: float | None = None
-    rate_period_ms: int | None = None
-    limit: int | None = None
-    inject: Path | None = None
-    duration_ms: int | None = None
-    media_ip: str | None = None
-    media_port: int | None = None
-    rtp_echo: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    max_socket: int | None = None
-    keys: Mapping[str, str] = field(default_factory=dict)
-    netns: str | None = None
-    global_timeout_s: float | None = None
-    extra_args: Sequence[str] = ()
-    trace_messages: bool = True
-    process: subprocess.Popen[str] | None = field(default=None, init=False, repr=False)
-    _started: float = field(default=0.0, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.transport not in TRANSPORTS:
-            raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}: {self.transport!r}")
-        self.workdir = Path(self.workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.local_port is None and self.netns is None:
-            # sipp's default is 5060: two sipps on one address (two tests, or two test runs at once)
-            # would fight over it, and one would get the other's requests
-            kind = socket.SOCK_DGRAM if self.transport.startswith("u") else socket.SOCK_STREAM
-            self.local_port = free_port(self.local_ip, kind)
-        self.scenario = scenario_path(self.scenario)
-
-    @property
-    def _stem(self) -> str:
-        return Path(self.scenario).stem
-
-    def file(self, kind: str) -> Path:
-        return self.workdir / f"{self._stem}.{kind}"
-
-    def command(self) -> list[str]:
-        cmd = ["sipp"]
-        if self.remote:
-            cmd.append(self.remote)
-        cmd += ["-sf", str(self.scenario), "-t", self.transport, "-i", self.local_ip, "-nostdin"]
-        cmd += ["-mi", self.media_ip or self.local_ip]
-        if self.local_port is not None:
-            cmd += ["-p", str(self.local_port)]
-        if self.service is not None:
-            cmd += ["-s", self.service]
-        if self.calls is not None:
-            cmd += ["-m", str(self.calls)]
-        if self.rate is not None:
-            cmd += ["-r", f"{self.rate:g}"]
-        if self.rate_period_ms is not None:
-            cmd += ["-rp", str(self.rate_period_ms)]
-        if self.limit is not None:
-            cmd += ["-l", str(self.limit)]
-        if self.inject is not None:
-            cmd += ["-inf", str(self.inject)]
-        if self.duration_ms is not None:
-            cmd += ["-d", str(self.duration_ms)]
-        if self.media_port is not None:
-            cmd += ["-mp", str(self.media_port)]
-        if self.rtp_echo:
-            cmd.append("-rtp_echo")
-        if self.transport in {"l1", "ln"}:
-            if not (self.tls_cert and self.tls_key):
-                raise ValueError("TLS transports need tls_cert and tls_key")
-            cmd += ["-tls_cert", str(self.tls_cert), "-tls_key", str(self.tls_key)]
-        if self.transport in {"tn", "ln"} or self.max_socket is not None:
-            cmd += ["-max_socket", str(self.max_socket or max(64, 2 * (self.limit or self.calls or 1)))]
-        for key, value in self.keys.items():
-            cmd += ["-key", key, str(value)]
-        if self.global_timeout_s is not None:
-            cmd += ["-timeout", f"{self.global_timeout_s:g}s", "-timeout_error"]
-        cmd += ["-trace_stat", "-stf", str(self.file("stat.csv")), "-fd", "1"]
-        cmd += ["-trace_screen", "-screen_file", str(self.file("screen.log"))]
-        cmd += ["-trace_err", "-error_file", str(self.file("errors.log"))]
-        if self.trace_messages:
-            cmd += ["-trace_msg", "-message_file", str(self.file("messages.log"))]
-        cmd += list(self.extra_args)
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        return cmd
-
-    def start(self) -> Sipp:
-        for kind in ("stat.csv", "screen.log", "errors.log", "messages.log"):
-            self.file(kind).unlink(missing_ok=True)
-        self._started = time.monotonic()
-        with self.file("stdout").open("w") as out, self.file("stderr").open("w") as err:
-            self.process = subprocess.Popen(
-                self.command(),
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                text=True,
-                start_new_session=True,
-            )
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """End sipp (SIGTERM, then SIGKILL) by its process group."""
-        proc = self.process
-        if proc is None:
-            return
-        for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-            if proc.poll() is not None:
-                break
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def wait(self, timeout: float = 60.0) -> SippResult:
-        """Wait for sipp to finish (kill it after ``timeout``) and collect its results."""
-        if self.process is None:
-            raise SippError("sipp was not started")
-        timed_out = False
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            self.kill()
-        result = self.result()
-        if timed_out:
-            raise SippError(f"sipp did not finish within {timeout} s\n{result.describe()}")
-        return result
-
-    def stop(self) -> SippResult:
-        """End a long-running sipp (a UAS) and collect its results."""
-        self.kill()
-        return self.result()
-
-    def result(self) -> SippResult:
-        assert self.process is not None
-
-        def read(kind: str) -> str:
-            path = self.file(kind)
-            return path.read_text(errors="replace") if path.exists() else ""
-
-        stats = parse_stat_csv(self.file("stat.csv"))
-        screen = read("screen.log")
-        screen_counts = parse_screen(screen)
-        successful = _int(stats.get("SuccessfulCall(C)"))
-        failed = _int(stats.get("FailedCall(C)"))
-        if successful is None:
-            successful = screen_counts.get("successful")
-        if failed is None:
-            failed = screen_counts.get("failed")
-        return SippResult(
-            command=self.command(),
-            returncode=self.process.returncode if self.process.returncode is not None else -1,
-            stdout=read("stdout"),
-            stderr=read("stderr"),
-            stats=stats,
-            successful=successful,
-            failed=failed,
-            screen=screen,
-            errors=read("errors.log"),
-            messages=read("messages.log"),
-            elapsed=time.monotonic() - self._started,
-        )
-
-
-def run_sipp(scenario: str | Path, workdir: Path, *, timeout: float = 60.0, **options: object) -> SippResult:
-    """Run a scenario to the end (see :class:`Sipp` for the options) and return its result."""
-    # sipp's own global timeout fires first, so it still writes its statistics and exits non-zero.
-    options.setdefault("global_timeout_s", max(1.0, timeout - 3.0))
-    sipp = Sipp(scenario, workdir, **options)  # type: ignore[arg-type]
-    sipp.start()
-    return sipp.wait(timeout=timeout)
-
-
-def received_requests(messages: str, method: str) -> list[str]:
-    """Request lines of ``method`` in a sipp message trace (the received ones start their own line)."""
-    return re.findall(rf"^({method} sip:\S+ SIP/2\.0)", messages, re.MULTILINE)
-
-
-def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    """A port that is free now on ``host`` (for loopback tests; races are unlikely but possible)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def free_sip_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on ``host`` now (a SIP transport pair on the same number)."""
-    for _ in range(100):
-        port = free_port(host)
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise SippError(f"no port free for both TCP and UDP on {host}")
-
-
-@dataclass
-class TlsTunnel:
-    """socat: accept plain TCP on ``listen`` and carry it over TLS to ``target`` (host, port).
-
-    Lets the TCP-only sipp talk to an Asterisk TLS transport. ``cafile`` verifies the server
-    (``verify=False`` skips it); ``cert``/``key`` present a client certificate.
-    """
-
-    listen: tuple[str, int]
-    target: tuple[str, int]
-    cafile: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    verify: bool = True
-    netns: str | None = None
-    process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-
-    def command(self) -> list[str]:
-        opts = [f"verify={1 if self.verify else 0}"]
-        if self.cafile:
-            opts.append(f"cafile={self.cafile}")
-        if self.cert:
-            opts.append(f"cert={self.cert}")
-        if self.key:
-            opts.append(f"key={self.key}")
-        listen = f"TCP-LISTEN:{self.listen[1]},bind={self.listen[0]},reuseaddr,fork"
-        connect = f"OPENSSL:{self.target[0]}:{self.target[1]}," + ",".join(opts)
-        cmd = ["socat", listen, connect]
-        return ["ip", "netns", "exec", self.netns, *cmd] if self.netns else cmd
-
-    def start(self, timeout: float = 5.0) -> TlsTunnel:
-        self.process = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise SippError(f"socat exited: {err}")
-            if self._listening():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise SippError(f"socat did not listen on {self.listen} within {timeout} s")
-
-    def _listening(self) -> bool:
-        argv = ["ss", "-Hltn", f"sport = :{self.listen[1]}"]
-        if self.netns:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
-        return bool(subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip())
-
-    def stop(self) -> None:
-        proc = self.process
-        if proc is None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=3)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
-
-    def __enter__(self) -> TlsTunnel:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+__all__ = [
+    "G711A_PCAP",
+    "SCENARIO_DIR",
+    "SIPP_SHARE",
+    "TRANSPORTS",
+    "Sipp",
+    "SippError",
+    "SippResult",
+    "TlsTunnel",
+    "auth_field",
+    "free_port",
+    "free_sip_port",
+    "parse_screen",
+    "parse_stat_csv",
+    "received_requests",
+    "run_sipp",
+    "scenario_path",
+    "write_injection",
+]

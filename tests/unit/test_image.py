@@ -1,4 +1,5 @@
-"""The host image definition: component document structure, pinned source, scripts (shellcheck), host files."""
+"""The host image definition: component document structure, pinned source, scripts (shellcheck), host files, and
+the stock-Ubuntu install-at-boot path (stacks/host.yaml's user data) running the same entry script."""
 
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "asterisk_image"
-SCRIPTS = IMAGE / "scripts"
 COMPONENT = IMAGE / "component.yaml"
+# The scripts, host files and pins are package data of sip_trunk: the image build unpacks them from the wheel, the
+# stock-Ubuntu user data from the Lambda layer.
+HOST_IMAGE = REPO / "layers/sip_trunk/src/sip_trunk/agent/host_files/image"
+SCRIPTS = HOST_IMAGE / "scripts"
+HOST_STACK = REPO / "stacks/host.yaml"
+ENTRY = "bash /opt/sip-trunk-image/scripts/install-host.sh"
 MODULES_TEMPLATE = REPO / "layers/sip_trunk/src/sip_trunk/templates/modules.conf.j2"
 AGENT_UNITS = REPO / "layers/sip_trunk/src/sip_trunk/agent/host_files/systemd"
 # Image Builder component document actions (AWSTOE) this project may use.
@@ -36,7 +42,7 @@ def steps(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 def versions() -> dict[str, str]:
     out = {}
-    for line in (IMAGE / "versions.env").read_text().splitlines():
+    for line in (HOST_IMAGE / "versions.env").read_text().splitlines():
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
             out[key] = value
@@ -80,24 +86,44 @@ def test_parameters_are_declared_and_used() -> None:
     assert declared <= used
 
 
+def script_commands(document: dict[str, Any]) -> dict[str, list[str]]:
+    """Step name -> its commands, for the steps that run one of our scripts (UnpackHostFiles runs none)."""
+    out = {}
+    for step in steps(document):
+        if step["action"] == "ExecuteBash" and step["name"] != "UnpackHostFiles":
+            out[step["name"]] = step["inputs"]["commands"]
+    return out
+
+
 def test_every_referenced_script_exists_and_every_script_is_referenced() -> None:
     referenced: set[str] = set()
-    for step in steps(load_component()):
-        if step["action"] == "ExecuteBash":
-            for command in step["inputs"]["commands"]:
-                found = re.findall(r"/scripts/([\w.-]+\.sh)", command)
-                assert found, f"{step['name']} runs something that is not one of our scripts: {command}"
-                referenced.update(found)
+    for name, commands in script_commands(load_component()).items():
+        for command in commands:
+            found = re.fullmatch(r"bash /opt/sip-trunk-image/scripts/([\w.-]+\.sh)", command)
+            assert found, f"{name} runs something that is not one of our scripts: {command}"
+            referenced.add(found.group(1))
     for name in referenced:
         assert (SCRIPTS / name).is_file(), f"component references missing script {name}"
-    # the rest are sourced helpers or the boot-time paths
-    assert {p.name for p in SCRIPTS.glob("*.sh")} - referenced == {"lib.sh", "install-at-boot.sh"}
+    called = set(re.findall(r"for step in ([\w -]+); do", (SCRIPTS / "install-host.sh").read_text())[0].split())
+    # the rest are the sourced helpers and the steps the entry script runs
+    assert {p.name for p in SCRIPTS.glob("*.sh")} - referenced == {"lib.sh"} | {f"{s}.sh" for s in called} - referenced
 
 
-def test_install_at_boot_runs_the_same_build_steps() -> None:
-    text = (SCRIPTS / "install-at-boot.sh").read_text()
-    for step in ("install-base", "build-asterisk", "install-agent", "configure-host", "validate"):
-        assert step in text
+def test_component_builds_through_the_one_entry_script() -> None:
+    build = next(p for p in load_component()["phases"] if p["name"] == "build")
+    assert [s["name"] for s in build["steps"]] == ["DownloadArtifacts", "UnpackHostFiles", "InstallHost", "Cleanup"]
+    install = next(s for s in build["steps"] if s["name"] == "InstallHost")
+    assert install["inputs"]["commands"] == [ENTRY]
+    assert install["timeoutSeconds"] >= 3600  # the Asterisk build
+    unpack = "\n".join(next(s for s in build["steps"] if s["name"] == "UnpackHostFiles")["inputs"]["commands"])
+    assert "sip_trunk/agent/host_files/image/." in unpack
+
+
+def test_install_host_runs_every_build_step_in_order() -> None:
+    text = (SCRIPTS / "install-host.sh").read_text()
+    order = re.findall(r"for step in ([\w -]+); do", text)[0].split()
+    assert order == ["install-base", "build-asterisk", "install-agent", "configure-host", "validate"]
+    assert "install-host finished in" in text
 
 
 def test_asterisk_pin_is_22_lts_with_a_sha256() -> None:
@@ -110,13 +136,15 @@ def test_asterisk_pin_is_22_lts_with_a_sha256() -> None:
 
 def test_modules_list_matches_the_renderers_modules_conf() -> None:
     template = set(re.findall(r"^\s*load\s*=\s*([\w]+)\.so", MODULES_TEMPLATE.read_text(), re.MULTILINE))
-    listed = {line.strip() for line in (IMAGE / "files/modules.list").read_text().splitlines() if line.strip()} - {""}
+    listed = {line.strip() for line in (HOST_IMAGE / "files/modules.list").read_text().splitlines() if line.strip()} - {
+        ""
+    }
     assert template == listed, f"only in template: {template - listed}; only in list: {listed - template}"
     assert "res_resolver_unbound" in listed  # host names (sip.rtc.elevenlabs.io) need it
 
 
 def test_systemd_units_present() -> None:
-    assert {p.name for p in (IMAGE / "files/systemd").iterdir()} == {"asterisk.service"}
+    assert {p.name for p in (HOST_IMAGE / "files/systemd").iterdir()} == {"asterisk.service"}
     units = {p.name for p in AGENT_UNITS.iterdir()}
     assert units == {
         "sip-trunk-boot.service",
@@ -149,13 +177,13 @@ def test_host_stack_and_units_name_only_units_that_exist() -> None:
 
 
 def test_ssh_has_no_passwords() -> None:
-    text = (IMAGE / "files/sshd-sip-trunk.conf").read_text()
+    text = (HOST_IMAGE / "files/sshd-sip-trunk.conf").read_text()
     assert "PasswordAuthentication no" in text
     assert "KbdInteractiveAuthentication no" in text
 
 
 def test_unattended_upgrades_security_only() -> None:
-    text = (IMAGE / "files/unattended-upgrades.conf").read_text()
+    text = (HOST_IMAGE / "files/unattended-upgrades.conf").read_text()
     block = re.search(r"Allowed-Origins \{(.*?)\};", text, re.DOTALL)
     assert block
     origins = re.findall(r'"([^"]+)";', block.group(1))
@@ -208,3 +236,150 @@ def test_shellcheck(script: str) -> None:
         [shellcheck(), "-x", "--severity=style", script], cwd=SCRIPTS, capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- the stock-Ubuntu path: stacks/host.yaml's user data ------------------------------------------------------
+
+
+def load_host_stack() -> dict[str, Any]:
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            return {suffix: loader.construct_scalar(node)}
+        if isinstance(node, yaml.SequenceNode):
+            return {suffix: loader.construct_sequence(node, deep=True)}
+        return {suffix: loader.construct_mapping(node, deep=True)}  # type: ignore[arg-type]
+
+    Loader.add_multi_constructor("!", tag)
+    document: dict[str, Any] = yaml.load(HOST_STACK.read_text(), Loader=Loader)  # noqa: S506 - SafeLoader subclass
+    return document
+
+
+def user_data() -> dict[str, str]:
+    """Logical id -> the user data script (the Fn::Sub template string)."""
+    out = {}
+    for logical, resource in load_host_stack()["Resources"].items():
+        if resource["Type"] == "AWS::EC2::Instance":
+            out[logical] = resource["Properties"]["UserData"]["Fn::Base64"]["Sub"][0]
+    assert set(out) == {"PrimaryInstance", "StandbyInstance"}
+    return out
+
+
+def install_at_boot_branch(script: str) -> str:
+    start = script.index("if [ '${InstallAtBoot}' = 'true' ]; then")
+    return script[start : script.index("\nfi\n", start)]
+
+
+def test_user_data_runs_exactly_the_components_entry_script() -> None:
+    for logical, script in user_data().items():
+        calls = re.findall(r"^\s*(.*/opt/sip-trunk-image/scripts/.*)$", script, re.MULTILINE)
+        assert calls == [ENTRY], logical
+        branch = install_at_boot_branch(script)
+        assert ENTRY in branch, f"{logical}: the entry script must run on the stock-Ubuntu path only"
+        # what install-host.sh does is not repeated in the user data
+        commands = re.sub(r"^\s*#.*$", "", branch, flags=re.MULTILINE)
+        for duplicate in ("dpkg -i", "amazon-cloudwatch-agent", "fail2ban", "python3 -m venv", "pip install"):
+            assert duplicate not in commands, f"{logical} repeats an install step: {duplicate}"
+
+
+def test_user_data_unpacks_the_host_files_from_the_layer_where_the_component_does() -> None:
+    """Both paths put scripts/, files/ and versions.env at /opt/sip-trunk-image (lib.sh's IMAGE_DIR) and the
+    agent under /opt/sip-trunk-image/dist (install-agent.sh)."""
+    for logical, script in user_data().items():
+        branch = install_at_boot_branch(script)
+        assert "IMAGE_DIR=/opt/sip-trunk-image" in script, logical
+        assert '"python/sip_trunk/agent/host_files/image/"' in branch, logical
+        assert 'dest / "dist"' in branch, logical
+
+
+def apt_installs(text: str) -> list[list[str]]:
+    """The package arguments of every apt-get/apt install and apt_install call (continuation lines joined)."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    out = []
+    for match in re.finditer(
+        r"\b(?:apt-get|apt)\b[^\n;|&]*?\binstall\b([^\n;|&]*)|\bapt_install\b([^\n;|&(]*)", joined
+    ):
+        args = (match.group(1) or match.group(2) or "").split()
+        out.append([a for a in args if not a.startswith("-") and not a.startswith('"')])
+    return out
+
+
+def test_no_apt_asterisk_package_anywhere() -> None:
+    """Asterisk is always built from the pinned source: neither path installs Ubuntu's asterisk package (20.x)."""
+    texts = {HOST_STACK: HOST_STACK.read_text(), COMPONENT: COMPONENT.read_text()}
+    texts.update({p: p.read_text() for p in SCRIPTS.glob("*.sh")})
+    found = {path.name: apt_installs(text) for path, text in texts.items()}
+    for name in ("build-asterisk.sh", "install-base.sh", "host.yaml"):
+        assert found[name], f"the parser sees no apt install in {name}"
+    for name, installs in found.items():
+        for packages in installs:
+            assert not [p for p in packages if re.fullmatch(r"asterisk([-.].*)?", p)], (name, packages)
+    assert apt_installs("apt-get install -y -q asterisk fail2ban") == [["asterisk", "fail2ban"]]  # the parser works
+
+
+def test_creation_policy_covers_the_build_at_boot() -> None:
+    for logical, resource in load_host_stack()["Resources"].items():
+        if resource["Type"] == "AWS::EC2::Instance":
+            timeout = resource["CreationPolicy"]["ResourceSignal"]["Timeout"]
+            minutes = int(re.fullmatch(r"PT(\d+)M", timeout).group(1))  # type: ignore[union-attr]
+            assert minutes >= 45, f"{logical}: {timeout} does not cover install-host.sh on t4g.small (docs/IMAGE.md)"
+
+
+def test_user_data_unpacks_a_layer_into_what_install_host_expects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user data's layer step, run against a layer zip of this source tree (python/sip_trunk/...)."""
+    import io
+    import urllib.request
+    import zipfile
+
+    import boto3
+
+    package = REPO / "layers/sip_trunk/src/sip_trunk"
+    layer = tmp_path / "layer.zip"
+    with zipfile.ZipFile(layer, "w") as zf:
+        for path in package.rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                zf.write(path, "python/sip_trunk/" + path.relative_to(package).as_posix())
+        zf.writestr("python/pydantic/__init__.py", "")  # the layer's dependencies are not unpacked
+
+    script = user_data()["PrimaryInstance"]
+    code = re.search(r'python3 - "\$IMAGE_DIR" <<\'PY\'\n(.*?)\nPY\n', script, re.DOTALL)
+    assert code
+    source = code.group(1).replace("${LayerVersionArn}", "arn:aws:lambda:us-east-1:123456789012:layer:l:1")
+    assert "${" not in source
+
+    class FakeLambda:
+        def get_layer_version_by_arn(self, Arn: str) -> dict[str, Any]:
+            assert Arn.startswith("arn:aws:lambda:")
+            return {"Content": {"Location": "https://layer.example/l.zip"}}
+
+    monkeypatch.setattr(boto3, "client", lambda service: FakeLambda())
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(layer.read_bytes()))
+    dest = tmp_path / "opt-sip-trunk-image"
+    monkeypatch.setattr("sys.argv", ["-", str(dest)])
+    exec(compile(source, "user-data", "exec"), {"__name__": "__main__"})  # noqa: S102 - the template's own code
+
+    assert (dest / "scripts/install-host.sh").read_bytes() == (SCRIPTS / "install-host.sh").read_bytes()
+    assert (dest / "versions.env").read_bytes() == (HOST_IMAGE / "versions.env").read_bytes()
+    assert (dest / "files/modules.list").is_file()
+    assert (dest / "dist/sip_trunk/agent/__main__.py").is_file()  # install-agent.sh's package-tree source
+    assert (dest / "dist/sip_trunk/agent/host_files/systemd/sip-trunk-boot.service").is_file()
+    assert not (dest / "dist/pydantic").exists()
+
+
+def test_user_data_passes_shellcheck(tmp_path: Path) -> None:
+    for logical, script in user_data().items():
+        rendered = re.sub(r"\$\{(AWS::)?[A-Za-z]+\}", "x", script)
+        path = tmp_path / f"{logical}.sh"
+        path.write_text(rendered)
+        proc = subprocess.run(
+            # SC2050: `[ '${InstallAtBoot}' = 'true' ]` is constant once CloudFormation substitutes it
+            [shellcheck(), "--shell=bash", "--severity=style", "--exclude=SC2050", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -6,8 +6,8 @@ source "$(dirname "$0")/lib.sh"
 require_root
 
 log "apt update + upgrade"
-apt-get update -q
-apt-get -y -q -o Dpkg::Options::=--force-confold dist-upgrade
+apt-get "${APT_LOCK_WAIT[@]}" update -q
+apt-get "${APT_LOCK_WAIT[@]}" -y -q -o Dpkg::Options::=--force-confold dist-upgrade
 
 apt_install ca-certificates curl gnupg chrony unattended-upgrades fail2ban iptables \
     python3 python3-venv python3-boto3 sqlite3 logrotate jq

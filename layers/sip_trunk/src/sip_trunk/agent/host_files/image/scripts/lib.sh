@@ -15,8 +15,11 @@ require_root() {
     [[ "$(id -u)" -eq 0 ]] || die "run as root"
 }
 
+# At first boot of a stock image, apt-daily/unattended-upgrades may hold the dpkg lock: wait for it.
+APT_LOCK_WAIT=(-o DPkg::Lock::Timeout=600)
+
 apt_install() {
-    apt-get install -y -q --no-install-recommends "$@"
+    apt-get "${APT_LOCK_WAIT[@]}" install -y -q --no-install-recommends "$@"
 }
 
 deb_arch() {

@@ -301,3 +301,4 @@ def test_backup_destroy_fresh_host_restore_call(world: tuple[LocalHostManager, s
     assert json.loads(out)["version"] == version, out
     assert "elevenlabs" in fresh.rx("pjsip show endpoints")
     _call(manager, standin, did, tmp_path / "call", "after restore")
+    print(f"\nrestore took {MEASURED['restore']:.2f} s")

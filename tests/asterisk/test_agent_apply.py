@@ -1,10 +1,12 @@
-"""The host agent against a real Asterisk 22: apply → reload → verify, rollbacks that keep a call up, and
-backup → wipe → restore. AWS is moto; Asterisk runs chrooted through the shared harness."""
+"""The host agent against a real Asterisk 22: apply → reload → verify, rollbacks that keep a real SIP call up
+(sipp UAC with digest auth → Asterisk → sipp UAS echoing RTP), and backup → wipe → restore. AWS is moto;
+Asterisk runs chrooted through the shared harness."""
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,8 @@ from sip_trunk.agent.runtime import AsteriskCli
 from sip_trunk.asterisk import parse_channel_count, parse_endpoints
 from sip_trunk.manifest import MANIFEST_NAME, Manifest
 from support.asterisk import AsteriskInstance
-from support.rtp import rtp_range
-from support.sipp import free_port
+from support.rtp import RtpCounter, RtpCounts, rtp_range
+from support.sipp import Sipp, auth_field, free_port, free_sip_port, scenario_path, write_injection
 
 pytestmark = pytest.mark.asterisk
 
@@ -49,8 +51,10 @@ load = res_timing_timerfd.so
 load = codec_ulaw.so
 load = pbx_config.so
 load = app_dial.so
+load = bridge_simple.so
 load = res_clioriginate.so
 """
+PCAP_SECONDS = 7.1  # sipp's g711a.pcap lasts 7.05 s
 
 
 def endpoint(name: str, extra: str = "") -> str:
@@ -173,60 +177,167 @@ def test_apply_swaps_reloads_and_verifies(host: Host) -> None:
     assert apply_version(host.config, host.ssm, host.cli, version)["changed"] is False
 
 
+def echo_peer(sip_port: int) -> str:
+    """The far end the gateway dials: a sipp UAS on 127.0.0.1:<sip_port> over TCP (no auth, A-law, relayed media)."""
+    return (
+        "\n[echo-peer]\ntype = endpoint\ntransport = transport-tcp\ncontext = from-extensions\n"
+        "disallow = all\nallow = alaw\ndirect_media = no\naors = echo-peer\n"
+        f"\n[echo-peer]\ntype = aor\ncontact = sip:127.0.0.1:{sip_port};transport=tcp\n"
+    )
+
+
+# alice places real calls: A-law like the sipp UAC offers, media through Asterisk (no direct media).
+CALLER = endpoint("alice", "allow = alaw\ndirect_media = no\n")
+DIAL_ECHO = "exten => echo,1,Dial(PJSIP/echo-peer)\n same => n,Hangup()\n"
+
+
+def looped_uac_scenario(workdir: Path, seconds: float) -> Path:
+    """uac_auth_pcap.xml with its audio played back to back for about ``seconds`` instead of once (7 s), so
+    RTP flows for the whole test; the call then ends with the scenario's own BYE."""
+    text = scenario_path("uac_auth_pcap.xml").read_text()
+    once = (
+        '  <nop>\n    <action>\n      <exec play_pcap_audio="/usr/share/sip-tester/g711a.pcap"/>\n'
+        "    </action>\n  </nop>\n\n  <pause/>\n"
+    )
+    assert text.count(once) == 1, "uac_auth_pcap.xml changed: update looped_uac_scenario"
+    play = once.replace("<pause/>", f'<pause milliseconds="{int(PCAP_SECONDS * 1000)}"/>')
+    repeats = max(1, round(seconds / PCAP_SECONDS))
+    path = workdir / "uac_auth_pcap_looped.xml"
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.replace(once, play * repeats))
+    return path
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
 def test_corrupt_and_invalid_versions_roll_back_while_a_call_stays_up(
-    host: Host, capsys: pytest.CaptureFixture[str]
+    host: Host, capsys: pytest.CaptureFixture[str], tmp_path: Path, rtp_counter: Callable[..., RtpCounter]
 ) -> None:
-    good = host.publish(config_set(host.asterisk_conf, host.port, endpoint("alice") + endpoint("bob")))
+    uas_port = free_sip_port()
+    call_endpoints = CALLER + echo_peer(uas_port)
+    good = host.publish(
+        config_set(host.asterisk_conf, host.port, call_endpoints + endpoint("bob"), extra_context=DIAL_ECHO)
+    )
     apply_version(host.config, host.ssm, host.cli, good)
-    host.inst.rx("channel originate Local/wait@test extension wait@test")
-    host.inst.wait_for("core show channels count", r"\b2 active channels")
-    call = host.channels()
-    assert len(call) == 2
     releases = Releases(host.config.releases_dir, host.config.config_dir)
 
-    # Given a version whose stored pjsip.conf no longer matches its manifest (hash mismatch)
-    corrupt_files = config_set(host.asterisk_conf, host.port, endpoint("alice") + endpoint("carol"))
-    corrupt = host.publish(corrupt_files)
-    host.ssm.put_parameter(
-        Name=f"{PREFIX}/{corrupt}/asterisk/pjsip.conf",
-        Value="[evil]\ntype = endpoint\n",
-        Type="String",
-        Overwrite=True,
+    # A real call through the gateway: sipp UAC (alice, digest auth, A-law audio) → Asterisk → sipp UAS that
+    # echoes the RTP back; the UAC's media port is counted both ways.
+    uac_media = free_port(kind=socket.SOCK_DGRAM)
+    uas_media = free_port(kind=socket.SOCK_DGRAM)
+    counter = rtp_counter((uac_media, uac_media))
+    uas = Sipp(
+        "net_uas_answer.xml",
+        tmp_path / "uas",
+        transport="t1",
+        local_port=uas_port,
+        media_port=uas_media,
+        rtp_echo=True,
+        global_timeout_s=120,
+    ).start()
+    users = write_injection(tmp_path / "users.csv", [["alice", auth_field("alice", "pw-alice")]])
+    uac = Sipp(
+        looped_uac_scenario(tmp_path / "uac", seconds=30),
+        tmp_path / "uac",
+        remote=f"127.0.0.1:{host.port.sip}",
+        transport="t1",
+        service="echo",
+        inject=users,
+        media_port=uac_media,
+        global_timeout_s=120,
     )
-    # When applied, Then it is refused before anything is written
-    with pytest.raises(ApplyFailed, match="refused before install"):
-        apply_version(host.config, host.ssm, host.cli, corrupt)
-    assert releases.current() == good
-    assert not (host.config.releases_dir / corrupt).exists()
+    try:
+        time.sleep(0.3)  # the UAS listens
+        uac.start()
+        host.inst.wait_for("core show channels count", r"\b2 active channels")
+        call = host.channels()
+        assert len(call) == 2
+        wait_until(lambda: counter.counts().to_range > 0, 5, "echoed RTP back at the caller")
+        before = counter.counts()
 
-    # Given a version Asterisk rejects (an endpoint with an invalid option) — through the CLI this time
-    invalid = host.publish(
-        config_set(host.asterisk_conf, host.port, endpoint("alice") + endpoint("broken", "dtmf_mode = nonsense\n"))
-    )
-    session = boto3.session.Session(region_name=REGION)
-    argv = [
-        "--config-prefix", PREFIX,
-        "--config-dir", str(host.config.config_dir),
-        "--releases-dir", str(host.config.releases_dir),
-        "--state-dir", str(host.config.state_dir),
-        "--fail2ban-dir", str(host.config.fail2ban_dir),
-        "--fail2ban-reload", "",
-        "--asterisk-cmd", " ".join(host.config.asterisk_cmd),
-        "--asterisk-conf", host.config.asterisk_conf,
-        "apply", "--version", invalid,
-    ]  # fmt: skip
-    code = main(argv, session=session)
+        # Given a version whose stored pjsip.conf no longer matches its manifest (hash mismatch)
+        corrupt_files = config_set(
+            host.asterisk_conf, host.port, call_endpoints + endpoint("carol"), extra_context=DIAL_ECHO
+        )
+        corrupt = host.publish(corrupt_files)
+        host.ssm.put_parameter(
+            Name=f"{PREFIX}/{corrupt}/asterisk/pjsip.conf",
+            Value="[evil]\ntype = endpoint\n",
+            Type="String",
+            Overwrite=True,
+        )
+        # When applied, Then it is refused before anything is written
+        with pytest.raises(ApplyFailed, match="refused before install"):
+            apply_version(host.config, host.ssm, host.cli, corrupt)
+        assert releases.current() == good
+        assert not (host.config.releases_dir / corrupt).exists()
 
-    # Then the agent answers failure with JSON, Asterisk runs the previous version again, the call never dropped
-    out = capsys.readouterr().out
-    assert code == 1, out
-    assert '"ok": false' in out
-    assert f"rolled back to {good}" in out
-    assert releases.current() == good
-    assert host.endpoints() == {"alice", "bob"}
-    assert host.channels() == call
-    assert parse_channel_count(host.inst.rx("core show channels count")).channels == 2
-    assert (host.config.state_dir / "last-apply.json").read_text().count('"ok": false') == 1
+        # Given a version Asterisk rejects (an endpoint with an invalid option) — through the CLI this time
+        invalid = host.publish(
+            config_set(
+                host.asterisk_conf,
+                host.port,
+                call_endpoints + endpoint("broken", "dtmf_mode = nonsense\n"),
+                extra_context=DIAL_ECHO,
+            )
+        )
+        session = boto3.session.Session(region_name=REGION)
+        argv = [
+            "--config-prefix", PREFIX,
+            "--config-dir", str(host.config.config_dir),
+            "--releases-dir", str(host.config.releases_dir),
+            "--state-dir", str(host.config.state_dir),
+            "--fail2ban-dir", str(host.config.fail2ban_dir),
+            "--fail2ban-reload", "",
+            "--asterisk-cmd", " ".join(host.config.asterisk_cmd),
+            "--asterisk-conf", host.config.asterisk_conf,
+            "apply", "--version", invalid,
+        ]  # fmt: skip
+        rollback_started = time.monotonic()
+        code = main(argv, session=session)
+        rollback_seconds = time.monotonic() - rollback_started
+
+        # Then the agent answers failure with JSON, Asterisk runs the previous version again, the call never
+        # dropped (same channels) and its audio kept flowing through the rollback and after it
+        out = capsys.readouterr().out
+        assert code == 1, out
+        assert '"ok": false' in out
+        assert f"rolled back to {good}" in out
+        assert releases.current() == good
+        assert host.endpoints() == {"alice", "bob", "echo-peer"}
+        assert host.channels() == call
+        assert parse_channel_count(host.inst.rx("core show channels count")).channels == 2
+        assert (host.config.state_dir / "last-apply.json").read_text().count('"ok": false') == 1
+        during = counter.counts()
+        time.sleep(1.0)
+        after = counter.counts()
+        assert_flowing(before, during, f"during the {rollback_seconds:.1f} s of refusals and rollback")
+        assert_flowing(during, after, "after the rollback")
+        assert uac.running, "the caller's sipp ended early"
+        assert uas.running, "the far end's sipp ended early"
+
+        # And the call ends normally: the caller hangs up (BYE 200) and sipp counts it successful
+        result = uac.wait(timeout=90)
+        assert result.ok, result.describe()
+        assert result.successful == 1, result.describe()
+        assert result.failed == 0, result.describe()
+    finally:
+        uac.kill()
+        uas.kill()
+
+
+def assert_flowing(earlier: RtpCounts, later: RtpCounts, when: str) -> None:
+    """Both directions at the caller grew: its audio reached the far end and came back through Asterisk
+    (~50 packets/s each way while the call is up)."""
+    sent, echoed = later.from_range - earlier.from_range, later.to_range - earlier.to_range
+    assert sent > 0, f"the caller sent no RTP {when} ({earlier} -> {later})"
+    assert echoed > 0, f"no RTP came back to the caller {when} ({earlier} -> {later})"
 
 
 def test_backup_wipe_restore_gives_identical_files_astdb_and_voicemail(host: Host) -> None:

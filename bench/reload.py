@@ -54,11 +54,11 @@ def run(root: Path, workdir: Path, *, calls: int, call_s: float, log: Any = prin
     agent, agent_port = start_agent(workdir, calls, "ulaw")
     gw = uac = None
     counter = None
-    out: dict[str, Any] = {"calls": calls, "call_s": call_s}
+    out: dict[str, Any] = {"calls": calls, "call_s": call_s, "config": "rendered"}
     try:
-        from bench.variants import CANDIDATE
+        from bench.variants import RENDERED
 
-        variant: ConfigVariant = CANDIDATE  # without maxload: the load gate would refuse the calls under test
+        variant: ConfigVariant = RENDERED  # the product's config as rendered
         gw, e164 = start_gateway(
             root, workdir, "bench-reload", variant, sip_port=sip_port, rtp=gw_range.ports, agent_port=agent_port
         )

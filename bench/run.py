@@ -1,8 +1,11 @@
-"""``python -m bench.run [--only capacity,reload,lambda] [--quick]``: run the benchmarks, write
-bench/results/latest.json and the plots, and regenerate the results table of docs/PERFORMANCE.md.
+"""``python -m bench.run [--only capacity,reload,lambda,local] [--quick]``: run the benchmarks, merge their
+results into bench/results/latest.json (sections not run keep their last numbers), write the plots, and regenerate
+the results of docs/PERFORMANCE.md.
 
-Needs root (chroot, iptables) for capacity and reload. Prints numbers; exits 0 unless a benchmark itself
-broke (a goal that is missed is a result, not an error)."""
+Needs root (chroot, iptables, network namespaces). Prints numbers. Exit status: 0 when every section that ran
+produced its numbers or recorded a failure of the product (a missed goal, or a local-mode command that fails,
+is a result); 1 when a benchmark itself broke, i.e. the benchmark code raised (a missing harness or tool, an
+exception while measuring, output it could not read): that section then holds ``{"error": ...}``."""
 
 from __future__ import annotations
 
@@ -17,11 +20,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, loadavg, machine, now_iso
+from bench.common import RESULTS, CpuWindow, loadavg, machine, now_iso
 
-SECTIONS = ("capacity", "reload", "lambda")
+SECTIONS = ("capacity", "reload", "lambda", "local")
 FULL_LEVELS = (50, 100, 200, 300, 400)
 QUICK_LEVELS = (10, 30)
+GOAL_LOSS = 1.0
+BACKGROUND_SAMPLE_S = 3.0
 
 
 def asterisk_version(root: Path) -> str | None:
@@ -44,27 +49,63 @@ def _root() -> Path:
     return root
 
 
+def _default_root() -> Path:
+    """The cached Asterisk root the harness and local mode's hosts run from (not built here)."""
+    from support.asterisk import DEFAULT_ROOT
+
+    return Path(DEFAULT_ROOT)
+
+
 def run_capacity(root: Path, work: Path, *, quick: bool, levels: tuple[int, ...]) -> dict[str, Any]:
     from bench.capacity import plan, run_level
-    from bench.variants import CANDIDATE, RENDERED
+    from bench.variants import CANDIDATES, RENDERED
 
-    out: dict[str, Any] = {"levels": [], "transcoding": [], "candidate": []}
-    print("capacity: rendered config, G.711 mu-law end to end")
+    out: dict[str, Any] = {"product_config": RENDERED.name, "levels": [], "transcoding": [], "candidate": []}
+    print("capacity: the product's config as rendered, G.711 mu-law end to end")
     for n in levels:
         out["levels"].append(run_level(root, work / f"rendered-{n}", plan(n, quick=quick), RENDERED))
-    print(f"capacity: candidate config ({CANDIDATE.description})")
-    for n in levels[-1:] if quick else tuple(x for x in levels if x >= 100):
-        out["candidate"].append(run_level(root, work / f"candidate-{n}", plan(n, quick=quick), CANDIDATE))
-    # maxload refuses calls whenever the machine's load average (generators included) passes 1.8: the
-    # transcoding point is measured on the candidate so it measures transcoding, not the load gate
-    print("capacity: one transcoding point (carrier mu-law, agent G.722), candidate config")
+    for cand in CANDIDATES:
+        print(f"capacity: candidate config {cand.name} ({cand.description})")
+        for n in levels[-1:] if quick else tuple(x for x in levels if x >= 100):
+            out["candidate"].append(run_level(root, work / f"{cand.name}-{n}", plan(n, quick=quick), cand))
+    print("capacity: one transcoding point (carrier mu-law, agent G.722), the product's config")
     for n in levels[:1] if quick else (100, 200):
         out["transcoding"].append(
-            run_level(root, work / f"g722-{n}", plan(n, quick=quick), CANDIDATE, agent_codec="g722")
+            run_level(root, work / f"g722-{n}", plan(n, quick=quick), RENDERED, agent_codec="g722")
         )
-    out["variants"] = {v.name: v.description for v in (RENDERED, CANDIDATE)}
+    out["variants"] = {v.name: v.description for v in (RENDERED, *CANDIDATES)}
     out["summary"] = summarize(out)
     return out
+
+
+def product_rows(cap: dict[str, Any], codec: str = "ulaw") -> list[dict[str, Any]]:
+    """The levels measured on the product's config (``product_config``), one codec on the agent leg."""
+    product = cap.get("product_config", "rendered")
+    rows = [*cap.get("levels", []), *cap.get("candidate", []), *cap.get("transcoding", [])]
+    return sorted(
+        (r for r in rows if r.get("config") == product and r.get("agent_codec") == codec), key=lambda r: r["calls"]
+    )
+
+
+def headline(cap: dict[str, Any]) -> dict[str, Any]:
+    """The capacity figures held against the goals, from the product's config with G.711 end to end:
+    the highest level with 0 failed calls and < 1 % end-to-end loss (0 when none), the end-to-end loss at that
+    level, and the worst Asterisk CPU per call over the levels whose calls all came up."""
+    rows = product_rows(cap)
+    ok = [r for r in rows if r.get("ok")]
+    best = max(ok, key=lambda r: r["calls"]) if ok else None
+    all_up = [r["asterisk_cpu_pct_per_call"] for r in rows if r.get("failed_calls") == 0]
+    return {
+        "max_concurrent_calls": best["calls"] if best else 0,
+        "rtp_loss_pct": best.get("loss_pct", {}).get("end_to_end") if best else None,
+        "asterisk_cpu_pct_per_call": max(all_up) if all_up else None,
+        "highest_level_run": max((r["calls"] for r in rows), default=None),
+        "headline_basis": (
+            f"config {cap.get('product_config', 'rendered')!r}, G.711 mu-law end to end: highest level with 0 failed "
+            f"and < {GOAL_LOSS} % end-to-end loss, its end-to-end loss, worst Asterisk CPU per call over the levels "
+            "whose calls all came up"
+        ),
+    }
 
 
 def summarize(cap: dict[str, Any]) -> dict[str, Any]:
@@ -72,14 +113,14 @@ def summarize(cap: dict[str, Any]) -> dict[str, Any]:
         ok = [r["calls"] for r in rows if r.get("ok")]
         return max(ok) if ok else None
 
-    per_call = [r["asterisk_cpu_pct_per_call"] for r in cap["levels"] if r.get("asterisk_cpu_pct_per_call")]
+    g711 = product_rows(cap)
     return {
         "max_calls_ok_rendered": best(cap["levels"]),
-        "max_calls_ok_candidate": best(cap["candidate"]),
-        "max_calls_ok_g722": best(cap["transcoding"]),
-        "asterisk_cpu_pct_per_call_max": max(per_call) if per_call else None,
+        "max_calls_ok_candidate": best(cap.get("candidate", [])),
+        "max_calls_ok_g722": best(cap.get("transcoding", [])),
         "saturates_first": saturation(cap["levels"]),
-        "saturates_first_candidate": saturation(cap["candidate"]),
+        "saturates_first_candidate": saturation(cap.get("candidate", [])) if cap.get("candidate") else None,
+        "saturates_first_product": saturation(g711),
     }
 
 
@@ -105,12 +146,68 @@ def saturation(rows: list[dict[str, Any]]) -> str:
     return "nothing saturated at the levels run"
 
 
+def background() -> dict[str, Any]:
+    """The machine's load just before a section starts: 1/5/15-minute load average and the share of all cores
+    busy over a few seconds (other work on the machine, nothing of the benchmark's)."""
+    window = CpuWindow(pids={}).start()
+    time.sleep(BACKGROUND_SAMPLE_S)
+    cpu = window.stop()
+    return {"loadavg": loadavg(), "cpu_pct": cpu["machine"], "sample_s": cpu["seconds"]}
+
+
+def load_previous(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def run_section(section: str, *, root: Path | None, work: Path, quick: bool, levels: tuple[int, ...]) -> Any:
+    if section == "capacity":
+        assert root is not None
+        return run_capacity(root, work / "capacity", quick=quick, levels=levels)
+    if section == "reload":
+        from bench.reload import run as run_reload
+
+        assert root is not None
+        print("reload under load")
+        return run_reload(root, work / "reload", calls=10 if quick else 60, call_s=15 if quick else 40)
+    if section == "lambda":
+        from bench.lambda_cost import run as run_lambda
+
+        print("lambda cost signals")
+        return run_lambda(quick=quick)
+    if section == "local":
+        from bench.local import run as run_local
+
+        ups, failovers = (2, 2) if quick else (5, 10)
+        print(f"local mode: {ups} x `local up` (provisioning), `local drill failover --repeat {failovers}`")
+        return run_local(ups=ups, failovers=failovers)
+    raise ValueError(section)
+
+
+def promote(results: dict[str, Any]) -> None:
+    """The figures held against the goals, at the top of the document and of their sections."""
+    cap = results.get("capacity")
+    if isinstance(cap, dict) and "levels" in cap:
+        cap.update(headline(cap))
+        cap["summary"] = summarize(cap)
+    local = results.get("local")
+    if isinstance(local, dict) and "provision_s" in local:
+        results["provision_s"] = dict(local["provision_s"])
+        results["failover_rto_s"] = dict(local["failover_rto_s"])
+    else:
+        results["provision_s"] = results["failover_rto_s"] = None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated: " + ",".join(SECTIONS))
-    ap.add_argument("--quick", action="store_true", help="small levels and short calls (< 3 minutes)")
+    ap.add_argument("--quick", action="store_true", help="small levels, short calls, few local runs (smoke run)")
     ap.add_argument("--levels", default="", help="capacity levels, e.g. 50,100,200 (overrides the default)")
     ap.add_argument("--keep-work", action="store_true", help="keep the sipp/Asterisk working files")
+    ap.add_argument("--fresh", action="store_true", help="do not keep the sections not run from the last results")
     args = ap.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows under make/tee
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -118,48 +215,56 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown sections {unknown}")
     levels = tuple(int(x) for x in args.levels.split(",") if x) or (QUICK_LEVELS if args.quick else FULL_LEVELS)
+    name = "latest.json" if not args.quick else "quick.json"
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="sip-trunk-bench-"))
-    results: dict[str, Any] = {
-        "date": now_iso(),
-        "mode": "quick" if args.quick else "full",
-        "sections": only,
-        "loadavg_before": loadavg(),
-        "provision_s": None,
-        "failover_rto_s": None,
-        "provision_and_failover_note": "measured by local mode",
-    }
+    previous = {} if args.fresh else load_previous(RESULTS / name)
+    results: dict[str, Any] = {k: v for k, v in previous.items() if k in (*SECTIONS, "section_runs")}
+    results.setdefault("section_runs", {})
+    results.update(date=now_iso(), mode="quick" if args.quick else "full", sections=only, loadavg_before=loadavg())
     broken: list[str] = []
     root: Path | None = None
     try:
-        if {"capacity", "reload"} & set(only):
-            root = _root()
-        results["machine"] = machine(asterisk_version(root) if root else None)
-        print(f"machine: {results['machine']}\nloadavg before: {results['loadavg_before']}")
-        for section in only:
-            t0 = time.monotonic()
-            try:
-                if section == "capacity":
-                    assert root is not None
-                    results["capacity"] = run_capacity(root, work / "capacity", quick=args.quick, levels=levels)
-                elif section == "reload":
-                    from bench.reload import run as run_reload
-
-                    assert root is not None
-                    print("reload under load")
-                    results["reload"] = run_reload(
-                        root, work / "reload", calls=10 if args.quick else 60, call_s=15 if args.quick else 40
-                    )
-                elif section == "lambda":
-                    from bench.lambda_cost import run as run_lambda
-
-                    print("lambda cost signals")
-                    results["lambda"] = run_lambda(quick=args.quick)
-            except Exception:
+        try:
+            if {"capacity", "reload"} & set(only):
+                root = _root()
+        except Exception:
+            # without the Asterisk root neither capacity nor reload can run: both broke; the others still run
+            for section in {"capacity", "reload"} & set(only):
                 broken.append(section)
                 results[section] = {"error": traceback.format_exc()[-3000:]}
-                print(f"{section}: BROKEN\n{traceback.format_exc()}", file=sys.stderr)
-            results.setdefault("section_seconds", {})[section] = round(time.monotonic() - t0, 1)
+            print(f"Asterisk root: BROKEN\n{traceback.format_exc()}", file=sys.stderr)
+        results["machine"] = machine(asterisk_version(root or _default_root()))
+        print(f"machine: {results['machine']}\nloadavg before: {results['loadavg_before']}")
+        for section in only:
+            if section in broken:
+                continue
+            bg = background()
+            print(f"{section}: background load {bg}")
+            window = CpuWindow(pids={}).start()
+            t0 = time.monotonic()
+            run_info: dict[str, Any] = {"date": now_iso(), "mode": results["mode"], "background": bg}
+            try:
+                results[section] = run_section(section, root=root, work=work, quick=args.quick, levels=levels)
+            except Exception as exc:
+                from bench.local import LocalModeFailed
+
+                results[section] = {"error": traceback.format_exc()[-3000:]}
+                if isinstance(exc, LocalModeFailed):
+                    # the product's local mode failed: a result, recorded; not a broken benchmark
+                    results[section].update(failed=str(exc), command=exc.command, output=exc.output)
+                    print(f"{section}: local mode FAILED: {exc}\n{exc.output[-1500:]}", file=sys.stderr)
+                else:
+                    broken.append(section)
+                    print(f"{section}: BROKEN\n{traceback.format_exc()}", file=sys.stderr)
+            during = window.stop()
+            run_info.update(
+                seconds=round(time.monotonic() - t0, 1),
+                machine_cpu_pct_during=during["machine"],
+                loadavg_after=loadavg(),
+                machine=results["machine"],
+            )
+            results["section_runs"][section] = run_info
     finally:
         results["loadavg_after"] = loadavg()
         results["run_seconds"] = round(time.monotonic() - started, 1)
@@ -167,13 +272,18 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"working files kept in {work}")
+    promote(results)
+    ordered = {k: results[k] for k in (
+        "date", "mode", "sections", "machine", "loadavg_before", "loadavg_after", "run_seconds",
+        "provision_s", "failover_rto_s", "section_runs", *SECTIONS) if k in results}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "latest.json" if not args.quick else "quick.json"
-    (RESULTS / name).write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    (RESULTS / name).write_text(json.dumps(ordered, indent=2, sort_keys=False) + "\n")
     from bench.report import write_report
 
-    write_report(results, quick=args.quick)
+    write_report(ordered, quick=args.quick)
     print(f"loadavg after: {results['loadavg_after']}; {results['run_seconds']} s; results in bench/results/{name}")
+    if broken:
+        print(f"broken: {', '.join(broken)}", file=sys.stderr)
     return 1 if broken else 0
 
 

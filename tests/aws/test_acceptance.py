@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def env(name: str, default: str | None = None) -> str:
     value = os.environ.get(name, default)
     if not value:
-        pytest.skip(f"{name} is not set (run through `make acceptance STACK=...`)")
+        pytest.fail(f"{name} is not set (run through `make acceptance STACK=...`)", pytrace=False)
     return value
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sip_trunk.local.asterisk_runner import DEFAULT_ROOT, root_problem
 from sip_trunk.local.netns import list_namespaces
 from sip_trunk.local.orchestrator import process_alive
 
@@ -27,19 +26,14 @@ def sip_trunk(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[s
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def iptables_rules() -> str:
+def iptables_rules() -> set[str]:
     """The rules of this machine's own network namespace (the run's NAT lives in its namespaces only)."""
     proc = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
-    return "\n".join(line for line in proc.stdout.splitlines() if not line.startswith(("#", ":")))
+    return {line for line in proc.stdout.splitlines() if not line.startswith(("#", ":"))}
 
 
 @pytest.fixture
 def run_dir() -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("local mode needs root")
-    problem = root_problem(DEFAULT_ROOT)
-    if problem:
-        pytest.skip(problem)
     path = Path("/run/aws-sip-trunk") / f"e2e-drills-{os.getpid()}"
     yield path
     sip_trunk("local", "down", "--run-dir", str(path), timeout=300)
@@ -120,5 +114,6 @@ def test_drills_failover_bad_config_restore_leave_nothing_behind(run_dir: Path) 
     assert str(run_dir) not in Path("/proc/mounts").read_text()
     leftovers = subprocess.run(["pgrep", "-af", str(run_dir)], capture_output=True, text=True, check=False)
     assert leftovers.stdout.strip() == "", leftovers.stdout
-    assert iptables_rules() == rules_before
+    # nothing added by the run is left (other processes' rules may come and go meanwhile)
+    assert iptables_rules() - rules_before == set()
     assert not (run_dir / "control.sock").exists()

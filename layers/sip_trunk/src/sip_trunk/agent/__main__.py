@@ -58,9 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--transport", default="udp", choices=["udp", "tcp", "tls"])
-    p.add_argument("--interval", type=float, default=5.0)
+    p.add_argument("--interval", type=float, default=1.5)
     p.add_argument("--failures", type=int, default=3)
-    p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--timeout", type=float, default=1.0)
     p.add_argument("--max-probes", type=int, default=None, help="stop after this many probes (tests)")
     return parser
 

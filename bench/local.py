@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from bench.common import REPO
 
 RUN_DIR = Path("/run/aws-sip-trunk/bench")
@@ -174,7 +175,7 @@ def summarize(
             "movement_median": round(statistics.median([r["movement_s"] for r in runs]), 3),
             "movement_p95": stats([r["movement_s"] for r in runs])["p95"],
         },
-        "watch_peer": {**drill.get("watch_peer", {}), "production": {"interval_s": 5, "failures": 3, "timeout_s": 2}},
+        "watch_peer": {**drill.get("watch_peer", {}), "production": report.PRODUCTION_WATCH},
         "provision_runs": ups,
         "failover_runs": failover_runs,
         "timings_s": timings or {},

@@ -434,11 +434,12 @@ def local_text(results: dict[str, Any]) -> list[str]:
         f"not tenths). **Detection** scales with watch-peer's settings: here --interval {wp.get('interval_s')} s, "
         f"in production --interval {prod['interval_s']} --failures {prod['failures']} --timeout "
         f"{prod['timeout_s']}, so detection there is ≈ {low:g} to {high:g} s (the crash lands somewhere in an "
-        f"interval, then {prod['failures']} failed probes) before the execution starts. **Provisioning** here starts from "
+        f"interval, then {prod['failures']} failed probes) before the execution starts. **Provisioning** here "
+        "starts from "
         "the cached Asterisk root: an EC2 host that installs Asterisk at boot adds its launch and install time "
         "(docs/IMAGE.md), and the Wait states above. **The RTO goal**: the local median meets it with watch-peer "
         f"at --interval {wp.get('interval_s')}; production's settings were chosen from these measurements "
-        "(detection ≈ interval × (failures − 1) to interval × failures + timeout): they leave "
+        "(detection ≈ interval * (failures - 1) to interval * failures + timeout): they leave "
         f"≈ {GOAL_RTO_S - high:g} s of the {GOAL_RTO_S:g} s goal for the Lambda/Step Functions hops and EC2's "
         "`AssociateAddress`, which only a real deployment measures (`make acceptance`).",
     ]

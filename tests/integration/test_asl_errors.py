@@ -36,11 +36,11 @@ ENTRY = {
 }
 # Raised inside the ElevenLabs client (not visible in the workflows' source): which steps call it unguarded.
 ELEVENLABS_CALLERS = {"SyncElevenlabs"}
-NOT_RAISED = {"StackNotReady", "CommandInProgress"}
+NOT_RAISED: set[str] = set()
+"""Retryable classes no step raises (none: waiting for a stack or a command is a poll loop, not an error)."""
 HANDLED_BY_CATCH_ALL = {("failover.asl.yaml", "MoveAddress", "LockHeld")}
 """MoveAddress re-checks the lock before moving; losing it (another execution took over after this one's
 TTL) ends this execution through ReleaseLockAfterFailure and its notification, on purpose."""
-"""Retryable classes no step raises today (poll loops return `ready: false` instead)."""
 
 
 def exception_classes() -> dict[str, type[BaseException]]:

@@ -278,6 +278,17 @@ def test_verify_address_not_answering(world, handlers, event, lambda_context):
 
 
 # --- SwapRoles -----------------------------------------------------------------------------------------
+def sent_roles() -> dict[str, list[str]]:
+    """Comment suffix (`set-role <role>`) → the commands of the Run Command sent with it."""
+    ssm = boto3.client("ssm", region_name=REGION)
+    return {c["Comment"].split(": ", 1)[-1]: c["Parameters"]["commands"] for c in ssm.list_commands()["Commands"]}
+
+
+def private_ip(world: Any, instance_id: str) -> str:
+    found = world.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return str(found["PrivateIpAddress"])
+
+
 def test_swap_roles(world, handlers, event, lambda_context, logs):
     # Given the address moved to the standby
     primary, standby = deploy(world)
@@ -286,16 +297,79 @@ def test_swap_roles(world, handlers, event, lambda_context, logs):
     started = time.time()
     result = handlers["failover_swap_roles"](swap_event, lambda_context)
     # Then the standby is the primary in deployment/current
-    assert result == {"swapped": True, "primary_instance_id": standby, "standby_instance_id": primary}
+    assert (result["swapped"], result["primary_instance_id"], result["standby_instance_id"]) == (True, standby, primary)
     current = world.item("deployment", "current")
     assert (current["primary_instance_id"], current["standby_instance_id"]) == (standby, primary)
     assert float(current["updated_at"]) >= started
     assert current["desired_version"] == VERSION  # the rest of the record is kept
-    # And a retried invocation changes nothing more
+    # And the hosts are told through Run Command: the new primary stops watching, the old one (still running)
+    # watches the new primary's private address
+    peer = private_ip(world, standby)
+    assert [(r["instance_id"], r["role"], r["peer_address"], r["sent"]) for r in result["roles"]] == [
+        (standby, "primary", None, True),
+        (primary, "standby", peer, True),
+    ]
+    assert sent_roles() == {
+        "set-role primary": ["sip-trunk-agent set-role --role primary"],
+        "set-role standby": [f"sip-trunk-agent set-role --role standby --peer-address {peer}"],
+    }
+    assert result["hosts"] == (
+        f"{standby} primary (command {result['roles'][0]['command_id']}); "
+        f"{primary} standby watching {peer} (command {result['roles'][1]['command_id']})"
+    )
+    # And a retried invocation changes nothing more in the table (and sends the same roles again)
     again = handlers["failover_swap_roles"](swap_event, lambda_context.fresh())
-    assert again == {"swapped": False, "primary_instance_id": standby, "standby_instance_id": primary}
+    assert (again["swapped"], again["primary_instance_id"], again["standby_instance_id"]) == (False, standby, primary)
+    assert [(r["instance_id"], r["role"], r["sent"]) for r in again["roles"]] == [
+        (standby, "primary", True),
+        (primary, "standby", True),
+    ]
     assert world.item("deployment", "current") == current
     assert {line.get("correlation_id") for line in logs.lines()} == {"alarm-2026-01-01"}
+
+
+def test_swap_roles_old_primary_stopped(world, handlers, event, lambda_context):
+    # Given the old primary's instance is stopped (EC2 recovered nothing; Run Command cannot reach it)
+    primary, standby = deploy(world)
+    _stop(world, primary)
+    # When SwapRoles runs
+    result = handlers["failover_swap_roles"](
+        plan_event(event, "failover_task_swap.json", world, primary, standby), lambda_context
+    )
+    # Then the table is swapped, the new primary is told, and the old primary is reported, not sent to
+    assert result["swapped"] is True
+    new, old = result["roles"]
+    assert (new["instance_id"], new["sent"]) == (standby, True)
+    assert (old["instance_id"], old["role"], old["sent"]) == (primary, "standby", False)
+    assert old["detail"].startswith("instance is stopp")
+    assert "run Provision" in old["detail"]
+    assert list(sent_roles()) == ["set-role primary"]
+    assert f"{primary} standby watching ? NOT SET: instance is stopp" in result["hosts"]
+
+
+def test_swap_roles_send_to_the_old_primary_fails(world, handlers, event, lambda_context, monkeypatch):
+    # Given Run Command refusing the old primary (running, but its SSM agent is gone with the host)
+    from sip_trunk.aws.runcommand import SsmCommands
+
+    primary, standby = deploy(world)
+    original = SsmCommands.send
+
+    def send(self: Any, instance_ids: Any, commands: Any, comment: str) -> str:
+        if primary in instance_ids:
+            raise RuntimeError("InvalidInstanceId: Instances not in a valid state for account")
+        return original(self, instance_ids, commands, comment)
+
+    monkeypatch.setattr(SsmCommands, "send", send)
+    # When SwapRoles runs
+    result = handlers["failover_swap_roles"](
+        plan_event(event, "failover_task_swap.json", world, primary, standby), lambda_context
+    )
+    # Then it succeeds: roles swapped, the new primary told, the failed send reported
+    assert result["swapped"] is True
+    new, old = result["roles"]
+    assert (new["sent"], old["sent"]) == (True, False)
+    assert "InvalidInstanceId" in old["detail"]
+    assert old["peer_address"] == private_ip(world, standby)
 
 
 # --- the recorded events match the ASL ---------------------------------------------------------------------

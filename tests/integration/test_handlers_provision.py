@@ -301,6 +301,40 @@ def test_launch_host_creates_the_stack_once_per_execution(world, handlers, event
     assert len(idempotency_records(world)) == 2
 
 
+def test_launch_host_update_keeps_the_launch_config_version(world, handlers, event, lambda_context):
+    # Given a host stack created with the first version (its hosts' user data names it)
+    rendered = render(handlers, event, lambda_context)
+    first_version = rendered["version"]
+    launch_event = event("provision_task_launch.json")
+    launch_event["render"] = rendered
+    handlers["launch_host"]({**launch_event, "execution": {"name": "first"}}, lambda_context.fresh())
+    assert world.stack_parameters()["ConfigVersion"] == first_version
+    instances_before = world.ec2.describe_instances()["Reservations"]
+    events_before = world.stack_events()
+    # When a later execution launches with a new config version only
+    world.put_settings(phone_number="+14155550199")
+    newer = render(handlers, event, lambda_context.fresh())
+    assert newer["version"] != first_version
+    launch_event["render"] = newer
+    launch_event["execution"]["name"] = "second"
+    result = handlers["launch_host"](launch_event, lambda_context.fresh())
+    # Then the stack is not updated: ConfigVersion keeps its previous value, no event, same hosts
+    assert result["operation"] == "unchanged"
+    assert world.stack_parameters()["ConfigVersion"] == first_version
+    assert world.stack_events() == events_before
+    assert world.ec2.describe_instances()["Reservations"] == instances_before
+
+    # When a host parameter changes, in a third execution
+    world.put_host_parameters(StateTable="trunk-state-2")
+    launch_event["execution"]["name"] = "third"
+    result = handlers["launch_host"](launch_event, lambda_context.fresh())
+    # Then the stack is updated with the new parameter, and still the launch-time ConfigVersion
+    assert result["operation"] == "updated"
+    params = world.stack_parameters()
+    assert (params["StateTable"], params["ConfigVersion"]) == ("trunk-state-2", first_version)
+    assert world.stack_events() > events_before
+
+
 def test_launch_host_refuses_a_rolled_back_stack(world, handlers, event, lambda_context):
     # Given a host stack left in ROLLBACK_COMPLETE
     rendered = render(handlers, event, lambda_context)
@@ -347,17 +381,53 @@ def test_check_host_stack_ready_puts_the_address_on_the_primary(world, handlers,
             "Outputs"
         ]
     }
+    primary, standby = outputs["PrimaryInstanceId"], outputs["StandbyInstanceId"]
+    # (moto lists every instance of the account in a command's InstanceIds: the role names the target)
+    by_role = {c["Comment"].rsplit(" ", 1)[-1]: c for c in commands()}
+    sent = {primary: by_role["primary"], standby: by_role["standby"]}
     assert result == {
         "ready": True,
         "status": "CREATE_COMPLETE",
-        "primary_instance_id": outputs["PrimaryInstanceId"],
-        "standby_instance_id": outputs["StandbyInstanceId"],
+        "primary_instance_id": primary,
+        "standby_instance_id": standby,
         "address_associated": True,
+        "roles": [
+            {
+                "instance_id": primary,
+                "role": "primary",
+                "peer_address": None,
+                "sent": True,
+                "command_id": sent[primary]["CommandId"],
+                "detail": "",
+            },
+            {
+                "instance_id": standby,
+                "role": "standby",
+                "peer_address": outputs["PrimaryPrivateIp"],
+                "sent": True,
+                "command_id": sent[standby]["CommandId"],
+                "detail": "",
+            },
+        ],
     }
     same_shape(event("provision_task_apply.json")["stack"], result)
-    assert world.holder() == outputs["PrimaryInstanceId"]
-    # And a second poll moves nothing
-    assert handlers["check_host_stack"](check_event, lambda_context.fresh())["address_associated"] is False
+    assert world.holder() == primary
+    # And each host is told its role through Run Command: the standby watches the primary's private address
+    assert outputs["PrimaryPrivateIp"] == world.private_ip(primary)
+    assert {i: c["Parameters"]["commands"] for i, c in sent.items()} == {
+        primary: ["sip-trunk-agent set-role --role primary"],
+        standby: [f"sip-trunk-agent set-role --role standby --peer-address {outputs['PrimaryPrivateIp']}"],
+    }
+    assert all(instance in c["InstanceIds"] for instance, c in sent.items())
+    assert {c["DocumentName"] for c in sent.values()} == {"AWS-RunShellScript"}
+    assert all(check_event["execution"]["name"] in c["Comment"] for c in sent.values())
+    # And a second poll moves nothing (the roles are sent again: set-role is idempotent)
+    again = handlers["check_host_stack"](check_event, lambda_context.fresh())
+    assert again["address_associated"] is False
+    assert [(r["instance_id"], r["role"], r["peer_address"]) for r in again["roles"]] == [
+        (primary, "primary", None),
+        (standby, "standby", outputs["PrimaryPrivateIp"]),
+    ]
 
 
 def test_check_host_stack_keeps_swapped_roles(world, handlers, event, lambda_context):
@@ -381,6 +451,39 @@ def test_check_host_stack_keeps_swapped_roles(world, handlers, event, lambda_con
     assert (result["primary_instance_id"], result["standby_instance_id"]) == (new_primary, old_primary)
     assert result["address_associated"] is False
     assert world.holder() == new_primary
+    # And the roles follow the table, not the stack's slots: the old primary (slot Primary) watches the new
+    # primary's private address (the StandbyPrivateIp output)
+    assert [(r["instance_id"], r["role"], r["peer_address"]) for r in result["roles"]] == [
+        (new_primary, "primary", None),
+        (old_primary, "standby", world.private_ip(new_primary)),
+    ]
+    assert {c["Parameters"]["commands"][0] for c in commands()} >= {
+        "sip-trunk-agent set-role --role primary",
+        f"sip-trunk-agent set-role --role standby --peer-address {world.private_ip(new_primary)}",
+    }
+
+
+def test_check_host_stack_reports_a_role_it_could_not_send(world, handlers, event, lambda_context, monkeypatch):
+    # Given Run Command refusing the standby (its SSM agent is not registered)
+    from sip_trunk.aws.runcommand import SsmCommands
+
+    original = SsmCommands.send
+    check_event = event("provision_task_check_stack.json")
+    check_event["launch"] = _launched(handlers, event, lambda_context)
+
+    def send(self: Any, instance_ids: Any, cmds: Any, comment: str) -> str:
+        if "standby" in cmds[0]:
+            raise RuntimeError("InvalidInstanceId: Instances not in a valid state for account")
+        return original(self, instance_ids, cmds, comment)
+
+    monkeypatch.setattr(SsmCommands, "send", send)
+    # When CheckHostStack finds the stack ready
+    result = handlers["check_host_stack"](check_event, lambda_context)
+    # Then it still reports ready (ApplyConfig and VerifyTrunk gate serving) and names the host it could not tell
+    assert result["ready"] is True
+    primary, standby = result["roles"]
+    assert (primary["sent"], standby["sent"]) == (True, False)
+    assert "InvalidInstanceId" in standby["detail"]
 
 
 def test_check_host_stack_in_progress_is_not_ready(world, handlers, event, lambda_context):
@@ -394,8 +497,10 @@ def test_check_host_stack_in_progress_is_not_ready(world, handlers, event, lambd
         "primary_instance_id": None,
         "standby_instance_id": None,
         "address_associated": False,
+        "roles": [],
     }
     assert not world.holder()
+    assert commands() == []
 
 
 def test_check_host_stack_in_progress_past_the_deadline(world, handlers, event, lambda_context):

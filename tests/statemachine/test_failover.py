@@ -127,3 +127,70 @@ def test_lock_is_released_when_verification_fails(machines, deployed):
     notes = world.notifications()
     assert "FAILOVER FAILED" in notes[0]["subject"]
     assert "TrunkNotVerified" in notes[0]["message"]
+
+
+def test_failover_sets_the_roles_on_both_hosts(machines, deployed):
+    # Given a primary whose Asterisk stopped answering (its instance still runs)
+    world = machines.world
+    old, new = deployed["primary_instance_id"], deployed["standby_instance_id"]
+    world.down.add(old)
+    # When Failover runs
+    result = run(machines.sfn, machines.failover, ALARM)
+    # Then the new primary stops watching, the old primary watches the new primary's private address
+    assert result["status"] == "SUCCEEDED", result
+    peer = world.private_ip(new)
+    assert world.roles == {new: ("primary", None), old: ("standby", peer)}
+    roles = json.loads(result["output"])["roles"]
+    assert [(r["instance_id"], r["role"], r["sent"]) for r in roles["roles"]] == [
+        (new, "primary", True),
+        (old, "standby", True),
+    ]
+    assert f"{old} standby watching {peer}" in world.notifications()[0]["message"]
+
+
+def test_failover_with_the_old_primary_down_still_succeeds(machines, deployed):
+    # Given a primary whose instance is stopped (no Run Command can reach it)
+    world = machines.world
+    old, new = deployed["primary_instance_id"], deployed["standby_instance_id"]
+    world.down.add(old)
+    world.ec2.stop_instances(InstanceIds=[old])
+    sent_before = len(world.sent)
+    # When Failover runs
+    result = run(machines.sfn, machines.failover, ALARM)
+    # Then the address moved and only the new primary was told its role; the notification says the old one
+    # was not
+    assert result["status"] == "SUCCEEDED", result
+    assert world.holder() == new
+    assert world.sent[sent_before:] == [(new, "sip-trunk-agent set-role --role primary")]
+    assert world.roles[new] == ("primary", None)
+    assert world.roles[old] == ("primary", None)  # unchanged since Provision: it was never reached
+    assert world.item("lock#failover", "lock") is None
+    note = world.notifications()[0]
+    assert "failover done" in note["subject"]
+    assert f"{old} standby watching ? NOT SET: instance is stopp" in note["message"]
+
+
+def test_failover_survives_a_failed_send_to_the_old_primary(machines, deployed, monkeypatch):
+    # Given a dead primary whose instance runs but which Run Command refuses
+    from sip_trunk.aws.runcommand import SsmCommands
+
+    world = machines.world
+    old, new = deployed["primary_instance_id"], deployed["standby_instance_id"]
+    world.down.add(old)
+    wrapped = SsmCommands.send
+
+    def send(self, instance_ids, commands, comment):
+        if old in instance_ids and "set-role" in commands[0]:
+            raise RuntimeError("InvalidInstanceId: Instances not in a valid state for account")
+        return wrapped(self, instance_ids, commands, comment)
+
+    monkeypatch.setattr(SsmCommands, "send", send)
+    # When Failover runs
+    result = run(machines.sfn, machines.failover, ALARM)
+    # Then it succeeds and reports the host it could not tell
+    assert result["status"] == "SUCCEEDED", result
+    assert world.holder() == new
+    roles = json.loads(result["output"])["roles"]["roles"]
+    assert (roles[0]["sent"], roles[1]["sent"]) == (True, False)
+    assert "InvalidInstanceId" in roles[1]["detail"]
+    assert "NOT SET: RuntimeError: InvalidInstanceId" in world.notifications()[0]["message"]

@@ -32,6 +32,56 @@ def test_provision_happy_path(machines):
     assert "succeeded" in notes[0]["subject"]
 
 
+def test_provision_sets_the_roles_on_both_hosts(machines):
+    # Given a fresh account (first deployment: the stack's primary slot is the primary)
+    world = machines.world
+    # When Provision runs
+    result = run(machines.sfn, machines.provision, {})
+    # Then after the stack is ready each host was told its role through Run Command, before the apply
+    assert result["status"] == "SUCCEEDED", result
+    stack = json.loads(result["output"])["stack"]
+    primary, standby = stack["primary_instance_id"], stack["standby_instance_id"]
+    peer = world.private_ip(primary)
+    assert world.roles == {primary: ("primary", None), standby: ("standby", peer)}
+    assert [(r["instance_id"], r["role"], r["sent"]) for r in stack["roles"]] == [
+        (primary, "primary", True),
+        (standby, "standby", True),
+    ]
+    commands = [c for _, c in world.sent]
+    assert commands.index(f"sip-trunk-agent set-role --role standby --peer-address {peer}") < commands.index(
+        f"sip-trunk-agent apply --version {json.loads(result['output'])['version']}"
+    )
+    # And the notification names the roles
+    assert f"{standby} standby watching {peer}" in world.notifications()[0]["message"]
+
+
+def test_config_only_change_does_not_touch_the_host_stack(machines):
+    # Given a deployed version
+    world = machines.world
+    first = run(machines.sfn, machines.provision, {})
+    assert first["status"] == "SUCCEEDED", first
+    first_out = json.loads(first["output"])
+    hosts = {first_out["stack"]["primary_instance_id"], first_out["stack"]["standby_instance_id"]}
+    events_before = world.stack_events()
+    world.notifications()
+    # When only the settings change (a new config version) and Provision runs again
+    world.put_settings(phone_number="+14155550199")
+    second = run(machines.sfn, machines.provision, {})
+    # Then the host stack is not updated (ConfigVersion keeps its launch value: no user-data change, no
+    # stop/start), the same hosts serve, and they got the new version through Run Command
+    assert second["status"] == "SUCCEEDED", second
+    out = json.loads(second["output"])
+    assert out["version"] != first_out["version"]
+    assert machines.harness.calls("launch_host")[-1].result["operation"] == "unchanged"
+    assert world.stack_events() == events_before
+    assert world.stack_parameters()["ConfigVersion"] == first_out["version"]
+    assert {out["stack"]["primary_instance_id"], out["stack"]["standby_instance_id"]} == hosts
+    applied = {i for i, c in world.sent if c == f"sip-trunk-agent apply --version {out['version']}"}
+    assert applied == hosts
+    assert world.desired_version() == out["version"]
+    assert world.item("deployment", "current")["active_version"] == out["version"]
+
+
 def _failure(machines, result):
     assert result["status"] == "FAILED", result
     notes = machines.world.notifications()
@@ -47,10 +97,14 @@ def test_rerun_with_unchanged_settings_changes_nothing(machines):
     world.notifications()
     params_before = world.ssm_versions()
     commands_before = len(machines.harness.calls("apply_config"))
+    sent_before = len(world.sent_commands)
     # When Provision runs again with the same settings
     second = run(machines.sfn, machines.provision, {})
-    # Then it succeeds without publishing, sending an apply command or moving the address
+    # Then it succeeds without publishing, updating the host stack, sending an apply command or moving the
+    # address (the roles are sent again: set-role is idempotent)
     assert second["status"] == "SUCCEEDED", second
+    assert machines.harness.calls("launch_host")[-1].result["operation"] == "unchanged"
+    assert not any("apply" in c for c in world.sent_commands[sent_before:])
     out = json.loads(second["output"])
     assert out["version"] == json.loads(first["output"])["version"]
     assert world.ssm_versions() == params_before

@@ -2,8 +2,8 @@
 
 Used by the handler integration tests and the state-machine tests. moto gaps it fills, and nothing else:
 SSM Run Command runs nothing (the emulated agent reacts to `sip-trunk-agent apply` by writing its
-heartbeat, as the real agent's `report` does), and public addresses are not local (the probe reaches a
-responder on 127.0.0.1 through the `PROBE_TARGETS` mapping).
+heartbeat, as the real agent's `report` does, and records `sip-trunk-agent set-role`), and public
+addresses are not local (the probe reaches a responder on 127.0.0.1 through the `PROBE_TARGETS` mapping).
 """
 
 from __future__ import annotations
@@ -41,15 +41,27 @@ Parameters:
   ImageId: {Type: String}
   ConfigVersion: {Type: String, Default: none}
 Resources:
+  # As in stacks/host.yaml, the user data names the config version: a stack update that changed it would
+  # stop and start the hosts, which is why LaunchHost keeps the previous value on updates.
   PrimaryInstance:
     Type: AWS::EC2::Instance
-    Properties: {ImageId: !Ref ImageId, InstanceType: t4g.small}
+    Properties:
+      ImageId: !Ref ImageId
+      InstanceType: t4g.small
+      Tags: [{Key: aws-sip-trunk:role, Value: primary}]
+      UserData: {"Fn::Base64": !Sub "SIP_TRUNK_CONFIG_VERSION=${ConfigVersion}"}
   StandbyInstance:
     Type: AWS::EC2::Instance
-    Properties: {ImageId: !Ref ImageId, InstanceType: t4g.small}
+    Properties:
+      ImageId: !Ref ImageId
+      InstanceType: t4g.small
+      Tags: [{Key: aws-sip-trunk:role, Value: standby}]
+      UserData: {"Fn::Base64": !Sub "SIP_TRUNK_CONFIG_VERSION=${ConfigVersion}"}
 Outputs:
   PrimaryInstanceId: {Value: !Ref PrimaryInstance}
+  PrimaryPrivateIp: {Value: !GetAtt PrimaryInstance.PrivateIp}
   StandbyInstanceId: {Value: !Ref StandbyInstance}
+  StandbyPrivateIp: {Value: !GetAtt StandbyInstance.PrivateIp}
   ConfigVersion: {Value: !Ref ConfigVersion}
 """
 
@@ -92,6 +104,10 @@ class World:
     clock: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     sent_commands: list[str] = field(default_factory=list)
+    sent: list[tuple[str, str]] = field(default_factory=list)
+    """(instance id, command) for every command sent through Run Command, in order."""
+    roles: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    """instance id → (role, peer address) after the last `set-role` it was sent."""
 
     # --- AWS views -----------------------------------------------------------------------------
     @property
@@ -142,10 +158,32 @@ class World:
         ssm.put_parameter(Name=SETTINGS_PARAMETER, Type="String", Value=json.dumps(document), Overwrite=True)
         _reset_caches()
 
+    def put_host_parameters(self, **changes: str) -> None:
+        """Change the root stack's parameters for the host stack (`/<stack>/host-parameters`)."""
+        ssm = boto3.client("ssm", region_name=REGION)
+        document = json.loads(ssm.get_parameter(Name=HOST_PARAMETERS)["Parameter"]["Value"])
+        document.update(changes)
+        ssm.put_parameter(Name=HOST_PARAMETERS, Type="String", Value=json.dumps(document), Overwrite=True)
+        _reset_caches()
+
     def put_api_key(self, value: str) -> None:
         sm = boto3.client("secretsmanager", region_name=REGION)
         sm.put_secret_value(SecretId=f"{STACK}/elevenlabs/api-key", SecretString=value)
         _reset_caches()
+
+    def stack_events(self) -> int:
+        """How many events the host stack has (each create/update adds some)."""
+        cfn = boto3.client("cloudformation", region_name=REGION)
+        return len(cfn.describe_stack_events(StackName=f"{STACK}-host")["StackEvents"])
+
+    def stack_parameters(self) -> dict[str, str]:
+        cfn = boto3.client("cloudformation", region_name=REGION)
+        stack = cfn.describe_stacks(StackName=f"{STACK}-host")["Stacks"][0]
+        return {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
+
+    def private_ip(self, instance_id: str) -> str:
+        found = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+        return str(found["PrivateIpAddress"])
 
     def break_host_template(self) -> None:
         s3 = boto3.client("s3", region_name=REGION)
@@ -184,9 +222,15 @@ class World:
         )
 
     def on_command(self, instance_ids: list[str], commands: list[str]) -> None:
-        """What `sip-trunk-agent apply --version V` does on each host (Run Command in moto runs nothing)."""
+        """What `sip-trunk-agent apply --version V` and `set-role` do on each host (Run Command in moto runs
+        nothing)."""
         self.sent_commands += commands
+        self.sent += [(i, c) for c in commands for i in instance_ids]
         for command in commands:
+            role = re.fullmatch(r"sip-trunk-agent set-role --role (primary|standby)(?: --peer-address (\S+))?", command)
+            if role is not None:
+                self.roles.update(dict.fromkeys(instance_ids, (role.group(1), role.group(2))))
+                continue
             match = re.fullmatch(r"sip-trunk-agent apply --version (v[0-9a-f]{16})", command)
             if match is None or not self.agent.healthy:
                 continue

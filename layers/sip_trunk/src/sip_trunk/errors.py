@@ -4,8 +4,9 @@ A Lambda function that raises reports the exception's class name as its `errorTy
 machines match those names in `Retry`/`Catch` `ErrorEquals`. Renaming a class here is therefore a
 change to `statemachines/*.asl.yaml` too.
 
-- `RetryableError`: the world has not caught up yet (a stack still updating, a command still running,
-  a lock held by another execution). A `Retry` or a poll loop tries again until its deadline.
+- `RetryableError`: the world has not caught up yet (a verification not passed yet, a lock held by another
+  execution). A `Retry` tries again until its deadline. Waiting for a stack or a Run Command is not an
+  error: those steps return `ready`/`done: false` and the state machine polls with a Wait/Choice loop.
 - `FatalError`: retrying cannot help (invalid settings, a failed stack, a deadline passed). The state
   machine's `Catch` restores the previous configuration and notifies.
 """
@@ -26,14 +27,6 @@ class FatalError(WorkflowError):
 
 
 # --- retryable ------------------------------------------------------------------------------
-
-
-class StackNotReady(RetryableError):
-    """The host stack is still creating or updating."""
-
-
-class CommandInProgress(RetryableError):
-    """The SSM Run Command has not finished on every host."""
 
 
 class TrunkNotVerified(RetryableError):
@@ -84,8 +77,6 @@ class AddressMoveFailed(FatalError):
 
 
 RETRYABLE_ERRORS: tuple[str, ...] = (
-    StackNotReady.__name__,
-    CommandInProgress.__name__,
     TrunkNotVerified.__name__,
     LockHeld.__name__,
 )

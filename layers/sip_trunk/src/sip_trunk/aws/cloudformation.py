@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sip_trunk.aws.clients import client, error_code
@@ -11,8 +11,11 @@ from sip_trunk.workflows.ports import StackInfo
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
 
 
-def _parameters(parameters: Mapping[str, str]) -> list[dict[str, str]]:
-    return [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(parameters.items())]
+def _parameters(parameters: Mapping[str, str], keep_previous: Sequence[str] = ()) -> list[dict[str, Any]]:
+    given: list[dict[str, Any]] = [
+        {"ParameterKey": k, "ParameterValue": v} for k, v in sorted(parameters.items()) if k not in keep_previous
+    ]
+    return given + [{"ParameterKey": k, "UsePreviousValue": True} for k in sorted(set(keep_previous))]
 
 
 class CfnStacks:
@@ -31,8 +34,13 @@ class CfnStacks:
                 return None
             raise
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+        parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
         return StackInfo(
-            name=name, status=stack["StackStatus"], reason=stack.get("StackStatusReason", ""), outputs=outputs
+            name=name,
+            status=stack["StackStatus"],
+            reason=stack.get("StackStatusReason", ""),
+            outputs=outputs,
+            parameters=parameters,
         )
 
     def create(self, name: str, template_url: str, parameters: Mapping[str, str], role_arn: str = "") -> None:
@@ -46,12 +54,19 @@ class CfnStacks:
             **({"RoleARN": role_arn} if role_arn else {}),
         )
 
-    def update(self, name: str, template_url: str, parameters: Mapping[str, str], role_arn: str = "") -> bool:
+    def update(
+        self,
+        name: str,
+        template_url: str,
+        parameters: Mapping[str, str],
+        role_arn: str = "",
+        keep_previous: Sequence[str] = (),
+    ) -> bool:
         try:
             self.cfn.update_stack(
                 StackName=name,
                 TemplateURL=template_url,
-                Parameters=_parameters(parameters),
+                Parameters=_parameters(parameters, keep_previous),
                 Capabilities=CAPABILITIES,
                 **({"RoleARN": role_arn} if role_arn else {}),
             )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -156,3 +157,43 @@ def error_message(failure: Mapping[str, Any]) -> tuple[str, str]:
     if isinstance(parsed, dict):
         return error, str(parsed.get("errorMessage", cause))
     return error, cause
+
+
+# --- host roles (docs/ARCHITECTURE.md ADR-11, ADR-12) -----------------------------------------------
+
+AGENT = "sip-trunk-agent"
+Role = Literal["primary", "standby"]
+
+
+def set_role_command(role: Role, peer_address: str | None = None) -> str:
+    """The host agent's `set-role` command line; the peer address is checked to be an IP address (it is
+    part of a shell command)."""
+    if role == "primary":
+        return f"{AGENT} set-role --role primary"
+    if not peer_address:
+        raise ValueError("the standby needs the primary's private address")
+    address = str(ipaddress.ip_address(peer_address))
+    return f"{AGENT} set-role --role standby --peer-address {address}"
+
+
+class RoleCommand(Model):
+    """One `set-role` sent (or not) through Run Command to one host."""
+
+    instance_id: str
+    role: Role
+    peer_address: str | None = None
+    sent: bool
+    command_id: str | None = None
+    detail: str = ""
+    """Why it was not sent (the host is not running, the send failed)."""
+
+
+def describe_roles(commands: list[RoleCommand]) -> str:
+    """One line for a notification: which host got which role."""
+    if not commands:
+        return "no host roles sent"
+    parts = []
+    for c in commands:
+        what = c.role if c.role == "primary" else f"standby watching {c.peer_address or '?'}"
+        parts.append(f"{c.instance_id} {what}" + (f" (command {c.command_id})" if c.sent else f" NOT SET: {c.detail}"))
+    return "; ".join(parts)

@@ -1,7 +1,8 @@
 """The Failover workflow: one function per state of `statemachines/failover.asl.yaml`.
 
 Confirm the primary is down (re-probe the Elastic IP) and the standby runs the desired version → take
-the lock → move the Elastic IP → verify SIP answers on it → swap roles → notify → release the lock.
+the lock → move the Elastic IP → verify SIP answers on it → swap roles (state table, then `set-role` on the
+hosts) → notify → release the lock.
 A false alarm ends without touching anything. The lock plus the "already there" checks mean two
 executions started by the same outage move the address at most once.
 """
@@ -9,6 +10,8 @@ executions started by the same outage move the address at most once.
 from __future__ import annotations
 
 from typing import Any, Literal
+
+from pydantic import Field
 
 from sip_trunk.errors import (
     AddressMoveFailed,
@@ -22,12 +25,17 @@ from sip_trunk.workflows import clock
 from sip_trunk.workflows.common import (
     Model,
     ProbeReport,
+    Role,
+    RoleCommand,
     StepInput,
+    describe_roles,
     load_settings,
     probe_address,
+    set_role_command,
     sip_transport,
 )
 from sip_trunk.workflows.deps import Deps
+from sip_trunk.workflows.ports import Instance
 
 CONFIRM_PROBES = 2
 
@@ -166,19 +174,72 @@ class SwapResult(Model):
     swapped: bool
     primary_instance_id: str
     standby_instance_id: str | None
+    roles: list[RoleCommand] = Field(default_factory=list)
+    """`set-role` sent to the new primary, then to the old primary when its instance is running."""
+    hosts: str = ""
+    """The roles in one line, for the notification."""
+
+
+def _instance(deps: Deps, instance_id: str) -> Instance | None:
+    """The instance, or None when EC2 does not know it (any more) or cannot be asked."""
+    try:
+        found = deps.addresses.instances([instance_id])
+    except Exception:  # a terminated-and-gone id answers InvalidInstanceID.NotFound
+        return None
+    return next((i for i in found if i.instance_id == instance_id), None)
+
+
+def _send_role(deps: Deps, execution: str, instance_id: str, role: Role, peer: str | None = None) -> RoleCommand:
+    try:
+        command = set_role_command(role, peer)
+        command_id = deps.commands.send([instance_id], [command], f"{execution}: set-role {role}")
+    except Exception as exc:  # the address already serves: a host that cannot be told is reported, not fatal
+        detail = f"{type(exc).__name__}: {exc}"[:300]
+        return RoleCommand(instance_id=instance_id, role=role, peer_address=peer, sent=False, detail=detail)
+    return RoleCommand(instance_id=instance_id, role=role, peer_address=peer, sent=True, command_id=command_id)
+
+
+def rearm_hosts(deps: Deps, execution: str, primary: str, standby: str | None) -> list[RoleCommand]:
+    """Tell the hosts their new roles: the new primary stops watch-peer; the old primary, if its instance
+    runs, watches the new primary's private address. Never raises: the Elastic IP already serves."""
+    roles = [_send_role(deps, execution, primary, "primary")]
+    if not standby:
+        return roles
+    old = _instance(deps, standby)
+    if old is None or old.state != "running":
+        state = old.state if old else "not found (or cannot be described)"
+        detail = f"instance is {state}; run Provision once it is repaired (it re-sends the roles)"
+        roles.append(RoleCommand(instance_id=standby, role="standby", sent=False, detail=detail))
+        return roles
+    new = _instance(deps, primary)
+    if new is None or not new.private_ip:
+        detail = f"no private IP known for the new primary {primary}"
+        roles.append(RoleCommand(instance_id=standby, role="standby", sent=False, detail=detail))
+        return roles
+    roles.append(_send_role(deps, execution, standby, "standby", new.private_ip))
+    return roles
 
 
 def swap_roles(deps: Deps, request: MoveInput) -> SwapResult:
     plan = request.plan
     deployment = deps.state.get_deployment()
     if deployment is not None and deployment.primary_instance_id == plan.to_instance_id:
-        return SwapResult(
-            swapped=False, primary_instance_id=plan.to_instance_id, standby_instance_id=plan.from_instance_id
-        )
-    expected = deployment.primary_instance_id if deployment and deployment.primary_instance_id else ""
-    swapped = deps.state.swap_roles(expected, plan.to_instance_id, plan.from_instance_id, clock.now())
+        swapped, current = False, True  # a retried invocation: the table is already swapped
+    else:
+        expected = deployment.primary_instance_id if deployment and deployment.primary_instance_id else ""
+        swapped = deps.state.swap_roles(expected, plan.to_instance_id, plan.from_instance_id, clock.now())
+        current = swapped
+    roles: list[RoleCommand] = []
+    hosts = "roles not sent: another execution changed the state table's roles"
+    if current:
+        roles = rearm_hosts(deps, request.execution.name, plan.to_instance_id, plan.from_instance_id)
+        hosts = describe_roles(roles)
     return SwapResult(
-        swapped=swapped, primary_instance_id=plan.to_instance_id, standby_instance_id=plan.from_instance_id
+        swapped=swapped,
+        primary_instance_id=plan.to_instance_id,
+        standby_instance_id=plan.from_instance_id,
+        roles=roles,
+        hosts=hosts,
     )
 
 

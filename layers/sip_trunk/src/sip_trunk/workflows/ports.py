@@ -39,6 +39,8 @@ class StackInfo:
     status: StackStatus
     reason: str = ""
     outputs: Mapping[str, str] = field(default_factory=dict)
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    """The stack's current parameter values (as DescribeStacks reports them)."""
 
 
 CommandStatus = Literal["Pending", "InProgress", "Delayed", "Success", "Cancelled", "TimedOut", "Failed", "Unknown"]
@@ -85,8 +87,16 @@ class Addresses(Protocol):
 class Stacks(Protocol):
     def describe(self, name: str) -> StackInfo | None: ...
     def create(self, name: str, template_url: str, parameters: Mapping[str, str], role_arn: str = "") -> None: ...
-    def update(self, name: str, template_url: str, parameters: Mapping[str, str], role_arn: str = "") -> bool:
-        """False when CloudFormation reports there is nothing to update."""
+    def update(
+        self,
+        name: str,
+        template_url: str,
+        parameters: Mapping[str, str],
+        role_arn: str = "",
+        keep_previous: Sequence[str] = (),
+    ) -> bool:
+        """False when CloudFormation reports there is nothing to update. Parameters named in `keep_previous`
+        keep the stack's current value (`UsePreviousValue`)."""
 
 
 class Commands(Protocol):

@@ -1,17 +1,22 @@
 """The Provision workflow: one function per state of `statemachines/provision.asl.yaml`.
 
-Order: validate → render into the config store → launch/update the host stack → wait for it → apply the
-version on the hosts → verify → sync the ElevenLabs number → record (success or failure) → notify.
-Every function is safe to re-run with the same input; a re-run with unchanged settings changes nothing.
+Order: validate → render into the config store → launch/update the host stack → wait for it, then set the
+hosts' roles → apply the version on the hosts → verify → sync the ElevenLabs number → record (success or
+failure) → notify. A config version reaches the hosts only through ApplyConfig (Run Command); the host stack
+is updated only when its template or its other parameters change, so a config push never restarts a host.
+Every function is safe to re-run with the same input; a re-run with unchanged settings changes nothing
+(it re-sends the hosts' roles, which is idempotent).
 """
 
 from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field
 
 from sip_trunk.elevenlabs import DesiredTrunk, ElevenLabsError, diff_trunk, ensure_trunk, find_trunk
@@ -31,10 +36,14 @@ from sip_trunk.workflows.common import (
     LoadedSettings,
     Model,
     ProbeReport,
+    Role,
+    RoleCommand,
     StepInput,
+    describe_roles,
     error_message,
     load_settings,
     probe_address,
+    set_role_command,
     sip_transport,
 )
 from sip_trunk.workflows.deps import Deps
@@ -42,6 +51,8 @@ from sip_trunk.workflows.state import Deployment
 
 VERSION_PATTERN = re.compile(r"^v[0-9a-f]{16}$")
 AGENT = "sip-trunk-agent"
+CONFIG_VERSION = "ConfigVersion"
+"""The host stack parameter naming the version a host applies at its first boot (stacks/host.yaml)."""
 
 _STACK_DONE = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
 _STACK_FAILED = {
@@ -168,8 +179,8 @@ def template_location(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def host_stack_parameters(deps: Deps, version: str) -> dict[str, str]:
-    """The root stack's parameters for the host stack (an SSM JSON document), plus the config version."""
+def host_stack_parameters(deps: Deps) -> dict[str, str]:
+    """The root stack's parameters for the host stack (an SSM JSON document), without the config version."""
     cfg = deps.config
     params: dict[str, str] = {}
     if cfg.host_parameters_parameter:
@@ -177,34 +188,71 @@ def host_stack_parameters(deps: Deps, version: str) -> dict[str, str]:
         if not isinstance(document, dict):
             raise SettingsInvalid(f"{cfg.host_parameters_parameter} must hold a JSON object")
         params = {str(k): str(v) for k, v in document.items()}
-    params["ConfigVersion"] = version
+    params.pop(CONFIG_VERSION, None)
     return params
 
 
-def publish_host_template(deps: Deps) -> bool:
-    """Upload the layer's host template to HOST_TEMPLATE_URL when it differs (True when uploaded)."""
+class _TemplateLoader(yaml.SafeLoader):
+    """Reads a CloudFormation YAML template's structure; intrinsic tags (`!Ref`, `!Sub`, …) become None."""
+
+
+_TemplateLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def template_parameters(body: bytes) -> set[str] | None:
+    """Parameter names a CloudFormation template declares; None when the template cannot be read."""
+    try:
+        document = yaml.load(body, Loader=_TemplateLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.YAMLError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    declared = document.get("Parameters") or {}
+    return {str(k) for k in declared} if isinstance(declared, dict) else None
+
+
+def host_template(deps: Deps) -> bytes | None:
+    """The layer's host template (HOST_TEMPLATE_FILE), when this function has it."""
     cfg = deps.config
     if not cfg.host_template_file:
-        return False
+        return None
     path = Path(cfg.host_template_file)
-    if not path.is_file():
+    return path.read_bytes() if path.is_file() else None
+
+
+def publish_host_template(deps: Deps, body: bytes | None = None) -> bool:
+    """Upload the layer's host template to HOST_TEMPLATE_URL when it differs (True when uploaded)."""
+    body = host_template(deps) if body is None else body
+    if body is None:
         return False
-    bucket, key = template_location(cfg.host_template_url)
-    return deps.objects.put_if_changed(bucket, key, path.read_bytes())
+    bucket, key = template_location(deps.config.host_template_url)
+    return deps.objects.put_if_changed(bucket, key, body)
 
 
 def launch_host(deps: Deps, request: LaunchInput) -> LaunchResult:
-    """Create the host stack, or update it; the running hosts keep serving during an update."""
+    """Create the host stack, or update it; the running hosts keep serving during an update.
+
+    The config version is a launch-time value only: a create passes the current version (the hosts' first
+    boot applies it), an update keeps the stack's previous value (`UsePreviousValue`). So a Provision whose
+    only change is the configuration finds the stack unchanged ("No updates are to be performed") and the
+    new version reaches the hosts through ApplyConfig; a ConfigVersion change would rewrite the instances'
+    user data, which stops and starts them.
+    """
     cfg = deps.config
     name = cfg.host_stack_name
     if not cfg.host_template_url:
         raise SettingsInvalid("HOST_TEMPLATE_URL is not set")
-    publish_host_template(deps)
-    params = host_stack_parameters(deps, request.render.version)
+    body = host_template(deps)
+    publish_host_template(deps, body)
+    declared = template_parameters(body) if body is not None else None
+    takes_version = declared is None or CONFIG_VERSION in declared
+    params = host_stack_parameters(deps)
     role = cfg.host_stack_role_arn
     info = deps.stacks.describe(name)
     operation: Literal["created", "updated", "unchanged", "in_progress"]
     if info is None:
+        if takes_version:
+            params[CONFIG_VERSION] = request.render.version
         try:
             deps.stacks.create(name, cfg.host_template_url, params, role)
         except Exception as exc:  # CloudFormation refused the template or parameters
@@ -215,8 +263,14 @@ def launch_host(deps: Deps, request: LaunchInput) -> LaunchResult:
     elif info.status in {"ROLLBACK_COMPLETE", "CREATE_FAILED", "DELETE_FAILED", "ROLLBACK_FAILED"}:
         raise StackFailed(f"{name} is {info.status} ({info.reason}); delete it and provision again")
     else:
+        keep: list[str] = []
+        if takes_version:
+            if CONFIG_VERSION in info.parameters:
+                keep.append(CONFIG_VERSION)
+            else:  # the deployed template has no such parameter yet: there is no previous value to keep
+                params[CONFIG_VERSION] = request.render.version
         try:
-            changed = deps.stacks.update(name, cfg.host_template_url, params, role)
+            changed = deps.stacks.update(name, cfg.host_template_url, params, role, keep_previous=keep)
         except Exception as exc:
             raise StackFailed(f"cannot update {name}: {exc}") from None
         operation = "updated" if changed else "unchanged"
@@ -233,9 +287,36 @@ class StackCheck(Model):
     primary_instance_id: str | None = None
     standby_instance_id: str | None = None
     address_associated: bool = False
+    roles: list[RoleCommand] = Field(default_factory=list)
+    """The `set-role` commands sent to the hosts once the stack is ready (primary first)."""
+
+
+def private_addresses(outputs: Mapping[str, str]) -> dict[str, str]:
+    """Instance id → private IP from the host stack's per-slot outputs (a failover may have swapped which
+    slot serves, so the roles are mapped by instance id, never by slot)."""
+    out: dict[str, str] = {}
+    for slot in ("Primary", "Standby"):
+        instance, address = outputs.get(f"{slot}InstanceId"), outputs.get(f"{slot}PrivateIp")
+        if instance and address:
+            out[instance] = address
+    return out
+
+
+def _send_role(deps: Deps, execution: str, instance_id: str, role: Role, peer: str | None = None) -> RoleCommand:
+    try:
+        command = set_role_command(role, peer)
+        command_id = deps.commands.send([instance_id], [command], f"{execution}: set-role {role}")
+    except Exception as exc:  # reported in the output and the notification; ApplyConfig gates serving
+        detail = f"{type(exc).__name__}: {exc}"[:300]
+        return RoleCommand(instance_id=instance_id, role=role, peer_address=peer, sent=False, detail=detail)
+    return RoleCommand(instance_id=instance_id, role=role, peer_address=peer, sent=True, command_id=command_id)
 
 
 def check_host_stack(deps: Deps, request: StackCheckInput) -> StackCheck:
+    """Poll the host stack. When it is ready: roles from the state table (on the first deployment the
+    stack's primary slot is the primary), the primary Elastic IP on the primary unless it is already on one
+    of the stack's hosts (ADR-11), and `set-role` sent to each host — an update may have replaced an
+    instance, which then booted with the role of its launch tag (ADR-12)."""
     launch = request.launch
     info = deps.stacks.describe(launch.stack_name)
     if info is None:
@@ -257,17 +338,25 @@ def check_host_stack(deps: Deps, request: StackCheckInput) -> StackCheck:
         primary = current.primary_instance_id
         others = sorted(h for h in stack_hosts if h != primary)
         standby = others[0] if others else None
+    private = private_addresses(info.outputs)
+    if standby and primary not in private:
+        raise StackFailed(f"{launch.stack_name} reports no private IP for the primary {primary}")
     address = deps.addresses.describe_address(deps.config.primary_allocation_id)
     moved = False
     if address.instance_id != primary and address.instance_id not in stack_hosts - {primary}:
         deps.addresses.associate(address.allocation_id, primary)
         moved = True
+    execution = request.execution.name
+    roles = [_send_role(deps, execution, primary, "primary")]
+    if standby:
+        roles.append(_send_role(deps, execution, standby, "standby", private[primary]))
     return StackCheck(
         ready=True,
         status=info.status,
         primary_instance_id=primary,
         standby_instance_id=standby,
         address_associated=moved,
+        roles=roles,
     )
 
 
@@ -591,6 +680,7 @@ def _record_success(deps: Deps, request: RecordInput) -> RecordResult:
         f"Provision {request.execution.name} succeeded: version {render.version} {verb}.",
         f"Elastic IP {render.public_address} → primary {stack.primary_instance_id}"
         + (f", standby {stack.standby_instance_id}" if stack.standby_instance_id else ""),
+        f"Host roles: {describe_roles(stack.roles)}",
         f"ElevenLabs number: {sync.action}" + (f" ({', '.join(sync.changed_fields)})" if sync.changed_fields else ""),
         "Step durations (s): " + ", ".join(f"{k}={v}" for k, v in durations.items()),
     ]

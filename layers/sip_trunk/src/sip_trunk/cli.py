@@ -253,7 +253,7 @@ def _print_drill(result: dict[str, Any]) -> None:
         wp = result.get("watch_peer", {})
         out.print(
             f"watch-peer --interval {wp.get('interval_s')} --failures {wp.get('failures')} --timeout "
-            f"{wp.get('timeout_s')} (production: --interval 5 --failures 3 --timeout 2)",
+            f"{wp.get('timeout_s')} (production: --interval 1.5 --failures 3 --timeout 1)",
             highlight=False,
         )
         table = Table(title=f"failover RTO over {result['rto_s']['n']} runs (seconds)")

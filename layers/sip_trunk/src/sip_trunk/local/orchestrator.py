@@ -18,7 +18,7 @@ While it serves, the controller runs `sip-trunk-agent report` on every host each
 `sip-trunk-agent.timer` does on EC2), so the Failover state machine's standby check sees fresh heartbeats.
 
 watch-peer on the standby runs with local-mode settings through its real options: `--interval 0.5 --failures 3
---timeout 0.5` (production: `--interval 5 --failures 3 --timeout 2`, in `sip-trunk-watch-peer.service`).
+--timeout 0.5` (production: `--interval 1.5 --failures 3 --timeout 1`, in `sip-trunk-watch-peer.service`).
 """
 
 from __future__ import annotations

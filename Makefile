@@ -77,7 +77,7 @@ test-e2e: dev ## The local emulation end to end (needs root)
 	$(PYTEST) -m e2e tests/e2e
 
 .PHONY: bench
-bench: dev asterisk-root ## Benchmarks: capacity, reload under load, Lambda cost signals (writes bench/results, docs/PERFORMANCE.md)
+bench: dev asterisk-root ## Benchmarks: capacity, reload under load, provisioning time, failover RTO, Lambda cost (bench/results, docs/PERFORMANCE.md)
 	$(BIN)/python -m bench.run
 
 .PHONY: clean

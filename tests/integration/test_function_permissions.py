@@ -233,6 +233,7 @@ FUNCTION_USES: dict[str, list[tuple[str, str]]] = {
         ("state", "get_deployment"),
         ("addresses", "describe_address"),
         ("addresses", "associate"),
+        ("commands", "send"),
     ],
     "apply_config": [("state", "heartbeats"), ("commands", "send")],
     "check_apply": [("commands", "results")],
@@ -262,7 +263,12 @@ FUNCTION_USES: dict[str, list[tuple[str, str]]] = {
         ("addresses", "associate"),
     ],
     "failover_verify": SETTINGS,
-    "failover_swap_roles": [("state", "get_deployment"), ("state", "swap_roles")],
+    "failover_swap_roles": [
+        ("state", "get_deployment"),
+        ("state", "swap_roles"),
+        ("addresses", "instances"),
+        ("commands", "send"),
+    ],
     "health_check": [
         ("state", "get_deployment"),
         ("state", "heartbeats"),

@@ -3,6 +3,7 @@ Timeout covers its worst case (probes and ElevenLabs requests with the client's 
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Optional tunables: absent from the template, production defaults in the config model (CONTRACTS.md).
+# Optional tunables with production defaults in the config model (CONTRACTS.md).
 TUNABLES: dict[str, Any] = {
     "ELEVENLABS_API_URL": "https://api.elevenlabs.io",
     "STACK_TIMEOUT_S": 1800,
@@ -27,6 +28,10 @@ TUNABLES: dict[str, Any] = {
     "FAILOVER_LOCK_TTL_S": 900,
     "PROBE_TARGETS": {},
 }
+# Tunables the template does set, only on the functions that read them: name → functions.
+# STACK_TIMEOUT_S: a stock Ubuntu host builds Asterisk at boot (docs/IMAGE.md), so LaunchHost's deadline for the
+# host stack depends on the image source.
+TEMPLATE_SET_TUNABLES: dict[str, set[str]] = {"STACK_TIMEOUT_S": {"launch_host"}}
 # Read by Powertools, not by the config model.
 POWERTOOLS = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"}
 
@@ -70,6 +75,8 @@ def evaluated(node: Any) -> str:
     """A deploy-time value for an intrinsic, good enough for the config model's constraints."""
     if isinstance(node, str):
         return node
+    if isinstance(node, int | float):
+        return str(node)
     if "Ref" in node:
         return {"AWS::StackName": "sip-prod"}.get(node["Ref"], f"{node['Ref'].lower()}-value")
     if "Fn::Sub" in node:
@@ -88,7 +95,11 @@ def test_every_config_field_is_set_by_the_template_or_is_a_tunable_with_a_defaul
     for function in functions(template):
         env = environment(template, function)
         for alias, field in fields.items():
-            if alias in TUNABLES:
+            if alias in TEMPLATE_SET_TUNABLES:
+                assert not field.is_required(), alias
+                wanted = function in TEMPLATE_SET_TUNABLES[alias]
+                assert (alias in env) == wanted, f"{function}: {alias} should {'' if wanted else 'not '}be set"
+            elif alias in TUNABLES:
                 assert not field.is_required(), alias
                 assert alias not in env, f"{function}: {alias} is a tunable; production uses its default"
             else:
@@ -166,3 +177,29 @@ def test_every_timeout_covers_its_worst_case() -> None:
         assert timeout <= 900
     assert functions(template)["verify_trunk"]["Timeout"] == 90
     assert functions(template)["health_check"]["Timeout"] < 60, "a run must end before the next minute's"
+
+
+def test_stack_timeout_covers_the_host_stacks_creation_policies() -> None:
+    """LaunchHost's deadline outlasts the host stack's own: in high availability the standby boots after the
+    primary (its user data needs the primary's private IP), each within its CreationPolicy timeout."""
+    from sip_trunk.workflows.provision import check_host_stack, launch_host
+
+    assert "stack_timeout_s" in inspect.getsource(launch_host)
+    assert "stack_timeout_s" not in inspect.getsource(check_host_stack)
+    template = load()
+    value = functions(template)["launch_host"]["Environment"]["Variables"]["STACK_TIMEOUT_S"]
+    condition, ubuntu, image = value["Fn::If"]
+    assert condition == "UseUbuntu"
+    assert template["Conditions"]["UseUbuntu"] == {"Fn::Equals": [{"Ref": "AmiSource"}, "ubuntu-24.04"]}
+    assert int(image) == TUNABLES["STACK_TIMEOUT_S"]
+    host, _ = decode(str(ROOT / "stacks" / "host.yaml"))
+    assert host is not None
+    timeouts = []
+    for res in host["Resources"].values():
+        if res["Type"] == "AWS::EC2::Instance":
+            match = re.fullmatch(r"PT(\d+)M", res["CreationPolicy"]["ResourceSignal"]["Timeout"])
+            assert match
+            timeouts.append(int(match[1]) * 60)
+    assert len(timeouts) == 2
+    assert int(ubuntu) >= sum(timeouts), "one host after the other, each up to its CreationPolicy timeout"
+    assert int(ubuntu) <= sum(timeouts) + 900, "and not much more"

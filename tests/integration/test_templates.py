@@ -61,7 +61,6 @@ LOG_DELIVERY = {
     "logs:DescribeLogGroups",
 }
 WILDCARD_ALLOWLIST: dict[str, set[str]] = {
-    "HostRole": {"cloudwatch:PutMetricData"},
     "HostStackRole": {
         "ec2:DescribeInstances",
         "ec2:DescribeInstanceStatus",
@@ -79,15 +78,18 @@ WILDCARD_ALLOWLIST: dict[str, set[str]] = {
     "CheckApplyFunctionRole": {"ssm:GetCommandInvocation"},
     "FailoverConfirmFunctionRole": {"ec2:DescribeAddresses", "ec2:DescribeInstances"},
     "FailoverMoveEipFunctionRole": {"ec2:DescribeAddresses"},
+    "FailoverSwapRolesFunctionRole": {"ec2:DescribeInstances"},
     "HealthCheckFunctionRole": {"ec2:DescribeAddresses", "ec2:DescribeInstances"},
     "ProvisionStateMachineRole": LOG_DELIVERY,
     "FailoverStateMachineRole": LOG_DELIVERY,
 }
+# The host stack's roles (stacks/host.yaml): the host role lives there (ADR-11).
+HOST_WILDCARD_ALLOWLIST: dict[str, set[str]] = {"HostRole": {"cloudwatch:PutMetricData"}}
 MANAGED_POLICY_ALLOWLIST = {
-    "AmazonSSMManagedInstanceCore",  # the host: Session Manager and Run Command
     "AWSLambdaBasicExecutionRole",  # functions: write their log streams
     "AWSXrayWriteOnlyAccess",  # functions and state machines: Tracing Active
 }
+HOST_MANAGED_POLICY_ALLOWLIST = {"AmazonSSMManagedInstanceCore"}  # the host: Session Manager and Run Command
 
 
 def pascal(name: str) -> str:
@@ -365,9 +367,12 @@ def test_subnets_in_two_zones_and_no_automatic_public_ips() -> None:
     cidr = ipaddress.IPv4Network(template["Parameters"]["VpcCidr"]["Default"])
     assert cidr.prefixlen == 16
     assert resources(template, "AWS::EC2::FlowLog"), "VPC flow logs"
+    # One Elastic IP: the control plane moves it to whichever host is primary; no standby address (ADR-12).
     eips = resources(template, "AWS::EC2::EIP")
-    assert set(eips) == {"PrimaryAddress", "StandbyAddress"}
-    assert eips["StandbyAddress"]["Condition"] == "IsHA"
+    assert set(eips) == {"PrimaryAddress"}
+    assert "Condition" not in eips["PrimaryAddress"]
+    assert not [o for o in template["Outputs"] if o.startswith("Standby") and o != "StandbySubnetId"]
+    assert "StandbyAllocationId" not in load(HOST_TEMPLATE)["Parameters"]
 
 
 # --- encryption and public access ----------------------------------------------------------------
@@ -618,8 +623,14 @@ def test_wildcard_resources_equal_the_allowlist(monkeypatch: pytest.MonkeyPatch)
     assert wildcard_statements(template) == WILDCARD_ALLOWLIST
 
 
-def test_no_wildcard_actions_and_only_known_managed_policies(monkeypatch: pytest.MonkeyPatch) -> None:
-    template = transformed_root(monkeypatch)
+def test_host_template_wildcard_resources_equal_its_allowlist() -> None:
+    host = load(HOST_TEMPLATE)
+    assert not [r for r in host["Resources"].values() if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")]
+    assert wildcard_statements(host) == HOST_WILDCARD_ALLOWLIST
+    assert wildcard_statements(load(NETWORK_TEMPLATE)) == {}
+
+
+def managed_policies_and_wildcard_actions(template: dict[str, Any]) -> set[str]:
     managed: set[str] = set()
     for name, res in template["Resources"].items():
         if res["Type"] != "AWS::IAM::Role":
@@ -630,7 +641,62 @@ def test_no_wildcard_actions_and_only_known_managed_policies(monkeypatch: pytest
             if isinstance(statement, dict) and "Action" in statement:
                 for action in as_list(statement["Action"]):
                     assert "*" not in action, f"{name}: wildcard action {action}"
-    assert managed == MANAGED_POLICY_ALLOWLIST
+    return managed
+
+
+def test_no_wildcard_actions_and_only_known_managed_policies(monkeypatch: pytest.MonkeyPatch) -> None:
+    template = transformed_root(monkeypatch)
+    assert managed_policies_and_wildcard_actions(template) == MANAGED_POLICY_ALLOWLIST
+    assert managed_policies_and_wildcard_actions(load(HOST_TEMPLATE)) == HOST_MANAGED_POLICY_ALLOWLIST
+    assert managed_policies_and_wildcard_actions(load(NETWORK_TEMPLATE)) == set()
     for fn in ALL_FUNCTIONS:
         role = template["Resources"][f"{pascal(fn)}FunctionRole"]
         assert "AdministratorAccess" not in json.dumps(role)
+
+
+def host_stack_statements() -> dict[str, dict[str, Any]]:
+    policy = load(ROOT_TEMPLATE)["Resources"]["HostStackRole"]["Properties"]["Policies"][0]["PolicyDocument"]
+    return {s["Sid"]: s for s in policy["Statement"]}
+
+
+def test_host_stack_role_manages_exactly_the_host_role_and_profile() -> None:
+    # The host role and its instance profile live in the host stack (ADR-11): the root stack has none.
+    root = load(ROOT_TEMPLATE)
+    assert not resources(root, "AWS::IAM::InstanceProfile")
+    assert "HostRole" not in root["Resources"]
+    host = load(HOST_TEMPLATE)
+    assert set(resources(host, "AWS::IAM::Role")) == {"HostRole"}
+    assert set(resources(host, "AWS::IAM::InstanceProfile")) == {"HostInstanceProfile"}
+    assert "InstanceProfileName" not in host["Parameters"]
+    # Their ARNs: the path (never truncated) starts with "<root>-host-"; names are generated. The host stack
+    # is "<root>-host" (LaunchHost's HOST_STACK_NAME).
+    assert root["Globals"]["Function"]["Environment"]["Variables"]["HOST_STACK_NAME"] == {
+        "Fn::Sub": "${AWS::StackName}-host"
+    }
+    evaluator = Evaluator(host, {"RootStackName": "sip-prod"})
+    role_arn = f"arn:aws:iam::123456789012:role{evaluator.value(host['Resources']['HostRole']['Properties']['Path'])}"
+    role_arn += "sip-prod-host-HostRole-1A2B3C4D5E6F"
+    profile = host["Resources"]["HostInstanceProfile"]["Properties"]
+    profile_arn = f"arn:aws:iam::123456789012:instance-profile{evaluator.value(profile['Path'])}"
+    profile_arn += "sip-prod-host-HostInstanceProfile-1A2B3C4D5E6F"
+    assert profile["Roles"] == [{"Ref": "HostRole"}]
+    root_eval = Evaluator(root, {})  # AWS::StackName is sip-prod
+
+    def arn_matches(statement: dict[str, Any], arn: str) -> bool:
+        pattern = root_eval.value(statement["Resource"])
+        return re.fullmatch(re.escape(pattern).replace(r"\*", ".*"), arn) is not None
+
+    statements = host_stack_statements()
+    assert "AssociateOwnAddresses" not in statements, "the host stack associates no Elastic IP (ADR-11)"
+    for sid in ("HostRoleLifecycle", "HostRoleManagedPolicy", "PassHostRole"):
+        assert arn_matches(statements[sid], role_arn), sid
+        assert not arn_matches(statements[sid], role_arn.replace("sip-prod-host", "other-host")), sid
+    assert arn_matches(statements["HostInstanceProfile"], profile_arn)
+    assert statements["PassHostRole"]["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+    # Attach/Detach only the managed policies host.yaml attaches.
+    attached = {root_eval.value(a) for a in host["Resources"]["HostRole"]["Properties"]["ManagedPolicyArns"]}
+    allowed = statements["HostRoleManagedPolicy"]["Condition"]["ArnEquals"]["iam:PolicyARN"]
+    assert {root_eval.value(a) for a in as_list(allowed)} == attached
+    for sid, statement in statements.items():
+        if sid != "HostRoleManagedPolicy":
+            assert not {"iam:AttachRolePolicy", "iam:DetachRolePolicy"} & set(as_list(statement["Action"])), sid

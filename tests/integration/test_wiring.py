@@ -55,6 +55,7 @@ def test_root_stack_creates_every_piece_and_wires_the_functions(aws: None) -> No
         plane.network_stack_id,
     )
     assert outputs["PrimaryAllocationId"].startswith("eipalloc-")
+    assert "StandbyAllocationId" not in outputs, "one Elastic IP only (ADR-12)"
     cfn = boto3.client("cloudformation")
     stack = cfn.describe_stacks(StackName=plane.stack_id)["Stacks"][0]
     assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
@@ -81,6 +82,11 @@ def test_root_stack_creates_every_piece_and_wires_the_functions(aws: None) -> No
         assert env["HOST_TEMPLATE_URL"].startswith(f"https://{physical['BackupBucket']}.")
         assert env["POWERTOOLS_SERVICE_NAME"] == STACK
         assert env["POWERTOOLS_METRICS_NAMESPACE"] == "AwsSipTrunk"
+        # The stock Ubuntu image (the default) builds Asterisk at boot: LaunchHost waits longer for the stack.
+        if plane.function_names[physical[logical]] == "launch_host":
+            assert env["STACK_TIMEOUT_S"] == "7800"
+        else:
+            assert "STACK_TIMEOUT_S" not in env
 
     # and the table, buckets, topic and parameters exist
     table = boto3.client("dynamodb").describe_table(TableName=physical["StateTable"])["Table"]
@@ -101,6 +107,7 @@ def test_root_stack_creates_every_piece_and_wires_the_functions(aws: None) -> No
     assert host_params["PrimaryAllocationId"] == outputs["PrimaryAllocationId"]
     assert host_params["StandbySubnetId"] == outputs["StandbySubnetId"]
     assert host_params["StateTable"] == physical["StateTable"]
+    assert not {"StandbyAllocationId", "InstanceProfileName"} & set(host_params), "host role lives in host.yaml"
 
     # and every secret the settings document refers to is a secret of the template, created
     assert host_params["LayerVersionArn"].startswith("arn:aws:lambda:")

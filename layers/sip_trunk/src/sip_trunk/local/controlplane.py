@@ -333,10 +333,10 @@ def _wait_created(cfn: Any, stack_id: str) -> dict[str, Any]:
 
 
 def create_network(
-    cfn: Any, kms: Any, root: Path, stack_name: str, high_availability: bool, *, one_lan: bool = False
+    cfn: Any, kms: Any, root: Path, stack_name: str, *, one_lan: bool = False
 ) -> tuple[str, dict[str, str]]:
     key = kms.create_key(Description=f"{stack_name} logs")["KeyMetadata"]["Arn"]
-    params = {"RootStackName": stack_name, "HighAvailability": str(high_availability).lower(), "LogKmsKeyArn": key}
+    params = {"RootStackName": stack_name, "LogKmsKeyArn": key}
     template = without_cidr_and_azs(load_template(root / "stacks" / "network.yaml"), one_lan=one_lan)
     stack_id = str(
         cfn.create_stack(
@@ -460,9 +460,7 @@ def create_control_plane(
     `one_lan`: both subnets inside 10.0.0.0/24, the LAN of local hosts.
     """
     cfn = client("cloudformation", endpoint)
-    network_id, outputs = create_network(
-        cfn, client("kms", endpoint), root, stack_name, high_availability, one_lan=one_lan
-    )
+    network_id, outputs = create_network(cfn, client("kms", endpoint), root, stack_name, one_lan=one_lan)
     upload_artifacts(client("s3", endpoint))
     template = root_template(root, outputs, network_id)
     params = {**parameters, "HighAvailability": str(high_availability).lower()}

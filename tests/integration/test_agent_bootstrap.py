@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import threading
@@ -347,3 +348,105 @@ def test_env_file_with_an_unknown_setting_is_refused(tmp_path: Path, capsys: pyt
     env_file.write_text("SIP_TRUNK_STACK=x\nSIP_TRUNK_STAK_TYPO=y\n")
     assert main(["bootstrap", "--env-file", str(env_file)]) == 2
     assert "SIP_TRUNK_STAK_TYPO" in capsys.readouterr().out
+
+
+def test_first_boot_takes_the_launch_tag_and_the_agent_env_version(host: Host, imds: tuple[FakeImds, str]) -> None:
+    # Given a host stack that named v1 at launch, and a pointer that has moved on to v2 since
+    launch = host.publish(rendered_set(["alice", "elevenlabs"]), desired=False)
+    newer = host.publish(rendered_set(["alice"]))
+    config = dataclasses.replace(host.config, config_version=launch)
+
+    # When the instance boots for the first time
+    result = boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+
+    # Then role and version are the launch ones, and the result says where each came from
+    assert (result["first_boot"], result["boot"]) == (True, 1)
+    assert (result["role"], result["role_source"]) == ("primary", "tag")
+    assert (result["desired_version"], result["version_source"]) == (launch, "agent.env")
+    assert result["apply"]["version"] == launch != newer
+    record = json.loads((config.state_dir / boot.BOOT_RECORD).read_text())
+    assert record["instance_id"] == imds[0].instance_id
+    assert (record["role_source"], record["version_source"]) == ("tag", "agent.env")
+
+
+def test_a_reboot_keeps_the_role_set_role_gave_and_applies_the_desired_version(
+    host: Host, imds: tuple[FakeImds, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a host launched as primary (tag) with v1, later made standby by the control plane's set-role
+    launch = host.publish(rendered_set(["alice", "elevenlabs"]), desired=False)
+    config = dataclasses.replace(host.config, config_version=launch, peer_address=None)
+    boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+    flags = ["--etc-dir", str(config.etc_dir), "--systemctl", "true"]
+    assert main([*flags, "set-role", "--role", "standby", "--peer-address", "10.0.2.20"], session=host.session) == 0
+    capsys.readouterr()
+    # and a Provision that moved the desired-version pointer on to v2 (ApplyConfig not run on this host)
+    newer = host.publish(rendered_set(["alice"]))
+
+    # When the host reboots (the tag still says primary)
+    assert imds[0].tags["aws-sip-trunk:role"] == "primary"
+    host.commands.clear()
+    cli = FixtureCli()
+    result = boot.bootstrap(config, host.session, cli, run=host.run)  # type: ignore[arg-type]
+
+    # Then it stays the standby watching the primary set-role named, not a second primary
+    assert (result["first_boot"], result["boot"]) == (False, 2)
+    assert (result["role"], result["role_source"], result["peer_address"]) == ("standby", "role.env", "10.0.2.20")
+    assert ["systemctl", "enable", "--now", boot.WATCH_PEER] in host.commands
+    assert ["systemctl", "disable", "--now", boot.WATCH_PEER] not in host.commands
+    role_env = read_env_file(config.etc_dir / boot.ROLE_ENV)
+    assert role_env == {"SIP_TRUNK_ROLE": "standby", "SIP_TRUNK_PEER_ADDRESS": "10.0.2.20"}
+    # and it runs the desired version, not the launch one
+    assert (result["desired_version"], result["version_source"]) == (newer, "desired-version")
+    assert result["apply"]["version"] == newer
+    assert result["apply"]["previous"] == launch
+    assert result["running_version"] == newer
+    assert heartbeat(host, imds[0].instance_id)["running_version"] == newer
+    record = json.loads((config.state_dir / boot.BOOT_RECORD).read_text())
+    assert (record["boots"], record["role_source"], record["version_source"]) == (2, "role.env", "desired-version")
+
+
+def test_a_reboot_on_the_version_already_running_applies_nothing(host: Host, imds: tuple[FakeImds, str]) -> None:
+    # Given a host that booted and runs the desired version
+    version = host.publish(rendered_set(["alice", "elevenlabs"]))
+    boot.bootstrap(host.config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+    release = Releases(host.config.releases_dir, host.config.config_dir)
+    assert release.current_version() == version
+    last_apply = (host.config.state_dir / "last-apply.json").read_bytes()
+
+    # When it reboots
+    cli = FixtureCli()
+    result = boot.bootstrap(host.config, host.session, cli, run=host.run)  # type: ignore[arg-type]
+
+    # Then the version is not applied again: no reload, no restart, no new apply record
+    assert (result["desired_version"], result["version_source"]) == (version, "desired-version")
+    assert result["apply"] == {"version": version, "changed": False, "skipped": "already running"}
+    assert not {"core reload", "core restart gracefully"} & set(cli.commands)
+    assert (host.config.state_dir / "last-apply.json").read_bytes() == last_apply
+    assert (result["role"], result["role_source"]) == ("primary", "role.env")
+    assert release.current_version() == version
+
+
+def test_a_reboot_without_a_pointer_falls_back_to_the_agent_env_version(host: Host, imds: tuple[FakeImds, str]) -> None:
+    launch = host.publish(rendered_set(["alice", "elevenlabs"]), desired=False)
+    config = dataclasses.replace(host.config, config_version=launch)
+    boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+
+    result = boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+
+    assert result["first_boot"] is False
+    assert (result["desired_version"], result["version_source"]) == (launch, "agent.env")
+    assert result["apply"]["skipped"] == "already running"
+
+
+def test_a_disk_from_another_instance_boots_as_a_first_boot(host: Host, imds: tuple[FakeImds, str]) -> None:
+    # Given the role.env and boot record of another instance (a disk imaged from a running host)
+    boot.set_role(host.config, "standby", "10.0.9.9", run=host.run)
+    (host.config.state_dir).mkdir(parents=True, exist_ok=True)
+    (host.config.state_dir / boot.BOOT_RECORD).write_text(json.dumps({"instance_id": "i-0other", "boots": 7}))
+
+    result = boot.bootstrap(host.config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+
+    # Then this instance takes its own launch tag
+    assert (result["first_boot"], result["boot"]) == (True, 1)
+    assert (result["role"], result["role_source"]) == ("primary", "tag")
+    assert (host.config.etc_dir / boot.ROLE_ENV).read_text() == "SIP_TRUNK_ROLE=primary\n"

@@ -3,36 +3,46 @@
 Run by the host stack's user data on the first boot (before it signals CloudFormation) and by
 ``sip-trunk-boot.service`` on every later boot; every step is idempotent.
 
-1. identity: the instance id and role (tag ``aws-sip-trunk:role``) from IMDSv2, unless configured;
+1. identity: the instance id from IMDSv2, unless configured; the role and the primary's address from
+   ``role.env`` on later boots (what the last ``set-role`` or bootstrap wrote: the control plane's roles after
+   a failover or a Provision), else from the instance tag ``aws-sip-trunk:role`` (the role at launch) and
+   ``agent.env``; a role configured explicitly (``SIP_TRUNK_ROLE`` / ``--role``) wins over both;
 2. the agent's systemd units (shipped in this package) installed into ``/etc/systemd/system``;
 3. the CloudWatch agent configured for this stack (``AwsSipTrunk/Host`` metrics, the Asterisk log group);
-4. the desired config version (named by the host stack, else the SSM pointer) fetched and applied;
+4. the config version fetched and applied unless it already runs: on the first boot the one the host stack
+   names in ``agent.env`` (the version at launch), else the SSM ``desired-version`` pointer; on later boots the
+   pointer (ApplyConfig may have moved the host on since launch), else ``agent.env``'s;
 5. ``role.env`` written and the role's services enabled (heartbeat and recordings timers; watch-peer on the
    standby only, disabled on the primary);
-6. the first heartbeat written, so the control plane sees the host at once.
+6. the first heartbeat written, so the control plane sees the host at once;
+7. ``boot.json`` in the state directory: this instance has booted (what makes the next boot a later one), with
+   the sources of its role and version.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import json
 import logging
 import re
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sip_trunk.agent import apply as apply_mod
 from sip_trunk.agent import report as report_mod
-from sip_trunk.agent.config import AgentConfig
+from sip_trunk.agent.config import AgentConfig, read_env_file
 from sip_trunk.agent.imds import Imds, ImdsError
 from sip_trunk.agent.releases import Releases
-from sip_trunk.agent.runtime import AgentError, AsteriskCli, atomic_write
+from sip_trunk.agent.runtime import AgentError, AsteriskCli, atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
 ROLES = ("primary", "standby")
 ROLE_ENV = "role.env"
+BOOT_RECORD = "boot.json"  # in the state directory
 CLOUDWATCH_CONFIG = "cloudwatch-agent.json"
 HEARTBEAT_TIMER = "sip-trunk-agent.timer"
 RECORDINGS_TIMER = "sip-trunk-recordings.timer"
@@ -120,13 +130,82 @@ def set_role(config: AgentConfig, role: str, peer_address: str | None, run: Runn
     return {"role": role, "peer_address": peer_address, "services": services}
 
 
-def _desired_version(config: AgentConfig, ssm: Any) -> str | None:
+def previous_boot(config: AgentConfig, instance: str) -> dict[str, Any] | None:
+    """The record of this instance's last bootstrap, or None on its first boot.
+
+    An instance whose disk comes from an image of another host finds that host's record (another instance id):
+    its first boot. A host bootstrapped by an agent that wrote no record but has ``role.env`` has booted before.
+    """
+    path = config.state_dir / BOOT_RECORD
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        if (config.etc_dir / ROLE_ENV).is_file():
+            return {"instance_id": instance, "boots": 1}
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("%s unreadable (%s): treating this boot as a later one", path, exc)
+        return {"instance_id": instance, "boots": 1}
+    if not isinstance(record, dict) or record.get("instance_id") != instance:
+        return None
+    return record
+
+
+def read_role_env(config: AgentConfig) -> tuple[str, str | None] | None:
+    """(role, peer address) from ``role.env``; None when it is missing or does not name a valid role."""
+    path = config.etc_dir / ROLE_ENV
+    try:
+        values = read_env_file(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("%s unreadable: %s", path, exc)
+        return None
+    role = values.get("SIP_TRUNK_ROLE", "")
+    if role not in ROLES:
+        log.warning("%s names no valid role (%r)", path, role)
+        return None
+    return role, values.get("SIP_TRUNK_PEER_ADDRESS") or None
+
+
+def resolve_role(config: AgentConfig, metadata: Imds, *, later_boot: bool) -> tuple[str, str | None, str]:
+    """(role, peer address, source); source is ``config``, ``role.env``, ``tag`` or ``default``.
+
+    On later boots ``role.env`` holds the control plane's latest word (``set-role`` after a failover or a
+    Provision), so it wins over the launch tag; the peer comes with it (the launch ``agent.env`` may name a
+    primary that has since failed over) and from ``agent.env`` only for a standby whose file names none.
+    """
+    if config.role:
+        return config.role, config.peer_address, "config"
+    if later_boot and (recorded := read_role_env(config)) is not None:
+        role, peer = recorded
+        if role == "standby" and not peer:
+            peer = config.peer_address
+        return role, peer, ROLE_ENV
+    tagged = metadata.role()
+    if tagged:
+        return tagged, config.peer_address, "tag"
+    return "primary", config.peer_address, "default"
+
+
+def resolve_version(config: AgentConfig, ssm: Any, *, later_boot: bool) -> tuple[str | None, str | None]:
+    """(version, source); source is ``agent.env`` (the version the host stack named at launch),
+    ``desired-version`` (the SSM pointer) or None when neither names one.
+
+    The first boot prefers ``agent.env``; later boots prefer the pointer, which ApplyConfig has followed since.
+    """
     from sip_trunk import configstore
 
     named = (config.config_version or "").strip()
-    if named and named != "none":
-        return named
-    return configstore.get_desired_version(ssm, config.prefix)
+    launch = named if named and named != "none" else None
+    if launch is not None and not later_boot:
+        return launch, "agent.env"
+    pointer = configstore.get_desired_version(ssm, config.prefix)
+    if pointer:
+        return pointer, "desired-version"
+    if launch is not None:
+        return launch, "agent.env"
+    return None, None
 
 
 def bootstrap(
@@ -142,11 +221,22 @@ def bootstrap(
     metadata = imds or Imds(config.imds_url)
     try:
         instance = config.instance_id or metadata.instance_id()
-        role = config.role or metadata.role() or "primary"
+        previous = previous_boot(config, instance)
+        later_boot = previous is not None
+        role, peer, role_source = resolve_role(config, metadata, later_boot=later_boot)
     except ImdsError as exc:
         raise AgentError(f"instance identity: {exc}") from exc
-    config = dataclasses.replace(config, instance_id=instance, role=role)
-    result: dict[str, Any] = {"instance_id": instance, "role": role, "warnings": []}
+    config = dataclasses.replace(config, instance_id=instance, role=role, peer_address=peer)
+    boots = (int(previous.get("boots", 1)) if previous else 0) + 1
+    result: dict[str, Any] = {
+        "instance_id": instance,
+        "boot": boots,
+        "first_boot": not later_boot,
+        "role": role,
+        "role_source": role_source,
+        "peer_address": peer,
+        "warnings": [],
+    }
 
     result["units_changed"] = install_units(config, run)
     try:
@@ -154,11 +244,19 @@ def bootstrap(
     except AgentError as exc:  # metrics/logs are not worth an unserved host; the heartbeat still reports
         result["warnings"].append(f"CloudWatch agent: {exc}")
 
-    version = _desired_version(config, session.client("ssm"))
+    version, version_source = resolve_version(config, session.client("ssm"), later_boot=later_boot)
+    running = Releases(config.releases_dir, config.config_dir).current_version()
     result["desired_version"] = version
+    result["version_source"] = version_source
     result["apply"] = None
+    log.info(
+        "boot %d of %s: role %s (from %s), version %s (from %s), running %s",
+        boots, instance, role, role_source, version, version_source, running,
+    )  # fmt: skip
     if version is None:
         result["warnings"].append("no desired version in SSM yet: Asterisk keeps its current config")
+    elif version == running:
+        result["apply"] = {"version": version, "changed": False, "skipped": "already running"}
     else:
         try:
             result["apply"] = apply_mod.apply_version(config, session.client("ssm"), cli, version)
@@ -166,7 +264,7 @@ def bootstrap(
             result["apply"] = {"version": version, "ok": False, "error": str(exc)}
             result["warnings"].append(f"apply {version}: {exc}")
 
-    result["services"] = set_role(config, role, config.peer_address, run)["services"]
+    result["services"] = set_role(config, role, peer, run)["services"]
     status = report_mod.report(
         config, cli, instance, cloudwatch=session.client("cloudwatch"), dynamodb=session.resource("dynamodb")
     )
@@ -176,4 +274,17 @@ def bootstrap(
         "apply_error": status["apply_error"],
     }
     result["running_version"] = Releases(config.releases_dir, config.config_dir).current_version()
+    write_json(
+        config.state_dir / BOOT_RECORD,
+        {
+            "instance_id": instance,
+            "boots": boots,
+            "at": time.time(),
+            "role": role,
+            "role_source": role_source,
+            "version": version,
+            "version_source": version_source,
+            "running_version": result["running_version"],
+        },
+    )
     return result

@@ -31,7 +31,7 @@ class AgentConfig:
     recordings_bucket: str | None = None
     failover_state_machine_arn: str | None = None
     instance_id: str | None = None
-    role: str | None = None  # primary | standby; bootstrap reads the instance tag aws-sip-trunk:role
+    role: str | None = None  # primary | standby; else bootstrap reads role.env (later boots) or the launch tag
     peer_address: str | None = None  # the other host's private address (what watch-peer probes)
     config_version: str | None = None  # the version the host stack names; "none" = ask SSM
     asterisk_log_group: str | None = None

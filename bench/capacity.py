@@ -28,7 +28,7 @@ from typing import Any
 
 from standin import ELEVENLABS_HOST, hosts_file, use_private_hosts
 from support.asterisk import AsteriskInstance
-from support.gateway import load_example, merge, render_gateway
+from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.rtp import RtpRange, reserve_rtp_range
 from support.sipp import Sipp, free_port, write_injection
 
@@ -90,26 +90,8 @@ def gateway_settings(sip_port: int, rtp: tuple[int, int], agent_port: int) -> tu
         settings,
         {
             "elevenlabs": {"port": agent_port},
-            "network": {
-                "public_address": None,
-                "local_nets": ["127.0.0.0/8"],
-                "bind_address": GATEWAY_IP,
-                "sip_port": sip_port,
-                "tls_port": free_port(GATEWAY_IP),
-                "rtp_port_start": rtp[0],
-                "rtp_port_end": rtp[1],
-            },
-            "carriers": [
-                {
-                    "name": "carrier",
-                    "host": CARRIER_IP,
-                    "port": free_port(CARRIER_IP),
-                    "transport": "tcp",
-                    "auth": "ip",
-                    "match": [f"{CARRIER_IP}/32"],
-                    "dids": [e164],
-                }
-            ],
+            "network": loopback_network(GATEWAY_IP, sip_port, rtp, tls_port=free_port(GATEWAY_IP)),
+            "carriers": [ip_carrier(CARRIER_IP, free_port(CARRIER_IP), [e164])],
         },
     )
     return settings, secrets

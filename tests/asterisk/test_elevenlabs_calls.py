@@ -31,7 +31,7 @@ from standin import (
     wait_for,
 )
 from support.asterisk import AsteriskInstance
-from support.gateway import load_example, merge, render_gateway
+from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.rtp import RtpCounter, rtp_range
 from support.sipp import free_port, free_sip_port, run_sipp
 
@@ -89,26 +89,8 @@ def start_pair(
         settings,
         {
             "elevenlabs": {"port": standin.shared_port},
-            "network": {
-                "public_address": None,
-                "local_nets": ["127.0.0.0/8"],
-                "bind_address": GATEWAY_IP,
-                "sip_port": sip_port,
-                "tls_port": free_port(GATEWAY_IP),
-                "rtp_port_start": rtp[0],
-                "rtp_port_end": rtp[1],
-            },
-            "carriers": [
-                {
-                    "name": "carrier",
-                    "host": CARRIER_IP,
-                    "port": free_port(CARRIER_IP),
-                    "transport": "tcp",
-                    "auth": "ip",
-                    "match": [f"{CARRIER_IP}/32"],
-                    "dids": [el["phone_number"]],
-                }
-            ],
+            "network": loopback_network(GATEWAY_IP, sip_port, rtp, tls_port=free_port(GATEWAY_IP)),
+            "carriers": [ip_carrier(CARRIER_IP, free_port(CARRIER_IP), [el["phone_number"]])],
         },
     )
     rendered = render_gateway(settings, secrets, tmp_path / "gateway")

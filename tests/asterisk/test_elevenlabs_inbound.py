@@ -35,7 +35,7 @@ from standin import (
     wait_for,
 )
 from support.asterisk import AsteriskInstance
-from support.gateway import load_example, merge, render_gateway
+from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.rtp import rtp_range
 from support.sipp import Sipp, auth_field, free_port, free_sip_port, received_requests, run_sipp, write_injection
 
@@ -103,27 +103,8 @@ def start_inbound(
         settings,
         {
             "elevenlabs": {"port": standin.shared_port},
-            "network": {
-                "public_address": None,
-                "local_nets": ["127.0.0.0/8"],
-                "bind_address": GATEWAY_IP,
-                "sip_port": sip_port,
-                "tls_port": free_port(GATEWAY_IP),
-                "udp_enabled": True,
-                "rtp_port_start": rtp[0],
-                "rtp_port_end": rtp[1],
-            },
-            "carriers": [
-                {
-                    "name": "carrier",
-                    "host": CARRIER_IP,
-                    "port": carrier_port,
-                    "transport": "tcp",
-                    "auth": "ip",
-                    "match": [f"{CARRIER_IP}/32"],
-                    "dids": [el["phone_number"]],
-                }
-            ],
+            "network": loopback_network(GATEWAY_IP, sip_port, rtp, tls_port=free_port(GATEWAY_IP), udp=True),
+            "carriers": [ip_carrier(CARRIER_IP, carrier_port, [el["phone_number"]])],
             "extensions": [{"number": EXTENSION, "password": "ssm:/demo/sip/ext-1001"}],
             "dialplan": {"outbound_allowlist": ALLOWLIST, "outbound_carrier": "carrier"},
         },

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from support.asterisk import AsteriskInstance
-from support.gateway import load_example, merge, render_gateway
+from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.rtp import rtp_range
 from support.sipp import (
     SIPP_SHARE,
@@ -64,25 +64,9 @@ def build_gateway(
     sip_port = free_sip_port()  # UDP and TCP on the same number
     overrides: dict[str, Any] = {
         "elevenlabs": {"host": AGENT_HOST, "port": agent_port or free_port(), "codecs": ["alaw"]},
-        "network": {
-            "bind_address": "127.0.0.1",
-            "sip_port": sip_port,
-            "udp_enabled": True,
-            "rtp_port_start": rtp[0],
-            "rtp_port_end": rtp[1],
-            "local_nets": ["127.0.0.0/8"],
-        },
+        "network": loopback_network("127.0.0.1", sip_port, rtp, udp=True),
         "carriers": [
-            {
-                "name": "telco",
-                "host": CARRIER_IP,
-                "port": udp_port(),
-                "transport": "udp",
-                "auth": "ip",
-                "match": [f"{CARRIER_IP}/32"],
-                "dids": [AGENT_NUMBER, IVR_DID],
-                "codecs": ["alaw"],
-            }
+            ip_carrier(CARRIER_IP, udp_port(), [AGENT_NUMBER, IVR_DID], name="telco", transport="udp", codecs=["alaw"])
         ],
         "extensions": [
             {"number": number, "password": f"ssm:/demo/sip/ext-{number}", "max_contacts": 3} for number in PASSWORDS

@@ -66,3 +66,51 @@ def render_gateway(
     rendered = render_configs(doc, parse_secrets(dict(secrets), "test secrets"), public_address=public_address)
     write_rendered(rendered, out_dir)
     return RenderedGateway(settings=doc, rendered=rendered, out_dir=out_dir)
+
+
+def loopback_network(
+    bind_address: str,
+    sip_port: int,
+    rtp: tuple[int, int],
+    *,
+    tls_port: int | None = None,
+    udp: bool = False,
+) -> dict[str, Any]:
+    """`network` settings for a gateway on loopback: no NAT, the test's own SIP port and RTP range."""
+    network: dict[str, Any] = {
+        "public_address": None,
+        "local_nets": ["127.0.0.0/8"],
+        "bind_address": bind_address,
+        "sip_port": sip_port,
+        "rtp_port_start": rtp[0],
+        "rtp_port_end": rtp[1],
+    }
+    if tls_port is not None:
+        network["tls_port"] = tls_port
+    if udp:
+        network["udp_enabled"] = True
+    return network
+
+
+def ip_carrier(
+    host: str,
+    port: int,
+    dids: list[str],
+    *,
+    name: str = "carrier",
+    transport: str = "tcp",
+    codecs: list[str] | None = None,
+) -> dict[str, Any]:
+    """A carrier identified by its one source address (the test's sipp), delivering `dids`."""
+    carrier: dict[str, Any] = {
+        "name": name,
+        "host": host,
+        "port": port,
+        "transport": transport,
+        "auth": "ip",
+        "match": [f"{host}/32"],
+        "dids": dids,
+    }
+    if codecs is not None:
+        carrier["codecs"] = codecs
+    return carrier

@@ -2,13 +2,13 @@
 
 Design (the simplest one that lets the BYE-to-Contact proof fail):
 
-* **The holder**: a second Asterisk (``configs/elevenlabs-standin``) bound to ``HOLDER_IP`` (127.0.0.3),
-  TCP only, no registrar module (a REGISTER finds nothing to accept it). It challenges every INVITE and
-  identifies the caller only by digest user name (the gateway's ``outbound_username``), routes only the
-  imported number with its ``+`` (anything else: 404 from the empty match), offers ulaw/alaw/g722 only,
-  answers and echoes audio. It places calls into the gateway with the gateway's ``inbound_username`` and
-  password (``channel originate PJSIP/<exten>@to-gateway``). Its 200 OK's Contact names the holder
-  address, because that is the transport it sends from.
+* **The holder**: a second Asterisk (the package's ``sip_trunk/local/standin`` configs) bound to
+  ``HOLDER_IP`` (127.0.0.3), TCP only, no registrar module (a REGISTER finds nothing to accept it).
+  It challenges every INVITE and identifies the caller only by digest user name (the gateway's
+  ``outbound_username``), routes only the imported number with its ``+`` (anything else: 404 from the
+  empty match), offers ulaw/alaw/g722 only, answers and echoes audio. It places calls into the gateway
+  with the gateway's ``inbound_username`` and password (``channel originate PJSIP/<exten>@to-gateway``).
+  Its 200 OK's Contact names the holder address, because that is the transport it sends from.
 * **The shared address**: :class:`SharedAddress`, a small TCP front door on ``SHARED_IP`` (127.0.0.2), the
   address the gateway's ElevenLabs host name resolves to (``hosts_file`` maps the name for the gateway
   instance only, through a bind mount in its private mount namespace). It relays each new INVITE
@@ -29,13 +29,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from support.asterisk import AsteriskInstance, module_load_lines
+from sip_trunk.local.standin import CONFIG_DIR as STANDIN_CONFIG_DIR
+from support.asterisk import AsteriskInstance
 from support.rtp import rtp_range
 from support.sipp import free_port
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "elevenlabs-standin"
+CONFIG_DIR = STANDIN_CONFIG_DIR  # the same files local mode's stand-in runs
 SHARED_IP = "127.0.0.2"
 HOLDER_IP = "127.0.0.3"
 ELEVENLABS_HOST = "sip.rtc.elevenlabs.io"
@@ -331,14 +331,11 @@ def start_standin(
     holder_port = free_port(HOLDER_IP)
     shared_port = free_port(SHARED_IP)
     rtp = rtp_range()
-    loads = [line for line in module_load_lines() if "registrar" not in line]
-    loads.append("load = res_clioriginate.so")  # channel originate: the agent's calls into the gateway
     variables = {
         "HOLDER_IP": HOLDER_IP,
         "SIP_PORT": str(holder_port),
         "RTP_START": str(rtp[0]),
         "RTP_END": str(rtp[1]),
-        "MODULE_LOADS": "\n".join(loads),
         "E164": e164,
         "GATEWAY_OUT_USER": gateway_out[0],
         "GATEWAY_OUT_PASSWORD": gateway_out[1],

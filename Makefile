@@ -36,7 +36,7 @@ format: dev ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 
 .PHONY: test
-test: dev validate build ## Everything: template checks, offline sam build, then every test layer (real Asterisk needs root)
+test: dev lint validate build ## Everything: lint, template checks, offline sam build, then every test layer (real Asterisk needs root)
 	$(PYTEST) tests
 
 .PHONY: test-unit

@@ -25,10 +25,11 @@ $(VENV)/.synced: pyproject.toml uv.lock layers/sip_trunk/pyproject.toml | $(UV)
 dev: $(VENV)/.synced ## Create .venv with every dependency from the lockfile (editable sip_trunk)
 
 .PHONY: lint
-lint: dev ## ruff (lint + format check) and mypy --strict on sip_trunk
+lint: dev ## ruff (lint + format check), mypy --strict on sip_trunk, shellcheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/shellcheck scripts/*.sh
 
 .PHONY: format
 format: dev ## Apply ruff's formatting and safe fixes

@@ -18,7 +18,6 @@ function's needs and allowed by its role, and each call the state machines make 
 from __future__ import annotations
 
 import ast
-import copy
 import fnmatch
 import inspect
 import json
@@ -32,6 +31,7 @@ from typing import Any, ClassVar
 
 import pytest
 from cfnlint.decode import decode
+from support.sam import sam_transform
 
 pytestmark = pytest.mark.integration
 
@@ -346,24 +346,8 @@ def load(path: Path) -> dict[str, Any]:
 def transformed() -> dict[str, Any]:
     import os
 
-    from samtranslator.translator.transform import transform
-
     os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
-    template = copy.deepcopy(load(ROOT / "template.yaml"))
-    for res in template["Resources"].values():
-        props = res.get("Properties", {})
-        if res["Type"] == "AWS::Serverless::Function":
-            props["CodeUri"] = "s3://artifacts/code.zip"
-        elif res["Type"] == "AWS::Serverless::LayerVersion":
-            props["ContentUri"] = "s3://artifacts/layer.zip"
-        elif res["Type"] == "AWS::Serverless::StateMachine":
-            props["DefinitionUri"] = "s3://artifacts/definition.json"
-
-    class NoManagedPolicies:
-        def load(self) -> dict[str, str]:
-            return {}
-
-    return transform(template, {}, NoManagedPolicies())
+    return sam_transform(load(ROOT / "template.yaml"))
 
 
 def snake(logical: str) -> str:

@@ -7,7 +7,6 @@ and the roles SAM generates are included.
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import json
 import re
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from cfnlint.decode import decode
+from support.sam import sam_transform
 
 pytestmark = pytest.mark.integration
 
@@ -110,24 +110,8 @@ def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
 
 def transformed_root(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """template.yaml after the SAM transform, offline (local code/definition paths made S3-like)."""
-    from samtranslator.translator.transform import transform
-
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    template = copy.deepcopy(load(ROOT_TEMPLATE))
-    for res in template["Resources"].values():
-        props = res.get("Properties", {})
-        if res["Type"] == "AWS::Serverless::Function":
-            props["CodeUri"] = "s3://artifacts/code.zip"
-        elif res["Type"] == "AWS::Serverless::LayerVersion":
-            props["ContentUri"] = "s3://artifacts/layer.zip"
-        elif res["Type"] == "AWS::Serverless::StateMachine":
-            props["DefinitionUri"] = "s3://artifacts/definition.json"
-
-    class NoManagedPolicies:
-        def load(self) -> dict[str, str]:
-            return {}
-
-    return transform(template, {}, NoManagedPolicies())
+    return sam_transform(load(ROOT_TEMPLATE))
 
 
 def walk(node: Any) -> Iterator[Any]:

@@ -53,7 +53,6 @@ def package_sizes() -> dict[str, Any]:
 
 
 def handler_durations(n: int) -> dict[str, Any]:
-    import boto3
     import pytest
     from moto import mock_aws
     from support.moto_sfn import FakeContext, load_handlers
@@ -70,25 +69,8 @@ def handler_durations(n: int) -> dict[str, Any]:
         started = time.perf_counter()
         handlers = load_handlers()
         out["import_all_handlers_ms"] = round(1000 * (time.perf_counter() - started), 1)
-        ec2 = boto3.client("ec2", region_name="us-east-1")
-        ids = [i["InstanceId"] for i in ec2.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2)["Instances"]]
-        ec2.associate_address(AllocationId=world.allocation_id, InstanceId=ids[0])
         version = "v0123456789abcdef"
-        boto3.client("ssm", region_name="us-east-1").put_parameter(
-            Name=f"{world.env['CONFIG_PREFIX']}/desired-version", Type="String", Value=version
-        )
-        world.ddb.put_item(
-            Item={
-                "pk": "deployment",
-                "sk": "current",
-                "desired_version": version,
-                "primary_instance_id": ids[0],
-                "standby_instance_id": ids[1],
-                "allocation_id": world.allocation_id,
-            }
-        )
-        for instance_id in ids:
-            world.heartbeat(instance_id, version, at=time.time())
+        ids = list(world.deploy_two_hosts(version))
         verify_event = {
             "execution": json.loads((events / "provision_task_validate.json").read_text())["execution"],
             "render": {

@@ -119,11 +119,8 @@ def pairs() -> Any:
 
 
 # ------------------------------------------------------------------------------------------- proofs
-def carrier_call_reaches_agent(pair: Pair, rtp_counter: RtpCounterFactory, workdir: Path) -> None:
-    """P2: carrier -> gateway -> stand-in over TCP with digest auth; the agent sees the E.164 with '+'
-    and audio flows both ways on both legs."""
-    gw_counter = rtp_counter(pair.rtp_range)
-    el_counter = rtp_counter(pair.standin.rtp_range)
+def carrier_calls_agent(pair: Pair, workdir: Path, *, duration_ms: int) -> None:
+    """The carrier's sipp calls the agent's number through the gateway; the call must succeed."""
     result = run_sipp(
         "carrier_uac_pcap.xml",
         workdir,
@@ -131,11 +128,19 @@ def carrier_call_reaches_agent(pair: Pair, rtp_counter: RtpCounterFactory, workd
         transport="t1",
         local_ip=CARRIER_IP,
         service=pair.e164,
-        duration_ms=3000,
+        duration_ms=duration_ms,
         media_port=free_port(CARRIER_IP, socket.SOCK_DGRAM),
         timeout=25,
     )
     assert result.ok, result.describe()
+
+
+def carrier_call_reaches_agent(pair: Pair, rtp_counter: RtpCounterFactory, workdir: Path) -> None:
+    """P2: carrier -> gateway -> stand-in over TCP with digest auth; the agent sees the E.164 with '+'
+    and audio flows both ways on both legs."""
+    gw_counter = rtp_counter(pair.rtp_range)
+    el_counter = rtp_counter(pair.standin.rtp_range)
+    carrier_calls_agent(pair, workdir, duration_ms=3000)
     assert pair.standin.agent_calls() == [pair.e164], pair.standin.inst.log_text("messages")
     security = pair.standin.inst.log_text("security")
     assert 'SecurityEvent="ChallengeSent"' in security, security
@@ -151,18 +156,7 @@ def carrier_call_reaches_agent(pair: Pair, rtp_counter: RtpCounterFactory, workd
 def bye_reaches_call_holder(pair: Pair, workdir: Path) -> None:
     """P10: ACK and BYE of a call to ElevenLabs go to the Contact of its 200 OK (the holder), which
     answers the BYE 200; nothing in-dialog reaches the shared address."""
-    result = run_sipp(
-        "carrier_uac_pcap.xml",
-        workdir,
-        remote=f"{GATEWAY_IP}:{pair.sip_port}",
-        transport="t1",
-        local_ip=CARRIER_IP,
-        service=pair.e164,
-        duration_ms=1500,
-        media_port=free_port(CARRIER_IP, socket.SOCK_DGRAM),
-        timeout=25,
-    )
-    assert result.ok, result.describe()
+    carrier_calls_agent(pair, workdir, duration_ms=1500)
     assert pair.standin.agent_calls() == [pair.e164]
     # the holder got the BYE: its channel is gone at once (not after the 32 s ACK timeout)
     assert wait_for(lambda: pair.standin.channel_count() == 0, 3.0), pair.standin.inst.rx("core show channels")

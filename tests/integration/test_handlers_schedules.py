@@ -37,28 +37,7 @@ def handlers(world):
 
 def _deploy(world) -> tuple[str, str]:
     """A recorded deployment: two instances, the Elastic IP on the primary, both reporting v1."""
-    ec2 = boto3.client("ec2", region_name=REGION)
-    ids = [i["InstanceId"] for i in ec2.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2)["Instances"]]
-    ec2.associate_address(AllocationId=world.allocation_id, InstanceId=ids[0])
-    version = "v0123456789abcdef"
-    boto3.client("ssm", region_name=REGION).put_parameter(
-        Name=f"{world.env['CONFIG_PREFIX']}/desired-version", Type="String", Value=version
-    )
-    world.ddb.put_item(
-        Item={
-            "pk": "deployment",
-            "sk": "current",
-            "desired_version": version,
-            "primary_instance_id": ids[0],
-            "standby_instance_id": ids[1],
-            "allocation_id": world.allocation_id,
-        }
-    )
-    import time
-
-    for instance_id in ids:
-        world.heartbeat(instance_id, version, at=time.time())
-    return ids[0], ids[1]
+    return world.deploy_two_hosts()
 
 
 def test_health_check_healthy(world, handlers, capsys):

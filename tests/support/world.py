@@ -221,6 +221,34 @@ class World:
             }
         )
 
+    def deploy_two_hosts(self, version: str = "v0123456789abcdef") -> tuple[str, str]:
+        """A recorded deployment: two instances, the Elastic IP on the primary, both reporting `version`.
+
+        Returns (primary, standby) instance ids.
+        """
+        import time
+
+        ids = [
+            i["InstanceId"] for i in self.ec2.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2)["Instances"]
+        ]
+        self.ec2.associate_address(AllocationId=self.allocation_id, InstanceId=ids[0])
+        boto3.client("ssm", region_name=REGION).put_parameter(
+            Name=f"{CONFIG_PREFIX}/desired-version", Type="String", Value=version, Overwrite=True
+        )
+        self.ddb.put_item(
+            Item={
+                "pk": "deployment",
+                "sk": "current",
+                "desired_version": version,
+                "primary_instance_id": ids[0],
+                "standby_instance_id": ids[1],
+                "allocation_id": self.allocation_id,
+            }
+        )
+        for instance_id in ids:
+            self.heartbeat(instance_id, version, at=time.time())
+        return ids[0], ids[1]
+
     def on_command(self, instance_ids: list[str], commands: list[str]) -> None:
         """What `sip-trunk-agent apply --version V` and `set-role` do on each host (Run Command in moto runs
         nothing)."""

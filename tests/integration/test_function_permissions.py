@@ -91,6 +91,7 @@ TABLE_KEY = ("kms:Decrypt", KEY)
 # --- 2. what each port method needs -------------------------------------------------------------
 ADAPTER_NEEDS: dict[tuple[str, str], list[Need]] = {
     ("settings", "settings_document"): [("ssm:GetParameter", parameter(f"/{STACK}/settings"))],
+    ("settings", "operator_document"): [("ssm:GetParameter", parameter(f"/{STACK}/operator-settings"))],
     ("parameters", "get_json"): [("ssm:GetParameter", parameter(f"/{STACK}/host-parameters"))],
     ("secrets", "resolve"): [
         # `secretsmanager:<name>` (the template's references; encrypted with the stack key) ...
@@ -209,7 +210,7 @@ FUNCTION_ENTRY: dict[str, tuple[str, str, bool]] = {
     "backup": ("backup", "backup", False),
 }
 
-SETTINGS = [("settings", "settings_document"), ("secrets", "resolve")]
+SETTINGS = [("settings", "settings_document"), ("settings", "operator_document"), ("secrets", "resolve")]
 FUNCTION_USES: dict[str, list[tuple[str, str]]] = {
     "validate_settings": SETTINGS,
     "render_config": [

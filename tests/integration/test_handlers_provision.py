@@ -153,6 +153,8 @@ def test_validate_settings_summarises_without_side_effects(world, handlers, even
         "elevenlabs_api": False,
         "secrets": 2,
         "settings_sha256": result["settings_sha256"],
+        "settings_source": "template",
+        "settings_notes": [],
     }
     assert re.fullmatch(r"[0-9a-f]{64}", result["settings_sha256"])
     same_shape(event("provision_task_record_succeeded.json")["state"]["validate"], result)

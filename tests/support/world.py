@@ -23,6 +23,7 @@ from support.moto_sfn import ACCOUNT, REGION, SipResponder
 
 STACK = "trunk"
 SETTINGS_PARAMETER = f"/{STACK}/settings"
+OPERATOR_SETTINGS_PARAMETER = f"/{STACK}/operator-settings"
 HOST_PARAMETERS = f"/{STACK}/host-parameters"
 CONFIG_PREFIX = f"/{STACK}/asterisk"
 TABLE = f"{STACK}-state"
@@ -334,6 +335,7 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
         "STACK_NAME": STACK,
         "CONFIG_PREFIX": CONFIG_PREFIX,
         "SETTINGS_PARAMETER": SETTINGS_PARAMETER,
+        "OPERATOR_SETTINGS_PARAMETER": OPERATOR_SETTINGS_PARAMETER,
         "HOST_PARAMETERS_PARAMETER": HOST_PARAMETERS,
         "STATE_TABLE": TABLE,
         "BACKUP_BUCKET": BACKUPS,

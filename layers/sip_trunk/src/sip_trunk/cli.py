@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from sip_trunk import operator_cli
 from sip_trunk.render import UnsafeValueError, render_configs, write_rendered
 from sip_trunk.settings import SettingsError, load_secrets, load_settings
 
@@ -65,6 +66,8 @@ def render(
         out.print(f"  {name}", highlight=False)
     out.print(f"config version [bold]{rendered.version}[/] written to {out_dir}")
 
+
+operator_cli.register(app)  # push, pull: the operator's settings document on a deployed stack
 
 # --- local mode ------------------------------------------------------------------------------------------
 

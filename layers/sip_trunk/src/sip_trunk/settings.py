@@ -487,6 +487,11 @@ def _read_document(path: Path) -> Any:
         raise SettingsError(f"{path}: not valid YAML{where}") from None
 
 
+def read_document(path: Path) -> Any:
+    """A YAML or JSON document from a file; `SettingsError` (with a position, never content) otherwise."""
+    return _read_document(path)
+
+
 def parse_settings(data: Any, source: str = "settings") -> Settings:
     if not isinstance(data, dict):
         raise SettingsError(f"{source}: the document must be a mapping of fields")

@@ -17,14 +17,35 @@ CACHE_SECONDS = 60
 
 
 class SsmSettingsSource:
-    """The settings JSON written by the template, through the Parameters utility's cache."""
+    """The settings JSON written by the template (through the Parameters utility's cache) and the operator's
+    document (read on every call: a `sip-trunk push` starts Provision right after storing it, and a warm
+    function must not render the previous one)."""
 
-    def __init__(self, name: str, max_age_s: int = CACHE_SECONDS) -> None:
+    def __init__(
+        self, name: str, operator_name: str = "", max_age_s: int = CACHE_SECONDS, ssm: Any | None = None
+    ) -> None:
         self.name = name
+        self.operator_name = operator_name
         self.max_age_s = max_age_s
+        self._ssm = ssm
 
     def settings_document(self) -> Any:
         raw = parameters.get_parameter(self.name, max_age=self.max_age_s)
+        return json.loads(str(raw))
+
+    @property
+    def ssm(self) -> Any:
+        return self._ssm or client("ssm")
+
+    def operator_document(self) -> Any | None:
+        if not self.operator_name:
+            return None
+        try:
+            raw = self.ssm.get_parameter(Name=self.operator_name)["Parameter"]["Value"]
+        except Exception as exc:
+            if error_code(exc) == "ParameterNotFound":
+                return None
+            raise
         return json.loads(str(raw))
 
 

@@ -34,7 +34,7 @@ def build_deps(config: WorkflowConfig) -> Deps:
 
     return Deps(
         config=config,
-        settings=SsmSettingsSource(config.settings_parameter),
+        settings=SsmSettingsSource(config.settings_parameter, config.operator_settings_parameter),
         parameters=JsonParameterReader(),
         secrets=ParameterSecretResolver(),
         config_store=SsmConfigStore(config.config_prefix),

@@ -12,9 +12,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from sip_trunk.errors import SettingsInvalid
-from sip_trunk.settings import Secrets, Settings, SettingsError, parse_secrets, parse_settings
+from sip_trunk.settings import Secrets, Settings, SettingsError, parse_secrets
 from sip_trunk.settings import Transport as SettingsTransport
 from sip_trunk.sip import ProbeResult, ProbeTarget, Transport
+from sip_trunk.stackowned import Source, effective_settings
 from sip_trunk.workflows.ports import Prober, SecretResolver, SettingsSource
 
 
@@ -43,6 +44,10 @@ class LoadedSettings:
     api_key: SecretStr | None
     digest: str
     """sha256 of the settings document (never of secrets)."""
+    source: Source = "template"
+    """Which document it came from: the template's or the operator's (`sip_trunk.stackowned`)."""
+    notes: tuple[str, ...] = ()
+    """Stack-owned values that replaced the operator's."""
 
     def credentials_hash(self) -> str:
         """Changes when a trunk password changes, without revealing it."""
@@ -54,13 +59,15 @@ class LoadedSettings:
 def load_settings(source: SettingsSource, resolver: SecretResolver) -> LoadedSettings:
     """Parse the settings document and resolve every secret it references; `SettingsInvalid` otherwise."""
     try:
-        document = source.settings_document()
+        template_document = source.settings_document()
+        operator_document = source.operator_document()
     except (ValueError, KeyError) as exc:
         raise SettingsInvalid(f"settings document cannot be read: {exc.__class__.__name__}") from None
     try:
-        settings = parse_settings(document, "settings")
+        effective = effective_settings(template_document, operator_document)
     except SettingsError as exc:
         raise SettingsInvalid(str(exc)) from None
+    settings, document = effective.settings, effective.document
     values: dict[str, str] = {}
     missing: list[str] = []
     for ref in settings.secret_refs():
@@ -81,7 +88,14 @@ def load_settings(source: SettingsSource, resolver: SecretResolver) -> LoadedSet
     except SettingsError as exc:
         raise SettingsInvalid(str(exc)) from None
     digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
-    return LoadedSettings(settings=settings, secrets=secrets, api_key=api_key, digest=digest)
+    return LoadedSettings(
+        settings=settings,
+        secrets=secrets,
+        api_key=api_key,
+        digest=digest,
+        source=effective.source,
+        notes=effective.notes,
+    )
 
 
 def sip_transport(settings: Settings) -> tuple[Transport, int]:

@@ -23,6 +23,10 @@ class WorkflowConfig(BaseModel):
     stack_name: Annotated[str, Field(alias="STACK_NAME", min_length=1)]
     config_prefix: Annotated[str, Field(alias="CONFIG_PREFIX", pattern=r"^/[A-Za-z0-9_./-]+$")]
     settings_parameter: Annotated[str, Field(alias="SETTINGS_PARAMETER", pattern=r"^/[A-Za-z0-9_./-]+$")]
+    operator_settings_parameter: Annotated[
+        str, Field(alias="OPERATOR_SETTINGS_PARAMETER", pattern=r"^(/[A-Za-z0-9_./-]+)?$")
+    ] = ""
+    """The operator's settings document (`sip-trunk push`); not a stack resource. Empty: none is read."""
     state_table: Annotated[str, Field(alias="STATE_TABLE", min_length=1)]
     backup_bucket: Annotated[str, Field(alias="BACKUP_BUCKET")] = ""
     recordings_bucket: Annotated[str, Field(alias="RECORDINGS_BUCKET")] = ""

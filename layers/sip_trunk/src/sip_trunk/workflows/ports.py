@@ -55,7 +55,10 @@ class CommandResult:
 
 class SettingsSource(Protocol):
     def settings_document(self) -> Any:
-        """The settings document (already decoded from JSON)."""
+        """The template's settings document (already decoded from JSON)."""
+
+    def operator_document(self) -> Any | None:
+        """The operator's settings document, or None when none is stored (`sip_trunk.stackowned`)."""
 
 
 class JsonParameters(Protocol):

@@ -30,6 +30,7 @@ from sip_trunk.errors import (
 )
 from sip_trunk.render import render_configs
 from sip_trunk.settings import Settings, Transport
+from sip_trunk.stackowned import Source
 from sip_trunk.workflows import clock
 from sip_trunk.workflows.common import (
     ExecutionRef,
@@ -106,6 +107,10 @@ class ValidateResult(Model):
     elevenlabs_api: bool
     secrets: int
     settings_sha256: str
+    settings_source: Source
+    """`operator` when the operator's document (`sip-trunk push`) was used, else `template`."""
+    settings_notes: list[str]
+    """Stack-owned values that replaced the operator's (ADR-16)."""
 
 
 def validate_settings(deps: Deps) -> ValidateResult:
@@ -120,6 +125,8 @@ def validate_settings(deps: Deps) -> ValidateResult:
         elevenlabs_api=loaded.api_key is not None,
         secrets=len(settings.secret_refs()),
         settings_sha256=loaded.digest,
+        settings_source=loaded.source,
+        settings_notes=list(loaded.notes),
     )
 
 

@@ -1,0 +1,187 @@
+"""`sip-trunk push` and `sip-trunk pull`: the operator's settings document on a deployed stack (ADR-16)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from botocore.exceptions import BotoCoreError, ClientError
+from rich.console import Console
+from rich.markup import escape
+
+from sip_trunk.aws.operator import OperatorAws, operator_aws
+from sip_trunk.push import (
+    Plan,
+    PushError,
+    execution_console_url,
+    find_target,
+    plan_push,
+    start_provision,
+    store,
+)
+from sip_trunk.settings import SettingsError, parse_settings, read_document
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+FINISHED = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+AwsFactory = Callable[[str | None], OperatorAws]
+aws_factory: AwsFactory = operator_aws
+"""How the commands reach AWS (tests point it at moto)."""
+
+StackOption = Annotated[str, typer.Option("--stack", help="the deployed stack's name", show_default=False)]
+RegionOption = Annotated[str | None, typer.Option("--region", help="AWS region (default: your AWS configuration)")]
+
+
+def _error(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return typer.Exit(code)
+
+
+def _aws(region: str | None) -> OperatorAws:
+    try:
+        return aws_factory(region)
+    except ValueError as exc:
+        raise _error(str(exc), EXIT_FAILED) from None
+
+
+def _show_plan(plan: Plan) -> None:
+    t = plan.target
+    out.print(f"stack [bold]{escape(t.stack)}[/] ({t.region}): operator settings in {escape(t.operator_parameter)}")
+    for note in plan.effective.notes:
+        out.print(f"[yellow]stack-owned:[/] {escape(note)}", highlight=False)
+    for ref, state in plan.secrets.items():
+        if state == "missing":
+            err.print(f"[bold red]missing secret:[/] {escape(ref)}", highlight=False)
+        elif state == "unknown":
+            err.print(f"[yellow]warning:[/] cannot check {escape(ref)} (access denied)", highlight=False)
+    if plan.current is None:
+        out.print("[yellow]the stored operator document is no longer valid for this stack; it is replaced[/]")
+    if not plan.diff:
+        out.print("no change to the settings the deployment runs on")
+        return
+    for line in plan.diff:
+        style = (
+            "green" if line.startswith("+") else "red" if line.startswith("-") else "cyan" if line[:2] == "@@" else ""
+        )
+        text = escape(line.rstrip("\n"))
+        out.print(f"[{style}]{text}[/]" if style else text, highlight=False)
+
+
+def _wait(aws: OperatorAws, execution_arn: str, poll_s: float) -> int:
+    seen = 0
+    with out.status("provisioning…") as status:
+        while True:
+            state = aws.executions.describe(execution_arn)
+            entered = aws.executions.entered_states(execution_arn)
+            for name in entered[seen:]:
+                out.print(f"  ▸ {escape(name)}", highlight=False)
+            seen = len(entered)
+            if entered:
+                status.update(f"provisioning… {escape(entered[-1])}")
+            if state.status in FINISHED:
+                break
+            time.sleep(poll_s)
+    if state.status == "SUCCEEDED":
+        out.print("[green]provisioned[/]")
+        return 0
+    err.print(f"[bold red]provision {state.status}[/]: {escape(state.error)} {escape(state.cause[:500])}")
+    return EXIT_FAILED
+
+
+def push(
+    stack: StackOption,
+    settings: Annotated[
+        Path, typer.Option("--settings", "-s", help="the full settings document (YAML or JSON)", show_default=False)
+    ],
+    region: RegionOption = None,
+    provision: Annotated[bool, typer.Option(help="start a Provision execution after storing")] = True,
+    wait: Annotated[bool, typer.Option("--wait", help="follow the execution; exit 1 unless it succeeds")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="store without asking")] = False,
+    poll_interval: Annotated[float, typer.Option(hidden=True)] = 5.0,
+) -> None:
+    """Deploy a full settings document: validate, show the change, store it, provision.
+
+    Exit 2 (nothing stored) when it is invalid for this stack or a secret it references is missing."""
+    try:
+        document = read_document(settings)
+        parse_settings(document, str(settings))
+    except SettingsError as exc:
+        raise _error(str(exc), EXIT_INVALID) from None
+    aws = _aws(region)
+    try:
+        target = find_target(aws, stack)
+        plan = plan_push(aws, target, document, str(settings))
+    except SettingsError as exc:
+        raise _error(str(exc), EXIT_INVALID) from None
+    except (PushError, ClientError, BotoCoreError) as exc:
+        raise _error(str(exc), EXIT_FAILED) from None
+    _show_plan(plan)
+    if plan.missing_secrets:
+        raise _error(
+            f"{len(plan.missing_secrets)} referenced secret(s) do not exist; create them first (nothing stored)",
+            EXIT_INVALID,
+        )
+    if plan.unchanged:
+        out.print(f"operator document v{plan.stored.version} already holds this document; nothing stored")
+        return
+    if not yes and not typer.confirm("store this document and provision?", default=False):
+        raise _error("not confirmed; nothing stored", EXIT_FAILED)
+    try:
+        version = store(aws, plan)
+        out.print(f"stored operator document v{version} in {escape(target.operator_parameter)}")
+        if not provision:
+            out.print("not provisioning (--no-provision): the next Provision execution uses it")
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        execution = start_provision(aws, target, version, plan.digest, stamp)
+        out.print(f"Provision started: {escape(execution)}", highlight=False)
+        out.print(execution_console_url(target.region, execution), highlight=False)
+        if wait:
+            code = _wait(aws, execution, poll_interval)
+            if code:
+                raise typer.Exit(code)
+    except (ClientError, BotoCoreError) as exc:
+        raise _error(str(exc), EXIT_FAILED) from None
+
+
+def pull(
+    stack: StackOption,
+    region: RegionOption = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="write here instead of stdout")] = None,
+    template: Annotated[
+        bool, typer.Option("--template", help="the template's document instead (a starting point)")
+    ] = False,
+) -> None:
+    """Print the stack's stored operator settings document as YAML (exit 1 when none is stored)."""
+    aws = _aws(region)
+    try:
+        target = find_target(aws, stack)
+        name = target.template_parameter if template else target.operator_parameter
+        found = aws.parameters.get(name)
+    except (PushError, ClientError, BotoCoreError) as exc:
+        raise _error(str(exc), EXIT_FAILED) from None
+    if found is None:
+        raise _error(
+            f"no operator document in {name}: the stack runs on its template document (pull --template)", EXIT_FAILED
+        )
+    document: Any = json.loads(found[0])
+    text = yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+    if out_file is None:
+        typer.echo(text, nl=False)
+    else:
+        out_file.write_text(text, encoding="utf-8")
+        out.print(f"wrote {escape(str(out_file))} (v{found[1]})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(push)
+    app.command()(pull)

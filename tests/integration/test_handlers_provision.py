@@ -180,11 +180,13 @@ def test_validate_settings_missing_secret(world, handlers, event, lambda_context
 def test_validate_settings_bad_secret_value_is_not_shown(world, handlers, event, lambda_context, logs):
     # Given a password that breaks the allowed alphabet
     bad = "short pw; DROP"
-    ssm().put_parameter(Name=f"/{STACK}/sip/outbound-password", Type="SecureString", Value=bad, Overwrite=True)
+    ssm().put_parameter(
+        Name=f"/sip-trunk/{STACK}/sip/outbound-password", Type="SecureString", Value=bad, Overwrite=True
+    )
     # Then SettingsInvalid names the reference, not the value, in the error and in the logs
     with pytest.raises(SettingsInvalid) as raised:
         handlers["validate_settings"](event("provision_task_validate.json"), lambda_context)
-    assert f"ssm:/{STACK}/sip/outbound-password" in str(raised.value)
+    assert f"ssm:/sip-trunk/{STACK}/sip/outbound-password" in str(raised.value)
     assert "value not shown" in str(raised.value)
     assert bad not in str(raised.value)
     logs.assert_no(bad, *SECRETS)

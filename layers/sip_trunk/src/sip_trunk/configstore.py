@@ -3,7 +3,10 @@
 Standard library + boto3 only (the host agent imports it). Layout:
 ``<prefix>/<version>/<relative path>`` for each file (SecureString when it holds a secret,
 Advanced tier above 4 KB), ``<prefix>/<version>/manifest.json``, and the pointer
-``<prefix>/desired-version``. ``prefix`` is ``/<stack>/asterisk``.
+``<prefix>/desired-version``. ``prefix`` is ``/sip-trunk/<stack>/asterisk`` (`stack_parameter`).
+
+Every parameter a stack owns lives under ``/sip-trunk/<stack>/``: SSM reserves names whose first segment
+starts with ``aws`` or ``ssm``, so the stack name (``aws-…`` is a common choice) never starts a name.
 """
 
 from __future__ import annotations
@@ -15,6 +18,13 @@ from sip_trunk.manifest import MANIFEST_NAME, Manifest
 
 STANDARD_TIER_LIMIT = 4096
 DESIRED_VERSION = "desired-version"
+PARAMETER_ROOT = "/sip-trunk"
+"""The fixed first segment of every parameter a stack owns (template.yaml uses the same literal)."""
+
+
+def stack_parameter(stack: str, *parts: str) -> str:
+    """`/sip-trunk/<stack>/<parts…>`: a stack's parameter (or path) under the fixed, non-reserved root."""
+    return "/".join([PARAMETER_ROOT, stack, *parts])
 
 
 class SsmClient(Protocol):

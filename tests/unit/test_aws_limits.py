@@ -183,3 +183,14 @@ def test_every_limit_names_its_aws_document() -> None:
     assert len({limit.name for limit in limits.LIMITS}) == len(limits.LIMITS)
     for limit in limits.LIMITS:
         assert limit.doc.startswith("https://docs.aws.amazon.com/"), limit
+
+
+@pytest.mark.parametrize("stack", ["aws-sip-trunk", "SSM-trunk", "sip-trunk", "a" + "b" * 69])
+def test_every_name_derived_from_a_stack_name_is_a_valid_parameter_name(stack: str) -> None:
+    from sip_trunk.agent.config import AgentConfig
+
+    derived = [configstore.stack_parameter(stack, leaf) for leaf in ("settings", "host-parameters")]
+    prefix = AgentConfig(stack=stack).prefix
+    assert prefix == configstore.stack_parameter(stack, "asterisk")
+    for name in [*derived, f"{prefix}/v0123456789abcdef/fail2ban/filter.d/asterisk-sip-trunk.conf.part-001"]:
+        assert limits.check_parameter_name(name) == name

@@ -14,7 +14,8 @@ a provision history record, holds a Step Functions cause of at most 32 KB); Clou
 by the 80-character state machine names `<stack>-provision`); TemplateBody (51,200 bytes) (the host
 template goes by TemplateURL, 1 MB); tags (one per stack); Step Functions input (256 KB) (the health
 check's two-field payload); Secrets Manager values (64 KB) (read only); CloudWatch dimensions (30) and
-EMF limits (fixed dimensions; Powertools checks its own); S3 keys (1,024 bytes).
+EMF limits (fixed dimensions; Powertools checks its own); S3 keys (1,024 bytes); GetCommandInvocation's
+first 24,000 characters of output (the adapter keeps the last 500 of them, for messages only).
 """
 
 from __future__ import annotations

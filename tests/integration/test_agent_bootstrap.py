@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 REGION = "us-east-1"
 STACK = "boottest"
-PREFIX = f"/{STACK}/asterisk"
+PREFIX = f"/sip-trunk/{STACK}/asterisk"
 TABLE = "state"
 FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "asterisk"
 HOST_YAML = Path(__file__).resolve().parents[2] / "stacks" / "host.yaml"

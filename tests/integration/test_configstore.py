@@ -8,7 +8,9 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 from moto import mock_aws
+from sip_trunk.aws.limits import SSM_VALUE_ADVANCED
 from sip_trunk.configstore import (
     ConfigNotFound,
     fetch_config,
@@ -18,7 +20,7 @@ from sip_trunk.configstore import (
 )
 from sip_trunk.manifest import MANIFEST_NAME, Manifest, ManifestMismatch
 from sip_trunk.render import RenderedConfig, render_configs
-from sip_trunk.settings import load_secrets, load_settings
+from sip_trunk.settings import load_secrets, load_settings, parse_secrets, parse_settings
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +46,18 @@ def rendered() -> RenderedConfig:
     return render_configs(load_settings(EXAMPLES / "full.yaml"), load_secrets(EXAMPLES / "full.secrets.yaml"))
 
 
+@pytest.fixture(scope="module")
+def large() -> RenderedConfig:
+    """The full example with 40 more extensions: dialplan and endpoints outgrow one Advanced parameter."""
+    settings = yaml.safe_load((EXAMPLES / "full.yaml").read_text())
+    secrets = yaml.safe_load((EXAMPLES / "full.secrets.yaml").read_text())
+    for number in range(1100, 1140):
+        ref = f"secretsmanager:acme-voice/ext-{number}"
+        settings["extensions"].append({"number": str(number), "display_name": f"Desk {number}", "password": ref})
+        secrets[ref] = f"example-{number}-NOT-A-SECRET"
+    return render_configs(parse_settings(settings, "large"), parse_secrets(secrets, "large"))
+
+
 def publish(ssm: Any, rendered: RenderedConfig) -> list[str]:
     return publish_config(ssm, PREFIX, rendered.files, rendered.secret_files, rendered.version)
 
@@ -53,6 +67,46 @@ def test_publish_fetch_round_trip(ssm: Any, rendered: RenderedConfig) -> None:
     assert names[-1] == f"{PREFIX}/{rendered.version}/{MANIFEST_NAME}", "manifest must be written last"
     assert len(names) == len(rendered.files)
     assert fetch_config(ssm, PREFIX, rendered.version) == rendered.files
+
+
+def test_a_config_larger_than_an_advanced_parameter_round_trips(ssm: Any, large: RenderedConfig) -> None:
+    # Given rendered files larger than SSM's 8 KB Advanced-tier value (moto would store them whole)
+    oversized = {rel for rel, data in large.files.items() if len(data) > SSM_VALUE_ADVANCED.value}
+    assert {"asterisk/extensions.conf", "asterisk/pjsip.conf"} <= oversized
+    # When the version is published
+    publish(ssm, large)
+    # Then no stored value is over the limit, the secret-bearing file stays SecureString, and the agent's
+    # fetch returns exactly the rendered files
+    stored = ssm.get_parameters_by_path(
+        Path=f"{PREFIX}/{large.version}/", Recursive=True, WithDecryption=True, MaxResults=10
+    )
+    params = list(stored["Parameters"])
+    while stored.get("NextToken"):
+        stored = ssm.get_parameters_by_path(
+            Path=f"{PREFIX}/{large.version}/",
+            Recursive=True,
+            WithDecryption=True,
+            MaxResults=10,
+            NextToken=stored["NextToken"],
+        )
+        params += stored["Parameters"]
+    assert all(len(p["Value"].encode()) <= SSM_VALUE_ADVANCED.value for p in params)
+    pjsip = [p for p in params if "/asterisk/pjsip.conf" in p["Name"]]
+    assert len(pjsip) > 1
+    assert {p["Type"] for p in pjsip} == {"SecureString"}
+    assert fetch_config(ssm, PREFIX, large.version) == large.files
+
+
+def test_a_missing_or_stray_part_is_refused(ssm: Any, large: RenderedConfig) -> None:
+    publish(ssm, large)
+    base = f"{PREFIX}/{large.version}/asterisk/pjsip.conf"
+    ssm.put_parameter(Name=f"{base}.part-099", Value="[evil]\n", Type="SecureString")
+    with pytest.raises(ManifestMismatch, match="altered"):
+        fetch_config(ssm, PREFIX, large.version)
+    ssm.delete_parameter(Name=f"{base}.part-099")
+    ssm.delete_parameter(Name=f"{base}.part-002")
+    with pytest.raises(ManifestMismatch, match="altered"):
+        fetch_config(ssm, PREFIX, large.version)
 
 
 def test_parameter_types_and_tiers(ssm: Any, rendered: RenderedConfig) -> None:

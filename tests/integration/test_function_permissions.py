@@ -68,7 +68,7 @@ def lambda_arn(name: str) -> str:
     return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
 
 
-CONFIG = f"/{STACK}/asterisk"
+CONFIG = f"/sip-trunk/{STACK}/asterisk"
 DESIRED = f"{CONFIG}/desired-version"
 KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/stack-key"
 TABLE_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{TABLE}"
@@ -90,15 +90,15 @@ TABLE_KEY = ("kms:Decrypt", KEY)
 
 # --- 2. what each port method needs -------------------------------------------------------------
 ADAPTER_NEEDS: dict[tuple[str, str], list[Need]] = {
-    ("settings", "settings_document"): [("ssm:GetParameter", parameter(f"/{STACK}/settings"))],
-    ("settings", "operator_document"): [("ssm:GetParameter", parameter(f"/{STACK}/operator-settings"))],
-    ("parameters", "get_json"): [("ssm:GetParameter", parameter(f"/{STACK}/host-parameters"))],
+    ("settings", "settings_document"): [("ssm:GetParameter", parameter(f"/sip-trunk/{STACK}/settings"))],
+    ("settings", "operator_document"): [("ssm:GetParameter", parameter(f"/sip-trunk/{STACK}/operator-settings"))],
+    ("parameters", "get_json"): [("ssm:GetParameter", parameter(f"/sip-trunk/{STACK}/host-parameters"))],
     ("secrets", "resolve"): [
         # `secretsmanager:<name>` (the template's references; encrypted with the stack key) ...
         ("secretsmanager:GetSecretValue", secret(f"{STACK}/sip/inbound-password")),
         ("kms:Decrypt", KEY),
         # ... or `ssm:/<name>` SecureString (aws/ssm key: its key policy admits callers through SSM).
-        ("ssm:GetParameter", parameter(f"/{STACK}/sip/outbound-password")),
+        ("ssm:GetParameter", parameter(f"/sip-trunk/{STACK}/sip/outbound-password")),
     ],
     ("config_store", "has_version"): [("ssm:GetParameter", parameter(f"{CONFIG}/{VERSION}/manifest.json"))],
     # String/SecureString (aws/ssm key), Standard/Advanced tier: PutParameter is the only action.

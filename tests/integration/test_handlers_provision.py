@@ -182,11 +182,13 @@ def test_validate_settings_missing_secret(world, handlers, event, lambda_context
 def test_validate_settings_bad_secret_value_is_not_shown(world, handlers, event, lambda_context, logs):
     # Given a password that breaks the allowed alphabet
     bad = "short pw; DROP"
-    ssm().put_parameter(Name=f"/{STACK}/sip/outbound-password", Type="SecureString", Value=bad, Overwrite=True)
+    ssm().put_parameter(
+        Name=f"/sip-trunk/{STACK}/sip/outbound-password", Type="SecureString", Value=bad, Overwrite=True
+    )
     # Then SettingsInvalid names the reference, not the value, in the error and in the logs
     with pytest.raises(SettingsInvalid) as raised:
         handlers["validate_settings"](event("provision_task_validate.json"), lambda_context)
-    assert f"ssm:/{STACK}/sip/outbound-password" in str(raised.value)
+    assert f"ssm:/sip-trunk/{STACK}/sip/outbound-password" in str(raised.value)
     assert "value not shown" in str(raised.value)
     assert bad not in str(raised.value)
     logs.assert_no(bad, *SECRETS)
@@ -1025,3 +1027,22 @@ def test_recorded_task_input_matches_the_asl_parameters(state, recorded, event):
         writers = [*states.values(), *(c for s in states.values() for c in s.get("Catch", []))]
         result_paths = {w["ResultPath"].removeprefix("$.").split(".")[0] for w in writers if w.get("ResultPath")}
         assert set(ev["state"]) <= result_paths | {"request", "execution"}
+
+
+@pytest.mark.parametrize("recorded", ["provision_task_record_succeeded.json", "provision_task_record_failed.json"])
+def test_notification_subject_fits_sns_with_the_longest_stack_name(
+    world, handlers, event, lambda_context, monkeypatch, recorded
+):
+    from sip_trunk.aws import wiring
+    from sip_trunk.aws.limits import SNS_SUBJECT
+
+    # Given the longest stack name the template allows (its state machines are `<stack>-provision`, 80 at most)
+    monkeypatch.setenv("STACK_NAME", "a" + "b" * 69)
+    wiring.reset()
+    # When RecordDeployment composes the notification that the state machine publishes to SNS
+    result = handlers["record_deployment"](event(recorded), lambda_context)
+    # Then its subject is one SNS accepts (moto's SNS refuses more than 100 characters too)
+    assert len(result["subject"]) <= SNS_SUBJECT.value
+    assert result["subject"].isascii()
+    assert result["subject"].isprintable()
+    assert result["subject"].startswith("[sip-trunk] abbb")

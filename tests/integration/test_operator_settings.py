@@ -29,7 +29,7 @@ def operator_document() -> dict[str, Any]:
             "phone_number": "+14155550100",
             "transport": "tcp",
             "outbound_username": "gateway-out",
-            "outbound_password": f"ssm:/{STACK}/sip/outbound-password",
+            "outbound_password": f"ssm:/sip-trunk/{STACK}/sip/outbound-password",
             "inbound_username": "acme-elevenlabs",
             "inbound_password": f"secretsmanager:{STACK}/sip/inbound-password",
         },
@@ -44,7 +44,7 @@ def operator_document() -> dict[str, Any]:
                 "dids": ["+442071838750"],
             }
         ],
-        "extensions": [{"number": "1001", "password": f"ssm:/{STACK}/ext/1001", "video": False}],
+        "extensions": [{"number": "1001", "password": f"ssm:/sip-trunk/{STACK}/ext/1001", "video": False}],
         "dialplan": {
             "did_routes": {"+442071838750": {"kind": "ivr"}},
             "ivr": {
@@ -62,11 +62,11 @@ def store(document: dict[str, Any]) -> None:
 
 @pytest.fixture
 def extension_secret(world: Any) -> None:
-    ssm().put_parameter(Name=f"/{STACK}/ext/1001", Type="SecureString", Value=EXTENSION_PASSWORD)
+    ssm().put_parameter(Name=f"/sip-trunk/{STACK}/ext/1001", Type="SecureString", Value=EXTENSION_PASSWORD)
 
 
 def rendered(version: str, path: str) -> str:
-    name = f"/{STACK}/asterisk/{version}/{path}"
+    name = f"/sip-trunk/{STACK}/asterisk/{version}/{path}"
     return str(ssm().get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
 
 

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 STACK = "voice"
-SETTINGS = f"/{STACK}/settings"
-OPERATOR = f"/{STACK}/operator-settings"
+SETTINGS = f"/sip-trunk/{STACK}/settings"
+OPERATOR = f"/sip-trunk/{STACK}/operator-settings"
 SECRET_VALUE = "Secret-Value-0123456789"
 
 
@@ -61,7 +61,7 @@ def stack_template(recording: bool = False) -> str:
                     "Value": {"Fn::Sub": "arn:aws:states:${AWS::Region}:${AWS::AccountId}:stateMachine:voice-provision"}
                 },
                 "SettingsParameterName": {"Value": {"Ref": "SettingsParameter"}},
-                "OperatorSettingsParameterName": {"Value": {"Fn::Sub": "/${AWS::StackName}/operator-settings"}},
+                "OperatorSettingsParameterName": {"Value": {"Fn::Sub": "/sip-trunk/${AWS::StackName}/operator-settings"}},
             },
         }
     )
@@ -88,7 +88,7 @@ def operator_document() -> dict[str, Any]:
                 "dids": ["+442071838750"],
             }
         ],
-        "extensions": [{"number": "1001", "password": f"ssm:/{STACK}/ext/1001"}],
+        "extensions": [{"number": "1001", "password": f"ssm:/sip-trunk/{STACK}/ext/1001"}],
         "dialplan": {"did_routes": {"+442071838750": {"kind": "extension", "extension": "1001"}}},
     }
 
@@ -144,7 +144,7 @@ def account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Account
         sm = boto3.client("secretsmanager", region_name=REGION)
         for name in ("sip/outbound-password", "sip/inbound-password"):
             sm.create_secret(Name=f"{STACK}/{name}", SecretString=SECRET_VALUE)
-        acct.ssm.put_parameter(Name=f"/{STACK}/ext/1001", Type="SecureString", Value=SECRET_VALUE)
+        acct.ssm.put_parameter(Name=f"/sip-trunk/{STACK}/ext/1001", Type="SecureString", Value=SECRET_VALUE)
         acct.state_machine(PASS)
         yield acct
 
@@ -197,10 +197,10 @@ def test_a_plain_secret_is_refused_without_showing_it(account: Account) -> None:
 
 def test_a_missing_secret_is_refused(account: Account) -> None:
     document = operator_document()
-    document["extensions"][0]["password"] = f"ssm:/{STACK}/ext/9999"
+    document["extensions"][0]["password"] = f"ssm:/sip-trunk/{STACK}/ext/9999"
     result = push(account, account.write(document), "--yes")
     assert result.exit_code == 2
-    assert f"missing secret: ssm:/{STACK}/ext/9999" in result.output
+    assert f"missing secret: ssm:/sip-trunk/{STACK}/ext/9999" in result.output
     assert account.stored() is None
 
 

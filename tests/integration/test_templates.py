@@ -262,7 +262,7 @@ def test_settings_parameter_is_a_valid_settings_document(scenario: str) -> None:
     evaluator = Evaluator(template, SCENARIOS[scenario])
     text = evaluator.value(template["Resources"]["SettingsParameter"]["Properties"]["Value"])
     assert template["Resources"]["SettingsParameter"]["Properties"]["Name"] == {
-        "Fn::Sub": "/${AWS::StackName}/settings"
+        "Fn::Sub": "/sip-trunk/${AWS::StackName}/settings"
     }
     # The Elastic IP and VPC CIDR come from the network stack at deploy time.
     text = text.replace("<NetworkStack.Outputs.PrimaryPublicIp>", "203.0.113.10")
@@ -539,7 +539,7 @@ def test_one_function_per_contract_step() -> None:
     }  # fmt: skip
     assert contract <= set(env), contract - set(env)
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "AwsSipTrunk"
-    assert env["CONFIG_PREFIX"] == {"Fn::Sub": "/${AWS::StackName}/asterisk"}
+    assert env["CONFIG_PREFIX"] == {"Fn::Sub": "/sip-trunk/${AWS::StackName}/asterisk"}
     layer = root["Resources"]["SipTrunkLayer"]
     assert layer["Metadata"]["BuildMethod"] == "makefile"
     makefile = (ROOT / "layers" / "sip_trunk" / "Makefile").read_text()

@@ -71,7 +71,7 @@ def test_root_stack_creates_every_piece_and_wires_the_functions(aws: None) -> No
         assert fn["Handler"] == "app.handler"
         env = fn["Environment"]["Variables"]
         assert env["STACK_NAME"] == STACK
-        assert env["CONFIG_PREFIX"] == f"/{STACK}/asterisk"
+        assert env["CONFIG_PREFIX"] == f"/sip-trunk/{STACK}/asterisk"
         assert env["STATE_TABLE"] == physical["StateTable"]
         assert env["BACKUP_BUCKET"] == physical["BackupBucket"]
         assert env["RECORDINGS_BUCKET"] == physical["RecordingsBucket"]
@@ -99,11 +99,11 @@ def test_root_stack_creates_every_piece_and_wires_the_functions(aws: None) -> No
     ssm = boto3.client("ssm")
     from sip_trunk.settings import parse_settings
 
-    settings_text = ssm.get_parameter(Name=f"/{STACK}/settings")["Parameter"]["Value"]
+    settings_text = ssm.get_parameter(Name=f"/sip-trunk/{STACK}/settings")["Parameter"]["Value"]
     settings = parse_settings(json.loads(settings_text), "settings parameter")
     assert settings.network.public_address == outputs["PrimaryPublicIp"]
     assert settings.elevenlabs.api_key == f"secretsmanager:{STACK}/elevenlabs/api-key"
-    host_params = json.loads(ssm.get_parameter(Name=f"/{STACK}/host-parameters")["Parameter"]["Value"])
+    host_params = json.loads(ssm.get_parameter(Name=f"/sip-trunk/{STACK}/host-parameters")["Parameter"]["Value"])
     assert host_params["PrimaryAllocationId"] == outputs["PrimaryAllocationId"]
     assert host_params["StandbySubnetId"] == outputs["StandbySubnetId"]
     assert host_params["StateTable"] == physical["StateTable"]

@@ -22,10 +22,10 @@ import boto3
 from support.moto_sfn import ACCOUNT, REGION, SipResponder
 
 STACK = "trunk"
-SETTINGS_PARAMETER = f"/{STACK}/settings"
-OPERATOR_SETTINGS_PARAMETER = f"/{STACK}/operator-settings"
-HOST_PARAMETERS = f"/{STACK}/host-parameters"
-CONFIG_PREFIX = f"/{STACK}/asterisk"
+SETTINGS_PARAMETER = f"/sip-trunk/{STACK}/settings"
+OPERATOR_SETTINGS_PARAMETER = f"/sip-trunk/{STACK}/operator-settings"
+HOST_PARAMETERS = f"/sip-trunk/{STACK}/host-parameters"
+CONFIG_PREFIX = f"/sip-trunk/{STACK}/asterisk"
 TABLE = f"{STACK}-state"
 BACKUPS = f"{STACK}-backups"
 INBOUND_PASSWORD = "inbound-Pass-1234"
@@ -72,7 +72,7 @@ def settings_document(*, api_key: bool = False) -> dict[str, Any]:
         "phone_number": "+14155550100",
         "transport": "tcp",
         "outbound_username": "gateway-out",
-        "outbound_password": f"ssm:/{STACK}/sip/outbound-password",
+        "outbound_password": f"ssm:/sip-trunk/{STACK}/sip/outbound-password",
         "inbound_username": "elevenlabs-in",
         "inbound_password": f"secretsmanager:{STACK}/sip/inbound-password",
     }
@@ -318,7 +318,7 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
             {"RootStackName": STACK, "ConfigPrefix": CONFIG_PREFIX, "StateTable": TABLE, "ImageId": image_id}
         ),
     )
-    ssm.put_parameter(Name=f"/{STACK}/sip/outbound-password", Type="SecureString", Value=OUTBOUND_PASSWORD)
+    ssm.put_parameter(Name=f"/sip-trunk/{STACK}/sip/outbound-password", Type="SecureString", Value=OUTBOUND_PASSWORD)
     sm = boto3.client("secretsmanager", region_name=REGION)
     sm.create_secret(Name=f"{STACK}/sip/inbound-password", SecretString=INBOUND_PASSWORD)
     sm.create_secret(Name=f"{STACK}/elevenlabs/api-key", SecretString=API_KEY)

@@ -216,7 +216,7 @@ def test_pipeline_writes_ami_ids_to_ssm_for_both_architectures() -> None:
         for d in r["Properties"]["Distributions"]
         for c in d["SsmParameterConfigurations"]
     ]
-    assert sorted(params) == ["/${SipTrunkStackName}/ami/arm64", "/${SipTrunkStackName}/ami/x86_64"]
+    assert sorted(params) == ["/sip-trunk/${SipTrunkStackName}/ami/arm64", "/sip-trunk/${SipTrunkStackName}/ami/x86_64"]
     pipelines = [r for r in resources.values() if r["Type"] == "AWS::ImageBuilder::ImagePipeline"]
     assert len(pipelines) == 2
     assert all(p["Properties"]["ImageTestsConfiguration"]["ImageTestsEnabled"] for p in pipelines)

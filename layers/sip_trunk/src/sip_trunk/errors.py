@@ -13,6 +13,11 @@ change to `statemachines/*.asl.yaml` too.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sip_trunk.aws.limits import Limit
+
 
 class WorkflowError(Exception):
     """Root of every failure a workflow step raises on purpose."""
@@ -81,3 +86,12 @@ RETRYABLE_ERRORS: tuple[str, ...] = (
     LockHeld.__name__,
 )
 """Class names the state machines retry (kept next to the classes so a test can compare with the ASL)."""
+
+
+class AwsLimitExceeded(FatalError, ValueError):
+    """A name or value the code was about to send is over a documented AWS limit (`limit`, from
+    `sip_trunk.aws.limits`); raised before the request, so nothing was sent."""
+
+    def __init__(self, limit: Limit, detail: str) -> None:
+        self.limit = limit
+        super().__init__(f"{detail}: over the AWS limit {limit.name} ({limit.value} {limit.unit}; {limit.doc})")

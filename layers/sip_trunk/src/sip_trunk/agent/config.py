@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sip_trunk.configstore import stack_parameter
+
 ENV_PREFIX = "SIP_TRUNK_"
 
 
@@ -15,7 +17,7 @@ ENV_PREFIX = "SIP_TRUNK_"
 class AgentConfig:
     stack: str = ""
     region: str | None = None
-    config_prefix: str = ""  # /<stack>/asterisk (CONTRACTS.md)
+    config_prefix: str = ""  # /sip-trunk/<stack>/asterisk (CONTRACTS.md)
     config_dir: Path = Path("/etc/asterisk")  # what Asterisk reads (astetcdir); the agent makes it a symlink
     releases_dir: Path = Path("/var/lib/sip-trunk/releases")
     state_dir: Path = Path("/var/lib/sip-trunk")
@@ -59,7 +61,7 @@ class AgentConfig:
             return self.config_prefix.rstrip("/")
         if not self.stack:
             raise ValueError("set --stack (SIP_TRUNK_STACK) or --config-prefix (SIP_TRUNK_CONFIG_PREFIX)")
-        return f"/{self.stack}/asterisk"
+        return stack_parameter(self.stack, "asterisk")
 
 
 # flag name -> (env var, kind)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from sip_trunk.aws.clients import client, error_code
+from sip_trunk.aws.limits import fit_command_comment
 from sip_trunk.workflows.ports import CommandResult, CommandStatus
 
 _KNOWN: set[str] = {"Pending", "InProgress", "Delayed", "Success", "Cancelled", "TimedOut", "Failed"}
@@ -25,7 +26,7 @@ class SsmCommands:
             InstanceIds=list(instance_ids),
             DocumentName="AWS-RunShellScript",
             Parameters={"commands": list(commands), "executionTimeout": [str(self.timeout_s)]},
-            Comment=comment[:100],
+            Comment=fit_command_comment(comment),
             TimeoutSeconds=self.timeout_s,
         )
         return str(response["Command"]["CommandId"])

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sip_trunk.aws.clients import client, error_code
+from sip_trunk.aws.limits import check_execution_name
 
 
 class SfnExecutions:
@@ -19,6 +20,7 @@ class SfnExecutions:
         return self._sfn or client("stepfunctions")
 
     def start(self, state_machine_arn: str, name: str, payload: Mapping[str, Any]) -> str:
+        check_execution_name(name)
         try:
             response = self.sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload))
         except Exception as exc:

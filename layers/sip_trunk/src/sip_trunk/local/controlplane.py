@@ -36,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from sip_trunk.configstore import stack_parameter
+
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 ARTIFACTS_BUCKET = "local-artifacts"
@@ -414,7 +416,7 @@ def create_declared_secrets(
 def fix_host_parameters(ssm: Any, lam: Any, stack_name: str) -> None:
     """moto renders a layer's `Ref` inside `Fn::Sub` as a Python object's repr: put the layer's ARN back
     into the host stack's parameters document."""
-    name = f"/{stack_name}/host-parameters"
+    name = stack_parameter(stack_name, "host-parameters")
     try:
         document = json.loads(ssm.get_parameter(Name=name)["Parameter"]["Value"])
     except Exception:

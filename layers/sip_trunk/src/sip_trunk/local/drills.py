@@ -507,7 +507,8 @@ def publish_broken(dep: LocalDeployment, good: str) -> str:
     files = configstore.fetch_config(ssm, prefix, good)
     secret = []
     for name in files:
-        described = ssm.get_parameter(Name=f"{prefix.rstrip('/')}/{good}/{name}")["Parameter"]
+        first = configstore.stored_names(name, files[name])[0]
+        described = ssm.get_parameter(Name=f"{prefix.rstrip('/')}/{good}/{first}")["Parameter"]
         if described.get("Type") == "SecureString":
             secret.append(name)
     files["asterisk/pjsip.conf"] += BROKEN_ENDPOINT

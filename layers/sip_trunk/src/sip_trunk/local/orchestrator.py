@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sip_trunk.configstore import stack_parameter
 from sip_trunk.local import controlplane as cp
 from sip_trunk.local.ec2_hooks import Ec2Hooks, HostEvent
 from sip_trunk.local.executor import Dispatcher, ExecutionReport, load_handlers, real_time_pacer, run_execution
@@ -267,7 +268,7 @@ class LocalDeployment:
         from sip_trunk.local.standin import carrier_settings
 
         ssm = self.client("ssm")
-        name = f"/{STACK}/settings"
+        name = stack_parameter(STACK, "settings")
         document: dict[str, Any] = json.loads(ssm.get_parameter(Name=name)["Parameter"]["Value"])
         document.update(carrier_settings(document["elevenlabs"]["phone_number"]))
         ssm.put_parameter(Name=name, Value=json.dumps(document), Type="String", Overwrite=True)
@@ -276,7 +277,7 @@ class LocalDeployment:
     def agent_environment(self) -> dict[str, str]:
         """What the host stack's user data writes to agent.env, from the host stack's parameters."""
         ssm = self.client("ssm")
-        params = json.loads(ssm.get_parameter(Name=f"/{STACK}/host-parameters")["Parameter"]["Value"])
+        params = json.loads(ssm.get_parameter(Name=stack_parameter(STACK, "host-parameters"))["Parameter"]["Value"])
         return {
             "AWS_REGION": cp.REGION,
             "SIP_TRUNK_STACK": params["RootStackName"],

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
+from sip_trunk.aws.limits import fit_sns_subject
 from sip_trunk.elevenlabs import DesiredTrunk, ElevenLabsError, diff_trunk, ensure_trunk, find_trunk
 from sip_trunk.errors import (
     ApplyFailed,
@@ -695,7 +696,7 @@ def _record_success(deps: Deps, request: RecordInput) -> RecordResult:
         outcome="succeeded",
         version=render.version,
         durations_s=durations,
-        subject=f"[sip-trunk] {deps.config.stack_name}: provision succeeded ({render.version})",
+        subject=fit_sns_subject(f"[sip-trunk] {deps.config.stack_name}: provision succeeded ({render.version})"),
         message="\n".join(lines),
     )
 
@@ -712,6 +713,7 @@ _REASONS = {
     "ElevenLabsRateLimited": "ElevenLabs kept rate-limiting the sync",
     "ElevenLabsUnavailable": "ElevenLabs' API was unavailable",
     "TrunkConflictError": "the phone number exists at ElevenLabs with another provider",
+    "AwsLimitExceeded": "a value was over a documented AWS limit (the error names it)",
 }
 
 
@@ -769,6 +771,6 @@ def _record_failure(deps: Deps, request: RecordInput) -> RecordResult:
         reason=reason,
         actions=actions,
         durations_s=durations,
-        subject=f"[sip-trunk] {deps.config.stack_name}: provision failed at {failed_step}"[:100],
+        subject=fit_sns_subject(f"[sip-trunk] {deps.config.stack_name}: provision failed at {failed_step}"),
         message="\n".join(lines),
     )

@@ -1,0 +1,83 @@
+"""Every samconfig.toml profile deploys: its stack name and parameter overrides create the root stack.
+
+The root template is created in moto's CloudFormation through local mode's control plane (offline SAM
+transform and moto fix-ups, `sip_trunk.local.controlplane`), once per profile of `samconfig.toml`. A
+profile that leaves a required parameter open gets what `sam deploy --guided` would ask for.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from sip_trunk.local.controlplane import create_control_plane, load_template
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+REGION = "us-east-1"
+GUIDED_ANSWERS = {"ElevenLabsPhoneNumber": "+14155550100", "AlarmEmail": "ops@example.com"}
+
+
+def _profiles() -> dict[str, dict[str, Any]]:
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    return {name: section for name, section in config.items() if isinstance(section, dict)}
+
+
+def _stack_and_parameters(profile: str) -> tuple[str, dict[str, str]]:
+    section = _profiles()[profile]
+    stack_name = str(section.get("global", {}).get("parameters", {})["stack_name"])
+    overrides = section.get("deploy", {}).get("parameters", {}).get("parameter_overrides", [])
+    if isinstance(overrides, str):
+        overrides = overrides.split()
+    parameters = dict(str(item).split("=", 1) for item in overrides)
+    declared = load_template(ROOT / "template.yaml")["Parameters"]
+    for name, spec in declared.items():
+        if "Default" not in spec and name not in parameters:
+            parameters[name] = GUIDED_ANSWERS[name]
+    return stack_name, parameters
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from moto import mock_aws
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
+    }.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws(config={"lambda": {"use_docker": False}}):
+        yield
+
+
+def test_samconfig_has_the_documented_profiles() -> None:
+    assert {"default", "dev", "prod"} <= set(_profiles())
+
+
+@pytest.mark.parametrize("profile", sorted(_profiles()))
+def test_every_samconfig_profile_deploys(aws: None, profile: str) -> None:
+    # Given a profile's stack name and parameter overrides
+    stack_name, parameters = _stack_and_parameters(profile)
+    # When the root stack is created with them
+    plane = create_control_plane(
+        ROOT, stack_name, parameters, high_availability=parameters.get("HighAvailability") == "true"
+    )
+    # Then it is complete and owns its settings, host parameters and secrets where the functions look
+    stack = boto3.client("cloudformation").describe_stacks(StackName=plane.stack_id)["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    env = plane.environment()
+    ssm = boto3.client("ssm")
+    for variable in ("SETTINGS_PARAMETER", "HOST_PARAMETERS_PARAMETER"):
+        assert ssm.get_parameter(Name=env[variable])["Parameter"]["Value"]
+    assert env["CONFIG_PREFIX"].startswith("/")
+    sm = boto3.client("secretsmanager")
+    names = {s["Name"] for s in sm.list_secrets()["SecretList"]}
+    assert len(names) >= 2

@@ -17,7 +17,7 @@ help: ## List the targets
 $(UV):
 	$(PYTHON) -m pip install --quiet --user uv
 
-$(VENV)/.synced: pyproject.toml uv.lock layers/sip_trunk/pyproject.toml | $(UV)
+$(VENV)/.synced: pyproject.toml uv.lock layers/sip_trunk/pyproject.toml local/pyproject.toml | $(UV)
 	UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --python $(PYTHON)
 	@touch $@
 

@@ -2,7 +2,7 @@
 
 Design (the simplest one that lets the BYE-to-Contact proof fail):
 
-* **The holder**: a second Asterisk (the package's ``sip_trunk/local/standin`` configs) bound to
+* **The holder**: a second Asterisk (``sip_trunk_local/standin`` configs) bound to
   ``HOLDER_IP`` (127.0.0.3), TCP only, no registrar module (a REGISTER finds nothing to accept it).
   It challenges every INVITE and identifies the caller only by digest user name (the gateway's
   ``outbound_username``), routes only the imported number with its ``+`` (anything else: 404 from the
@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sip_trunk.local.standin import CONFIG_DIR as STANDIN_CONFIG_DIR
+from sip_trunk_local.standin import CONFIG_DIR as STANDIN_CONFIG_DIR
 from support.asterisk import AsteriskInstance
 from support.rtp import rtp_range
 from support.sipp import free_port

@@ -28,8 +28,8 @@ from sip_trunk.errors import (
     TrunkNotVerified,
     VerificationTimedOut,
 )
-from sip_trunk.local.elevenlabs_api import ElevenLabsStandIn
 from sip_trunk.workflows import clock
+from sip_trunk_local.elevenlabs_api import ElevenLabsStandIn
 from support.moto_sfn import ACCOUNT, REGION
 from support.world import (
     API_KEY,
@@ -941,7 +941,7 @@ def test_sync_validation_error_is_fatal_without_echoing_passwords(
     world_api, api_handlers, logs, event, lambda_context, standin, monkeypatch
 ):
     # Given ElevenLabs refusing the trunk with a 422 that echoes the request body (passwords included)
-    from sip_trunk.local import elevenlabs_api
+    from sip_trunk_local import elevenlabs_api
 
     def refuse(self: Any, body: Any) -> tuple[int, Any]:
         raise elevenlabs_api._Invalid(

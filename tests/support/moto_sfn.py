@@ -6,7 +6,7 @@
 - Time: Wait states and Retry back-offs are recorded, not slept, and advance a fake clock that the
   workflows read (`sip_trunk.workflows.clock`), so deadlines behave as in production in milliseconds.
 
-The dispatcher itself is the product's (`sip_trunk.local.executor.Dispatcher`, which local mode uses too);
+The dispatcher itself is the product's (`sip_trunk_local.executor.Dispatcher`, which local mode uses too);
 this module adds the fake clock, the test substitutions and a tiny SIP responder.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sip_trunk.local import executor
+from sip_trunk_local import executor
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = ROOT / "functions"
@@ -87,7 +87,7 @@ Invocation = executor.Invocation
 
 
 class Harness(executor.Dispatcher):
-    """The product's dispatcher (sip_trunk.local.executor) with a fake clock that waits advance."""
+    """The product's dispatcher (sip_trunk_local.executor) with a fake clock that waits advance."""
 
     def __init__(self) -> None:
         self.clock = FakeClock()

@@ -218,7 +218,7 @@ class AsteriskInstance:
     def _asterisk_conf(self) -> str:
         b = self.chroot_base
         return (
-            "; written by sip_trunk.local.asterisk_runner for this instance only\n"
+            "; written by sip_trunk_local.asterisk_runner for this instance only\n"
             "[directories]\n"
             f"astcachedir => {b}/cache\n"
             f"astetcdir => {b}/etc\n"

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sip_trunk.local.asterisk_runner import AsteriskInstance
-from sip_trunk.local.hosts import CLIENT_IP, DEFAULT_PUBLIC_IP, STANDIN_IP, HostError, LocalHostManager
-from sip_trunk.local.rtp import RtpCounter, RtpCounts
-from sip_trunk.local.sipp import SippResult, run_sipp
+from sip_trunk_local.asterisk_runner import AsteriskInstance
+from sip_trunk_local.hosts import CLIENT_IP, DEFAULT_PUBLIC_IP, STANDIN_IP, HostError, LocalHostManager
+from sip_trunk_local.rtp import RtpCounter, RtpCounts
+from sip_trunk_local.sipp import SippResult, run_sipp
 
 CONFIG_DIR = Path(__file__).resolve().parent / "standin"
 STANDIN_LABEL = "elevenlabs"

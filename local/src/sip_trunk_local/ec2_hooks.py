@@ -43,7 +43,7 @@ AGENT_ENV_PATH = "/etc/sip-trunk/agent.env"
 
 
 class HostManager(Protocol):
-    """What local mode needs from the hosts (implemented by `sip_trunk.local.hosts.LocalHostManager`)."""
+    """What local mode needs from the hosts (implemented by `sip_trunk_local.hosts.LocalHostManager`)."""
 
     def start_host(self, instance_id: str, private_ip: str, role: str) -> Any: ...
 

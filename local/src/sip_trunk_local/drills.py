@@ -37,10 +37,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sip_trunk.local.executor import history_states
+from sip_trunk_local.executor import history_states
 
 if TYPE_CHECKING:
-    from sip_trunk.local.orchestrator import LocalDeployment
+    from sip_trunk_local.orchestrator import LocalDeployment
 
 DRILLS = ("failover", "restore", "bad-config")
 MARKER_FAMILY = "drill"
@@ -187,8 +187,9 @@ def agent_ok(result: dict[str, Any], what: str) -> dict[str, Any]:
 
 def probe_public(dep: LocalDeployment, timeout_s: float = 0.5) -> Any:
     """SIP OPTIONS to the Elastic IP, sent from the outside namespace (in this process: no interpreter start)."""
-    from sip_trunk.local.orchestrator import PUBLIC_IP, run_in_namespace
     from sip_trunk.sip import ProbeTarget, Transport, probe_options
+
+    from sip_trunk_local.orchestrator import PUBLIC_IP, run_in_namespace
 
     target = ProbeTarget(PUBLIC_IP, 5060, Transport.TCP)
     return run_in_namespace(dep.manager.outside_namespace(), lambda: probe_options(target, timeout_s, verify=False))
@@ -519,8 +520,9 @@ def publish_broken(dep: LocalDeployment, good: str) -> str:
 
 def bad_config(dep: LocalDeployment, hold_ms: int = 20000) -> dict[str, Any]:
     from sip_trunk import configstore
-    from sip_trunk.local.orchestrator import PHONE_NUMBER, PUBLIC_IP
-    from sip_trunk.local.standin import place_call
+
+    from sip_trunk_local.orchestrator import PHONE_NUMBER, PUBLIC_IP
+    from sip_trunk_local.standin import place_call
 
     drill = Drill(dep, "bad-config")
     dispatcher = dep._dispatcher()

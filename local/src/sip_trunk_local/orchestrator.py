@@ -1,6 +1,6 @@
 """`sip-trunk local up`: the whole product on one machine, and the controller process that keeps it running.
 
-`up` starts a controller (`python -m sip_trunk.local.orchestrator serve`) in its own session; the controller
+`up` starts a controller (`python -m sip_trunk_local.orchestrator serve`) in its own session; the controller
 owns everything that lives in memory — moto's server with the emulated account, the state-machine executor
 and the hooks to the local hosts — and answers `status`, `call`, `provision`, `drill` and `down` on a Unix socket in the
 run directory. Its steps are appended to `events.jsonl` there, which `up` follows to show progress.
@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sip_trunk.local import controlplane as cp
-from sip_trunk.local.ec2_hooks import Ec2Hooks, HostEvent
-from sip_trunk.local.executor import Dispatcher, ExecutionReport, load_handlers, real_time_pacer, run_execution
+from sip_trunk_local import controlplane as cp
+from sip_trunk_local.ec2_hooks import Ec2Hooks, HostEvent
+from sip_trunk_local.executor import Dispatcher, ExecutionReport, load_handlers, real_time_pacer, run_execution
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class LocalDeployment:
 
     # --- up ----------------------------------------------------------------------------------------
     def up(self) -> dict[str, Any]:
-        from sip_trunk.local.asterisk_runner import DEFAULT_ROOT, root_problem
+        from sip_trunk_local.asterisk_runner import DEFAULT_ROOT, root_problem
 
         root = self.asterisk_root or DEFAULT_ROOT
         problem = root_problem(root)
@@ -264,7 +264,7 @@ class LocalDeployment:
         return self.summary
 
     def _add_carrier(self) -> dict[str, Any]:
-        from sip_trunk.local.standin import carrier_settings
+        from sip_trunk_local.standin import carrier_settings
 
         ssm = self.client("ssm")
         name = f"/{STACK}/settings"
@@ -297,9 +297,9 @@ class LocalDeployment:
         return out
 
     def _start_world(self, root: Path) -> None:
-        from sip_trunk.local.elevenlabs_api import ElevenLabsStandIn
-        from sip_trunk.local.hosts import LocalHostManager
-        from sip_trunk.local.standin import credentials, start_standin
+        from sip_trunk_local.elevenlabs_api import ElevenLabsStandIn
+        from sip_trunk_local.hosts import LocalHostManager
+        from sip_trunk_local.standin import credentials, start_standin
 
         self.manager = LocalHostManager(
             self.run_dir / "world",
@@ -390,7 +390,7 @@ class LocalDeployment:
                     log.debug("heartbeat of %s skipped", instance_id, exc_info=True)
 
     def drill(self, name: str, repeat: int = 1) -> dict[str, Any]:
-        from sip_trunk.local.drills import run_drill
+        from sip_trunk_local.drills import run_drill
 
         self.emit(kind="drill-start", drill=name, repeat=repeat)
         try:
@@ -413,7 +413,7 @@ class LocalDeployment:
         }
 
     def call(self, duration_ms: int = 3000) -> dict[str, Any]:
-        from sip_trunk.local.standin import place_call
+        from sip_trunk_local.standin import place_call
 
         with self.lock:
             workdir = self.run_dir / "calls" / str(int(time.time() * 1000))
@@ -503,8 +503,8 @@ class LocalDeployment:
 
 def teardown_without_controller(run_dir: Path) -> dict[str, Any]:
     """`local down` when the controller is gone: adopt the recorded world and remove it."""
-    from sip_trunk.local.asterisk_runner import DEFAULT_ROOT
-    from sip_trunk.local.hosts import STATE_FILE, LocalHostManager
+    from sip_trunk_local.asterisk_runner import DEFAULT_ROOT
+    from sip_trunk_local.hosts import STATE_FILE, LocalHostManager
 
     world = run_dir / "world"
     if not (world / STATE_FILE).exists():
@@ -618,7 +618,7 @@ def spawn_controller(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / EVENTS).unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "sip_trunk.local.orchestrator", "serve", "--run-dir", str(run_dir),
+    argv = [sys.executable, "-m", "sip_trunk_local.orchestrator", "serve", "--run-dir", str(run_dir),
             "--project", str(project)]  # fmt: skip
     if not high_availability:
         argv.append("--single-host")
@@ -645,7 +645,7 @@ def process_alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sip_trunk.local.orchestrator")
+    parser = argparse.ArgumentParser(prog="python -m sip_trunk_local.orchestrator")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from sip_trunk_local.topology import PUBLIC_IP
+
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -201,7 +203,7 @@ def _print_drill(result: dict[str, Any]) -> None:
             out.print(
                 f"RTO [bold]{run['rto_s']:.2f} s[/] = detection {run['detection_s']:.2f} s (primary dead → "
                 f"{escape(str(run['execution']))} started) + movement {run['movement_s']:.2f} s (→ SIP OPTIONS "
-                f"answered on 203.0.113.10 from outside); execution {run['execution_s']:.2f} s",
+                f"answered on {PUBLIC_IP} from outside); execution {run['execution_s']:.2f} s",
                 highlight=False,
             )
     if isinstance(result.get("rto_s"), dict):
@@ -353,7 +355,7 @@ def local_measure(
             "provision_s: the Provision step of `sip-trunk local up` (the real state machine in moto, Wait states "
             "paced, not slept), one fresh deployment per run. Failover: `sip-trunk local drill failover --repeat N`: "
             "SIGKILL to the primary's Asterisk; detection = until the Failover execution's start time (started by "
-            "the standby's watch-peer); movement = from there until SIP OPTIONS to 203.0.113.10 from the outside "
+            f"the standby's watch-peer); movement = from there until SIP OPTIONS to {PUBLIC_IP} from the outside "
             "namespace is answered; the standby is re-armed between runs."
         ),
     }

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from sip_trunk_local.topology import PUBLIC_ADDRESSES
+
 log = logging.getLogger(__name__)
 
-PUBLIC_ADDRESSES = ("203.0.113.10", "203.0.113.11", "203.0.113.12", "203.0.113.13")
 ROLE_TAG = "aws-sip-trunk:role"
 AGENT_ENV_PATH = "/etc/sip-trunk/agent.env"
 

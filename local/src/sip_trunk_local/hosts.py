@@ -47,11 +47,8 @@ from sip_trunk_local.asterisk_runner import (
     root_problem,
 )
 from sip_trunk_local.netns import LocalTopology, NetnsError, list_namespaces, run
+from sip_trunk_local.topology import CLIENT_IP, ELEVENLABS_HOST, PUBLIC_IP, STANDIN_IP
 
-ELEVENLABS_HOST = "sip.rtc.elevenlabs.io"
-STANDIN_IP = "198.51.100.20"
-CLIENT_IP = "198.51.100.50"
-DEFAULT_PUBLIC_IP = "203.0.113.10"
 STATE_FILE = "hosts.json"
 ROLES = ("primary", "standby")
 
@@ -202,7 +199,7 @@ class LocalHostManager:
         region: str,
         *,
         agent_env: Mapping[str, str] | None = None,
-        public_ip: str = DEFAULT_PUBLIC_IP,
+        public_ip: str = PUBLIC_IP,
         watch_interval_s: float = 1.0,
         watch_failures: int = 3,
         watch_timeout_s: float = 1.0,

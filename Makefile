@@ -22,13 +22,14 @@ $(VENV)/.synced: pyproject.toml uv.lock layers/sip_trunk/pyproject.toml local/py
 	@touch $@
 
 .PHONY: dev
-dev: $(VENV)/.synced ## Create .venv with every dependency from the lockfile (editable sip_trunk)
+dev: $(VENV)/.synced ## Create .venv with every dependency from the lockfile (editable sip_trunk and sip_trunk_local)
 
 .PHONY: lint
-lint: dev ## ruff (lint + format check), mypy --strict on sip_trunk, shellcheck
+lint: dev ## ruff (lint + format check), mypy --strict on sip_trunk and sip_trunk_local, import contracts, shellcheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/shellcheck scripts/*.sh
 
 .PHONY: format

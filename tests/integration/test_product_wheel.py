@@ -83,7 +83,7 @@ def test_the_wheel_holds_no_local_mode_harness_or_tests(names: list[str]) -> Non
         name
         for name in names
         if any(part in {"local", "standin", "scenarios", "tests", "support"} for part in Path(name).parts)
-        or name.endswith((".xml", ".pcap"))
+        or name.endswith((".xml", ".pcap", ".toml"))
         or Path(name).name.startswith(("test_", "conftest"))
     ]
     assert offending == []

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sip_trunk_local import executor
 
-ROOT = Path(__file__).resolve().parents[2]
+from sip_trunk_local import executor
+from sip_trunk_local.controlplane import find_project_root
+
+ROOT = find_project_root(Path(__file__).parent)
 FUNCTIONS = ROOT / "functions"
 STATEMACHINES = ROOT / "statemachines"
 REGION = "us-east-1"
@@ -94,7 +96,7 @@ class Harness(executor.Dispatcher):
         super().__init__(load_handlers(), pacer=lambda kind, seconds: self.clock.advance(seconds))
 
     @contextmanager
-    def installed(self, monkeypatch: Any = None) -> Iterator[Harness]:  # type: ignore[override]
+    def installed(self, monkeypatch: Any = None) -> Iterator[Harness]:
         with super().installed(self.clock.now):
             yield self
 

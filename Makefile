@@ -17,18 +17,19 @@ help: ## List the targets
 $(UV):
 	$(PYTHON) -m pip install --quiet --user uv
 
-$(VENV)/.synced: pyproject.toml uv.lock layers/sip_trunk/pyproject.toml | $(UV)
+$(VENV)/.synced: pyproject.toml uv.lock layers/sip_trunk/pyproject.toml local/pyproject.toml | $(UV)
 	UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --python $(PYTHON)
 	@touch $@
 
 .PHONY: dev
-dev: $(VENV)/.synced ## Create .venv with every dependency from the lockfile (editable sip_trunk)
+dev: $(VENV)/.synced ## Create .venv with every dependency from the lockfile (editable sip_trunk and sip_trunk_local)
 
 .PHONY: lint
-lint: dev ## ruff (lint + format check), mypy --strict on sip_trunk, shellcheck
+lint: dev ## ruff (lint + format check), mypy --strict on sip_trunk and sip_trunk_local, import contracts, shellcheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/shellcheck scripts/*.sh
 
 .PHONY: format

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from standin import ELEVENLABS_HOST, hosts_file, use_private_hosts
-from support.asterisk import AsteriskInstance
-from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
-from support.rtp import RtpRange, reserve_rtp_range
-from support.sipp import Sipp, free_port, write_injection
+from sip_trunk_local.asterisk_runner import AsteriskInstance, hosts_file, use_private_hosts
+from sip_trunk_local.harness.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
+from sip_trunk_local.rtp import RtpRange, reserve_rtp_range
+from sip_trunk_local.sipp import Sipp, free_port, write_injection
+from sip_trunk_local.topology import ELEVENLABS_HOST
 
 from bench.audio import write_audio
 from bench.common import SCENARIOS, CpuWindow, MediaCounter, find_child, loadavg, rss_mib

@@ -1,4 +1,4 @@
-"""What every benchmark shares: the test harness on ``sys.path``, the machine description, process CPU and
+"""What every benchmark shares: the machine description, process CPU and
 memory from /proc, and RTP counters that count media packets only."""
 
 from __future__ import annotations
@@ -9,21 +9,17 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sip_trunk_local.rtp import RtpCounter
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
 SCENARIOS = BENCH / "scenarios"
-for _p in (REPO / "tests", REPO / "tests" / "asterisk"):  # the harness, imported like the tests do
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from support.rtp import RtpCounter  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -172,7 +168,7 @@ class CpuWindow:
 
 # ------------------------------------------------------------------------------------------ RTP
 class MediaCounter(RtpCounter):
-    """:class:`support.rtp.RtpCounter` restricted to packets of one IP length, so RTCP (and ICMP-less
+    """:class:`sip_trunk_local.rtp.RtpCounter` restricted to packets of one IP length, so RTCP (and ICMP-less
     probes) never count as audio. 20 ms of G.711 or G.722 = 160 bytes payload = 200 bytes IPv4."""
 
     ip_length = 200

@@ -1,6 +1,6 @@
 """Lambda cost signals: what each function deploys (the shared layer built by ``make build`` plus the
 function's own code) and how long the health-check and verify handlers run in-process against moto and a
-loopback SIP responder (tests/support/world.py), median of N invocations after one warm-up."""
+loopback SIP responder (sip_trunk_local.harness.world), median of N invocations after one warm-up."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import bench.common  # noqa: F401  (puts the test harness on sys.path)
 from bench.common import REPO
 
 BUILD = REPO / ".aws-sam" / "build"
@@ -55,8 +54,8 @@ def package_sizes() -> dict[str, Any]:
 def handler_durations(n: int) -> dict[str, Any]:
     import pytest
     from moto import mock_aws
-    from support.moto_sfn import FakeContext, load_handlers
-    from support.world import build_world
+    from sip_trunk_local.harness.moto_sfn import FakeContext, load_handlers
+    from sip_trunk_local.harness.world import build_world
 
     events = REPO / "tests" / "events"
     schedule = json.loads((events / "schedule_event.json").read_text())

@@ -13,9 +13,9 @@ from typing import Any
 
 import boto3
 from moto import mock_aws
-from support.gateway import merge, render_gateway
-from support.rtp import reserve_rtp_range
-from support.sipp import Sipp, free_port
+from sip_trunk_local.harness.gateway import merge, render_gateway
+from sip_trunk_local.rtp import reserve_rtp_range
+from sip_trunk_local.sipp import Sipp, free_port
 
 from bench.audio import write_audio
 from bench.capacity import (

@@ -40,9 +40,11 @@ def asterisk_version(root: Path) -> str | None:
 
 
 def _root() -> Path:
-    from support.asterisk import DEFAULT_ROOT, ensure_root, root_problem
+    from sip_trunk_local.asterisk_runner import DEFAULT_ROOT, ensure_root, root_problem
 
-    root = ensure_root(DEFAULT_ROOT)
+    from bench.common import REPO
+
+    root = ensure_root(DEFAULT_ROOT, script=REPO / "scripts" / "asterisk-root.sh")
     problem = root_problem(root)
     if problem:
         raise RuntimeError(problem)
@@ -51,7 +53,7 @@ def _root() -> Path:
 
 def _default_root() -> Path:
     """The cached Asterisk root the harness and local mode's hosts run from (not built here)."""
-    from support.asterisk import DEFAULT_ROOT
+    from sip_trunk_local.asterisk_runner import DEFAULT_ROOT
 
     return Path(DEFAULT_ROOT)
 

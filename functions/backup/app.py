@@ -9,9 +9,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from sip_trunk.aws.wiring import default_deps
+from sip_trunk.events import ScheduleEvent
 from sip_trunk.observability import logger, metrics, tracer
 from sip_trunk.workflows.backup import backup
-from sip_trunk.workflows.events import ScheduleEvent
 
 
 @logger.inject_lambda_context(correlation_id_path="id")

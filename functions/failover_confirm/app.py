@@ -7,9 +7,9 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from sip_trunk.aws.wiring import default_deps
+from sip_trunk.events import failover_trigger
 from sip_trunk.observability import CORRELATION_PATH, logger, metrics, tracer
 from sip_trunk.workflows.common import StepInput
-from sip_trunk.workflows.events import failover_trigger
 from sip_trunk.workflows.failover import ConfirmInput, confirm
 
 

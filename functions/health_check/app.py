@@ -9,8 +9,8 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from sip_trunk.aws.wiring import default_deps
+from sip_trunk.events import ScheduleEvent
 from sip_trunk.observability import logger, metrics, tracer
-from sip_trunk.workflows.events import ScheduleEvent
 from sip_trunk.workflows.health import health_check
 from sip_trunk.workflows.health import metrics as health_metrics
 

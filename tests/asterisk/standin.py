@@ -2,7 +2,7 @@
 
 Design (the simplest one that lets the BYE-to-Contact proof fail):
 
-* **The holder**: a second Asterisk (the package's ``sip_trunk/local/standin`` configs) bound to
+* **The holder**: a second Asterisk (``sip_trunk_local/standin`` configs) bound to
   ``HOLDER_IP`` (127.0.0.3), TCP only, no registrar module (a REGISTER finds nothing to accept it).
   It challenges every INVITE and identifies the caller only by digest user name (the gateway's
   ``outbound_username``), routes only the imported number with its ``+`` (anything else: 404 from the
@@ -30,7 +30,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sip_trunk.local.standin import CONFIG_DIR as STANDIN_CONFIG_DIR
+from sip_trunk_local import topology
+from sip_trunk_local.asterisk_runner import hosts_file as hosts_file  # re-exported: the tests import it from here
+from sip_trunk_local.asterisk_runner import use_private_hosts as use_private_hosts
+from sip_trunk_local.standin import CONFIG_DIR as STANDIN_CONFIG_DIR
 from support.asterisk import AsteriskInstance
 from support.rtp import rtp_range
 from support.sipp import free_port
@@ -38,7 +41,7 @@ from support.sipp import free_port
 CONFIG_DIR = STANDIN_CONFIG_DIR  # the same files local mode's stand-in runs
 SHARED_IP = "127.0.0.2"
 HOLDER_IP = "127.0.0.3"
-ELEVENLABS_HOST = "sip.rtc.elevenlabs.io"
+ELEVENLABS_HOST = topology.ELEVENLABS_HOST
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 
@@ -51,27 +54,6 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return bool(predicate())
-
-
-def hosts_file(mapping: dict[str, str]) -> str:
-    """An /etc/hosts text that maps the given names (and keeps localhost)."""
-    lines = ["127.0.0.1\tlocalhost"] + [f"{ip}\t{name}" for name, ip in mapping.items()]
-    return "\n".join(lines) + "\n"
-
-
-def use_private_hosts(inst: AsteriskInstance) -> None:
-    """Make ``inst`` resolve names with ``etc/hosts`` of its own config (give it via ``extra_files``):
-    the file is bind-mounted over the root's /etc/hosts inside the instance's private mount namespace,
-    so no other instance sees it."""
-    original = inst.command
-
-    def command() -> list[str]:
-        cmd = original()
-        inner = cmd[-1]
-        mount = f"mount --bind {inst.etc_dir / 'hosts'} {inst.root}/etc/hosts && "
-        return [*cmd[:-1], mount + inner]
-
-    inst.command = command  # type: ignore[method-assign]
 
 
 # ------------------------------------------------------------------------------------------------ SIP

@@ -1,4 +1,4 @@
-"""Local hosts (sip_trunk.local.hosts) with the real host agent and real calls.
+"""Local hosts (sip_trunk_local.hosts) with the real host agent and real calls.
 
 A config published to a moto server's SSM is applied through `run_command` exactly as SSM Run Command would
 run it; a carrier calls the DID through the emulated Elastic IP to the ElevenLabs stand-in with audio both
@@ -21,13 +21,13 @@ import boto3
 import pytest
 import yaml
 from sip_trunk import configstore
-from sip_trunk.local.asterisk_runner import DEFAULT_ROOT
-from sip_trunk.local.hosts import LocalHostManager
-from sip_trunk.local.sipp import free_port
-from sip_trunk.local.standin import Standin, carrier_settings, credentials, place_call, start_standin
 from sip_trunk.manifest import MANIFEST_NAME, Manifest
 from sip_trunk.render import render_configs
 from sip_trunk.settings import parse_secrets, parse_settings
+from sip_trunk_local.asterisk_runner import DEFAULT_ROOT
+from sip_trunk_local.hosts import LocalHostManager
+from sip_trunk_local.sipp import free_port
+from sip_trunk_local.standin import Standin, carrier_settings, credentials, place_call, start_standin
 
 pytestmark = pytest.mark.e2e
 
@@ -104,7 +104,7 @@ def world(moto_endpoint: str, tmp_path: Path) -> Iterator[tuple[LocalHostManager
 _TEARDOWN = """
 import sys, json
 from pathlib import Path
-from sip_trunk.local.hosts import LocalHostManager
+from sip_trunk_local.hosts import LocalHostManager
 m = LocalHostManager(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4])
 removed = m.teardown()
 assert removed["namespaces"], removed

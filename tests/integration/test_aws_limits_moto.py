@@ -1,4 +1,4 @@
-"""moto alone accepts what AWS refuses: why the limits of `sip_trunk.aws.limits` are checked by the code.
+"""moto alone accepts what AWS refuses: why the limits of `sip_trunk.limits` are checked by the code.
 
 Each case sends moto, directly, a value over one documented limit and shows it is stored or accepted (so
 a test world of moto alone would never catch the defect), then shows the adapter refusing the same value.
@@ -13,12 +13,11 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from sip_trunk import configstore
-from sip_trunk.aws import limits
-from sip_trunk.aws.limits import AwsLimitExceeded
+from sip_trunk import configstore, limits
 from sip_trunk.aws.runcommand import SsmCommands
 from sip_trunk.aws.ssm import SsmConfigStore
 from sip_trunk.aws.stepfunctions import SfnExecutions
+from sip_trunk.limits import AwsLimitExceeded
 from sip_trunk.manifest import MANIFEST_NAME, Manifest
 
 pytestmark = pytest.mark.integration

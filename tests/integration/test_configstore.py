@@ -10,7 +10,6 @@ import boto3
 import pytest
 import yaml
 from moto import mock_aws
-from sip_trunk.aws.limits import SSM_VALUE_ADVANCED
 from sip_trunk.configstore import (
     ConfigNotFound,
     fetch_config,
@@ -18,6 +17,7 @@ from sip_trunk.configstore import (
     publish_config,
     set_desired_version,
 )
+from sip_trunk.limits import SSM_VALUE_ADVANCED
 from sip_trunk.manifest import MANIFEST_NAME, Manifest, ManifestMismatch
 from sip_trunk.render import RenderedConfig, render_configs
 from sip_trunk.settings import load_secrets, load_settings, parse_secrets, parse_settings

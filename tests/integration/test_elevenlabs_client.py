@@ -20,7 +20,7 @@ from sip_trunk.elevenlabs import (
     diff_trunk,
     ensure_trunk,
 )
-from sip_trunk.local.elevenlabs_api import ElevenLabsStandIn
+from sip_trunk_local.elevenlabs_api import ElevenLabsStandIn
 
 pytestmark = pytest.mark.integration
 

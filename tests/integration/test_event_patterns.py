@@ -134,8 +134,8 @@ def test_other_alarm_events_do_not_start_failover() -> None:
 
 
 def test_failover_rule_passes_the_alarm_event_to_the_first_state() -> None:
+    from sip_trunk.events import failover_trigger
     from sip_trunk.workflows.common import StepInput
-    from sip_trunk.workflows.events import failover_trigger
 
     target = rule("HostDownToFailoverRule")["Targets"][0]
     assert not {"Input", "InputPath", "InputTransformer"} & set(target), "the whole event is the execution input"
@@ -149,7 +149,7 @@ def test_failover_rule_passes_the_alarm_event_to_the_first_state() -> None:
 
 
 def test_health_check_payload_is_a_failover_trigger_too() -> None:
-    from sip_trunk.workflows.events import failover_trigger
+    from sip_trunk.events import failover_trigger
 
     task = first_task_input(
         ROOT / "statemachines" / "failover.asl.yaml", {"source": "health_check", "reason": "3 failed"}

@@ -28,8 +28,8 @@ from sip_trunk.errors import (
     TrunkNotVerified,
     VerificationTimedOut,
 )
-from sip_trunk.local.elevenlabs_api import ElevenLabsStandIn
 from sip_trunk.workflows import clock
+from sip_trunk_local.elevenlabs_api import ElevenLabsStandIn
 from support.moto_sfn import ACCOUNT, REGION
 from support.world import (
     API_KEY,
@@ -945,7 +945,7 @@ def test_sync_validation_error_is_fatal_without_echoing_passwords(
     world_api, api_handlers, logs, event, lambda_context, standin, monkeypatch
 ):
     # Given ElevenLabs refusing the trunk with a 422 that echoes the request body (passwords included)
-    from sip_trunk.local import elevenlabs_api
+    from sip_trunk_local import elevenlabs_api
 
     def refuse(self: Any, body: Any) -> tuple[int, Any]:
         raise elevenlabs_api._Invalid(
@@ -1034,7 +1034,7 @@ def test_notification_subject_fits_sns_with_the_longest_stack_name(
     world, handlers, event, lambda_context, monkeypatch, recorded
 ):
     from sip_trunk.aws import wiring
-    from sip_trunk.aws.limits import SNS_SUBJECT
+    from sip_trunk.limits import SNS_SUBJECT
 
     # Given the longest stack name the template allows (its state machines are `<stack>-provision`, 80 at most)
     monkeypatch.setenv("STACK_NAME", "a" + "b" * 69)

@@ -61,7 +61,9 @@ def stack_template(recording: bool = False) -> str:
                     "Value": {"Fn::Sub": "arn:aws:states:${AWS::Region}:${AWS::AccountId}:stateMachine:voice-provision"}
                 },
                 "SettingsParameterName": {"Value": {"Ref": "SettingsParameter"}},
-                "OperatorSettingsParameterName": {"Value": {"Fn::Sub": "/sip-trunk/${AWS::StackName}/operator-settings"}},
+                "OperatorSettingsParameterName": {
+                    "Value": {"Fn::Sub": "/sip-trunk/${AWS::StackName}/operator-settings"}
+                },
             },
         }
     )

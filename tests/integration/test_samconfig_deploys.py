@@ -1,7 +1,7 @@
 """Every samconfig.toml profile deploys: its stack name and parameter overrides create the root stack.
 
 The root template is created in moto's CloudFormation through local mode's control plane (offline SAM
-transform and moto fix-ups, `sip_trunk.local.controlplane`), once per profile of `samconfig.toml`. A
+transform and moto fix-ups, `sip_trunk_local.controlplane`), once per profile of `samconfig.toml`. A
 profile that leaves a required parameter open gets what `sam deploy --guided` would ask for.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
-from sip_trunk.local.controlplane import create_control_plane, load_template
+from sip_trunk_local.controlplane import create_control_plane, load_template
 
 pytestmark = pytest.mark.integration
 

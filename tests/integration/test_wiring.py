@@ -1,6 +1,6 @@
 """template.yaml, transformed offline and created in moto's CloudFormation: are the pieces wired?
 
-The transform and moto's fix-ups are local mode's (`sip_trunk.local.controlplane`, whose docstring lists
+The transform and moto's fix-ups are local mode's (`sip_trunk_local.controlplane`, whose docstring lists
 them); this test proves the result is wired as the functions expect.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from sip_trunk.local.controlplane import create_control_plane
+from sip_trunk_local.controlplane import create_control_plane
 
 pytestmark = pytest.mark.integration
 

@@ -69,7 +69,7 @@ def machines(monkeypatch: pytest.MonkeyPatch) -> Iterator[Machines]:
 
 @pytest.fixture
 def elevenlabs() -> Iterator[Any]:
-    from sip_trunk.local.elevenlabs_api import ElevenLabsStandIn
+    from sip_trunk_local.elevenlabs_api import ElevenLabsStandIn
     from support.world import API_KEY
 
     with ElevenLabsStandIn(API_KEY) as api:

@@ -1,12 +1,12 @@
-"""Real Asterisk 22 instances for the tests: :mod:`sip_trunk.local.asterisk_runner` (local mode runs its hosts
+"""Real Asterisk 22 instances for the tests: :mod:`sip_trunk_local.asterisk_runner` (local mode runs its hosts
 with the same code), with the test suite's defaults — the repository's root script and checked module list."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sip_trunk.local import asterisk_runner as _runner
-from sip_trunk.local.asterisk_runner import (
+from sip_trunk_local import asterisk_runner as _runner
+from sip_trunk_local.asterisk_runner import (
     DEFAULT_ROOT,
     LOG_NAMES,
     ROOT_MARKER,

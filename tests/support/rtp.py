@@ -1,8 +1,8 @@
-"""RTP packet counters and cross-process RTP port ranges: :mod:`sip_trunk.local.rtp` (shared with local mode)."""
+"""RTP packet counters and cross-process RTP port ranges: :mod:`sip_trunk_local.rtp` (shared with local mode)."""
 
 from __future__ import annotations
 
-from sip_trunk.local.rtp import (
+from sip_trunk_local.rtp import (
     BLOCK,
     LOCK_DIR,
     POOL_END,

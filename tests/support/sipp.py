@@ -1,12 +1,12 @@
-"""sipp runs for the tests: :mod:`sip_trunk.local.sipp` (shared with local mode); scenario names are looked up
+"""sipp runs for the tests: :mod:`sip_trunk_local.sipp` (shared with local mode); scenario names are looked up
 in ``tests/asterisk/scenarios`` first."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sip_trunk.local import sipp as _sipp
-from sip_trunk.local.sipp import (
+from sip_trunk_local import sipp as _sipp
+from sip_trunk_local.sipp import (
     G711A_PCAP,
     SIPP_SHARE,
     TRANSPORTS,

@@ -1,4 +1,4 @@
-"""The documented AWS limits of `sip_trunk.aws.limits`, enforced where the code calls AWS.
+"""The documented AWS limits of `sip_trunk.limits`, enforced where the code calls AWS.
 
 Each case gives an adapter (or `sip_trunk.configstore`) a value over one limit and a client that records
 calls: the adapter must refuse with `AwsLimitExceeded` naming that limit before any call. That moto alone
@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sip_trunk import configstore
-from sip_trunk.aws import limits
-from sip_trunk.aws.limits import AwsLimitExceeded, Limit
+from sip_trunk import configstore, limits
 from sip_trunk.aws.runcommand import SsmCommands
 from sip_trunk.aws.ssm import SsmConfigStore
 from sip_trunk.aws.stepfunctions import SfnExecutions
+from sip_trunk.limits import AwsLimitExceeded, Limit
 from sip_trunk.manifest import MANIFEST_NAME, Manifest
 
 pytestmark = pytest.mark.unit

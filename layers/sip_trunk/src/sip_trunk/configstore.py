@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from sip_trunk.aws import limits
+from sip_trunk import limits
 from sip_trunk.manifest import MANIFEST_NAME, Manifest
 
 DESIRED_VERSION = "desired-version"

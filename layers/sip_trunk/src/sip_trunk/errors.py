@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sip_trunk.aws.limits import Limit
+    from sip_trunk.limits import Limit
 
 
 class WorkflowError(Exception):
@@ -90,7 +90,7 @@ RETRYABLE_ERRORS: tuple[str, ...] = (
 
 class AwsLimitExceeded(FatalError, ValueError):
     """A name or value the code was about to send is over a documented AWS limit (`limit`, from
-    `sip_trunk.aws.limits`); raised before the request, so nothing was sent."""
+    `sip_trunk.limits`); raised before the request, so nothing was sent."""
 
     def __init__(self, limit: Limit, detail: str) -> None:
         self.limit = limit

@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import P
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
-from sip_trunk.workflows.config import load_config
+from sip_trunk.environment import load_config
 
 logger = Logger(utc=True)
 tracer = Tracer()

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from sip_trunk.aws.clients import client, error_code
-from sip_trunk.aws.limits import fit_command_comment
+from sip_trunk.limits import fit_command_comment
 from sip_trunk.workflows.ports import CommandResult, CommandStatus
 
 _KNOWN: set[str] = {"Pending", "InProgress", "Delayed", "Success", "Cancelled", "TimedOut", "Failed"}

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sip_trunk.aws.clients import client, error_code
-from sip_trunk.aws.limits import check_execution_name
+from sip_trunk.limits import check_execution_name
 
 
 class SfnExecutions:

@@ -15,9 +15,10 @@ from sip_trunk.aws.s3 import S3Objects
 from sip_trunk.aws.ssm import JsonParameterReader, ParameterSecretResolver, SsmConfigStore, SsmSettingsSource
 from sip_trunk.aws.stepfunctions import SfnExecutions
 from sip_trunk.elevenlabs import ElevenLabsClient, PhoneNumberApi
+from sip_trunk.environment import load_config
 from sip_trunk.sip import ProbeResult, ProbeTarget, probe_options
 from sip_trunk.workflows import clock
-from sip_trunk.workflows.config import WorkflowConfig, load_config
+from sip_trunk.workflows.config import WorkflowConfig
 from sip_trunk.workflows.deps import Deps
 
 

@@ -1,11 +1,10 @@
-"""Environment of the functions, parsed once per container into a validated model."""
+"""What the functions know about their deployment, as a validated model (`parse_config` takes the environment as a
+mapping; `sip_trunk.environment` reads `os.environ`, outside the domain)."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -72,9 +71,3 @@ def parse_config(environ: Mapping[str, str]) -> WorkflowConfig:
         return WorkflowConfig.model_validate(dict(environ))
     except (ValidationError, ValueError) as exc:
         raise SettingsInvalid(f"function environment is invalid: {exc}") from None
-
-
-@lru_cache(maxsize=1)
-def load_config() -> WorkflowConfig:
-    """The environment, read on first use (cold start) and cached for the container's life."""
-    return parse_config(os.environ)

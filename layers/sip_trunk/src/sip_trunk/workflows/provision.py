@@ -19,7 +19,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
-from sip_trunk.aws.limits import fit_sns_subject
 from sip_trunk.elevenlabs import DesiredTrunk, ElevenLabsError, diff_trunk, ensure_trunk, find_trunk
 from sip_trunk.errors import (
     ApplyFailed,
@@ -29,6 +28,7 @@ from sip_trunk.errors import (
     TrunkNotVerified,
     VerificationTimedOut,
 )
+from sip_trunk.limits import fit_sns_subject
 from sip_trunk.render import render_configs
 from sip_trunk.settings import Settings, Transport
 from sip_trunk.stackowned import Source

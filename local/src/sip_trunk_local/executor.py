@@ -79,7 +79,6 @@ def reset_handler_caches() -> None:
     """Forget what the handlers cached from the environment (configuration, clients, parameter caches)."""
     from aws_lambda_powertools.utilities import parameters
     from aws_lambda_powertools.utilities.parameters import base
-
     from sip_trunk import observability
     from sip_trunk.aws import wiring
 
@@ -194,7 +193,6 @@ class Dispatcher:
         from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
         from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
         from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
-
         from sip_trunk.workflows import clock
 
         dispatcher = self

@@ -218,7 +218,7 @@ class AsteriskInstance:
     def _asterisk_conf(self) -> str:
         b = self.chroot_base
         return (
-            "; written by sip_trunk.local.asterisk_runner for this instance only\n"
+            "; written by sip_trunk_local.asterisk_runner for this instance only\n"
             "[directories]\n"
             f"astcachedir => {b}/cache\n"
             f"astetcdir => {b}/etc\n"
@@ -621,3 +621,24 @@ class HostAsterisk:
                 lines = path.read_text(errors="replace").splitlines()[-tail:]
                 parts.append(f"--- {self.name}: {path.name} ---\n" + "\n".join(lines))
         return "\n".join(parts)
+
+
+def hosts_file(mapping: dict[str, str]) -> str:
+    """An /etc/hosts text that maps the given names (and keeps localhost)."""
+    lines = ["127.0.0.1\tlocalhost"] + [f"{ip}\t{name}" for name, ip in mapping.items()]
+    return "\n".join(lines) + "\n"
+
+
+def use_private_hosts(inst: AsteriskInstance) -> None:
+    """Make ``inst`` resolve names with ``etc/hosts`` of its own config (give it via ``extra_files``):
+    the file is bind-mounted over the root's /etc/hosts inside the instance's private mount namespace,
+    so no other instance sees it."""
+    original = inst.command
+
+    def command() -> list[str]:
+        cmd = original()
+        inner = cmd[-1]
+        mount = f"mount --bind {inst.etc_dir / 'hosts'} {inst.root}/etc/hosts && "
+        return [*cmd[:-1], mount + inner]
+
+    inst.command = command  # type: ignore[method-assign]

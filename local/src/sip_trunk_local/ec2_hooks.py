@@ -35,15 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from sip_trunk_local.topology import PUBLIC_ADDRESSES
+
 log = logging.getLogger(__name__)
 
-PUBLIC_ADDRESSES = ("203.0.113.10", "203.0.113.11", "203.0.113.12", "203.0.113.13")
 ROLE_TAG = "aws-sip-trunk:role"
 AGENT_ENV_PATH = "/etc/sip-trunk/agent.env"
 
 
 class HostManager(Protocol):
-    """What local mode needs from the hosts (implemented by `sip_trunk.local.hosts.LocalHostManager`)."""
+    """What local mode needs from the hosts (implemented by `sip_trunk_local.hosts.LocalHostManager`)."""
 
     def start_host(self, instance_id: str, private_ip: str, role: str) -> Any: ...
 

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from sip_trunk.configstore import stack_parameter
 
 REGION = "us-east-1"

@@ -21,17 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sip_trunk.local.asterisk_runner import AsteriskInstance
-from sip_trunk.local.hosts import CLIENT_IP, DEFAULT_PUBLIC_IP, STANDIN_IP, HostError, LocalHostManager
-from sip_trunk.local.rtp import RtpCounter, RtpCounts
-from sip_trunk.local.sipp import SippResult, run_sipp
+from sip_trunk_local.asterisk_runner import AsteriskInstance
+from sip_trunk_local.hosts import HostError, LocalHostManager
+from sip_trunk_local.rtp import RtpCounter, RtpCounts
+from sip_trunk_local.sipp import SippResult, run_sipp
+from sip_trunk_local.topology import CARRIER_MEDIA_PORT, CLIENT_IP, PUBLIC_IP, SIP_PORT, STANDIN_IP, STANDIN_RTP
 
 CONFIG_DIR = Path(__file__).resolve().parent / "standin"
 STANDIN_LABEL = "elevenlabs"
-STANDIN_PORT = 5060
-STANDIN_RTP = (10000, 10999)
-CARRIER_PORT = 5060
-CARRIER_MEDIA_PORT = 6000
+STANDIN_PORT = SIP_PORT
+CARRIER_PORT = SIP_PORT
 CARRIER_SCENARIO = "carrier_uac_pcap.xml"
 
 
@@ -104,7 +103,7 @@ class Standin:
 
 
 def start_standin(
-    manager: LocalHostManager, creds: Credentials, *, public_ip: str = DEFAULT_PUBLIC_IP, gateway_port: int = 5060
+    manager: LocalHostManager, creds: Credentials, *, public_ip: str = PUBLIC_IP, gateway_port: int = 5060
 ) -> Standin:
     """Start the stand-in in its namespace on the outside segment; recorded with the manager for teardown."""
     topo = manager.network()
@@ -184,7 +183,7 @@ def place_call(
     did: str,
     workdir: Path,
     *,
-    public_ip: str = DEFAULT_PUBLIC_IP,
+    public_ip: str = PUBLIC_IP,
     port: int = 5060,
     duration_ms: int = 3000,
     timeout: float = 30.0,

@@ -19,7 +19,8 @@ from typing import Any
 
 import boto3
 
-from support.moto_sfn import ACCOUNT, REGION, SipResponder
+from sip_trunk_local.executor import reset_handler_caches
+from sip_trunk_local.harness.moto_sfn import ACCOUNT, REGION, SipResponder
 
 STACK = "trunk"
 SETTINGS_PARAMETER = f"/sip-trunk/{STACK}/settings"
@@ -121,7 +122,8 @@ class World:
 
     def holder(self) -> str | None:
         found = self.ec2.describe_addresses(AllocationIds=[self.allocation_id])["Addresses"][0]
-        return found.get("InstanceId")
+        holder: str | None = found.get("InstanceId")
+        return holder
 
     def item(self, pk: str, sk: str) -> dict[str, Any] | None:
         item = self.ddb.get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True).get("Item")
@@ -372,12 +374,4 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
 
 
 def _reset_caches() -> None:
-    from aws_lambda_powertools.utilities import parameters
-    from aws_lambda_powertools.utilities.parameters import base
-    from sip_trunk import observability
-    from sip_trunk.aws import wiring
-
-    parameters.clear_caches()
-    base.DEFAULT_PROVIDERS.clear()
-    wiring.reset()
-    observability.reset()
+    reset_handler_caches()

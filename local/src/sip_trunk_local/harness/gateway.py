@@ -17,7 +17,9 @@ import yaml
 from sip_trunk.render import RenderedConfig, render_configs, write_rendered
 from sip_trunk.settings import Settings, parse_secrets, parse_settings
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from sip_trunk_local.controlplane import find_project_root
+
+REPO_ROOT = find_project_root(Path(__file__).parent)
 EXAMPLES = REPO_ROOT / "examples"
 
 

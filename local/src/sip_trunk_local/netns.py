@@ -21,15 +21,21 @@ data (:meth:`LocalTopology.to_state`), so another process can tear it down.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from sip_trunk_local import topology
 
 _TOPOLOGY_IDS = itertools.count(1)
+_CLONE_NEWNET = 0x40000000
 
 
 class NetnsError(RuntimeError):
@@ -106,12 +112,12 @@ class NamespaceSet:
 class ElasticIpTopology(NamespaceSet):
     """Instance namespaces behind a router doing 1:1 NAT for a public "Elastic IP", plus an outside client."""
 
-    public_ip: str = "203.0.113.10"
-    client_ip: str = "198.51.100.50"
-    router_outside_ip: str = "198.51.100.1"
-    outside_prefix: int = 24
-    private_cidr: str = "10.0.0.0/24"
-    router_private_ip: str = "10.0.0.1"
+    public_ip: str = topology.PUBLIC_IP
+    client_ip: str = topology.CLIENT_IP
+    router_outside_ip: str = topology.ROUTER_OUTSIDE_IP
+    outside_prefix: int = topology.OUTSIDE_PREFIX
+    private_cidr: str = topology.PRIVATE_CIDR
+    router_private_ip: str = topology.ROUTER_PRIVATE_IP
     router: str = field(default="", init=False)
     client: str = field(default="", init=False)
     instances: dict[str, tuple[str, str]] = field(default_factory=dict, init=False)
@@ -122,7 +128,7 @@ class ElasticIpTopology(NamespaceSet):
     INSTANCE_IF = "eth0"
     CLIENT_IF = "eth0"
 
-    def build(self, instances: Sequence[tuple[str, str]] = (("a", "10.0.0.10"),)) -> ElasticIpTopology:
+    def build(self, instances: Sequence[tuple[str, str]] = (("a", topology.FIRST_HOST_IP),)) -> ElasticIpTopology:
         """Create router + client namespaces and the given (label, private IP) instances; map the public
         address to the first instance."""
         try:
@@ -362,3 +368,29 @@ class LocalTopology(ElasticIpTopology):
 def list_namespaces() -> list[str]:
     """Every network namespace name on this machine (``ip netns list``)."""
     return [line.split()[0] for line in run(["ip", "netns", "list"], check=False).splitlines() if line.strip()]
+
+
+def run_in_namespace(netns: str, func: Callable[[], Any]) -> Any:
+    """Call `func` on a thread that joined network namespace `netns` (setns affects only that thread, and
+    sockets belong to the namespace they were made in): how a probe "from the internet" is made locally."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns}")
+            finally:
+                os.close(fd)
+            box["value"] = func()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"in-{netns}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")

@@ -2,10 +2,10 @@
 Asterisk 22 chrooted into a copy-on-write root of its own, and the real host agent (``sip-trunk-agent``)
 run the way SSM Run Command and systemd run it on EC2.
 
-* network: :class:`~sip_trunk.local.netns.LocalTopology` — router (1:1 NAT for each public address), the
+* network: :class:`~sip_trunk_local.netns.LocalTopology` — router (1:1 NAT for each public address), the
   outside bridge with the carrier/client namespace (198.51.100.50) and the ElevenLabs stand-in, one namespace
   per host on the LAN;
-* disk: :class:`~sip_trunk.local.asterisk_runner.OverlayRoot` over the cached Asterisk root, with the image's
+* disk: :class:`~sip_trunk_local.asterisk_runner.OverlayRoot` over the cached Asterisk root, with the image's
   bootstrap config in ``/etc/asterisk`` (a TCP transport on 5060 that answers probes, no endpoints) and
   ``/etc/hosts`` naming the stand-in ``sip.rtc.elevenlabs.io``;
 * AWS: the agent reaches the moto server through ``AWS_ENDPOINT_URL=http://127.0.0.1:<port>`` inside the host's
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sip_trunk.local.asterisk_runner import (
+from sip_trunk_local.asterisk_runner import (
     HOST_CONF,
     AsteriskError,
     HostAsterisk,
@@ -46,12 +46,9 @@ from sip_trunk.local.asterisk_runner import (
     process_start_time,
     root_problem,
 )
-from sip_trunk.local.netns import LocalTopology, NetnsError, list_namespaces, run
+from sip_trunk_local.netns import LocalTopology, NetnsError, list_namespaces, run
+from sip_trunk_local.topology import CLIENT_IP, ELEVENLABS_HOST, PUBLIC_IP, STANDIN_IP
 
-ELEVENLABS_HOST = "sip.rtc.elevenlabs.io"
-STANDIN_IP = "198.51.100.20"
-CLIENT_IP = "198.51.100.50"
-DEFAULT_PUBLIC_IP = "203.0.113.10"
 STATE_FILE = "hosts.json"
 ROLES = ("primary", "standby")
 
@@ -202,7 +199,7 @@ class LocalHostManager:
         region: str,
         *,
         agent_env: Mapping[str, str] | None = None,
-        public_ip: str = DEFAULT_PUBLIC_IP,
+        public_ip: str = PUBLIC_IP,
         watch_interval_s: float = 1.0,
         watch_failures: int = 3,
         watch_timeout_s: float = 1.0,

@@ -35,12 +35,39 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from sip_trunk.local.executor import history_states
+from sip_trunk import configstore
+from sip_trunk.agent.backup import ASTDB, read_tarball
+from sip_trunk.manifest import MANIFEST_NAME, Manifest
+from sip_trunk.sip import ProbeTarget, Transport, probe_options
+from sip_trunk.workflows.state import LOCK_KEY
 
-if TYPE_CHECKING:
-    from sip_trunk.local.orchestrator import LocalDeployment
+from sip_trunk_local.controlplane import ControlPlane
+from sip_trunk_local.ec2_hooks import Ec2Hooks
+from sip_trunk_local.executor import Dispatcher, ExecutionReport, history_states
+from sip_trunk_local.netns import run_in_namespace
+from sip_trunk_local.standin import place_call
+from sip_trunk_local.topology import PHONE_NUMBER, PUBLIC_IP, SIP_PORT
+
+
+class LocalDeployment(Protocol):
+    """What a drill needs from the running local deployment (the controller's `LocalDeployment`)."""
+
+    run_dir: Path
+    plane: ControlPlane | None
+    hooks: Ec2Hooks | None
+    manager: Any
+    standin: Any
+
+    def emit(self, **event: Any) -> None: ...
+    def client(self, service: str) -> Any: ...
+    def agent_environment(self) -> dict[str, str]: ...
+    def _dispatcher(self) -> Dispatcher: ...
+    def provision(self, payload: dict[str, Any] | None = None) -> ExecutionReport: ...
+    def call(self, duration_ms: int = 3000) -> dict[str, Any]: ...
+    def status(self) -> dict[str, Any]: ...
+
 
 DRILLS = ("failover", "restore", "bad-config")
 MARKER_FAMILY = "drill"
@@ -117,7 +144,6 @@ def read_deployment(dep: LocalDeployment) -> dict[str, Any]:
 
 
 def lock_item(dep: LocalDeployment) -> dict[str, Any] | None:
-    from sip_trunk.workflows.state import LOCK_KEY
 
     item = dep.client("dynamodb").get_item(
         TableName=state_table(dep), Key={k: {"S": v} for k, v in LOCK_KEY.items()}, ConsistentRead=True
@@ -187,10 +213,8 @@ def agent_ok(result: dict[str, Any], what: str) -> dict[str, Any]:
 
 def probe_public(dep: LocalDeployment, timeout_s: float = 0.5) -> Any:
     """SIP OPTIONS to the Elastic IP, sent from the outside namespace (in this process: no interpreter start)."""
-    from sip_trunk.local.orchestrator import PUBLIC_IP, run_in_namespace
-    from sip_trunk.sip import ProbeTarget, Transport, probe_options
 
-    target = ProbeTarget(PUBLIC_IP, 5060, Transport.TCP)
+    target = ProbeTarget(PUBLIC_IP, SIP_PORT, Transport.TCP)
     return run_in_namespace(dep.manager.outside_namespace(), lambda: probe_options(target, timeout_s, verify=False))
 
 
@@ -289,7 +313,7 @@ def failover_once(dep: LocalDeployment, run: int, *, rearm_after: bool = True) -
         def answers() -> bool:
             return bool(probe_public(dep, 0.5).reachable)
 
-        wait_for(answers, 120, "203.0.113.10 does not answer after the failover", poll_s=0.02)
+        wait_for(answers, 120, f"{PUBLIC_IP} does not answer after the failover", poll_s=0.02)
         answered_at = time.time()
         info["detail"] = f"{answered_at - started_at:.2f} s after the execution started"
 
@@ -318,14 +342,14 @@ def failover_once(dep: LocalDeployment, run: int, *, rearm_after: bool = True) -
         )
         eip = dep.status().get("elastic_ip", {})
         expect(eip.get("instance_id") == standby, f"the Elastic IP is associated with {eip}")
-        expect(manager.public_mapping().get("203.0.113.10") == standby, f"router: {manager.public_mapping()}")
+        expect(manager.public_mapping().get(PUBLIC_IP) == standby, f"router: {manager.public_mapping()}")
         expect(lock_item(dep) is None, f"the lock is still held: {lock_item(dep)}")
         sent_now = notifications(dep)[sent:]
         subjects = [n["subject"] for n in sent_now]
         expect(any("failover done" in (s or "") for s in subjects), f"no 'failover done' notification: {subjects}")
         info["detail"] = f"primary {standby}, standby {primary}; lock released; notified: {subjects[-1]}"
 
-    with drill.step("a new call on 203.0.113.10") as info:
+    with drill.step(f"a new call on {PUBLIC_IP}") as info:
         call = call_ok(dep)
         info["detail"] = f"answered in {call['seconds']} s, RTP {call['rtp']}"
 
@@ -386,7 +410,6 @@ def _file_digests(files: dict[str, bytes]) -> dict[str, str]:
 
 
 def restore(dep: LocalDeployment) -> dict[str, Any]:
-    from sip_trunk.agent.backup import ASTDB, read_tarball
 
     drill = Drill(dep, "restore")
     assert dep.plane is not None
@@ -431,7 +454,7 @@ def restore(dep: LocalDeployment) -> dict[str, Any]:
         expect(all(i not in manager.hosts for i in victims), f"hosts still running: {list(manager.hosts)}")
         probe = probe_public(dep, 0.5)
         expect(not probe.reachable, f"the Elastic IP still answers: {probe}")
-        info["detail"] = f"{', '.join(victims)} gone; {stack} deleted; 203.0.113.10 silent"
+        info["detail"] = f"{', '.join(victims)} gone; {stack} deleted; {PUBLIC_IP} silent"
 
     with drill.step("Provision execution (fresh hosts from the host stack)") as info:
         report = dep.provision({"reason": "restore drill: the hosts were lost"})
@@ -472,7 +495,7 @@ def restore(dep: LocalDeployment) -> dict[str, Any]:
             f"running {beat.get('running_version')}"
         )
 
-    with drill.step("a call on 203.0.113.10") as info:
+    with drill.step(f"a call on {PUBLIC_IP}") as info:
         call = call_ok(dep)
         info["detail"] = f"answered in {call['seconds']} s, RTP {call['rtp']}"
 
@@ -499,8 +522,6 @@ BROKEN_ENDPOINT = b"\n[drill-broken-endpoint]\ntype = endpoint\nthis_option_does
 def publish_broken(dep: LocalDeployment, good: str) -> str:
     """A version identical to `good` but for an endpoint with an option PJSIP does not know (Asterisk refuses
     to load it); its manifest is consistent, so only Asterisk can tell."""
-    from sip_trunk import configstore
-    from sip_trunk.manifest import MANIFEST_NAME, Manifest
 
     ssm = dep.client("ssm")
     prefix = dep.agent_environment()["SIP_TRUNK_CONFIG_PREFIX"]
@@ -519,9 +540,6 @@ def publish_broken(dep: LocalDeployment, good: str) -> str:
 
 
 def bad_config(dep: LocalDeployment, hold_ms: int = 20000) -> dict[str, Any]:
-    from sip_trunk import configstore
-    from sip_trunk.local.orchestrator import PHONE_NUMBER, PUBLIC_IP
-    from sip_trunk.local.standin import place_call
 
     drill = Drill(dep, "bad-config")
     dispatcher = dep._dispatcher()

@@ -6,7 +6,7 @@
 - Time: Wait states and Retry back-offs are recorded, not slept, and advance a fake clock that the
   workflows read (`sip_trunk.workflows.clock`), so deadlines behave as in production in milliseconds.
 
-The dispatcher itself is the product's (`sip_trunk.local.executor.Dispatcher`, which local mode uses too);
+The dispatcher itself is the product's (`sip_trunk_local.executor.Dispatcher`, which local mode uses too);
 this module adds the fake clock, the test substitutions and a tiny SIP responder.
 """
 
@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sip_trunk.local import executor
 
-ROOT = Path(__file__).resolve().parents[2]
+from sip_trunk_local import executor
+from sip_trunk_local.controlplane import find_project_root
+
+ROOT = find_project_root(Path(__file__).parent)
 FUNCTIONS = ROOT / "functions"
 STATEMACHINES = ROOT / "statemachines"
 REGION = "us-east-1"
@@ -87,14 +89,14 @@ Invocation = executor.Invocation
 
 
 class Harness(executor.Dispatcher):
-    """The product's dispatcher (sip_trunk.local.executor) with a fake clock that waits advance."""
+    """The product's dispatcher (sip_trunk_local.executor) with a fake clock that waits advance."""
 
     def __init__(self) -> None:
         self.clock = FakeClock()
         super().__init__(load_handlers(), pacer=lambda kind, seconds: self.clock.advance(seconds))
 
     @contextmanager
-    def installed(self, monkeypatch: Any = None) -> Iterator[Harness]:  # type: ignore[override]
+    def installed(self, monkeypatch: Any = None) -> Iterator[Harness]:
         with super().installed(self.clock.now):
             yield self
 

@@ -1,6 +1,6 @@
 """`sip-trunk local up`: the whole product on one machine, and the controller process that keeps it running.
 
-`up` starts a controller (`python -m sip_trunk.local.orchestrator serve`) in its own session; the controller
+`up` starts a controller (`python -m sip_trunk_local.orchestrator serve`) in its own session; the controller
 owns everything that lives in memory — moto's server with the emulated account, the state-machine executor
 and the hooks to the local hosts — and answers `status`, `call`, `provision`, `drill` and `down` on a Unix socket in the
 run directory. Its steps are appended to `events.jsonl` there, which `up` follows to show progress.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -36,29 +35,38 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sip_trunk.aws import wiring
 from sip_trunk.configstore import stack_parameter
-from sip_trunk.local import controlplane as cp
-from sip_trunk.local.ec2_hooks import Ec2Hooks, HostEvent
-from sip_trunk.local.executor import Dispatcher, ExecutionReport, load_handlers, real_time_pacer, run_execution
+from sip_trunk.sip import ProbeResult, ProbeTarget
+from sip_trunk.workflows.provision import STEP_OF_STATE
+from sip_trunk.workflows.state import Deployment
+
+from sip_trunk_local import controlplane as cp
+from sip_trunk_local.asterisk_runner import DEFAULT_ROOT, root_problem
+from sip_trunk_local.drills import run_drill
+from sip_trunk_local.ec2_hooks import Ec2Hooks, HostEvent
+from sip_trunk_local.elevenlabs_api import ElevenLabsStandIn
+from sip_trunk_local.executor import Dispatcher, ExecutionReport, load_handlers, real_time_pacer, run_execution
+from sip_trunk_local.hosts import STATE_FILE, LocalHostManager
+from sip_trunk_local.netns import run_in_namespace
+from sip_trunk_local.standin import carrier_settings, credentials, place_call, start_standin
+from sip_trunk_local.topology import CLIENT_IP, PHONE_NUMBER, PUBLIC_IP
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RUN_DIR = Path("/run/aws-sip-trunk/local")
 STACK = "sip-local"
-PHONE_NUMBER = "+14155550100"
 API_KEY = "sk_local_0123456789abcdefghij"
-PUBLIC_IP = "203.0.113.10"
 EVENTS = "events.jsonl"
 STATE = "state.json"
 CONTROL = "control.sock"
 PIDFILE = "controller.pid"
 LOG = "controller.log"
-_CLONE_NEWNET = 0x40000000
 HEARTBEAT_S = 60.0
 WATCH_INTERVAL_S = 0.5
 WATCH_FAILURES = 3
@@ -66,32 +74,6 @@ WATCH_TIMEOUT_S = 0.5
 
 
 # --- small helpers ------------------------------------------------------------------------------------
-
-
-def run_in_namespace(netns: str, func: Callable[[], Any]) -> Any:
-    """Call `func` on a thread that joined network namespace `netns` (setns affects only that thread, and
-    sockets belong to the namespace they were made in): how a probe "from the internet" is made locally."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {netns}")
-            finally:
-                os.close(fd)
-            box["value"] = func()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name=f"in-{netns}", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 def send_request(run_dir: Path, request: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]:
@@ -204,7 +186,6 @@ class LocalDeployment:
 
     # --- up ----------------------------------------------------------------------------------------
     def up(self) -> dict[str, Any]:
-        from sip_trunk.local.asterisk_runner import DEFAULT_ROOT, root_problem
 
         root = self.asterisk_root or DEFAULT_ROOT
         problem = root_problem(root)
@@ -241,7 +222,7 @@ class LocalDeployment:
         self._save_state()
         with self.step("settings", "operator settings: the local carrier routes the DID to the agent") as info:
             self.settings = self._add_carrier()
-            info["detail"] = f"carrier 198.51.100.50 → DID {PHONE_NUMBER}"
+            info["detail"] = f"carrier {CLIENT_IP} → DID {PHONE_NUMBER}"
         with self.step("standin", "hosts network and the ElevenLabs stand-in") as info:
             self._start_world(root)
             info["detail"] = f"API {self.api.url}, SIP {self.standin.address}:{self.standin.port}"
@@ -265,7 +246,6 @@ class LocalDeployment:
         return self.summary
 
     def _add_carrier(self) -> dict[str, Any]:
-        from sip_trunk.local.standin import carrier_settings
 
         ssm = self.client("ssm")
         name = stack_parameter(STACK, "settings")
@@ -298,9 +278,6 @@ class LocalDeployment:
         return out
 
     def _start_world(self, root: Path) -> None:
-        from sip_trunk.local.elevenlabs_api import ElevenLabsStandIn
-        from sip_trunk.local.hosts import LocalHostManager
-        from sip_trunk.local.standin import credentials, start_standin
 
         self.manager = LocalHostManager(
             self.run_dir / "world",
@@ -323,8 +300,6 @@ class LocalDeployment:
     def _probe_from_outside(self) -> None:
         """VerifyTrunk and the failover probes reach the Elastic IP from the internet: here, from the outside
         namespace (the address is not routable from this machine's own network)."""
-        from sip_trunk.aws import wiring
-        from sip_trunk.sip import ProbeResult, ProbeTarget
 
         outside = self.manager.outside_namespace()
         original = wiring.sip_probe
@@ -391,7 +366,6 @@ class LocalDeployment:
                     log.debug("heartbeat of %s skipped", instance_id, exc_info=True)
 
     def drill(self, name: str, repeat: int = 1) -> dict[str, Any]:
-        from sip_trunk.local.drills import run_drill
 
         self.emit(kind="drill-start", drill=name, repeat=repeat)
         try:
@@ -403,7 +377,6 @@ class LocalDeployment:
         return result
 
     def _state_durations(self, report: ExecutionReport) -> dict[str, Any]:
-        from sip_trunk.workflows.provision import STEP_OF_STATE
 
         return {
             "steps_s": report.step_durations(STEP_OF_STATE),
@@ -414,7 +387,6 @@ class LocalDeployment:
         }
 
     def call(self, duration_ms: int = 3000) -> dict[str, Any]:
-        from sip_trunk.local.standin import place_call
 
         with self.lock:
             workdir = self.run_dir / "calls" / str(int(time.time() * 1000))
@@ -452,7 +424,6 @@ class LocalDeployment:
         }
 
     def status(self) -> dict[str, Any]:
-        from sip_trunk.workflows.state import Deployment
 
         out: dict[str, Any] = {"endpoint": self.endpoint, "summary": self.summary}
         with contextlib.suppress(Exception):
@@ -504,8 +475,6 @@ class LocalDeployment:
 
 def teardown_without_controller(run_dir: Path) -> dict[str, Any]:
     """`local down` when the controller is gone: adopt the recorded world and remove it."""
-    from sip_trunk.local.asterisk_runner import DEFAULT_ROOT
-    from sip_trunk.local.hosts import STATE_FILE, LocalHostManager
 
     world = run_dir / "world"
     if not (world / STATE_FILE).exists():
@@ -619,7 +588,7 @@ def spawn_controller(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / EVENTS).unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "sip_trunk.local.orchestrator", "serve", "--run-dir", str(run_dir),
+    argv = [sys.executable, "-m", "sip_trunk_local.orchestrator", "serve", "--run-dir", str(run_dir),
             "--project", str(project)]  # fmt: skip
     if not high_availability:
         argv.append("--single-host")
@@ -646,7 +615,7 @@ def process_alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sip_trunk.local.orchestrator")
+    parser = argparse.ArgumentParser(prog="python -m sip_trunk_local.orchestrator")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)

@@ -1,1 +1,0 @@
-"""Local emulation of the pieces the gateway talks to, for tests and the offline demo."""

@@ -1,5 +1,6 @@
 """Schedule · backup (daily): `sip-trunk-agent backup` on the primary plus a snapshot of the SSM config
-tree to the backups bucket; publishes BackupSucceeded 0/1."""
+tree to the backups bucket; publishes BackupSucceeded 0/1, or BackupSkipped 1 before the first Provision
+(nothing to back up yet; the BackupMissing alarm counts it as a run)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def handler(event: ScheduleEvent, context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="BackupSucceeded", unit=MetricUnit.Count, value=0)
         logger.exception("backup failed")
         raise
+    if result.status != "backed up":
+        metrics.add_metric(name="BackupSkipped", unit=MetricUnit.Count, value=1)
+        logger.info(f"backup skipped: {result.status}", extra=result.model_dump(mode="json"))
+        return result.model_dump(mode="json")
     metrics.add_metric(name="BackupSucceeded", unit=MetricUnit.Count, value=1)
     logger.info("backup done", extra=result.model_dump(mode="json"))
     return result.model_dump(mode="json")

@@ -1,5 +1,6 @@
 """Schedule · health check (every minute): probe the Elastic IP and each host, publish SipProbeSuccess,
-SipProbeLatencyMs, TrunkVerified and ConfigDrift, and start Failover after K consecutive failures."""
+SipProbeLatencyMs, TrunkVerified and ConfigDrift, and start Failover after K consecutive failures.
+Before the first Provision it publishes nothing and logs "health check: not provisioned yet"."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ def handler(event: ScheduleEvent, context: LambdaContext) -> dict[str, Any]:
         with single_metric(name=metric.name, unit=MetricUnit(metric.unit), value=metric.value) as one:
             for key, value in metric.dimensions.items():
                 one.add_dimension(name=key, value=value)
-    log = logger.info if report.address.answers else logger.warning
+    if report.status != "checked":
+        logger.info(f"health check: {report.status}", extra=report.model_dump(mode="json"))
+        return report.model_dump(mode="json")
+    log = logger.info if report.answering else logger.warning
     log("health check", extra=report.model_dump(mode="json"))
     return report.model_dump(mode="json")

@@ -1,5 +1,6 @@
-"""Provision · SyncElevenLabs: converge the ElevenLabs phone number's trunk onto our Elastic IP (when an
-API key is configured), then read it back (idempotent per execution and version)."""
+"""Provision · SyncElevenLabs: converge the ElevenLabs phone number's trunk onto our Elastic IP, then read it
+back (idempotent per execution and version). Without a stored API key it is skipped, with the command that
+stores one."""
 
 from __future__ import annotations
 
@@ -21,5 +22,8 @@ def sync(request: SyncInput) -> SyncOutcome:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = SyncInput.model_validate(event)
     result = run_idempotent(sync, request=request, returns=SyncOutcome, context=context)
-    logger.info("ElevenLabs number synced", extra=result.model_dump(mode="json"))
+    logger.info(
+        f"ElevenLabs number {result.action}" + (f": {result.note}" if result.note else ""),
+        extra=result.model_dump(mode="json"),
+    )
     return result.model_dump(mode="json")

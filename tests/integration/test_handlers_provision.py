@@ -37,7 +37,9 @@ from support.world import (
     INBOUND_PASSWORD,
     OUTBOUND_PASSWORD,
     STACK,
+    _reset_caches,
     build_world,
+    settings_document,
 )
 
 pytestmark = pytest.mark.integration
@@ -637,7 +639,7 @@ def test_verify_trunk_passes(world, handlers, event, lambda_context, capsys):
         "checked": False,
         "matches": None,
         "mismatches": [],
-        "note": "no API key configured",
+        "note": NO_API_KEY_YET,
     }
     same_shape(event("provision_task_record_succeeded.json")["state"]["verify"], result)
     emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
@@ -671,13 +673,52 @@ def test_verify_trunk_times_out_after_the_state_deadline(world, handlers, event,
         handlers["verify_trunk"](verify_event, lambda_context)
 
 
-# --- SyncElevenLabs (no API key) -----------------------------------------------------------------------
-def test_sync_elevenlabs_skipped_without_an_api_key(world, handlers, event, lambda_context):
+# --- SyncElevenLabs (no API key yet) -------------------------------------------------------------------
+# The stack creates its API-key secret as "unset"; the operator stores a key later.
+NO_API_KEY_YET = (
+    "no API key yet: skipped; add it with `aws secretsmanager put-secret-value --secret-id "
+    f"{STACK}/elevenlabs/api-key --secret-string <ElevenLabs API key>`, then provision again"
+)
+
+
+def test_sync_elevenlabs_skipped_until_an_api_key_is_stored(world, handlers, event, lambda_context):
+    # Given the API-key secret as the stack creates it ("unset"); the stand-in URL refuses connections
+    sync_event = event("provision_task_sync.json")
+    sync_event["render"]["public_address"] = world.address
+    # When SyncElevenLabs runs
+    result = handlers["sync_elevenlabs"](sync_event, lambda_context)
+    # Then nothing is sent to ElevenLabs and the result says how to add the key
+    assert result == {
+        "action": "skipped",
+        "phone_number_id": None,
+        "changed_fields": [],
+        "credentials_hash": None,
+        "note": NO_API_KEY_YET,
+    }
+    same_shape(event("provision_task_record_succeeded.json")["state"]["sync"], result)
+
+
+def test_sync_elevenlabs_without_an_api_key_reference(world, handlers, event, lambda_context):
+    # Given a hand-written settings document without elevenlabs.api_key
+    document = settings_document(api_key=False)
+    boto3.client("ssm", region_name=REGION).put_parameter(
+        Name=f"/sip-trunk/{STACK}/settings", Type="String", Value=json.dumps(document), Overwrite=True
+    )
+    _reset_caches()
     sync_event = event("provision_task_sync.json")
     sync_event["render"]["public_address"] = world.address
     result = handlers["sync_elevenlabs"](sync_event, lambda_context)
-    assert result == {"action": "skipped", "phone_number_id": None, "changed_fields": [], "credentials_hash": None}
-    same_shape(event("provision_task_record_succeeded.json")["state"]["sync"], result)
+    assert (result["action"], result["note"]) == ("skipped", "no API key configured")
+
+
+def test_record_deployment_tells_how_to_add_the_api_key(world, handlers, event, lambda_context):
+    # Given a successful execution whose sync was skipped for want of a key
+    record_event = event("provision_task_record_succeeded.json")
+    record_event["state"]["sync"]["note"] = NO_API_KEY_YET
+    # When RecordDeployment composes the report
+    result = handlers["record_deployment"](record_event, lambda_context)
+    # Then the e-mail carries the command
+    assert f"ElevenLabs number: skipped: {NO_API_KEY_YET}" in result["message"].splitlines()
 
 
 # --- RecordDeployment ----------------------------------------------------------------------------------

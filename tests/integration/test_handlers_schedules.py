@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 from support.moto_sfn import FakeContext, load_handlers
-from support.world import BACKUPS, REGION, build_world
+from support.world import BACKUPS, REGION, STACK, build_world
 
 pytestmark = pytest.mark.integration
 
@@ -107,11 +108,87 @@ def test_backup_snapshots_the_config_tree_without_secret_values(world, handlers,
     assert '"BackupSucceeded"' in capsys.readouterr().out
 
 
-def test_backup_without_a_host_fails_and_reports_zero(world, handlers, capsys):
+# --- before the first Provision ----------------------------------------------------------------------
+def emf_metrics(out: str) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = {}
+    for doc in (json.loads(line) for line in out.splitlines() if '"_aws"' in line):
+        for directive in doc["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                value = doc[metric["Name"]]
+                found.setdefault(metric["Name"], []).extend(value if isinstance(value, list) else [value])
+    return found
+
+
+def failover_machine() -> str:
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    return sfn.create_state_machine(
+        name="trunk-failover",
+        definition=json.dumps({"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}}),
+        roleArn="arn:aws:iam::123456789012:role/x",
+    )["stateMachineArn"]
+
+
+@pytest.fixture
+def info_logs(handlers):
+    """The functions' log lines at INFO, as in the stack (POWERTOOLS_LOG_LEVEL; the test world runs WARNING)."""
+    from sip_trunk.observability import logger
+
+    level, buffer = logger.log_level, io.StringIO()
+    logger.setLevel("INFO")
+    stream = logger.registered_handler.setStream(buffer)  # type: ignore[attr-defined]
+    yield buffer
+    logger.registered_handler.setStream(stream)  # type: ignore[attr-defined]
+    logger.setLevel(level)
+
+
+def test_health_check_before_the_first_provision_is_a_no_op(world, handlers, info_logs, monkeypatch, capsys):
+    # Given a stack just created: no deployment recorded, the Elastic IP on no instance, a threshold of 1
+    monkeypatch.setenv("FAILOVER_AFTER_FAILURES", "1")
+    from support.world import _reset_caches
+
+    _reset_caches()
+    machine = failover_machine()
+    capsys.readouterr()
+    # When the schedule fires three times
+    reports = [
+        world.invoke_scheduled(handlers["health_check"], event("scheduler_event.json"), FakeContext("health_check"))
+        for _ in range(3)
+    ]
+    # Then each run says so, nothing is probed or counted, no failover starts, no failure metric, no dead letter
+    assert [r["status"] for r in reports] == ["not provisioned yet"] * 3
+    assert all(r["address"] is None and r["consecutive_failures"] == 0 for r in reports)
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    assert sfn.list_executions(stateMachineArn=machine)["executions"] == []
+    assert world.item("health#address", "probe") is None
+    assert world.dead_letters() == []
+    out = capsys.readouterr().out
+    assert not {"SipProbeSuccess", "TrunkVerified", "ConfigDrift"} & set(emf_metrics(out))
+    logged = [json.loads(line) for line in info_logs.getvalue().splitlines()]
+    assert any(doc["message"] == "health check: not provisioned yet" for doc in logged)
+
+
+def test_backup_before_the_first_provision_is_a_no_op(world, handlers, capsys):
     # Given no recorded deployment
-    # When the schedule fires
-    with pytest.raises(Exception, match="no host is recorded"):
-        handlers["backup"](event("schedule_event.json"), FakeContext("backup"))
-    # Then BackupSucceeded 0 is published
-    out = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"BackupSucceeded"' in line]
-    assert out[-1]["BackupSucceeded"] in (0, [0.0], 0.0)
+    # When the daily schedule fires
+    result = world.invoke_scheduled(handlers["backup"], event("schedule_event.json"), FakeContext("backup"))
+    # Then it says so, nothing is written, no dead letter, and BackupSkipped (not BackupSucceeded 0) is published
+    assert result["status"] == "not provisioned yet"
+    assert result["snapshot_key"] is None
+    assert boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BACKUPS, Prefix=f"{STACK}/")["KeyCount"] == 0
+    assert world.dead_letters() == []
+    metrics = emf_metrics(capsys.readouterr().out)
+    assert metrics.get("BackupSkipped") == [1.0]
+    assert "BackupSucceeded" not in metrics
+
+
+def test_a_failing_scheduled_backup_goes_to_the_dead_letter_queue(world, handlers, monkeypatch, capsys):
+    # Control: a deployed stack whose backups bucket is gone; the failure is seen as Lambda would report it
+    _deploy(world)
+    monkeypatch.setenv("BACKUP_BUCKET", "no-such-bucket")
+    from support.world import _reset_caches
+
+    _reset_caches()
+    result = world.invoke_scheduled(handlers["backup"], event("schedule_event.json"), FakeContext("backup"))
+    assert result is None
+    assert len(world.dead_letters()) == 1
+    assert emf_metrics(capsys.readouterr().out)["BackupSucceeded"] == [0.0]

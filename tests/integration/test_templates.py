@@ -160,7 +160,6 @@ def test_parameter_patterns_accept_good_and_refuse_bad_values() -> None:
     assert ok("AmiReference", "ami-0123456789abcdef0")
     assert ok("AmiReference", "/aws-sip-trunk/ami/latest")
     assert not ok("InboundUsername", "bad;user")
-    assert params["ElevenLabsApiKey"]["NoEcho"] is True
     assert params["InstanceType"]["Default"].split(".")[0].endswith("g"), "default is a Graviton type"
     assert params["ElevenLabsSipHost"]["Default"] == "sip.rtc.elevenlabs.io"
 
@@ -240,7 +239,6 @@ SCENARIOS = {
         "SipTransport": "tls",
         "EnableTls": "true",
         "MediaEncryption": "required",
-        "ElevenLabsApiKey": "sk_0123456789abcdefghijklmnop",
         "ElevenLabsPhoneNumberId": "phnum_123",
         "ElevenLabsAgentId": "agent_456",
         "AllowedSipCidrs": "198.51.100.0/24",
@@ -271,7 +269,7 @@ def test_settings_parameter_is_a_valid_settings_document(scenario: str) -> None:
     assert settings.elevenlabs.phone_number == SCENARIOS[scenario]["ElevenLabsPhoneNumber"]
     assert settings.elevenlabs.inbound_password == "secretsmanager:sip-prod/sip/inbound-password"
     assert settings.elevenlabs.outbound_password == "secretsmanager:sip-prod/sip/outbound-password"
-    assert (settings.elevenlabs.api_key is not None) == ("ElevenLabsApiKey" in SCENARIOS[scenario])
+    assert settings.elevenlabs.api_key == "secretsmanager:sip-prod/elevenlabs/api-key"
     assert settings.network.public_address == "203.0.113.10"
     assert settings.dialplan.recording == (SCENARIOS[scenario].get("RecordingsEnabled") == "true")
 
@@ -499,12 +497,18 @@ def test_alarms_cover_host_probe_trunk_failover_and_backup() -> None:
     metrics = {
         (json.dumps(a["Properties"].get("Namespace")).strip('"'), a["Properties"].get("MetricName"))
         for a in alarms.values()
+    } | {
+        (m["MetricStat"]["Metric"]["Namespace"], m["MetricStat"]["Metric"]["MetricName"])
+        for a in alarms.values()
+        for m in a["Properties"].get("Metrics", [])
+        if "MetricStat" in m
     }
     assert ("AwsSipTrunk/Host", "mem_used_percent") in metrics
     assert ("AwsSipTrunk/Host", "disk_used_percent") in metrics
     assert ("AwsSipTrunk", "SipProbeSuccess") in metrics
     assert ("AwsSipTrunk", "TrunkVerified") in metrics
     assert ("AwsSipTrunk", "BackupSucceeded") in metrics
+    assert ("AwsSipTrunk", "BackupSkipped") in metrics, "a backup before the first Provision is a run"
     assert ("AWS/States", "ExecutionsStarted") in metrics
     backup = alarms["BackupMissingAlarm"]["Properties"]
     assert backup["TreatMissingData"] == "breaching", "a missing backup must alarm"

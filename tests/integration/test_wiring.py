@@ -24,7 +24,6 @@ PARAMETERS = {
     "ElevenLabsPhoneNumber": "+14155550100",
     "AlarmEmail": "ops@example.com",
     "RecordingsEnabled": "true",
-    "ElevenLabsApiKey": "sk_0123456789abcdefghijklmnop",
 }
 
 

@@ -206,7 +206,6 @@ class LocalDeployment:
                 {
                     "ElevenLabsPhoneNumber": PHONE_NUMBER,
                     "AlarmEmail": "ops@example.com",
-                    "ElevenLabsApiKey": API_KEY,
                     "AmiSource": "ami-id",
                     "AmiReference": "ami-0123456789abcdef0",
                 },
@@ -214,6 +213,8 @@ class LocalDeployment:
                 high_availability=self.high_availability,
                 one_lan=True,
             )
+            # As an operator does after `sam deploy`: the stack's API-key secret starts "unset".
+            self.client("secretsmanager").put_secret_value(SecretId=f"{STACK}/elevenlabs/api-key", SecretString=API_KEY)
             outputs = self.plane.network_outputs
             info["detail"] = (
                 f"{len(self.plane.functions)} functions, Elastic IP {outputs['PrimaryPublicIp']} "

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import boto3
+from sip_trunk.workflows.common import API_KEY_UNSET
 
 from sip_trunk_local.executor import reset_handler_caches
 from sip_trunk_local.harness.moto_sfn import ACCOUNT, REGION, SipResponder
@@ -68,7 +69,9 @@ Outputs:
 """
 
 
-def settings_document(*, api_key: bool = False) -> dict[str, Any]:
+def settings_document(*, api_key: bool = True) -> dict[str, Any]:
+    """As template.yaml's SettingsParameter: the API key is always a reference to the stack's secret (whose
+    value is "unset" until an operator stores a key); `api_key=False` is a hand-written document without one."""
     el: dict[str, Any] = {
         "phone_number": "+14155550100",
         "transport": "tcp",
@@ -100,6 +103,7 @@ class World:
     queue_url: str
     responder: SipResponder
     api_key: bool = False
+    """The API-key secret holds a key (else "unset", as the template creates it)."""
     agent: Agent = field(default_factory=Agent)
     down: set[str] = field(default_factory=set)
     """Instances that do not answer SIP (a dead primary)."""
@@ -110,6 +114,8 @@ class World:
     """(instance id, command) for every command sent through Run Command, in order."""
     roles: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     """instance id → (role, peer address) after the last `set-role` it was sent."""
+    dead_letter_url: str = ""
+    """The scheduled functions' dead-letter queue (template.yaml DeadLetterQueue)."""
 
     # --- AWS views -----------------------------------------------------------------------------
     @property
@@ -148,6 +154,33 @@ class World:
         except ssm.exceptions.ParameterNotFound:
             return None
 
+    # --- how the schedules invoke their functions ---------------------------------------------------
+    def invoke_scheduled(self, handler: Any, event: dict[str, Any], context: Any) -> Any:
+        """An asynchronous invocation, as EventBridge Scheduler makes it: when the function raises, Lambda
+        (after its retries) sends the event to the function's dead-letter queue, which is alarmed on.
+        Returns the function's result, or None when the event went to the dead-letter queue."""
+        try:
+            return handler(event, context)
+        except Exception as exc:
+            boto3.client("sqs", region_name=REGION).send_message(
+                QueueUrl=self.dead_letter_url,
+                MessageBody=json.dumps(event),
+                MessageAttributes={
+                    "ErrorCode": {"DataType": "Number", "StringValue": "200"},
+                    "ErrorMessage": {"DataType": "String", "StringValue": str(exc)[:256] or type(exc).__name__},
+                    "RequestID": {"DataType": "String", "StringValue": getattr(context, "aws_request_id", "-")},
+                },
+            )
+            return None
+
+    def dead_letters(self) -> list[str]:
+        """The error messages of the events in the dead-letter queue."""
+        sqs = boto3.client("sqs", region_name=REGION)
+        found = sqs.receive_message(
+            QueueUrl=self.dead_letter_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+        ).get("Messages", [])
+        return [m["MessageAttributes"]["ErrorMessage"]["StringValue"] for m in found]
+
     # --- the emulated hosts ------------------------------------------------------------------------
     def answering(self) -> bool:
         holder = self.holder()
@@ -155,7 +188,7 @@ class World:
 
     # --- changes an operator (or a fault) makes ------------------------------------------------
     def put_settings(self, **elevenlabs: Any) -> None:
-        document = settings_document(api_key=self.api_key)
+        document = settings_document()
         document["elevenlabs"].update(elevenlabs)
         ssm = boto3.client("ssm", region_name=REGION)
         ssm.put_parameter(Name=SETTINGS_PARAMETER, Type="String", Value=json.dumps(document), Overwrite=True)
@@ -312,7 +345,7 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
     s3.create_bucket(Bucket=BACKUPS)
     s3.put_object(Bucket=BACKUPS, Key="templates/host.yaml", Body=HOST_TEMPLATE.encode())
     ssm = boto3.client("ssm", region_name=REGION)
-    ssm.put_parameter(Name=SETTINGS_PARAMETER, Type="String", Value=json.dumps(settings_document(api_key=api_key)))
+    ssm.put_parameter(Name=SETTINGS_PARAMETER, Type="String", Value=json.dumps(settings_document()))
     ssm.put_parameter(
         Name=HOST_PARAMETERS,
         Type="String",
@@ -323,13 +356,14 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
     ssm.put_parameter(Name=f"/sip-trunk/{STACK}/sip/outbound-password", Type="SecureString", Value=OUTBOUND_PASSWORD)
     sm = boto3.client("secretsmanager", region_name=REGION)
     sm.create_secret(Name=f"{STACK}/sip/inbound-password", SecretString=INBOUND_PASSWORD)
-    sm.create_secret(Name=f"{STACK}/elevenlabs/api-key", SecretString=API_KEY)
+    sm.create_secret(Name=f"{STACK}/elevenlabs/api-key", SecretString=API_KEY if api_key else API_KEY_UNSET)
     sns = boto3.client("sns", region_name=REGION)
     topic_arn = sns.create_topic(Name=f"{STACK}-notifications")["TopicArn"]
     sqs = boto3.client("sqs", region_name=REGION)
     queue_url = sqs.create_queue(QueueName=f"{STACK}-inbox")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    dead_letter_url = sqs.create_queue(QueueName=f"{STACK}-dead-letters")["QueueUrl"]
 
     world_ref: list[World] = []
     responder = SipResponder(lambda: world_ref[0].answering())
@@ -363,6 +397,7 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
         queue_url=queue_url,
         responder=responder,
         api_key=api_key,
+        dead_letter_url=dead_letter_url,
     )
     world_ref.append(world)
     _reset_caches()

@@ -18,6 +18,9 @@ from sip_trunk.sip import ProbeResult, ProbeTarget, Transport
 from sip_trunk.stackowned import Source, effective_settings
 from sip_trunk.workflows.ports import Prober, SecretResolver, SettingsSource
 
+API_KEY_UNSET = "unset"
+"""What the stack's API-key secret holds until the operator stores a key (template.yaml ElevenLabsApiKeySecret)."""
+
 
 class Model(BaseModel):
     """Step inputs and outputs: unknown fields from the state machine's data are ignored."""
@@ -44,6 +47,8 @@ class LoadedSettings:
     api_key: SecretStr | None
     digest: str
     """sha256 of the settings document (never of secrets)."""
+    api_key_note: str | None = None
+    """Why there is no API key (and how to add one), when `api_key` is None."""
     source: Source = "template"
     """Which document it came from: the template's or the operator's (`sip_trunk.stackowned`)."""
     notes: tuple[str, ...] = ()
@@ -76,11 +81,19 @@ def load_settings(source: SettingsSource, resolver: SecretResolver) -> LoadedSet
         except KeyError:
             missing.append(ref)
     api_key: SecretStr | None = None
-    if settings.elevenlabs.api_key is not None:
+    api_key_note: str | None = "no API key configured"
+    key_ref = settings.elevenlabs.api_key
+    if key_ref is not None:
         try:
-            api_key = SecretStr(resolver.resolve(settings.elevenlabs.api_key))
+            value = resolver.resolve(key_ref).strip()
         except KeyError:
-            missing.append(settings.elevenlabs.api_key)
+            missing.append(key_ref)
+        else:
+            if value in ("", API_KEY_UNSET):
+                command = add_api_key_command(key_ref)
+                api_key_note = f"no API key yet: skipped; add it with `{command}`, then provision again"
+            else:
+                api_key, api_key_note = SecretStr(value), None
     if missing:
         raise SettingsInvalid(f"secrets not found: {', '.join(missing)}")
     try:
@@ -93,9 +106,18 @@ def load_settings(source: SettingsSource, resolver: SecretResolver) -> LoadedSet
         secrets=secrets,
         api_key=api_key,
         digest=digest,
+        api_key_note=api_key_note,
         source=effective.source,
         notes=effective.notes,
     )
+
+
+def add_api_key_command(ref: str) -> str:
+    """The AWS CLI command that stores an ElevenLabs API key behind the secret reference `ref`."""
+    if ref.startswith("ssm:"):
+        return f"aws ssm put-parameter --name {ref[4:]} --type SecureString --overwrite --value <ElevenLabs API key>"
+    name = ref.removeprefix("secretsmanager:")
+    return f"aws secretsmanager put-secret-value --secret-id {name} --secret-string <ElevenLabs API key>"
 
 
 def sip_transport(settings: Settings) -> tuple[Transport, int]:

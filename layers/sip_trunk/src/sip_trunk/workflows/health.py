@@ -1,9 +1,14 @@
 """The scheduled health check: probe the Elastic IP and each host, measure drift, count failures,
-and start the Failover workflow after K consecutive failed probes of the Elastic IP."""
+and start the Failover workflow after K consecutive failed probes of the Elastic IP.
+
+Until a Provision has recorded a deployment (a primary host in the state table) there is nothing to
+probe: the Elastic IP is on no instance yet, so a probe would fail, count, and start a failover.
+The check then does nothing and says so (`status` "not provisioned yet")."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sip_trunk.workflows import clock
 from sip_trunk.workflows.common import Model, ProbeReport, load_settings, probe_address, sip_transport
@@ -19,14 +24,23 @@ class HostHealth(Model):
     probe: ProbeReport | None = None
 
 
+NOT_PROVISIONED = "not provisioned yet"
+
+
 class HealthReport(Model):
-    address: ProbeReport
+    status: Literal["checked", "not provisioned yet"] = "checked"
+    address: ProbeReport | None
     hosts: list[HostHealth]
     desired_version: str | None
     trunk_verified: bool
     config_drift: int
     consecutive_failures: int
     failover_execution: str | None = None
+
+    @property
+    def answering(self) -> bool:
+        """Nothing to alarm on: the address answered, or there is no deployment to probe yet."""
+        return self.address is None or self.address.answers
 
 
 @dataclass
@@ -41,35 +55,44 @@ def health_check(deps: Deps, invocation: str) -> HealthReport:
     cfg = deps.config
     now = clock.now()
     deployment = deps.state.get_deployment()
+    desired = deps.config_store.desired_version()
+    if deployment is None or deployment.primary_instance_id is None:
+        return HealthReport(
+            status=NOT_PROVISIONED,
+            address=None,
+            hosts=[],
+            desired_version=desired,
+            trunk_verified=False,
+            config_drift=0,
+            consecutive_failures=0,
+        )
     loaded = load_settings(deps.settings, deps.secrets)
     transport, port = sip_transport(loaded.settings)
-    allocation_id = (deployment.allocation_id if deployment else None) or cfg.primary_allocation_id
+    allocation_id = deployment.allocation_id or cfg.primary_allocation_id
     address = deps.addresses.describe_address(allocation_id)
     eip = probe_address(deps.prober, address.public_ip, transport, port, cfg.probe_targets, cfg.probe_timeout_s)
 
-    desired = deps.config_store.desired_version()
     hosts: list[HostHealth] = []
-    if deployment is not None:
-        ids = deployment.hosts()
-        beats = deps.state.heartbeats(ids)
-        public = {i.instance_id: i.public_ip for i in deps.addresses.instances(ids)}
-        for instance_id in ids:
-            beat = beats.get(instance_id)
-            running = beat.running_version if beat else None
-            ip = public.get(instance_id)
-            host_probe = None
-            if ip and ip != address.public_ip:
-                host_probe = probe_address(deps.prober, ip, transport, port, cfg.probe_targets, cfg.probe_timeout_s)
-            hosts.append(
-                HostHealth(
-                    instance_id=instance_id,
-                    role="primary" if instance_id == deployment.primary_instance_id else "standby",
-                    running_version=running,
-                    drift=desired is not None and running != desired,
-                    fresh=bool(beat and beat.fresh(now, cfg.heartbeat_max_age_s)),
-                    probe=host_probe,
-                )
+    ids = deployment.hosts()
+    beats = deps.state.heartbeats(ids)
+    public = {i.instance_id: i.public_ip for i in deps.addresses.instances(ids)}
+    for instance_id in ids:
+        beat = beats.get(instance_id)
+        running = beat.running_version if beat else None
+        ip = public.get(instance_id)
+        host_probe = None
+        if ip and ip != address.public_ip:
+            host_probe = probe_address(deps.prober, ip, transport, port, cfg.probe_targets, cfg.probe_timeout_s)
+        hosts.append(
+            HostHealth(
+                instance_id=instance_id,
+                role="primary" if instance_id == deployment.primary_instance_id else "standby",
+                running_version=running,
+                drift=desired is not None and running != desired,
+                fresh=bool(beat and beat.fresh(now, cfg.heartbeat_max_age_s)),
+                probe=host_probe,
             )
+        )
     primary = next((h for h in hosts if h.role == "primary"), None)
     trunk_verified = eip.answers and primary is not None and not primary.drift and primary.fresh
 
@@ -105,6 +128,9 @@ def health_check(deps: Deps, invocation: str) -> HealthReport:
 
 
 def metrics(report: HealthReport) -> list[Metric]:
+    """Nothing before the first Provision: a 0 would be a failure that is not one."""
+    if report.address is None:
+        return []
     out = [
         Metric("SipProbeSuccess", "Count", 1.0 if report.address.answers else 0.0),
         Metric("TrunkVerified", "Count", 1.0 if report.trunk_verified else 0.0),

@@ -496,7 +496,7 @@ def desired_trunk(loaded: LoadedSettings, public_address: str) -> DesiredTrunk:
 
 def _elevenlabs_check(deps: Deps, loaded: LoadedSettings, public_address: str) -> ElevenLabsCheck:
     if loaded.api_key is None:
-        return ElevenLabsCheck(checked=False, note="no API key configured")
+        return ElevenLabsCheck(checked=False, note=loaded.api_key_note or "")
     api = deps.elevenlabs(loaded.api_key.get_secret_value())
     desired = desired_trunk(loaded, public_address)
     try:
@@ -574,12 +574,13 @@ class SyncOutcome(Model):
     phone_number_id: str | None = None
     changed_fields: list[str] = Field(default_factory=list)
     credentials_hash: str | None = None
+    note: str | None = None
 
 
 def sync_elevenlabs(deps: Deps, request: SyncInput) -> SyncOutcome:
     loaded = load_settings(deps.settings, deps.secrets)
     if loaded.api_key is None:
-        return SyncOutcome(action="skipped")
+        return SyncOutcome(action="skipped", note=loaded.api_key_note)
     desired = desired_trunk(loaded, request.render.public_address)
     current = deps.state.get_deployment()
     credentials_hash = loaded.credentials_hash()
@@ -689,7 +690,9 @@ def _record_success(deps: Deps, request: RecordInput) -> RecordResult:
         f"Elastic IP {render.public_address} → primary {stack.primary_instance_id}"
         + (f", standby {stack.standby_instance_id}" if stack.standby_instance_id else ""),
         f"Host roles: {describe_roles(stack.roles)}",
-        f"ElevenLabs number: {sync.action}" + (f" ({', '.join(sync.changed_fields)})" if sync.changed_fields else ""),
+        f"ElevenLabs number: {sync.action}"
+        + (f" ({', '.join(sync.changed_fields)})" if sync.changed_fields else "")
+        + (f": {sync.note}" if sync.note else ""),
         "Step durations (s): " + ", ".join(f"{k}={v}" for k, v in durations.items()),
     ]
     return RecordResult(

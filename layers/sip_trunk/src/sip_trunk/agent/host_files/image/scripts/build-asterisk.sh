@@ -56,7 +56,20 @@ menuselect/menuselect --enable CORE-SOUNDS-EN-GSM menuselect.makeopts
 menuselect/menuselect --disable BUILD_NATIVE menuselect.makeopts # portable across instance families
 menuselect/menuselect --check-deps menuselect.makeopts
 
-make -j"$(nproc)" >/dev/null
+# Jobs and swap from the memory (lib.sh): a 1 GiB instance builds with one job and a temporary swap file.
+swap_mib="$(build_swap_mib)"
+swap_file=/var/tmp/sip-trunk-build.swap
+if ((swap_mib > 0)) && ! swapon --show=NAME --noheadings | grep -q .; then
+    log "$(mem_gib) GiB of memory: adding ${swap_mib} MiB of swap for the build"
+    fallocate -l "${swap_mib}M" "$swap_file"
+    chmod 0600 "$swap_file"
+    mkswap "$swap_file" >/dev/null
+    swapon "$swap_file"
+    trap 'swapoff "$swap_file" 2>/dev/null || true; rm -f "$swap_file"' EXIT
+fi
+jobs="$(build_jobs)"
+log "building Asterisk with $jobs parallel jobs"
+make -j"$jobs" >/dev/null
 make install >/dev/null
 make install-logrotate >/dev/null || true
 ldconfig

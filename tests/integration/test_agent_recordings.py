@@ -187,21 +187,14 @@ def test_partial_object_is_replaced_not_trusted(s3: Any, config: AgentConfig, tm
 
 
 def test_missing_file_is_a_usage_failure_with_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    agent_env = tmp_path / "agent.env"
+    agent_env.write_text(
+        f"SIP_TRUNK_STACK=s\nSIP_TRUNK_STATE_DIR={tmp_path}\nSIP_TRUNK_RECORDINGS_BUCKET={BUCKET}\nAWS_REGION={REGION}\n"
+    )
     code = main(
-        [
-            "--stack",
-            "s",
-            "--state-dir",
-            str(tmp_path),
-            "--recordings-bucket",
-            BUCKET,
-            "--region",
-            REGION,
-            "upload-recording",
-            str(tmp_path / "nope.wav"),
-            "--call-id",
-            "x",
-        ]
+        ["upload-recording", str(tmp_path / "nope.wav"), "--call-id", "x"],
+        agent_env_file=agent_env,
+        role_env_file=tmp_path / "role.env",
     )
     assert code == 1
     assert '"ok": false' in capsys.readouterr().out

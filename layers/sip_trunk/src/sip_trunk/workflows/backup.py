@@ -1,12 +1,22 @@
 """The daily backup: the host agent archives its state to the backups bucket, and a snapshot of the
-SSM config tree goes next to it (SecureString values are never decrypted into the snapshot)."""
+SSM config tree goes next to it (SecureString values are never decrypted into the snapshot).
+
+The backup succeeded only when the host's command did: the step waits for the Run Command invocation
+(the host's backup takes seconds) and raises `BackupFailed` with the agent's answer otherwise, so
+`BackupSucceeded` is never 1 for a backup that did not happen.
+"""
 
 from __future__ import annotations
 
-from sip_trunk.errors import HostNotFound
+from sip_trunk.errors import BackupFailed, HostNotFound
 from sip_trunk.workflows import clock
 from sip_trunk.workflows.common import Model
 from sip_trunk.workflows.deps import Deps
+
+HOST_BACKUP_WAIT_S = 180.0
+"""How long the step waits for the host's backup (the function's timeout is 300 s)."""
+POLL_S = 2.0
+_DONE = {"Success", "Cancelled", "TimedOut", "Failed"}
 
 
 class BackupResult(Model):
@@ -14,6 +24,7 @@ class BackupResult(Model):
     parameters: int
     command_id: str | None
     instance_id: str | None
+    host_status: str | None = None
 
 
 def backup(deps: Deps, invocation: str) -> BackupResult:
@@ -36,6 +47,30 @@ def backup(deps: Deps, invocation: str) -> BackupResult:
         key,
         {"prefix": cfg.config_prefix, "taken_at": clock.now(), "invocation": invocation, "parameters": snapshot},
     )
-    if instance_id is None:
+    if instance_id is None or command_id is None:
         raise HostNotFound(f"config snapshot saved to s3://{cfg.backup_bucket}/{key}, but no host is recorded")
-    return BackupResult(snapshot_key=key, parameters=len(snapshot), command_id=command_id, instance_id=instance_id)
+    status = _wait_host_backup(deps, command_id, instance_id, key)
+    return BackupResult(
+        snapshot_key=key,
+        parameters=len(snapshot),
+        command_id=command_id,
+        instance_id=instance_id,
+        host_status=status,
+    )
+
+
+def _wait_host_backup(deps: Deps, command_id: str, instance_id: str, snapshot_key: str) -> str:
+    deadline = clock.now() + HOST_BACKUP_WAIT_S
+    while True:
+        result = next(iter(deps.commands.results(command_id, [instance_id])), None)
+        status = result.status if result else "Pending"
+        if status == "Success":
+            return status
+        if status in _DONE:
+            output = result.output.strip()[-300:] if result else ""
+            raise BackupFailed(
+                f"sip-trunk-agent backup on {instance_id}: {status} {output} (config snapshot saved to {snapshot_key})"
+            )
+        if clock.now() >= deadline:
+            raise BackupFailed(f"sip-trunk-agent backup on {instance_id} still {status} after {HOST_BACKUP_WAIT_S:g} s")
+        clock.sleep(POLL_S)

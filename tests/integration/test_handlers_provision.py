@@ -1023,3 +1023,19 @@ def test_recorded_task_input_matches_the_asl_parameters(state, recorded, event):
         writers = [*states.values(), *(c for s in states.values() for c in s.get("Catch", []))]
         result_paths = {w["ResultPath"].removeprefix("$.").split(".")[0] for w in writers if w.get("ResultPath")}
         assert set(ev["state"]) <= result_paths | {"request", "execution"}
+
+
+def test_a_failed_commands_answer_is_shown_even_when_it_logged():
+    # Given an agent that logged to stderr and answered on stdout (as sip-trunk-agent does)
+    from sip_trunk.aws.runcommand import command_output
+
+    invocation = {
+        "StandardOutputContent": 'progress\n{"ok": false, "error": "no backups bucket"}\n',
+        "StandardErrorContent": "INFO sip_trunk.agent: starting\nWARNING sip_trunk.agent: retrying\n",
+    }
+    # When the poller summarises it
+    output = command_output(invocation)
+    # Then both the answer and the end of the log are there
+    assert '"error": "no backups bucket"' in output
+    assert "retrying" in output
+    assert command_output({"StandardOutputContent": "x" * 900}) == "x" * 500

@@ -58,14 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore a backup (checksum verified), apply it and reload")
     p.add_argument("--key", required=True)
 
-    p = sub.add_parser("upload-recording", help="upload one recording (hangup handler); queue it if S3 is away")
+    p = sub.add_parser("upload-recording", help="upload one recording (by hand); queue it if S3 is away")
     p.add_argument("file", type=Path)
     p.add_argument("--call-id", required=True)
     p.add_argument("--caller", default="")
     p.add_argument("--callee", default="")
     p.add_argument("--duration", default="")
     p.add_argument("--config-version", default=None)
-    sub.add_parser("flush-recordings", help="retry every queued recording")
+    sub.add_parser("flush-recordings", help="queue the hangup handler's recording jobs, then upload every queued one")
 
     p = sub.add_parser("watch-peer", help="probe the primary; start the Failover state machine after N failures")
     p.add_argument("--target", required=True)
@@ -127,7 +127,10 @@ def run(args: argparse.Namespace, config: AgentConfig, session: Any) -> dict[str
             config_version=version,
         )
     if command == "flush-recordings":
-        return recordings.flush_recordings(config, session.client("s3"))
+        from sip_trunk.agent.releases import Releases
+
+        version = Releases(config.releases_dir, config.config_dir).current_version()
+        return recordings.flush_recordings(config, session.client("s3"), config_version=version)
     if command == "watch-peer":
         target = watch.parse_target(args.target, args.transport, args.port)
         state = watch.watch_peer(

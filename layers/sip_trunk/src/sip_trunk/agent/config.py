@@ -23,6 +23,13 @@ ROLE_ENV_FILE = Path("/etc/sip-trunk/role.env")
 """Written by ``bootstrap`` / ``set-role``: SIP_TRUNK_ROLE and SIP_TRUNK_PEER_ADDRESS."""
 
 
+RECORDING_SPOOL_DIR = "/var/spool/sip-trunk/recordings"
+"""Where the dialplan's hangup handler (user asterisk) drops recording jobs: root:asterisk 0770, made by the
+image's install-agent.sh; ``sip-trunk-recordings.path`` starts the agent when a job appears."""
+RECORDINGS_DIR = "/var/spool/asterisk/recording"
+"""Where MixMonitor writes recordings (the dialplan's ``recordings_dir``)."""
+
+
 class AgentEnvironmentMissing(Exception):
     """The agent has no settings: none in its environment and no readable environment file."""
 
@@ -41,6 +48,8 @@ class AgentConfig:
     asterisk_conf: str = "/etc/asterisk/asterisk.conf"
     astdb_path: Path = Path("/var/lib/asterisk/astdb.sqlite3")
     voicemail_dir: Path = Path("/var/spool/asterisk/voicemail")
+    recordings_dir: Path = Path(RECORDINGS_DIR)
+    recording_spool_dir: Path = Path(RECORDING_SPOOL_DIR)
     keep_files: tuple[str, ...] = ("keys/*",)  # carried from the live config into each new release
     state_table: str | None = None
     backup_bucket: str | None = None
@@ -92,6 +101,8 @@ OPTIONS: dict[str, str] = {
     "asterisk_conf": "str",
     "astdb_path": "path",
     "voicemail_dir": "path",
+    "recordings_dir": "path",
+    "recording_spool_dir": "path",
     "keep_files": "argv",
     "state_table": "str",
     "backup_bucket": "str",

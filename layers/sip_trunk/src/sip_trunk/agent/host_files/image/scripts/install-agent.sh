@@ -32,6 +32,9 @@ fi
 ln -sf "$VENV/bin/sip-trunk-agent" /usr/local/bin/sip-trunk-agent
 
 install -d -m 0750 /var/lib/sip-trunk /var/lib/sip-trunk/releases /etc/sip-trunk
+# The hangup handler (Asterisk's user) drops recording jobs here; only the agent (root) reads and removes them.
+install -d -m 0755 /var/spool/sip-trunk
+install -d -o root -g asterisk -m 0770 /var/spool/sip-trunk/recordings
 # The units ship inside the package (both paths install the same copy): sip-trunk-boot.service runs
 # `sip-trunk-agent bootstrap` at every boot, which enables the heartbeat/recordings timers and, on the
 # standby only, watch-peer.

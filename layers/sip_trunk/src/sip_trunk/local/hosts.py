@@ -115,6 +115,10 @@ SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
 """PATH systemd gives every service."""
 HOST_MOUNTS = ("/etc/sip-trunk", "/usr/local/bin")
 """Directories of a host that its processes see at their real path (the agent's files and command)."""
+HOST_FILE_MOUNTS = ("/etc/passwd", "/etc/group")
+"""Files of a host its processes see: its user database (the agent gives releases to the host's asterisk group)."""
+IMAGE_SCRIPTS = ("build-asterisk.sh", "install-agent.sh")
+"""The image's scripts whose ``install -d`` lines make the host's directories (owners and modes)."""
 SSM_ORCHESTRATION = (
     "/var/lib/amazon/ssm/{instance}/document/orchestration/{command}/awsrunShellScript/0.awsrunShellScript"
 )
@@ -122,8 +126,50 @@ SSM_ORCHESTRATION = (
 # Bind the host's directories over the machine's in a private mount namespace, then run the command.
 _HOST_EXEC = (
     "root=$1; shift; for dir in " + " ".join(HOST_MOUNTS) + '; do mkdir -p "$dir" "$root$dir" && '
-    'mount --bind "$root$dir" "$dir" || { echo "cannot mount $root$dir on $dir" >&2; exit 125; }; done; exec "$@"'
+    'mount --bind "$root$dir" "$dir" || { echo "cannot mount $root$dir on $dir" >&2; exit 125; }; done; '
+    "for file in " + " ".join(HOST_FILE_MOUNTS) + '; do mount --bind "$root$file" "$file" || '
+    '{ echo "cannot mount $root$file on $file" >&2; exit 125; }; done; exec "$@"'
 )
+
+
+def install_dirs(script: str) -> list[tuple[str | None, str | None, int | None, list[str]]]:
+    """The ``install -d [-o OWNER] [-g GROUP] [-m MODE] DIR…`` lines of a shell script (with ``\\``
+    continuations): [(owner, group, mode, dirs)]."""
+    out: list[tuple[str | None, str | None, int | None, list[str]]] = []
+    for line in script.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:2] != ["install", "-d"]:
+            continue
+        owner = group = None
+        mode: int | None = None
+        dirs: list[str] = []
+        rest = iter(words[2:])
+        for word in rest:
+            if word == "-o":
+                owner = next(rest)
+            elif word == "-g":
+                group = next(rest)
+            elif word == "-m":
+                mode = int(next(rest), 8)
+            else:
+                dirs.append(word)
+        out.append((owner, group, mode, dirs))
+    return out
+
+
+def in_root(root: Path, inside: str) -> Path:
+    """``inside`` (an absolute path of the host) on this machine, following the host's symlinks inside its root
+    (``/var/run`` → ``/run``), never out of it."""
+    current = root
+    for part in Path(inside).parts[1:]:
+        candidate = current / part
+        hops = 0
+        while candidate.is_symlink() and hops < 10:
+            target = Path(os.readlink(candidate))
+            candidate = root / target.relative_to("/") if target.is_absolute() else candidate.parent / target
+            hops += 1
+        current = candidate
+    return current
 
 
 @dataclass
@@ -539,7 +585,6 @@ class LocalHostManager:
             values = self.agent_env_values(host, host.agent_env_extra)
         directory = host.path("/etc/sip-trunk")
         directory.mkdir(parents=True, exist_ok=True)
-        directory.chmod(0o750)
         path = directory / "agent.env"
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
@@ -561,9 +606,25 @@ class LocalHostManager:
         units.mkdir(parents=True, exist_ok=True)
         for name, data in unit_files().items():
             (units / name).write_bytes(data)
-        for directory in ("/var/lib/sip-trunk", "/var/lib/sip-trunk/releases"):
-            host.path(directory).mkdir(parents=True, exist_ok=True)
-            host.path(directory).chmod(0o750)
+        from sip_trunk.agent.bootstrap import host_file
+        from sip_trunk.local.asterisk_runner import user_ids
+
+        for script in IMAGE_SCRIPTS:
+            for owner, group, mode, dirs in install_dirs(host_file(f"image/scripts/{script}").decode()):
+                uid = user_ids(host.root, owner)[0] if owner and owner != "root" else 0
+                gid = user_ids(host.root, group)[1] if group and group != "root" else 0
+                for directory in dirs:
+                    path = in_root(host.root, directory)
+                    path.mkdir(parents=True, exist_ok=True)
+                    os.chown(path, uid, gid)
+                    path.chmod(0o755 if mode is None else mode)
+        # the image's bootstrap config: what build-asterisk.sh's `make samples`-free install leaves, readable
+        # by the asterisk group only (the agent's releases are the same: root:asterisk 0640)
+        gid = user_ids(host.root, "asterisk")[1]
+        for item in host.path("/etc/asterisk").iterdir():
+            if item.is_file():
+                os.chown(item, 0, gid)
+                item.chmod(0o640)
 
     def host_exec(self, host: LocalHost, argv: Sequence[str]) -> list[str]:
         """The command line that runs ``argv`` as a process of ``host``: in its network namespace, with its

@@ -299,8 +299,10 @@ def test_corrupt_and_invalid_versions_roll_back_while_a_call_stays_up(
             "--asterisk-conf", host.config.asterisk_conf,
             "apply", "--version", invalid,
         ]  # fmt: skip
+        agent_env = host.config.state_dir.parent / "agent.env"  # Run Command passes no SIP_TRUNK_* variables
+        agent_env.write_text(f"SIP_TRUNK_CONFIG_PREFIX={PREFIX}\n")
         rollback_started = time.monotonic()
-        code = main(argv, session=session)
+        code = main(argv, session=session, agent_env_file=agent_env, role_env_file=agent_env.with_name("role.env"))
         rollback_seconds = time.monotonic() - rollback_started
 
         # Then the agent answers failure with JSON, Asterisk runs the previous version again, the call never

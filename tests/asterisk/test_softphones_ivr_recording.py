@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sip_trunk.agent import recordings
 from support.asterisk import AsteriskInstance
 from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.rtp import rtp_range
@@ -346,14 +347,6 @@ def test_ivr_dtmf_routes_to_the_agent_and_to_an_extension(asterisk_factory: Aste
 
 # ------------------------------------------------------------------------------------------ P8 recording
 
-AGENT_SCRIPT = """#!/bin/sh
-# stand-in for the host agent: one line per call, the arguments separated by '|'
-out="{out}"
-line=""
-for arg in "$@"; do line="$line$arg|"; done
-printf '%s\\n' "$line" >> "$out"
-"""
-
 
 def wav_closed(path: Path) -> bool:
     """The RIFF and data chunk sizes in the header account for the whole file (written at close)."""
@@ -380,18 +373,15 @@ def wav_peak_rms(path: Path) -> tuple[int, int]:
     [("+15551230000", "+15551230000"), ("+1555;rm$(id)&touch/tmp/x", "+1555")],
     ids=["plain", "hostile"],
 )
-def test_recording_is_written_and_handed_to_the_agent(
+def test_recording_is_written_and_queued_for_the_agent(
     asterisk_factory: AsteriskFactory, tmp_path: Path, caller: str, expected: str
 ) -> None:
-    # Given recording on, the agent command a script inside the chroot that logs its arguments
+    # Given recording on, with the recordings and the agent's spool directory inside the chroot
     agent_port = free_port()
 
-    def install_agent_command(ast: AsteriskInstance) -> None:
-        script = ast.host_path(f"{ast.chroot_base}/bin/agent.sh")
-        script.parent.mkdir(parents=True, exist_ok=True)
-        script.write_text(AGENT_SCRIPT.format(out=f"{ast.chroot_base}/agent-calls.log"))
-        script.chmod(0o755)
+    def make_directories(ast: AsteriskInstance) -> None:
         ast.host_path(f"{ast.chroot_base}/recordings").mkdir(parents=True, exist_ok=True)
+        ast.host_path(f"{ast.chroot_base}/spool").mkdir(parents=True, exist_ok=True)
 
     ast, sip_port = start_gateway(
         asterisk_factory,
@@ -402,9 +392,9 @@ def test_recording_is_written_and_handed_to_the_agent(
             "did_routes": {AGENT_NUMBER: {"kind": "agent"}},
             "recording": True,
             "recordings_dir": f"{base}/recordings",
-            "agent_command": f"{base}/bin/agent.sh",
+            "recording_spool_dir": f"{base}/spool",
         },
-        before_start=install_agent_command,
+        before_start=make_directories,
     )
     base = ast.chroot_base
     agent = agent_stand_in(tmp_path, "agent", agent_port)
@@ -418,29 +408,24 @@ def test_recording_is_written_and_handed_to_the_agent(
         assert agent_result.ok, agent_result.describe()
     finally:
         agent.kill()
-    # Then the hangup handler ran the agent command once with the call's metadata
-    log = ast.host_path(f"{base}/agent-calls.log")
-    wait_until(log.exists, 10, "the agent command to run")
-    time.sleep(0.3)
-    lines = log.read_text().splitlines()
-    assert len(lines) == 1, lines
-    args = lines[0].rstrip("|").split("|")
-    assert args[0] == "upload-recording", args
-    options = dict(arg.removeprefix("--").split("=", 1) for arg in args[2:])
-    assert set(options) == {"call-id", "caller", "callee", "duration"}, args
-    assert options["caller"] == expected, args
-    assert re.fullmatch(r"\+?[0-9]+", options["caller"]), args
-    assert options["callee"] == AGENT_NUMBER, args
-    assert int(options["duration"]) >= 1, args
-    assert re.fullmatch(r"([\w.-]+-)?[0-9]+\.[0-9]+", options["call-id"]), args  # ${UNIQUEID}
-    assert args[1] == f"{base}/recordings/{options['call-id']}.wav", args
-    # And nothing of the hostile caller id was executed
+    # Then the hangup handler dropped exactly one complete job into the spool, which the agent accepts
+    spool = ast.host_path(f"{base}/spool")
+    wait_until(lambda: any(spool.glob("*.job")), 10, "the hangup handler to write its job")
+    (job_file,) = spool.glob("*.job")
+    wait_until(lambda: job_file.read_text().endswith("end=1\n"), 5, "the job to be complete")
+    job = recordings.parse_spool_job(job_file.read_text(), Path(f"{base}/recordings"))
+    assert job_file.name == f"{job.call_id}.job"
+    assert re.fullmatch(r"([\w.-]+-)?[0-9]+\.[0-9]+", job.call_id), job  # ${UNIQUEID}
+    assert job.caller == expected, job
+    assert job.callee == AGENT_NUMBER, job
+    assert int(job.duration) >= 1, job
+    # And nothing of the hostile caller id was executed (no shell is involved at all)
     assert not ast.host_path("/tmp/x").exists()
     # And the recording exists and holds audio, not silence
-    recording = ast.host_path(args[1])
+    recording = ast.host_path(str(job.file))
     assert recording.exists(), sorted(p.name for p in recording.parent.iterdir())
     # MixMonitor's thread writes the WAV header's sizes when it closes the file, which can be after the
-    # hangup handler has already run the agent command: read it once the header matches the file
+    # hangup handler has already written the job: read it once the header matches the file
     wait_until(lambda: wav_closed(recording), 10, f"MixMonitor to close {recording.name}")
     peak, rms = wav_peak_rms(recording)
     assert peak > 2000, (peak, rms)

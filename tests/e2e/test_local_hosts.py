@@ -205,6 +205,10 @@ def test_apply_call_move_eip_call_again_crash(world: tuple[LocalHostManager, str
     standby = manager.start_host(STANDBY, "10.0.0.11", "standby")
     MEASURED["start standby"] = standby.started_seconds or 0
     _apply(manager, STANDBY, version)
+    # (the control plane gives every launched host its role: CheckHostStack's set-role, ADR-12)
+    role = ["sip-trunk-agent", "set-role", "--role", "standby", "--peer-address", "10.0.0.10"]
+    code, out, err = manager.run_command(STANDBY, role)
+    assert code == 0, (out, err[-2000:])
     assert manager.status()["hosts"][STANDBY]["watch_peer_running"]
     assert manager.status()["hosts"][STANDBY]["peer_address"] == "10.0.0.10"
 

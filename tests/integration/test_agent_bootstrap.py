@@ -376,8 +376,10 @@ def test_a_reboot_keeps_the_role_set_role_gave_and_applies_the_desired_version(
     launch = host.publish(rendered_set(["alice", "elevenlabs"]), desired=False)
     config = dataclasses.replace(host.config, config_version=launch, peer_address=None)
     boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
-    flags = ["--etc-dir", str(config.etc_dir), "--systemctl", "true"]
-    assert main([*flags, "set-role", "--role", "standby", "--peer-address", "10.0.2.20"], session=host.session) == 0
+    agent_env = config.etc_dir / "agent.env"  # what Run Command's set-role reads (it gets no SIP_TRUNK_* variables)
+    agent_env.write_text(f"SIP_TRUNK_STACK={STACK}\nSIP_TRUNK_ETC_DIR={config.etc_dir}\nSIP_TRUNK_SYSTEMCTL=true\n")
+    argv = ["set-role", "--role", "standby", "--peer-address", "10.0.2.20"]
+    assert main(argv, session=host.session, agent_env_file=agent_env, role_env_file=config.etc_dir / "role.env") == 0
     capsys.readouterr()
     # and a Provision that moved the desired-version pointer on to v2 (ApplyConfig not run on this host)
     newer = host.publish(rendered_set(["alice"]))

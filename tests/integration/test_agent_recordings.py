@@ -136,8 +136,8 @@ def test_outage_queues_then_flush_uploads_everything_exactly_once(s3: Any, confi
     second = recordings.flush_recordings(config, flaky)
 
     # Then each recording was uploaded once, byte for byte, and removed locally; nothing remains queued
-    assert first == {"outcomes": {"uploaded": 5}, "errors": {}, "remaining": 0}
-    assert second == {"outcomes": {}, "errors": {}, "remaining": 0}
+    assert first == {"outcomes": {"uploaded": 5}, "errors": {}, "remaining": 0, "ingested": []}
+    assert second == {"outcomes": {}, "errors": {}, "remaining": 0, "ingested": []}
     assert flaky.puts == 5
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert len(keys) == 5
@@ -187,21 +187,123 @@ def test_partial_object_is_replaced_not_trusted(s3: Any, config: AgentConfig, tm
 
 
 def test_missing_file_is_a_usage_failure_with_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    agent_env = tmp_path / "agent.env"
+    agent_env.write_text(
+        f"SIP_TRUNK_STACK=s\nSIP_TRUNK_STATE_DIR={tmp_path}\nSIP_TRUNK_RECORDINGS_BUCKET={BUCKET}\nAWS_REGION={REGION}\n"
+    )
     code = main(
-        [
-            "--stack",
-            "s",
-            "--state-dir",
-            str(tmp_path),
-            "--recordings-bucket",
-            BUCKET,
-            "--region",
-            REGION,
-            "upload-recording",
-            str(tmp_path / "nope.wav"),
-            "--call-id",
-            "x",
-        ]
+        ["upload-recording", str(tmp_path / "nope.wav"), "--call-id", "x"],
+        agent_env_file=agent_env,
+        role_env_file=tmp_path / "role.env",
     )
     assert code == 1
     assert '"ok": false' in capsys.readouterr().out
+
+
+# --- the hangup handler's spool (the dialplan writes a job; the root agent uploads) ----------------------------
+
+
+@pytest.fixture
+def spool_config(tmp_path: Path) -> AgentConfig:
+    return AgentConfig(
+        stack="teststack",
+        state_dir=tmp_path / "state",
+        recordings_bucket=BUCKET,
+        recordings_dir=tmp_path / "recording",
+        recording_spool_dir=tmp_path / "spool",
+    )
+
+
+def hangup_job(config: AgentConfig, call_id: str, **overrides: str) -> Path:
+    """A job file as the dialplan's [recording-upload] writes it, line by line, `end=1` last."""
+    fields = {
+        "file": str(config.recordings_dir / f"{call_id}.wav"),
+        "call_id": call_id,
+        "caller": "+15551230000",
+        "callee": "+14155550100",
+        "duration": "7",
+        "end": "1",
+        **overrides,
+    }
+    config.recording_spool_dir.mkdir(parents=True, exist_ok=True)
+    job = config.recording_spool_dir / f"{call_id}.job"
+    job.write_text("".join(f"{k}={v}\n" for k, v in fields.items() if v is not None))
+    return job
+
+
+def test_a_hangup_job_is_queued_and_uploaded_by_the_root_agent(s3: Any, spool_config: AgentConfig) -> None:
+    # Given a finished recording and the job the hangup handler dropped for it
+    recording = make_recording(spool_config.recordings_dir, "1700000000.42.wav")
+    content = recording.read_bytes()
+    job = hangup_job(spool_config, "1700000000.42")
+    # When the path unit starts flush-recordings
+    result = recordings.flush_recordings(spool_config, s3, config_version="v0123456789abcdef")
+    # Then the recording is in S3 with the call's metadata, and nothing is left in the spool or on disk
+    assert result["ingested"] == ["1700000000.42"], result
+    assert result["outcomes"] == {"uploaded": 1}, result
+    assert result["errors"] == {}
+    (item,) = s3.list_objects_v2(Bucket=BUCKET)["Contents"]
+    head = s3.head_object(Bucket=BUCKET, Key=item["Key"])
+    assert head["Metadata"]["caller"] == "+15551230000"
+    assert head["Metadata"]["callee"] == "+14155550100"
+    assert head["Metadata"]["duration"] == "7"
+    assert head["Metadata"]["config-version"] == "v0123456789abcdef"
+    assert s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read() == content
+    assert not job.exists()
+    assert not recording.exists()
+    assert list(spool_config.recording_spool_dir.iterdir()) == []
+
+
+def test_a_job_queued_while_s3_is_away_survives_in_the_durable_queue(s3: Any, spool_config: AgentConfig) -> None:
+    # Given a job, and S3 unreachable
+    make_recording(spool_config.recordings_dir, "1700000000.43.wav")
+    hangup_job(spool_config, "1700000000.43")
+    flaky = FlakyS3(s3)
+    flaky.down = True
+    # When the path unit runs, then the timer after S3 is back
+    first = recordings.flush_recordings(spool_config, flaky)
+    flaky.down = False
+    second = recordings.flush_recordings(spool_config, flaky)
+    # Then the job left the spool at once (no re-trigger), waited in the queue and was uploaded exactly once
+    assert (first["ingested"], first["outcomes"], first["remaining"]) == (["1700000000.43"], {"queued": 1}, 1)
+    assert list(spool_config.recording_spool_dir.glob("*.job")) == []
+    assert second["outcomes"] == {"uploaded": 1}, second
+    assert len(versions(s3, s3.list_objects_v2(Bucket=BUCKET)["Contents"][0]["Key"])) == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"caller": "+1555;rm -rf /"}, "bad caller"),
+        ({"callee": "$(id)"}, "bad callee"),
+        ({"file": "/etc/shadow"}, "is not"),
+        ({"duration": "1; reboot"}, "bad duration"),
+        ({"end": None}, "incomplete"),
+        ({"extra": "x"}, "unexpected line"),
+    ],
+    ids=["caller-shell", "callee-subst", "file-outside", "duration-shell", "incomplete", "unknown-field"],
+)
+def test_a_hostile_or_broken_job_is_rejected_never_uploaded(
+    s3: Any, spool_config: AgentConfig, overrides: dict[str, str | None], reason: str
+) -> None:
+    # Given a recording and a job that is not what the dialplan writes
+    recording = make_recording(spool_config.recordings_dir, "1700000000.44.wav")
+    job = hangup_job(spool_config, "1700000000.44", **overrides)  # type: ignore[arg-type]
+    # When flushed (an incomplete job is waited for briefly, then rejected)
+    result = recordings.flush_recordings(spool_config, s3) if reason != "incomplete" else None
+    if result is None:
+        spool = recordings.ingest_spool(spool_config, wait_s=0.2)
+        result = {"errors": {f"spool/{k}": v for k, v in spool["rejected"].items()}, "ingested": spool["ingested"]}
+    # Then it is moved aside for an operator with the reason, nothing is uploaded, the recording stays
+    assert reason in result["errors"][f"spool/{job.name}"], result
+    assert result["ingested"] == []
+    assert (spool_config.recording_spool_dir / recordings.REJECTED / job.name).is_file()
+    assert list(spool_config.recording_spool_dir.glob("*.job")) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+    assert recording.exists()
+
+
+def test_a_call_id_cannot_walk_out_of_the_recordings_directory(spool_config: AgentConfig) -> None:
+    text = f"file={spool_config.recordings_dir}/../x.wav\ncall_id=../x\ncaller=\ncallee=\nduration=\nend=1\n"
+    with pytest.raises(recordings.SpoolJobInvalid, match="bad call id"):
+        recordings.parse_spool_job(text, spool_config.recordings_dir)

@@ -284,6 +284,7 @@ FUNCTION_USES: dict[str, list[tuple[str, str]]] = {
     "backup": [
         ("state", "get_deployment"),
         ("commands", "send"),
+        ("commands", "results"),
         ("config_store", "snapshot"),
         ("objects", "put_json"),
     ],
@@ -842,6 +843,9 @@ def recorded() -> Iterator[Recorder]:
                 second = run(sfn, provision, {})
                 assert second["status"] == "SUCCEEDED", second
                 world.put_settings(inbound_username="elevenlabs-in-3")
+                from sip_trunk.aws.runcommand import SsmCommands
+
+                results = SsmCommands.results
                 world.fail_commands(mp, "apply failed")
                 third = run(sfn, provision, {})
                 assert third["status"] == "FAILED", third
@@ -860,6 +864,7 @@ def recorded() -> Iterator[Recorder]:
                 assert started, "the health check started Failover"
                 for execution in started:
                     wait_done(sfn, execution["executionArn"])
+                mp.setattr(SsmCommands, "results", results)  # the host's backup succeeds
                 harness.handlers["backup"](SCHEDULE, FakeContext("backup"))
                 time.sleep(0.1)
         yield recorder

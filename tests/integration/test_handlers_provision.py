@@ -1087,3 +1087,19 @@ def test_notification_subject_fits_sns_with_the_longest_stack_name(
     assert result["subject"].isascii()
     assert result["subject"].isprintable()
     assert result["subject"].startswith("[sip-trunk] abbb")
+
+
+def test_a_failed_commands_answer_is_shown_even_when_it_logged():
+    # Given an agent that logged to stderr and answered on stdout (as sip-trunk-agent does)
+    from sip_trunk.aws.runcommand import command_output
+
+    invocation = {
+        "StandardOutputContent": 'progress\n{"ok": false, "error": "no backups bucket"}\n',
+        "StandardErrorContent": "INFO sip_trunk.agent: starting\nWARNING sip_trunk.agent: retrying\n",
+    }
+    # When the poller summarises it
+    output = command_output(invocation)
+    # Then both the answer and the end of the log are there
+    assert '"error": "no backups bucket"' in output
+    assert "retrying" in output
+    assert command_output({"StandardOutputContent": "x" * 900}) == "x" * 500

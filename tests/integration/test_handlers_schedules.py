@@ -192,3 +192,16 @@ def test_a_failing_scheduled_backup_goes_to_the_dead_letter_queue(world, handler
     assert result is None
     assert len(world.dead_letters()) == 1
     assert emf_metrics(capsys.readouterr().out)["BackupSucceeded"] == [0.0]
+
+
+def test_a_failed_host_backup_is_reported_as_a_failed_backup(world, handlers, monkeypatch, capsys):
+    # Given a deployment whose host agent fails the backup (as it did when Run Command gave it no settings)
+    _deploy(world)
+    world.fail_commands(monkeypatch, '{"ok": false, "command": "backup", "error": "no backups bucket"}')
+    # When the daily schedule fires
+    with pytest.raises(Exception, match="no backups bucket") as failed:
+        handlers["backup"](event("schedule_event.json"), FakeContext("backup"))
+    # Then the handler fails with the host's answer and publishes BackupSucceeded 0, never 1
+    assert type(failed.value).__name__ == "BackupFailed"
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"BackupSucceeded"' in line]
+    assert [doc["BackupSucceeded"] for doc in out] in ([0], [0.0], [[0.0]])

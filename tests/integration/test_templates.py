@@ -76,6 +76,7 @@ WILDCARD_ALLOWLIST: dict[str, set[str]] = {
     "RenderConfigFunctionRole": {"ec2:DescribeAddresses"},
     "CheckHostStackFunctionRole": {"ec2:DescribeAddresses"},
     "CheckApplyFunctionRole": {"ssm:GetCommandInvocation"},
+    "BackupFunctionRole": {"ssm:GetCommandInvocation"},
     "FailoverConfirmFunctionRole": {"ec2:DescribeAddresses", "ec2:DescribeInstances"},
     "FailoverMoveEipFunctionRole": {"ec2:DescribeAddresses"},
     "FailoverSwapRolesFunctionRole": {"ec2:DescribeInstances"},

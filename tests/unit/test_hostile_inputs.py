@@ -120,7 +120,7 @@ TARGETS = [
     Target("dialplan.outbound_carrier", "t" * 33),
     Target("dialplan.agent_extension", "8" * 7),
     Target("dialplan.recordings_dir", "/" + "r" * 65),
-    Target("dialplan.agent_command", "/a" * 200 + "/" + "b" * 65),
+    Target("dialplan.recording_spool_dir", "/a" * 200 + "/" + "b" * 65),
     Target("dialplan.ivr.prompt", "p" * 65),
     Target("dialplan.ivr.choices.{2}", "22"),
     Target("dialplan.ivr.choices.2.extension", "1" * 7),
@@ -131,7 +131,7 @@ ABSENT_FROM_EXAMPLE = {
     "carriers.0.from_domain": "sip.telco.example",
     "network.bind_address": "0.0.0.0",
     "dialplan.recordings_dir": "/var/spool/asterisk/recording",
-    "dialplan.agent_command": "/usr/local/bin/sip-trunk-agent",
+    "dialplan.recording_spool_dir": "/var/spool/sip-trunk/recordings",
 }
 
 
@@ -224,7 +224,7 @@ CLI_CASES = [
     pytest.param({"settings": _mutated("elevenlabs.phone_number", "+14155550100\n[evil]")}, id="phone-newline"),
     pytest.param({"settings": _mutated("carriers.0.host", "sip.telco.example;x")}, id="host-semicolon"),
     pytest.param({"settings": _mutated("elevenlabs.inbound_username", "[elevenlabs]")}, id="username-brackets"),
-    pytest.param({"settings": _mutated("dialplan.agent_command", "/bin/sh\n#exec id")}, id="command-exec"),
+    pytest.param({"settings": _mutated("dialplan.recording_spool_dir", "/var/spool/x\n#exec id")}, id="spool-exec"),
     pytest.param({"settings": _mutated("extensions.0.display_name", "${SHELL(id)}")}, id="display-shell"),
     pytest.param({"settings": _mutated("dialplan.ivr.prompt", "demo$[1+1]")}, id="prompt-expression"),
     pytest.param({"settings": _mutated("network.local_nets.0", "\uff110.20.0.0/16")}, id="cidr-fullwidth"),
@@ -311,7 +311,7 @@ SMUGGLE_PATHS = [
     "dialplan.did_routes.{+14155550101}",
     "dialplan.did_routes.+442071838750.extension",
     "dialplan.recordings_dir",
-    "dialplan.agent_command",
+    "dialplan.recording_spool_dir",
     "dialplan.ivr.prompt",
     "dialplan.ivr.choices.{2}",
     "elevenlabs.codecs.0",

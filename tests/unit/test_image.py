@@ -153,6 +153,7 @@ def test_systemd_units_present() -> None:
         "sip-trunk-watch-peer.service",
         "sip-trunk-recordings.service",
         "sip-trunk-recordings.timer",
+        "sip-trunk-recordings.path",
     }
     for unit in units:
         text = (AGENT_UNITS / unit).read_text()
@@ -168,9 +169,15 @@ def test_host_stack_and_units_name_only_units_that_exist() -> None:
 
     shipped = {p.name for p in AGENT_UNITS.iterdir()} | {"asterisk.service"}
     texts = [(REPO / "stacks/host.yaml").read_text(), *(p.read_text() for p in SCRIPTS.glob("*.sh"))]
-    named = {m for text in texts for m in re.findall(r"\b(sip-trunk-[a-z-]+\.(?:service|timer))", text)}
+    named = {m for text in texts for m in re.findall(r"\b(sip-trunk-[a-z-]+\.(?:service|timer|path))", text)}
     assert named <= shipped, named - shipped
-    for unit in (bootstrap.HEARTBEAT_TIMER, bootstrap.RECORDINGS_TIMER, bootstrap.WATCH_PEER, bootstrap.BOOT_SERVICE):
+    for unit in (
+        bootstrap.HEARTBEAT_TIMER,
+        bootstrap.RECORDINGS_TIMER,
+        bootstrap.RECORDINGS_PATH,
+        bootstrap.WATCH_PEER,
+        bootstrap.BOOT_SERVICE,
+    ):
         assert unit in shipped
     host = (REPO / "stacks/host.yaml").read_text()
     assert host.count("sip-trunk-agent bootstrap --env-file /etc/sip-trunk/agent.env") == 2

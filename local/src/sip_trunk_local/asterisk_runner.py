@@ -422,6 +422,22 @@ def is_mounted(path: Path) -> bool:
 
 # Directories Asterisk writes when it runs as root without CAP_DAC_OVERRIDE (it drops capabilities when it
 # switches user): the Debian package gives them to the asterisk user, so the overlay gives them to root.
+def user_ids(root: Path, name: str) -> tuple[int, int]:
+    """(uid, gid) of user ``name`` and group ``name`` in the root file system's own /etc/passwd and /etc/group."""
+    uid = gid = None
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) > 3 and fields[0] == name:
+            uid = int(fields[2])
+    for line in (root / "etc/group").read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[0] == name:
+            gid = int(fields[2])
+    if uid is None or gid is None:
+        raise AsteriskError(f"{root}: no user/group {name!r}")
+    return uid, gid
+
+
 _WRITABLE = ("var/lib/asterisk", "var/spool/asterisk", "var/log/asterisk", "run/asterisk", "var/cache/asterisk")
 HOST_CONF = "/etc/asterisk/asterisk.conf"
 
@@ -482,8 +498,9 @@ class OverlayRoot:
         for rel in _WRITABLE:
             path = self.path / rel
             path.mkdir(parents=True, exist_ok=True)
+            uid, gid = user_ids(self.path, "asterisk")
             for item in [path, *path.rglob("*")]:
-                os.lchown(item, 0, 0)
+                os.lchown(item, uid, gid)
         lines = ["127.0.0.1\tlocalhost"] + [f"{ip}\t{name}" for name, ip in hosts.items()]
         self.host_path("/etc/hosts").write_text("\n".join(lines) + "\n")
         etc = self.host_path("/etc/asterisk")
@@ -510,8 +527,9 @@ class HostAsterisk:
     """Asterisk of one local host: chrooted into its :class:`OverlayRoot`, in its network namespace, reading
     ``/etc/asterisk/asterisk.conf`` like on EC2, in its own process group.
 
-    It runs as root (``-U root``) whatever ``runuser`` the rendered config names: the host agent writes the
-    config files as root with mode 0640 (the image's ``asterisk`` group does not exist on this machine).
+    It runs as the image's ``asterisk`` user and group (``-U``/``-G``, the ``runuser`` the rendered config
+    names; the ids are the host root's), so it reads only what the agent and the install scripts let that user
+    read, as on EC2.
     ``maxload`` is the load average above which Asterisk refuses calls: every local host shares this machine's
     load average, so by default it is lifted (``-L 0``) instead of refusing calls for a neighbour's load.
     """
@@ -521,6 +539,7 @@ class HostAsterisk:
     console_log: Path
     netns: str | None = None
     maxload: float | None = 0.0
+    user: str = "asterisk"
     boot_timeout: float = 30.0
     pid: int | None = None
     start_time: int | None = None
@@ -533,7 +552,7 @@ class HostAsterisk:
         return ["chroot", str(self.root), "/usr/sbin/asterisk"]
 
     def command(self) -> list[str]:
-        args = f"-f -n -U root -G root -C {HOST_CONF}"
+        args = f"-f -n -U {self.user} -G {self.user} -C {HOST_CONF}"
         if self.maxload is not None:
             args += f" -L {self.maxload:g}"
         inner = f"mount -t proc proc {self.root}/proc && exec chroot {self.root} /usr/sbin/asterisk {args}"

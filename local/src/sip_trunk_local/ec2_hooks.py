@@ -3,13 +3,17 @@
 moto records instances, Elastic IPs and Run Command invocations but runs nothing. In local mode:
 - an instance created by a CloudFormation stack boots in the background, as EC2 instances do:
   `HostManager.start_host(instance_id, private_ip, role)` (the role from the instance's `aws-sip-trunk:role`
-  tag), then the agent part of its user data, `sip-trunk-agent bootstrap --env-file <agent.env>`, through
-  `run_command`; a terminated instance → `stop_host`;
+  tag), then the agent part of its user data: the host's `/etc/sip-trunk/agent.env` written from the
+  user data's heredoc (`HostManager.write_agent_env`, which adds local mode's lines: moto endpoint,
+  credentials, the host's paths), then `sip-trunk-agent bootstrap --env-file /etc/sip-trunk/agent.env` as a
+  shell command on the host; a terminated instance → `stop_host`;
 - `ssm:SendCommand` to instances (only those named: moto would add every instance of the account when no
-  Targets are given) → each command line runs on that host through
-  `HostManager.run_command(instance_id, argv, env)` in the background (once the host has booted), and
-  `GetCommandInvocation` reports InProgress, then Success or Failed with the command's output (moto always
-  says Success at once);
+  Targets are given) → the document's `commands` run on that host as AWS-RunShellScript runs them
+  (`HostManager.run_shell_script`: `_script.sh` run by `sh` as root with only the SSM agent's environment,
+  in a fresh working directory, with the document's `executionTimeout`) in the background once the host
+  has booted; `GetCommandInvocation` reports InProgress (empty output), then Success, Failed or TimedOut
+  with the script's exit code and the first 24,000/8,000 characters of its stdout/stderr, as SSM does
+  (moto always says Success at once);
 - an Elastic IP association → `HostManager.map_public_address(public_ip, instance_id)` (once booted);
 - Elastic IPs are handed out from the documentation range, 203.0.113.10 first (the primary's address),
   instead of moto's random 127.x addresses, so the address in the configs is the one the router maps.
@@ -18,18 +22,17 @@ moto gaps fixed for the host stack's instances (and nothing else): `AWS::EC2::In
 CloudFormation ignores `LaunchTemplate` (no ImageId: a KeyError) and `NetworkInterfaces` (the instance lands
 outside its subnet); both are folded into the properties moto reads before the instance is created.
 
-The environment a host command runs with is the agent's (`/etc/sip-trunk/agent.env`, written by the
-instance's user data: parsed from it here) plus the emulated account's endpoint and credentials.
+Nothing of this process's environment reaches a host command: what the agent needs it reads from the
+host's own files, as on EC2.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-import shlex
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,19 @@ log = logging.getLogger(__name__)
 
 ROLE_TAG = "aws-sip-trunk:role"
 AGENT_ENV_PATH = "/etc/sip-trunk/agent.env"
+USER_DATA_AGENT_COMMAND = f"sip-trunk-agent bootstrap --env-file {AGENT_ENV_PATH}"
+"""The agent part of the host stack's user data."""
+STDOUT_LIMIT, STDERR_LIMIT = 24_000, 8_000
+"""GetCommandInvocation returns the first 24,000 characters of stdout and the first 8,000 of stderr."""
+DEFAULT_EXECUTION_TIMEOUT_S = 3600.0
+"""AWS-RunShellScript's executionTimeout when the command names none."""
+
+
+class ScriptResult(Protocol):
+    code: int
+    stdout: str
+    stderr: str
+    timed_out: bool
 
 
 class HostManager(Protocol):
@@ -50,7 +66,11 @@ class HostManager(Protocol):
 
     def stop_host(self, instance_id: str) -> None: ...
 
-    def run_command(self, instance_id: str, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]: ...
+    def write_agent_env(self, instance_id: str, extra: Mapping[str, str] | None = None) -> Any: ...
+
+    def run_shell_script(
+        self, instance_id: str, commands: Sequence[str], *, command_id: str | None = None, timeout: float | None = None
+    ) -> ScriptResult: ...
 
     def map_public_address(self, public_ip: str, instance_id: str) -> None: ...
 
@@ -62,7 +82,9 @@ class CommandRun:
     command_id: str
     instance_id: str
     commands: list[str]
+    timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S
     status: str = "InProgress"
+    status_details: str = "InProgress"
     response_code: int = -1
     stdout: str = ""
     stderr: str = ""
@@ -130,7 +152,6 @@ class Ec2Hooks:
         self,
         manager: HostManager | None,
         *,
-        base_env: Mapping[str, str] | None = None,
         public_addresses: tuple[str, ...] = PUBLIC_ADDRESSES,
         on_event: Callable[[HostEvent], None] | None = None,
         state_dir: Path | None = None,
@@ -144,7 +165,6 @@ class Ec2Hooks:
         self.booted: dict[str, threading.Event] = {}
         self.boot_errors: dict[str, str] = {}
         self._pending_maps: dict[str, str] = {}
-        self.base_env = dict(base_env or {})
         self._addresses = list(public_addresses)
         self._handed_out = 0
         self.on_event = on_event
@@ -183,9 +203,6 @@ class Ec2Hooks:
                 self._handed_out += 1
                 return address
         return fallback()
-
-    def env_for(self, instance_id: str) -> dict[str, str]:
-        return {**self.agent_env.get(instance_id, {}), **self.base_env}
 
     # --- what the patched methods call -----------------------------------------------------------
     def instance_created(self, instance: Any) -> None:
@@ -229,17 +246,15 @@ class Ec2Hooks:
         env = self.agent_env.get(instance_id, {})
         if not env:
             return
-        directory = (self.state_dir or Path("/tmp")) / "instances" / instance_id  # noqa: S108
-        directory.mkdir(parents=True, exist_ok=True)
-        env_file = directory / "agent.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        self.manager.write_agent_env(instance_id, env)
         started = time.monotonic()
-        code, stdout, stderr = self.manager.run_command(
-            instance_id, ["sip-trunk-agent", "bootstrap", "--env-file", str(env_file)], self.env_for(instance_id)
-        )
-        (directory / "bootstrap.log").write_text(stdout + stderr)
-        if code != 0:
-            raise RuntimeError(f"bootstrap exited {code}: {(stdout + stderr).strip()[-400:]}")
+        result = self.manager.run_shell_script(instance_id, [USER_DATA_AGENT_COMMAND], command_id="user-data")
+        if self.state_dir is not None:
+            directory = self.state_dir / "instances" / instance_id
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "bootstrap.log").write_text(result.stdout + result.stderr)
+        if result.code != 0:
+            raise RuntimeError(f"bootstrap exited {result.code}: {(result.stdout + result.stderr).strip()[-400:]}")
         self._event(HostEvent("host-bootstrapped", instance_id, "user data done", round(time.monotonic() - started, 3)))
 
     def wait_booted(self, instance_id: str, timeout_s: float | None = None) -> bool:
@@ -272,9 +287,17 @@ class Ec2Hooks:
             self.mapped[public_ip] = instance_id
         self._event(HostEvent("address-mapped", instance_id, public_ip))
 
-    def command_sent(self, command_id: str, instance_ids: list[str], commands: list[str]) -> None:
+    def command_sent(
+        self,
+        command_id: str,
+        instance_ids: list[str],
+        commands: list[str],
+        timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S,
+    ) -> None:
         for instance_id in instance_ids:
-            run = CommandRun(command_id=command_id, instance_id=instance_id, commands=list(commands))
+            run = CommandRun(
+                command_id=command_id, instance_id=instance_id, commands=list(commands), timeout_s=timeout_s
+            )
             with self.lock:
                 self.runs[(command_id, instance_id)] = run
             thread = threading.Thread(target=self._execute, args=(run,), name=f"run-{instance_id}", daemon=True)
@@ -282,27 +305,24 @@ class Ec2Hooks:
             thread.start()
 
     def _execute(self, run: CommandRun) -> None:
-        out: list[str] = []
-        err: list[str] = []
-        code = 0
+        stdout, stderr, code, details = "", "", 1, "Failed"
         if not self.wait_booted(run.instance_id) or run.instance_id in self.boot_errors:
-            code = 1
-            err.append(f"instance {run.instance_id} is not online: {self.boot_errors.get(run.instance_id, 'booting')}")
-        for line in run.commands if code == 0 else []:
+            # SSM would leave it Pending, then DeliveryTimedOut; the poller only needs "not Success"
+            stderr = f"instance {run.instance_id} is not online: {self.boot_errors.get(run.instance_id, 'booting')}"
+        else:
             try:
-                code, stdout, stderr = self.manager.run_command(
-                    run.instance_id, shlex.split(line), self.env_for(run.instance_id)
+                result = self.manager.run_shell_script(
+                    run.instance_id, run.commands, command_id=run.command_id, timeout=run.timeout_s
                 )
+                stdout, stderr, code = result.stdout, result.stderr, result.code
+                details = "ExecutionTimedOut" if result.timed_out else ("Success" if code == 0 else "Failed")
             except Exception as exc:
-                code, stdout, stderr = 1, "", f"{type(exc).__name__}: {exc}"
-            out.append(stdout)
-            err.append(stderr)
-            if code != 0:
-                break
+                stderr = f"{type(exc).__name__}: {exc}"
         with self.lock:
-            run.stdout, run.stderr = "".join(out), "".join(err)
+            run.stdout, run.stderr = stdout, stderr
             run.response_code = code
-            run.status = "Success" if code == 0 else "Failed"
+            run.status_details = details
+            run.status = {"Success": "Success", "ExecutionTimedOut": "TimedOut"}.get(details, "Failed")
             run.ended = time.monotonic()
         self._event(
             HostEvent("command-done", run.instance_id, f"{run.status}: {run.commands[0]}", run.duration_s or 0.0)
@@ -316,10 +336,10 @@ class Ec2Hooks:
             return {
                 **base,
                 "Status": run.status,
-                "StatusDetails": run.status,
+                "StatusDetails": run.status_details,
                 "ResponseCode": run.response_code,
-                "StandardOutputContent": run.stdout[-24000:],
-                "StandardErrorContent": run.stderr[-8000:],
+                "StandardOutputContent": run.stdout[:STDOUT_LIMIT],
+                "StandardErrorContent": run.stderr[:STDERR_LIMIT],
             }
 
     def wait_commands(self, timeout_s: float = 60.0) -> None:
@@ -383,8 +403,10 @@ class Ec2Hooks:
                 # matches all): the command goes to the requested instances only, as on AWS
                 command.instance_ids = requested
                 command.invocations = [i for i in command.invocations if i.get("InstanceId") in requested]
-            commands = list((command.parameters or {}).get("commands", []))
-            hooks.command_sent(command.command_id, list(command.instance_ids), commands)
+            parameters = command.parameters or {}
+            commands = list(parameters.get("commands", []))
+            timeout = float((parameters.get("executionTimeout") or [str(DEFAULT_EXECUTION_TIMEOUT_S)])[0])
+            hooks.command_sent(command.command_id, list(command.instance_ids), commands, timeout)
             return command
 
         self._patch(ssm_models.SimpleSystemManagerBackend, "send_command", send_command)

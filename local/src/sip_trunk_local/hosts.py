@@ -9,9 +9,20 @@ run the way SSM Run Command and systemd run it on EC2.
   bootstrap config in ``/etc/asterisk`` (a TCP transport on 5060 that answers probes, no endpoints) and
   ``/etc/hosts`` naming the stand-in ``sip.rtc.elevenlabs.io``;
 * AWS: the agent reaches the moto server through ``AWS_ENDPOINT_URL=http://127.0.0.1:<port>`` inside the host's
-  namespace; a socat pair carries that port over a Unix socket to the moto server on this machine's loopback,
-  so no namespace is attached to the host network;
-* the standby runs ``sip-trunk-agent watch-peer`` against the primary's private address, as its systemd unit does.
+  namespace, a line of the host's own ``/etc/sip-trunk/agent.env`` (with the emulated account's credentials, which
+  an instance profile gives on EC2); a socat pair carries that port over a Unix socket to the moto server on this
+  machine's loopback, so no namespace is attached to the host network;
+* processes on a host see the host's ``/etc/sip-trunk`` and ``/usr/local/bin`` at those paths (bind mounts in a
+  private mount namespace per process; the machine gets an empty ``/etc/sip-trunk`` as the mount point), so the
+  agent finds ``/etc/sip-trunk/agent.env`` and ``/usr/local/bin/sip-trunk-agent`` exactly where the image puts
+  them on EC2;
+* SSM Run Command (:meth:`LocalHostManager.run_shell_script`) runs as ``AWS-RunShellScript`` does: the commands
+  written to ``_script.sh`` in a fresh orchestration directory, run with ``sh`` as root with only the SSM agent's
+  environment (``PATH``, ``AWS_SSM_INSTANCE_ID``, ``AWS_SSM_REGION_NAME``) and that directory as working directory;
+* systemd units (:meth:`LocalHostManager.unit_command`) run with exactly the environment their unit file gives
+  (``Environment=``, ``EnvironmentFile=``; ``${VAR}`` in ``ExecStart=`` expanded as systemd does), parsed from the
+  units the agent installed into the host's ``/etc/systemd/system``: the standby's ``watch-peer`` and the
+  heartbeat are started that way.
 
 Everything the manager starts is recorded (PID + process start time, namespaces, mounts) in
 ``<run_dir>/hosts.json`` after every change, so :meth:`LocalHostManager.teardown` in another process (``sip-trunk
@@ -24,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -31,10 +43,12 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from sip_trunk.agent.bootstrap import host_file
 
 from sip_trunk_local.asterisk_runner import (
     HOST_CONF,
@@ -45,12 +59,15 @@ from sip_trunk_local.asterisk_runner import (
     kill_recorded,
     process_start_time,
     root_problem,
+    user_ids,
 )
 from sip_trunk_local.netns import LocalTopology, NetnsError, list_namespaces, run
 from sip_trunk_local.topology import CLIENT_IP, ELEVENLABS_HOST, PUBLIC_IP, STANDIN_IP
 
 STATE_FILE = "hosts.json"
 ROLES = ("primary", "standby")
+WATCH_PEER_UNIT = "sip-trunk-watch-peer.service"
+HEARTBEAT_UNIT = "sip-trunk-agent.service"
 
 _BOOTSTRAP_MODULES = """res_pjproject res_sorcery_config res_sorcery_memory res_sorcery_astdb res_pjsip
 res_pjsip_session
@@ -86,6 +103,84 @@ print(json.dumps({"reachable": r.reachable, "status_code": r.status_code, "reaso
 
 class HostError(RuntimeError):
     """A local host could not be started, reached or removed."""
+
+
+class UnitError(HostError):
+    """A systemd unit would not start as written (what systemd refuses: a missing EnvironmentFile= …)."""
+
+
+SSM_AGENT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/snap/bin"
+"""PATH of the SSM agent's processes on Ubuntu (the only variable of its environment besides AWS_SSM_*)."""
+SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
+"""PATH systemd gives every service."""
+HOST_MOUNTS = ("/etc/sip-trunk", "/usr/local/bin")
+"""Directories of a host that its processes see at their real path (the agent's files and command)."""
+HOST_FILE_MOUNTS = ("/etc/passwd", "/etc/group")
+"""Files of a host its processes see: its user database (the agent gives releases to the host's asterisk group)."""
+IMAGE_SCRIPTS = ("build-asterisk.sh", "install-agent.sh")
+"""The image's scripts whose ``install -d`` lines make the host's directories (owners and modes)."""
+SSM_ORCHESTRATION = (
+    "/var/lib/amazon/ssm/{instance}/document/orchestration/{command}/awsrunShellScript/0.awsrunShellScript"
+)
+"""Where the SSM agent writes a command's ``_script.sh`` and runs it (its working directory)."""
+# Bind the host's directories over the machine's in a private mount namespace, then run the command.
+_HOST_EXEC = (
+    "root=$1; shift; for dir in " + " ".join(HOST_MOUNTS) + '; do mkdir -p "$dir" "$root$dir" && '
+    'mount --bind "$root$dir" "$dir" || { echo "cannot mount $root$dir on $dir" >&2; exit 125; }; done; '
+    "for file in " + " ".join(HOST_FILE_MOUNTS) + '; do mount --bind "$root$file" "$file" || '
+    '{ echo "cannot mount $root$file on $file" >&2; exit 125; }; done; exec "$@"'
+)
+
+
+def install_dirs(script: str) -> list[tuple[str | None, str | None, int | None, list[str]]]:
+    """The ``install -d [-o OWNER] [-g GROUP] [-m MODE] DIR…`` lines of a shell script (with ``\\``
+    continuations): [(owner, group, mode, dirs)]."""
+    out: list[tuple[str | None, str | None, int | None, list[str]]] = []
+    for line in script.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:2] != ["install", "-d"]:
+            continue
+        owner = group = None
+        mode: int | None = None
+        dirs: list[str] = []
+        rest = iter(words[2:])
+        for word in rest:
+            if word == "-o":
+                owner = next(rest)
+            elif word == "-g":
+                group = next(rest)
+            elif word == "-m":
+                mode = int(next(rest), 8)
+            else:
+                dirs.append(word)
+        out.append((owner, group, mode, dirs))
+    return out
+
+
+def in_root(root: Path, inside: str) -> Path:
+    """``inside`` (an absolute path of the host) on this machine, following the host's symlinks inside its root
+    (``/var/run`` → ``/run``), never out of it."""
+    current = root
+    for part in Path(inside).parts[1:]:
+        candidate = current / part
+        hops = 0
+        while candidate.is_symlink() and hops < 10:
+            target = Path(os.readlink(candidate))
+            candidate = root / target.relative_to("/") if target.is_absolute() else candidate.parent / target
+            hops += 1
+        current = candidate
+    return current
+
+
+@dataclass
+class ScriptRun:
+    """What the SSM agent observed of one AWS-RunShellScript run."""
+
+    code: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    workdir: Path
 
 
 @dataclass
@@ -126,6 +221,8 @@ class LocalHost:
     watch: Recorded | None = None
     bridge: Recorded | None = None
     started_seconds: float | None = None
+    agent_env_extra: dict[str, str] = field(default_factory=dict)
+    """Lines added to this host's agent.env beyond the deployment's (see `LocalHostManager.write_agent_env`)."""
 
     @property
     def root(self) -> Path:
@@ -167,6 +264,67 @@ def _agent_command() -> list[str]:
         return [str(script)]
     found = shutil.which("sip-trunk-agent")
     return [found] if found else [sys.executable, "-m", "sip_trunk.agent"]
+
+
+def parse_unit(text: str) -> dict[str, Any]:
+    """The ``[Service]`` section of a systemd unit: ``env`` = [(Environment|EnvironmentFile, value)] in file order,
+    every other key → [(key, value)] (``ExecStart`` may repeat)."""
+    service: dict[str, Any] = {"env": []}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        if section != "Service" or "=" not in line:
+            continue
+        key, value = (part.strip() for part in line.split("=", 1))
+        if key in ("Environment", "EnvironmentFile"):
+            service["env"].append((key, value))
+        else:
+            service.setdefault(key, []).append((key, value))
+    return service
+
+
+def parse_environment_assignments(value: str) -> dict[str, str]:
+    """``Environment=A=1 "B=two words"``."""
+    out: dict[str, str] = {}
+    for word in shlex.split(value):
+        key, sep, val = word.partition("=")
+        if sep:
+            out[key] = val
+    return out
+
+
+def expand_exec(command: str, env: Mapping[str, str]) -> list[str]:
+    """``ExecStart=`` as systemd runs it: words split like a shell's, ``${VAR}`` replaced inside its word (an
+    unset variable by nothing), a word that is exactly ``$VAR`` replaced by the value split at whitespace; the
+    ``-``/``@``/``+``/``!`` prefixes of the executable dropped."""
+    words = shlex.split(command)
+    if words:
+        words[0] = words[0].lstrip("-@+!:")
+    out: list[str] = []
+    for word in words:
+        if word.startswith("$") and not word.startswith("${") and word[1:].replace("_", "").isalnum():
+            out += env.get(word[1:], "").split()
+            continue
+        while "${" in word:
+            start = word.index("${")
+            end = word.index("}", start)
+            word = word[:start] + env.get(word[start + 2 : end], "") + word[end + 1 :]
+        out.append(word)
+    return out
+
+
+def with_options(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    """``argv`` with the values of the named ``--option value`` pairs replaced."""
+    out = list(argv)
+    for index, word in enumerate(out[:-1]):
+        if word in values:
+            out[index + 1] = values[word]
+    return out
 
 
 def _wait_listening(netns: str, port: int, timeout: float = 5.0) -> bool:
@@ -379,7 +537,9 @@ class LocalHostManager:
             raise HostError(f"no local host {instance_id}") from None
 
     def host_env(self, host: LocalHost) -> dict[str, str]:
-        """What the agent's ``agent.env`` + ``role.env`` hold on this host, with the paths of its root."""
+        """What local mode adds to a host's ``agent.env``: the paths of its root (the agent runs on this machine,
+        not chrooted), the moto endpoint and credentials (an instance profile on EC2), the instance id and the
+        launch role (IMDS on EC2, not emulated)."""
         r = host.root
         env = {
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.moto_port}",
@@ -410,11 +570,138 @@ class LocalHostManager:
             env["SIP_TRUNK_PEER_ADDRESS"] = host.peer_address
         return env
 
-    def environment(self, host: LocalHost, env: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The full process environment of an agent command on ``host``: the deployment's ``agent_env``, then
-        ``env`` (what the caller adds), then the host's own paths and endpoints (which always win)."""
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SIP_TRUNK_"))}
-        return {**base, **self.agent_env, **dict(env or {}), **self.host_env(host)}
+    def agent_env_values(self, host: LocalHost, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The lines of the host's ``/etc/sip-trunk/agent.env``: the deployment's (as the host stack's user data
+        writes them), then ``extra``, then what local mode adds (:meth:`host_env`, which always wins)."""
+        values = {**self.agent_env, **dict(extra or {}), **self.host_env(host)}
+        return {k: v for k, v in values.items() if v != "" or k.startswith("SIP_TRUNK_")}
+
+    def write_agent_env(self, instance_id: str, extra: Mapping[str, str] | None = None) -> Path:
+        """Write the host's ``/etc/sip-trunk/agent.env`` (directory 0750, file 0640, as the user data's
+        ``install -d -m 0750`` and root's umask leave them); ``extra`` lines are kept for later writes."""
+        with self._lock:
+            host = self.host(instance_id)
+            host.agent_env_extra = {**host.agent_env_extra, **dict(extra or {})}
+            values = self.agent_env_values(host, host.agent_env_extra)
+        directory = host.path("/etc/sip-trunk")
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "agent.env"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
+        tmp.chmod(0o640)
+        os.replace(tmp, path)
+        return path
+
+    def _install_image(self, host: LocalHost) -> None:
+        """What the image build puts on a host for the agent: ``/usr/local/bin/sip-trunk-agent`` (this
+        environment's agent), the agent's systemd units (``install-units``), its directories."""
+        from sip_trunk.agent.bootstrap import unit_files
+
+        bin_dir = host.path("/usr/local/bin")
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        launcher = bin_dir / "sip-trunk-agent"
+        launcher.write_text("#!/bin/sh\nexec " + " ".join(_agent_command()) + ' "$@"\n')
+        launcher.chmod(0o755)
+        units = host.path("/etc/systemd/system")
+        units.mkdir(parents=True, exist_ok=True)
+        for name, data in unit_files().items():
+            (units / name).write_bytes(data)
+        for script in IMAGE_SCRIPTS:
+            for owner, group, mode, dirs in install_dirs(host_file(f"image/scripts/{script}").decode()):
+                uid = user_ids(host.root, owner)[0] if owner and owner != "root" else 0
+                gid = user_ids(host.root, group)[1] if group and group != "root" else 0
+                for directory in dirs:
+                    path = in_root(host.root, directory)
+                    path.mkdir(parents=True, exist_ok=True)
+                    os.chown(path, uid, gid)
+                    path.chmod(0o755 if mode is None else mode)
+        # the image's bootstrap config: what build-asterisk.sh's `make samples`-free install leaves, readable
+        # by the asterisk group only (the agent's releases are the same: root:asterisk 0640)
+        gid = user_ids(host.root, "asterisk")[1]
+        for item in host.path("/etc/asterisk").iterdir():
+            if item.is_file():
+                os.chown(item, 0, gid)
+                item.chmod(0o640)
+
+    def host_exec(self, host: LocalHost, argv: Sequence[str]) -> list[str]:
+        """The command line that runs ``argv`` as a process of ``host``: in its network namespace, with its
+        ``HOST_MOUNTS`` at their real paths (the caller gives the process its whole environment)."""
+        return [
+            "ip", "netns", "exec", host.netns, "unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", _HOST_EXEC, "host-exec", str(host.root), *argv,
+        ]  # fmt: skip
+
+    def ssm_agent_environment(self, instance_id: str) -> dict[str, str]:
+        """The whole environment the SSM agent gives a command (no variable of the deployment's)."""
+        return {"PATH": SSM_AGENT_PATH, "AWS_SSM_INSTANCE_ID": instance_id, "AWS_SSM_REGION_NAME": self.region}
+
+    def run_shell_script(
+        self, instance_id: str, commands: Sequence[str], *, command_id: str | None = None, timeout: float | None = None
+    ) -> ScriptRun:
+        """``AWS-RunShellScript`` on the host: ``commands`` one per line in ``_script.sh`` in a fresh
+        orchestration directory, run with ``sh`` as root with :meth:`ssm_agent_environment` and that directory
+        as the working directory; the script's exit code is the command's response code."""
+        with self._lock:
+            host = self.host(instance_id)
+        command_id = command_id or f"local-{time.time_ns():x}"
+        inside = SSM_ORCHESTRATION.format(instance=instance_id, command=command_id)
+        workdir = host.path(inside)
+        workdir.mkdir(parents=True, exist_ok=False)
+        script = workdir / "_script.sh"
+        script.write_text("\n".join(commands) + "\n")
+        script.chmod(0o700)
+        env = self.ssm_agent_environment(instance_id)
+        try:
+            proc = subprocess.run(
+                self.host_exec(host, ["sh", str(script)]), env=env, capture_output=True, text=True,
+                timeout=timeout or self.command_timeout_s, check=False, cwd=workdir,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+            return ScriptRun(124, out, err + f"\nexecution timed out after {exc.timeout} s", True, workdir)
+        self._follow_role_env(host)
+        return ScriptRun(proc.returncode, proc.stdout, proc.stderr, False, workdir)
+
+    # --- systemd ---------------------------------------------------------------------------------------
+    def unit_command(self, instance_id: str, unit: str) -> tuple[list[str], dict[str, str]]:
+        """(argv, environment) of ``unit``'s ``ExecStart=`` as systemd would start it on the host, from the unit
+        file in the host's ``/etc/systemd/system``. `UnitError` for what systemd refuses."""
+        host = self.host(instance_id)
+        path = host.path(f"/etc/systemd/system/{unit}")
+        try:
+            service = parse_unit(path.read_text())
+        except FileNotFoundError:
+            raise UnitError(f"{unit}: no such unit on {instance_id}") from None
+        env = {"PATH": SYSTEMD_PATH, "LANG": "C.UTF-8"}
+        for kind, value in service.get("env", []):
+            if kind == "Environment":
+                env.update(parse_environment_assignments(value))
+                continue
+            optional = value.startswith("-")
+            file = host.path(value.lstrip("-"))
+            try:
+                from sip_trunk.agent.config import read_env_file
+
+                env.update(read_env_file(file))
+            except FileNotFoundError:
+                if not optional:
+                    raise UnitError(f"{unit}: EnvironmentFile {value} does not exist on {instance_id}") from None
+        exec_start = service.get("ExecStart", [])
+        if not exec_start:
+            raise UnitError(f"{unit}: no ExecStart=")
+        return expand_exec(exec_start[-1][1], env), env
+
+    def run_unit(self, instance_id: str, unit: str, *, timeout: float = 120.0) -> tuple[int, str, str]:
+        """Start a ``Type=oneshot`` unit (what its timer does) and wait for it."""
+        with self._lock:
+            host = self.host(instance_id)
+        argv, env = self.unit_command(instance_id, unit)
+        proc = subprocess.run(
+            self.host_exec(host, argv), env=env, capture_output=True, text=True, timeout=timeout, check=False,
+            cwd="/",
+        )  # fmt: skip
+        return proc.returncode, proc.stdout, proc.stderr
 
     def start_host(self, instance_id: str, private_ip: str, role: str, *, peer_address: str | None = None) -> LocalHost:
         """A new host: namespace with ``private_ip`` on the LAN, its own root with the bootstrap config, Asterisk
@@ -446,6 +733,8 @@ class LocalHostManager:
             topo.add_instance(label, private_ip)
             overlay = OverlayRoot(self.root, base).mount()
             overlay.prepare(hosts={ELEVENLABS_HOST: STANDIN_IP}, bootstrap=BOOTSTRAP_CONFIG)
+            self._install_image(host)
+            self.write_agent_env(instance_id)
             with self._lock:
                 self._save()
             asterisk.start(wait=False)
@@ -469,30 +758,40 @@ class LocalHostManager:
         return next((h for h in self.hosts.values() if h.role == "primary"), None)
 
     def _start_watchers(self) -> None:
-        """Every standby without a running ``watch-peer`` starts one once it knows its peer."""
-        primary = self._primary()
+        """What systemd does for the standby's enabled ``sip-trunk-watch-peer.service``: every standby without a
+        running ``watch-peer`` starts one from its unit file (target ``${SIP_TRUNK_PEER_ADDRESS}`` from
+        ``role.env``). A unit systemd would refuse to start (no ``role.env`` yet: the host has not been given its
+        role) does not run. The probe timing is the manager's (tests run it faster than the unit's 1.5 s)."""
         for host in self.hosts.values():
             if host.role != "standby" or (host.watch is not None and host.watch.alive):
                 continue
-            if host.peer_address is None and primary is not None:
-                host.peer_address = primary.private_ip
-            if host.peer_address is None:
+            try:
+                argv, env = self.unit_command(host.instance_id, WATCH_PEER_UNIT)
+            except UnitError as exc:
+                with (host.base / "watch-peer.log").open("a") as fh:
+                    fh.write(f"{time.strftime('%H:%M:%S')} {WATCH_PEER_UNIT} not started: {exc}\n")
                 continue
-            argv = [
-                *_agent_command(), "watch-peer", "--target", host.peer_address, "--transport", "tcp",
-                "--interval", f"{self.watch_interval_s:g}", "--failures", str(self.watch_failures),
-                "--timeout", f"{self.watch_timeout_s:g}",
-            ]  # fmt: skip
-            with (host.base / "watch-peer.log").open("ab") as log:
+            argv = with_options(
+                argv,
+                {
+                    "--interval": f"{self.watch_interval_s:g}",
+                    "--failures": str(self.watch_failures),
+                    "--timeout": f"{self.watch_timeout_s:g}",
+                },
+            )
+            target = argv[argv.index("--target") + 1] if "--target" in argv else None
+            host.peer_address = target or None
+            with (host.base / "watch-peer.log").open("ab") as out:
                 proc = subprocess.Popen(
-                    ["ip", "netns", "exec", host.netns, *argv], env=self.environment(host), stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=log, start_new_session=True,
+                    self.host_exec(host, argv), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                    start_new_session=True, cwd="/",
                 )  # fmt: skip
             host.watch = Recorded.of(proc)
         self._save()
 
     def set_role(self, instance_id: str, role: str, peer_address: str | None = None) -> LocalHost:
-        """Make a host primary (its ``watch-peer`` ends) or standby (it starts watching ``peer_address``)."""
+        """What systemd does when the host's role changes (``set-role`` enables/disables watch-peer): the
+        standby's ``watch-peer`` (re)starts from its unit, a primary's ends."""
         if role not in ROLES:
             raise HostError(f"role must be one of {ROLES}: {role!r}")
         with self._lock:
@@ -546,41 +845,17 @@ class LocalHostManager:
             self._save()
 
     def run_command(
-        self, instance_id: str, argv: list[str], env: dict[str, str], *, timeout: float | None = None
+        self, instance_id: str, argv: list[str], env: Mapping[str, str] | None = None, *, timeout: float | None = None
     ) -> tuple[int, str, str]:
-        """Run ``argv`` on the host as SSM Run Command would (root, in the host's network namespace, with the
-        agent's environment plus ``env``); ``sip-trunk-agent`` is this environment's agent. Returns
-        (exit code, stdout, stderr)."""
-        with self._lock:
-            host = self.host(instance_id)
-            environ = self.environment(host, env)
+        """``argv`` as one SSM Run Command line on the host (:meth:`run_shell_script`). ``env`` is never given to
+        the process: its lines are added to the host's ``agent.env`` first (what the host stack's user data would
+        have written). Returns (exit code, stdout, stderr)."""
         if not argv:
             raise HostError("empty command")
-        agent = argv[0] == "sip-trunk-agent"
-        command = [*_agent_command(), *argv[1:]] if agent else list(argv)
-        if agent and "bootstrap" in argv and not any(a.startswith("--env-file") for a in argv):
-            command += ["--env-file", str(self._write_agent_env(host, env))]
-        try:
-            proc = subprocess.run(
-                ["ip", "netns", "exec", host.netns, *command], env=environ, capture_output=True, text=True,
-                timeout=timeout or self.command_timeout_s, check=False, cwd=host.base,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired as exc:
-            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            return 124, out, f"timed out after {exc.timeout} s"
-        if agent and proc.returncode == 0:
-            self._follow_role_env(host)
-        return proc.returncode, proc.stdout, proc.stderr
-
-    def _write_agent_env(self, host: LocalHost, env: Mapping[str, str]) -> Path:
-        """``/etc/sip-trunk/agent.env`` of the host, as the host stack's user data writes it (``bootstrap``
-        reads it)."""
-        path = host.path("/etc/sip-trunk/agent.env")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        values = {**self.agent_env, **dict(env), **self.host_env(host)}
-        values = {k: v for k, v in values.items() if k.startswith("SIP_TRUNK_") and k not in ("SIP_TRUNK_ROLE",)}
-        path.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
-        return path
+        if env:
+            self.write_agent_env(instance_id, env)
+        run = self.run_shell_script(instance_id, [shlex.join(argv)], timeout=timeout)
+        return run.code, run.stdout, run.stderr
 
     def _follow_role_env(self, host: LocalHost) -> None:
         """What systemd does on EC2 when the agent (``set-role``, ``bootstrap``) rewrites ``role.env``: start or
@@ -590,7 +865,11 @@ class LocalHostManager:
             return
         values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
         role, peer = values.get("SIP_TRUNK_ROLE", host.role), values.get("SIP_TRUNK_PEER_ADDRESS") or None
-        if role in ROLES and (role, peer) != (host.role, host.peer_address if role == "standby" else None):
+        watching = host.watch is not None and host.watch.alive
+        if role in ROLES and (
+            (role, peer) != (host.role, host.peer_address if role == "standby" else None)
+            or (role == "standby" and not watching)
+        ):
             self.set_role(host.instance_id, role, peer)
 
     def map_public_address(self, public_ip: str, instance_id: str) -> None:

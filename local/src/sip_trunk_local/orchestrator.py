@@ -52,7 +52,7 @@ from sip_trunk_local.drills import run_drill
 from sip_trunk_local.ec2_hooks import Ec2Hooks, HostEvent
 from sip_trunk_local.elevenlabs_api import ElevenLabsStandIn
 from sip_trunk_local.executor import Dispatcher, ExecutionReport, load_handlers, real_time_pacer, run_execution
-from sip_trunk_local.hosts import STATE_FILE, LocalHostManager
+from sip_trunk_local.hosts import HEARTBEAT_UNIT, STATE_FILE, LocalHostManager
 from sip_trunk_local.netns import run_in_namespace
 from sip_trunk_local.standin import carrier_settings, credentials, place_call, start_standin
 from sip_trunk_local.topology import CLIENT_IP, PHONE_NUMBER, PUBLIC_IP
@@ -194,9 +194,7 @@ class LocalDeployment:
         with self.step("moto", "AWS stand-in (moto server)") as info:
             self.moto = cp.MotoServer()
             self.moto.start()
-            self.hooks = Ec2Hooks(
-                None, base_env=cp.aws_environment(self.endpoint), on_event=self.on_host_event, state_dir=self.run_dir
-            )
+            self.hooks = Ec2Hooks(None, on_event=self.on_host_event, state_dir=self.run_dir)
             self.hooks.install()
             info["detail"] = self.endpoint
         with self.step("control-plane", "control plane from template.yaml") as info:
@@ -354,15 +352,15 @@ class LocalDeployment:
         return report
 
     def heartbeats(self, period_s: float = HEARTBEAT_S) -> None:
-        """`sip-trunk-agent report` on every host every `period_s` until `down` (the hosts' heartbeat timer)."""
+        """`sip-trunk-agent.service` (`report`) on every host every `period_s` until `down`: what the hosts'
+        heartbeat timer starts, with the unit's environment."""
         while not self.stopping.wait(period_s):
             for instance_id in list(getattr(self.manager, "hosts", {}) or {}):
                 try:
                     host = self.manager.host(instance_id)
                     if not host.asterisk.running:
                         continue  # a crashed host reports nothing until it is repaired
-                    env = self.hooks.env_for(instance_id) if self.hooks else {}
-                    self.manager.run_command(instance_id, ["sip-trunk-agent", "report"], env, timeout=60)
+                    self.manager.run_unit(instance_id, HEARTBEAT_UNIT, timeout=60)
                 except Exception:  # a host going away between the listing and the command
                     log.debug("heartbeat of %s skipped", instance_id, exc_info=True)
 

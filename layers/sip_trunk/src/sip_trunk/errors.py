@@ -65,6 +65,10 @@ class VerificationTimedOut(FatalError):
     """The trunk did not pass verification before the deadline."""
 
 
+class BackupFailed(FatalError):
+    """The host agent's backup failed or did not finish in time (the config snapshot may still be saved)."""
+
+
 class HostNotFound(FatalError):
     """The deployment names no running host to act on."""
 

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from sip_trunk.agent.config import RECORDING_SPOOL_DIR, RECORDINGS_DIR
+
 ELEVENLABS_SIP_HOST = "sip.rtc.elevenlabs.io"
 
 T = TypeVar("T")
@@ -355,10 +357,10 @@ class Dialplan(_Strict):
     outbound_carrier: Name | None = None
     agent_extension: ExtensionNumber = Field(default="800", description="what softphones dial to reach the agent")
     recording: bool = False
-    recordings_dir: AbsolutePath = "/var/spool/asterisk/recording"
-    agent_command: AbsolutePath = Field(
-        default="/usr/local/bin/sip-trunk-agent",
-        description="the host agent the hangup handler calls to upload a recording",
+    recordings_dir: AbsolutePath = RECORDINGS_DIR
+    recording_spool_dir: AbsolutePath = Field(
+        default=RECORDING_SPOOL_DIR,
+        description="where the hangup handler drops a recording's upload job for the host agent (the image's)",
     )
     ivr: IvrMenu = Field(default_factory=IvrMenu)
     dial_timeout_s: int = Field(default=45, ge=5, le=300)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,22 @@ from sip_trunk.agent import apply as apply_mod
 from sip_trunk.agent import backup as backup_mod
 from sip_trunk.agent import bootstrap as bootstrap_mod
 from sip_trunk.agent import recordings, report, watch
-from sip_trunk.agent.config import OPTIONS, AgentConfig, build_config, env_name, instance_id, known_env, read_env_file
+from sip_trunk.agent.config import (
+    AGENT_ENV_FILE,
+    OPTIONS,
+    ROLE_ENV_FILE,
+    AgentConfig,
+    AgentEnvironmentMissing,
+    agent_environment,
+    build_config,
+    env_name,
+    instance_id,
+)
 from sip_trunk.agent.runtime import AgentError, AsteriskCli
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+NEEDS_NO_ENVIRONMENT = frozenset({"install-units"})
+"""Commands that run before any agent.env exists (the image build)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,14 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore a backup (checksum verified), apply it and reload")
     p.add_argument("--key", required=True)
 
-    p = sub.add_parser("upload-recording", help="upload one recording (hangup handler); queue it if S3 is away")
+    p = sub.add_parser("upload-recording", help="upload one recording (by hand); queue it if S3 is away")
     p.add_argument("file", type=Path)
     p.add_argument("--call-id", required=True)
     p.add_argument("--caller", default="")
     p.add_argument("--callee", default="")
     p.add_argument("--duration", default="")
     p.add_argument("--config-version", default=None)
-    sub.add_parser("flush-recordings", help="retry every queued recording")
+    sub.add_parser("flush-recordings", help="queue the hangup handler's recording jobs, then upload every queued one")
 
     p = sub.add_parser("watch-peer", help="probe the primary; start the Failover state machine after N failures")
     p.add_argument("--target", required=True)
@@ -114,7 +127,10 @@ def run(args: argparse.Namespace, config: AgentConfig, session: Any) -> dict[str
             config_version=version,
         )
     if command == "flush-recordings":
-        return recordings.flush_recordings(config, session.client("s3"))
+        from sip_trunk.agent.releases import Releases
+
+        version = Releases(config.releases_dir, config.config_dir).current_version()
+        return recordings.flush_recordings(config, session.client("s3"), config_version=version)
     if command == "watch-peer":
         target = watch.parse_target(args.target, args.transport, args.port)
         state = watch.watch_peer(
@@ -135,25 +151,51 @@ def run(args: argparse.Namespace, config: AgentConfig, session: Any) -> dict[str
     raise AgentError(f"unknown command {command}")
 
 
-def main(argv: Sequence[str] | None = None, *, session: Any | None = None) -> int:
+@contextlib.contextmanager
+def _process_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """The loaded files' other variables (AWS_REGION; in local mode the endpoint and credentials) become the
+    process environment while the command runs, as systemd's EnvironmentFile= makes them: boto3 and the host
+    commands the agent starts see them. Restored afterwards (``main`` also runs inside tests)."""
+    added = {k: v for k, v in values.items() if k not in os.environ and not k.startswith("SIP_TRUNK_")}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    session: Any | None = None,
+    agent_env_file: Path = AGENT_ENV_FILE,
+    role_env_file: Path = ROLE_ENV_FILE,
+) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    environ: dict[str, str] = dict(os.environ)
     try:
-        environ: dict[str, str] | None = None
-        if getattr(args, "env_file", None) is not None:
-            from_file = read_env_file(args.env_file)
-            unknown = sorted(k for k in from_file if k.startswith("SIP_TRUNK_") and k not in known_env())
-            if unknown:
-                raise ValueError(f"{args.env_file}: unknown settings {unknown}")
-            environ = {**os.environ, **from_file}
+        if args.command not in NEEDS_NO_ENVIRONMENT:
+            environ = agent_environment(
+                os.environ,
+                env_file=getattr(args, "env_file", None),
+                agent_env_file=agent_env_file,
+                role_env_file=role_env_file,
+            )
         config = build_config(vars(args), environ)
-    except (OSError, TypeError, ValueError) as exc:
-        print(json.dumps({"ok": False, "command": args.command, "error": str(exc)}))
+    except (AgentEnvironmentMissing, OSError, TypeError, ValueError) as exc:
+        print(json.dumps({"ok": False, "command": args.command, "error": str(exc), "error_type": type(exc).__name__}))
         return EXIT_USAGE
+    with _process_environment(environ):
+        return _run(args, config, session)
+
+
+def _run(args: argparse.Namespace, config: AgentConfig, session: Any | None) -> int:
     try:
         result = run(args, config, session or _session(config))
     except (AgentError, ValueError) as exc:

@@ -12,8 +12,8 @@ Run by the host stack's user data on the first boot (before it signals CloudForm
 4. the config version fetched and applied unless it already runs: on the first boot the one the host stack
    names in ``agent.env`` (the version at launch), else the SSM ``desired-version`` pointer; on later boots the
    pointer (ApplyConfig may have moved the host on since launch), else ``agent.env``'s;
-5. ``role.env`` written and the role's services enabled (heartbeat and recordings timers; watch-peer on the
-   standby only, disabled on the primary);
+5. ``role.env`` written and the role's services enabled (heartbeat timer; the recordings path unit and
+   timer when recording is on; watch-peer on the standby only, disabled on the primary);
 6. the first heartbeat written, so the control plane sees the host at once;
 7. ``boot.json`` in the state directory: this instance has booted (what makes the next boot a later one), with
    the sources of its role and version.
@@ -46,6 +46,7 @@ BOOT_RECORD = "boot.json"  # in the state directory
 CLOUDWATCH_CONFIG = "cloudwatch-agent.json"
 HEARTBEAT_TIMER = "sip-trunk-agent.timer"
 RECORDINGS_TIMER = "sip-trunk-recordings.timer"
+RECORDINGS_PATH = "sip-trunk-recordings.path"
 WATCH_PEER = "sip-trunk-watch-peer.service"
 BOOT_SERVICE = "sip-trunk-boot.service"
 _STACK = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,127}")
@@ -118,7 +119,8 @@ def set_role(config: AgentConfig, role: str, peer_address: str | None, run: Runn
     atomic_write(config.etc_dir / ROLE_ENV, ("\n".join(lines) + "\n").encode(), 0o644)
     services = {HEARTBEAT_TIMER: True, WATCH_PEER: role == "standby"}
     if config.recordings_bucket:
-        services[RECORDINGS_TIMER] = True
+        services[RECORDINGS_PATH] = True  # a recording is uploaded as soon as its call ends
+        services[RECORDINGS_TIMER] = True  # and retried every two minutes while S3 is away
     if config.systemctl:
         for unit, wanted in services.items():
             if wanted:

@@ -1,4 +1,12 @@
-"""Agent configuration from flags and environment (the systemd units load /etc/sip-trunk/agent.env)."""
+"""Agent configuration: flags, then the environment, then the host's environment files.
+
+Every way the agent is started must end up with the same settings: systemd units load
+``/etc/sip-trunk/agent.env`` (and ``role.env``) with ``EnvironmentFile=``, but SSM Run Command
+(``AWS-RunShellScript``) runs commands as root with only the SSM agent's environment (``PATH``,
+``AWS_SSM_INSTANCE_ID``, ``AWS_SSM_REGION_NAME``) and user data or an operator's shell may have nothing at all.
+So the agent reads the files itself whenever its environment carries none of its settings
+(:func:`agent_environment`, the one code path every command goes through).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,21 @@ from pathlib import Path
 from sip_trunk.configstore import stack_parameter
 
 ENV_PREFIX = "SIP_TRUNK_"
+AGENT_ENV_FILE = Path("/etc/sip-trunk/agent.env")
+"""Written by the host stack's user data: the deployment's names (stack, buckets, table, ARNs) and AWS_REGION."""
+ROLE_ENV_FILE = Path("/etc/sip-trunk/role.env")
+"""Written by ``bootstrap`` / ``set-role``: SIP_TRUNK_ROLE and SIP_TRUNK_PEER_ADDRESS."""
+
+
+RECORDING_SPOOL_DIR = "/var/spool/sip-trunk/recordings"
+"""Where the dialplan's hangup handler (user asterisk) drops recording jobs: root:asterisk 0770, made by the
+image's install-agent.sh; ``sip-trunk-recordings.path`` starts the agent when a job appears."""
+RECORDINGS_DIR = "/var/spool/asterisk/recording"
+"""Where MixMonitor writes recordings (the dialplan's ``recordings_dir``)."""
+
+
+class AgentEnvironmentMissing(Exception):
+    """The agent has no settings: none in its environment and no readable environment file."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +50,8 @@ class AgentConfig:
     asterisk_conf: str = "/etc/asterisk/asterisk.conf"
     astdb_path: Path = Path("/var/lib/asterisk/astdb.sqlite3")
     voicemail_dir: Path = Path("/var/spool/asterisk/voicemail")
+    recordings_dir: Path = Path(RECORDINGS_DIR)
+    recording_spool_dir: Path = Path(RECORDING_SPOOL_DIR)
     keep_files: tuple[str, ...] = ("keys/*",)  # carried from the live config into each new release
     state_table: str | None = None
     backup_bucket: str | None = None
@@ -78,6 +103,8 @@ OPTIONS: dict[str, str] = {
     "asterisk_conf": "str",
     "astdb_path": "path",
     "voicemail_dir": "path",
+    "recordings_dir": "path",
+    "recording_spool_dir": "path",
     "keep_files": "argv",
     "state_table": "str",
     "backup_bucket": "str",
@@ -133,6 +160,55 @@ def build_config(flags: Mapping[str, object], environ: Mapping[str, str] | None 
 
 
 def read_env_file(path: Path) -> dict[str, str]:
+    return _parse_env_file(path)
+
+
+def agent_environment(
+    environ: Mapping[str, str],
+    *,
+    env_file: Path | None = None,
+    agent_env_file: Path = AGENT_ENV_FILE,
+    role_env_file: Path = ROLE_ENV_FILE,
+) -> dict[str, str]:
+    """The environment the agent runs with.
+
+    - ``env_file`` given (``bootstrap --env-file``): ``environ`` plus that file, whose values win;
+    - ``environ`` already carries a ``SIP_TRUNK_*`` setting (a systemd unit loaded the files, or an operator
+      exported them): ``environ`` as it is;
+    - otherwise (SSM Run Command, user data, a bare shell): ``agent_env_file`` plus ``role_env_file`` when it
+      exists, under ``environ``. A missing ``agent_env_file`` is :class:`AgentEnvironmentMissing`.
+
+    ``SIP_TRUNK_*`` names a file holds must be known settings (a typo is refused, never ignored).
+    """
+    if env_file is not None:
+        return {**environ, **_checked_env_file(env_file, required=True)}
+    known = known_env()
+    if any(name in known for name in environ):
+        return dict(environ)
+    values = _checked_env_file(agent_env_file, required=True)
+    values |= _checked_env_file(role_env_file, required=False)
+    return {**values, **environ}
+
+
+def _checked_env_file(path: Path, *, required: bool) -> dict[str, str]:
+    try:
+        values = _parse_env_file(path)
+    except FileNotFoundError:
+        if not required:
+            return {}
+        raise AgentEnvironmentMissing(
+            f"{path} does not exist and the environment has no SIP_TRUNK_* settings: the host stack's user data "
+            "writes it at first boot (see docs/OPERATIONS.md, 'Host agent configuration')"
+        ) from None
+    except PermissionError as exc:
+        raise AgentEnvironmentMissing(f"{path} is not readable ({exc.strerror}): run the agent as root") from None
+    unknown = sorted(k for k in values if k.startswith(ENV_PREFIX) and k not in known_env())
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {unknown}")
+    return values
+
+
+def _parse_env_file(path: Path) -> dict[str, str]:
     """``KEY=VALUE`` lines as systemd's EnvironmentFile reads them (comments, blank lines, optional quotes)."""
     values: dict[str, str] = {}
     for number, raw in enumerate(path.read_text().splitlines(), 1):

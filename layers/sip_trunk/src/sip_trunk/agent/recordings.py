@@ -1,7 +1,16 @@
 """Recordings: upload with metadata, delete locally only after a verified upload, queue durably when S3 is away.
 
-``upload-recording FILE …`` (the dialplan's hangup handler) first writes a job file into the queue directory
-(fsync'd), then uploads. The object key is derived from the call id, so a retry after a crash or an outage
+The dialplan's hangup handler runs as Asterisk's user with Asterisk's environment, so it does not upload: it
+writes a small job file (``<call id>.job``: ``file=``, ``call_id=``, ``caller=``, ``callee=``, ``duration=``
+lines and ``end=1`` last) into the spool directory (root:asterisk 0770). ``sip-trunk-recordings.path`` starts
+``flush-recordings`` (root, the agent's configuration) as soon as one appears, and the two-minute timer
+retries: :func:`ingest_spool` validates each job strictly (the recording must be ``<recordings dir>/<call
+id>.wav``; caller and callee digits only), moves it into the durable queue (:func:`enqueue`) and removes it
+from the spool; a job that is malformed or stays incomplete is moved to ``rejected/`` (never retried in a
+loop, kept for an operator). Nothing of a job reaches a shell.
+
+``upload-recording FILE …`` (by hand) and the spool both first write a job file into the queue directory
+(fsync'd), then upload. The object key is derived from the call id, so a retry after a crash or an outage
 overwrites the same object with the same bytes: nothing is duplicated. The local file is deleted only after a
 ``HEAD`` shows the object with the expected size and the sha256 we computed; then the job is removed. Anything
 that fails leaves the job in place for ``flush-recordings`` (the ``sip-trunk-recordings.timer``).
@@ -33,6 +42,106 @@ _TRANSIENT = (
     "ConnectionClosedError",
     "NoCredentialsError",
 )
+
+
+JOB_SUFFIX = ".job"
+REJECTED = "rejected"
+JOB_COMPLETE_WAIT_S = 5.0
+_SPOOL_FIELDS = {"file", "call_id", "caller", "callee", "duration", "end"}
+_CALL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # ${UNIQUEID}: [systemname-]epoch.sequence
+_NUMBER = re.compile(r"[0-9+*#]{0,32}")
+_DURATION = re.compile(r"[0-9]{0,7}")
+
+
+class SpoolJobInvalid(AgentError):
+    """A spool job is malformed, incomplete or names a file outside the recordings directory."""
+
+
+@dataclass(frozen=True)
+class SpoolJob:
+    file: Path
+    call_id: str
+    caller: str
+    callee: str
+    duration: str
+
+
+def parse_spool_job(text: str, recordings_dir: Path) -> SpoolJob:
+    """A hangup handler's job, validated: every field known and well-formed, the file exactly
+    ``<recordings_dir>/<call id>.wav``."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or key not in _SPOOL_FIELDS or key in values:
+            raise SpoolJobInvalid(f"unexpected line {line[:80]!r}")
+        values[key] = value
+    if values.get("end") != "1":
+        raise SpoolJobInvalid("incomplete job (no end=1 line)")
+    call_id = values.get("call_id", "")
+    if not _CALL_ID.fullmatch(call_id) or ".." in call_id:
+        raise SpoolJobInvalid(f"bad call id {call_id[:80]!r}")
+    for name, pattern in (("caller", _NUMBER), ("callee", _NUMBER), ("duration", _DURATION)):
+        if not pattern.fullmatch(values.get(name, "")):
+            raise SpoolJobInvalid(f"bad {name} {values.get(name, '')[:80]!r}")
+    expected = recordings_dir / f"{call_id}.wav"
+    if values.get("file") != str(expected):
+        raise SpoolJobInvalid(f"file {values.get('file', '')[:120]!r} is not {expected}")
+    return SpoolJob(expected, call_id, values["caller"], values["callee"], values["duration"])
+
+
+def _read_complete(job_file: Path, wait_s: float, sleep: Callable[[float], None]) -> str:
+    """The job's text once its last line is ``end=1`` (the handler appends line by line), within ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = job_file.read_text(errors="replace")
+        if text.endswith("end=1\n") or time.monotonic() >= deadline:
+            return text
+        sleep(0.1)
+
+
+def ingest_spool(
+    config: AgentConfig,
+    *,
+    config_version: str | None = None,
+    wait_s: float = JOB_COMPLETE_WAIT_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Move every spool job into the durable queue; reject what is not a valid, complete job."""
+    spool = config.recording_spool_dir
+    ingested: list[str] = []
+    rejected: dict[str, str] = {}
+    if not spool.is_dir():
+        return {"ingested": ingested, "rejected": rejected}
+    for job_file in sorted(spool.glob(f"*{JOB_SUFFIX}"), key=lambda p: p.stat().st_mtime):
+        if not job_file.is_file() or job_file.is_symlink():
+            rejected[job_file.name] = "not a regular file"
+            _reject(job_file)
+            continue
+        try:
+            job = parse_spool_job(_read_complete(job_file, wait_s, sleep), config.recordings_dir)
+            enqueue(
+                config,
+                job.file,
+                call_id=job.call_id,
+                caller=job.caller,
+                callee=job.callee,
+                duration=job.duration,
+                config_version=config_version,
+            )
+        except AgentError as exc:
+            log.warning("recording job %s rejected: %s", job_file.name, exc)
+            rejected[job_file.name] = str(exc)
+            _reject(job_file)
+            continue
+        job_file.unlink()
+        ingested.append(job.call_id)
+    return {"ingested": ingested, "rejected": rejected}
+
+
+def _reject(job_file: Path) -> None:
+    target = job_file.parent / REJECTED
+    target.mkdir(mode=0o700, exist_ok=True)
+    job_file.replace(target / job_file.name)
 
 
 @dataclass
@@ -214,10 +323,12 @@ def upload_recording(config: AgentConfig, s3: Any, file: Path, **fields: Any) ->
     return {"file": str(file), "outcome": outcome, "job": job_file.name, "key": key}
 
 
-def flush_recordings(config: AgentConfig, s3: Any) -> dict[str, Any]:
-    """Retry every queued job, oldest first; a corrupt job is reported and left for an operator."""
+def flush_recordings(config: AgentConfig, s3: Any, *, config_version: str | None = None) -> dict[str, Any]:
+    """Take the hangup handler's spool jobs into the queue, then retry every queued job, oldest first; a corrupt
+    job is reported and left for an operator."""
+    spool = ingest_spool(config, config_version=config_version)
     counts: dict[str, int] = {}
-    errors: dict[str, str] = {}
+    errors: dict[str, str] = {f"spool/{name}": reason for name, reason in spool["rejected"].items()}
     if config.queue_dir.is_dir():
         for job_file in sorted(config.queue_dir.glob("*.json"), key=lambda p: p.stat().st_mtime):
             try:
@@ -227,4 +338,4 @@ def flush_recordings(config: AgentConfig, s3: Any) -> dict[str, Any]:
                 errors[job_file.name] = str(exc)
             counts[outcome] = counts.get(outcome, 0) + 1
     remaining = len(list(config.queue_dir.glob("*.json"))) if config.queue_dir.is_dir() else 0
-    return {"outcomes": counts, "errors": errors, "remaining": remaining}
+    return {"outcomes": counts, "errors": errors, "remaining": remaining, "ingested": spool["ingested"]}

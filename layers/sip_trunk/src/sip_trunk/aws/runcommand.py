@@ -43,6 +43,16 @@ class SsmCommands:
                 raise
             raw = str(item.get("Status", "Unknown"))
             status = cast(CommandStatus, raw if raw in _KNOWN else "Unknown")
-            output = str(item.get("StandardErrorContent") or item.get("StandardOutputContent") or "")
-            out.append(CommandResult(instance_id=instance_id, status=status, output=output[-500:]))
+            out.append(CommandResult(instance_id=instance_id, status=status, output=command_output(item)))
         return out
+
+
+def command_output(invocation: dict[str, Any], limit: int = 500) -> str:
+    """What a poller shows of an invocation: the agent's answer (the last line of stdout, one JSON object) and
+    the end of stderr (its log), at most ``limit`` characters."""
+    stdout = str(invocation.get("StandardOutputContent") or "").strip()
+    stderr = str(invocation.get("StandardErrorContent") or "").strip()
+    answer = stdout.splitlines()[-1] if stdout else ""
+    if not stderr:
+        return answer[-limit:]
+    return " | ".join(part for part in (answer[-(limit // 2) :], stderr[-(limit // 2) :]) if part)

@@ -31,7 +31,14 @@ fi
 "$VENV/bin/python" -c 'import boto3, sip_trunk.agent.__main__' || die "agent import failed"
 ln -sf "$VENV/bin/sip-trunk-agent" /usr/local/bin/sip-trunk-agent
 
-install -d -m 0750 /var/lib/sip-trunk /var/lib/sip-trunk/releases /etc/sip-trunk
+install -d -m 0750 /etc/sip-trunk
+# Asterisk runs as user asterisk and reads its config through /etc/asterisk -> /var/lib/sip-trunk/releases/<v>
+# (files root:asterisk 0640): its group may pass through the state directory (not list it) and read releases.
+install -d -o root -g asterisk -m 0710 /var/lib/sip-trunk
+install -d -o root -g asterisk -m 0750 /var/lib/sip-trunk/releases
+# The hangup handler (Asterisk's user) drops recording jobs here; only the agent (root) reads and removes them.
+install -d -m 0755 /var/spool/sip-trunk
+install -d -o root -g asterisk -m 0770 /var/spool/sip-trunk/recordings
 # The units ship inside the package (both paths install the same copy): sip-trunk-boot.service runs
 # `sip-trunk-agent bootstrap` at every boot, which enables the heartbeat/recordings timers and, on the
 # standby only, watch-peer.

@@ -22,8 +22,10 @@ from pydantic import Field
 from sip_trunk.elevenlabs import DesiredTrunk, ElevenLabsError, diff_trunk, ensure_trunk, find_trunk
 from sip_trunk.errors import (
     ApplyFailed,
+    AwsThrottled,
     SettingsInvalid,
     StackFailed,
+    StackRejected,
     StackTimedOut,
     TrunkNotVerified,
     VerificationTimedOut,
@@ -36,14 +38,13 @@ from sip_trunk.workflows.common import (
     LoadedSettings,
     Model,
     ProbeReport,
-    Role,
     RoleCommand,
     StepInput,
     describe_roles,
     error_message,
     load_settings,
     probe_address,
-    set_role_command,
+    send_role,
     sip_transport,
 )
 from sip_trunk.workflows.deps import Deps
@@ -255,7 +256,7 @@ def launch_host(deps: Deps, request: LaunchInput) -> LaunchResult:
             params[CONFIG_VERSION] = request.render.version
         try:
             deps.stacks.create(name, cfg.host_template_url, params, role)
-        except Exception as exc:  # CloudFormation refused the template or parameters
+        except StackRejected as exc:  # CloudFormation refused the template or parameters
             raise StackFailed(f"cannot create {name}: {exc}") from None
         operation = "created"
     elif info.status.endswith("_IN_PROGRESS"):
@@ -271,7 +272,7 @@ def launch_host(deps: Deps, request: LaunchInput) -> LaunchResult:
                 params[CONFIG_VERSION] = request.render.version
         try:
             changed = deps.stacks.update(name, cfg.host_template_url, params, role, keep_previous=keep)
-        except Exception as exc:
+        except StackRejected as exc:
             raise StackFailed(f"cannot update {name}: {exc}") from None
         operation = "updated" if changed else "unchanged"
     return LaunchResult(stack_name=name, operation=operation, deadline=clock.now() + cfg.stack_timeout_s)
@@ -300,16 +301,6 @@ def private_addresses(outputs: Mapping[str, str]) -> dict[str, str]:
         if instance and address:
             out[instance] = address
     return out
-
-
-def _send_role(deps: Deps, execution: str, instance_id: str, role: Role, peer: str | None = None) -> RoleCommand:
-    try:
-        command = set_role_command(role, peer)
-        command_id = deps.commands.send([instance_id], [command], f"{execution}: set-role {role}")
-    except Exception as exc:  # reported in the output and the notification; ApplyConfig gates serving
-        detail = f"{type(exc).__name__}: {exc}"[:300]
-        return RoleCommand(instance_id=instance_id, role=role, peer_address=peer, sent=False, detail=detail)
-    return RoleCommand(instance_id=instance_id, role=role, peer_address=peer, sent=True, command_id=command_id)
 
 
 def check_host_stack(deps: Deps, request: StackCheckInput) -> StackCheck:
@@ -347,9 +338,9 @@ def check_host_stack(deps: Deps, request: StackCheckInput) -> StackCheck:
         deps.addresses.associate(address.allocation_id, primary)
         moved = True
     execution = request.execution.name
-    roles = [_send_role(deps, execution, primary, "primary")]
+    roles = [send_role(deps, execution, primary, "primary")]
     if standby:
-        roles.append(_send_role(deps, execution, standby, "standby", private[primary]))
+        roles.append(send_role(deps, execution, standby, "standby", private[primary]))
     return StackCheck(
         ready=True,
         status=info.status,
@@ -632,7 +623,7 @@ def _durations(deps: Deps, execution: ExecutionRef) -> dict[str, float]:
         return {}
     try:
         return step_durations(deps.executions.history(execution.arn), STEP_OF_STATE)
-    except Exception:  # durations are a report; never fail the record over them
+    except AwsThrottled:  # durations are a report; never fail (or repeat) the record over them
         return {}
 
 
@@ -705,6 +696,9 @@ _REASONS = {
     "ElevenLabsRateLimited": "ElevenLabs kept rate-limiting the sync",
     "ElevenLabsUnavailable": "ElevenLabs' API was unavailable",
     "TrunkConflictError": "the phone number exists at ElevenLabs with another provider",
+    "AwsThrottled": "AWS kept throttling a call",
+    "AddressRefused": "EC2 refused to move the Elastic IP to the primary",
+    "HostUnreachable": "Run Command could not reach a host",
 }
 
 

@@ -458,13 +458,16 @@ def template() -> dict[str, Any]:
 
 
 def _functions(module: str) -> dict[str, ast.FunctionDef]:
-    tree = ast.parse((WORKFLOWS / f"{module}.py").read_text())
-    return {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    """The module's functions (every module's, for a package) and the shared ones of workflows/common.py."""
+    package = WORKFLOWS / module
+    paths = sorted(package.glob("*.py")) if package.is_dir() else [WORKFLOWS / f"{module}.py"]
+    trees = [ast.parse(path.read_text()) for path in [*paths, WORKFLOWS / "common.py"]]
+    return {n.name: n for tree in trees for n in tree.body if isinstance(n, ast.FunctionDef)}
 
 
 def reachable_ports(module: str, entry: str) -> set[tuple[str, str]]:
-    """`deps.<port>.<method>(…)` calls reachable from `entry` (through the module's own functions and
-    `load_settings(deps.settings, deps.secrets)` of workflows/common.py)."""
+    """`deps.<port>.<method>(…)` calls reachable from `entry` (through the module's own functions, those of
+    workflows/common.py, and `load_settings(deps.settings, deps.secrets)`)."""
     local = _functions(module)
     found: set[tuple[str, str]] = set()
     seen: set[str] = set()
@@ -799,7 +802,6 @@ def recorded() -> Iterator[Recorder]:
     config: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
     try:
         with mock_aws(config=config), build_world(mp) as world:
-            from sip_trunk.aws.runcommand import SsmCommands
             from sip_trunk.observability import metrics
 
             # Powertools reads the namespace when the module is first imported (maybe before this environment).
@@ -809,14 +811,7 @@ def recorded() -> Iterator[Recorder]:
             harness.handlers = {n: recorder.as_function(n, h) for n, h in harness.handlers.items()}
             harness.before.append(lambda name, event: recorder.quietly(world.tick)())
             world.responder.answering = recorder.quietly(world.responder.answering)  # the emulated host's view
-            original_send = SsmCommands.send
-
-            def send(self: SsmCommands, instance_ids: Any, commands: Any, comment: str) -> str:
-                command_id = original_send(self, instance_ids, commands, comment)
-                recorder.quietly(world.on_command)(list(instance_ids), list(commands))
-                return command_id
-
-            mp.setattr(SsmCommands, "send", send)
+            world.deliver_commands(wrap=recorder.quietly)
             import boto3
 
             sfn = boto3.client("stepfunctions", region_name=REGION)

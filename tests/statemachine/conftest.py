@@ -35,19 +35,10 @@ class Machines:
 
 
 def _machines(monkeypatch: pytest.MonkeyPatch, world: World) -> Iterator[Machines]:
-    from sip_trunk.aws.runcommand import SsmCommands
-
     harness = Harness()
     world.clock = harness.clock
     harness.before.append(lambda name, event: world.tick())
-    original_send = SsmCommands.send
-
-    def send(self: SsmCommands, instance_ids: Any, commands: Any, comment: str) -> str:
-        command_id = original_send(self, instance_ids, commands, comment)
-        world.on_command(list(instance_ids), list(commands))
-        return command_id
-
-    monkeypatch.setattr(SsmCommands, "send", send)
+    world.deliver_commands()
     sfn = boto3.client("stepfunctions", region_name=REGION)
     subs = substitutions(
         {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 from sip_trunk.elevenlabs import (
-    AssignedAgent,
     DesiredTrunk,
     ElevenLabsClient,
     ElevenLabsError,
@@ -15,11 +14,11 @@ from sip_trunk.elevenlabs import (
     ElevenLabsUnavailable,
     InboundTrunk,
     OutboundTrunk,
-    PhoneNumber,
     TrunkConflictError,
     diff_trunk,
     ensure_trunk,
 )
+from support.fakes import FakeElevenLabs, live_number
 
 pytestmark = pytest.mark.unit
 
@@ -41,63 +40,10 @@ def desired(**changes: object) -> DesiredTrunk:
     return DesiredTrunk.model_validate(base)
 
 
-def live(want: DesiredTrunk, phone_number_id: str = "phnum_1", **changes: object) -> PhoneNumber:
-    """The GET view of a number that matches `want` exactly (then apply `changes`)."""
-    data: dict[str, object] = {
-        "phone_number_id": phone_number_id,
-        "phone_number": want.phone_number,
-        "label": want.label,
-        "provider": "sip_trunk",
-        "assigned_agent": AssignedAgent(agent_id=want.agent_id, agent_name="a") if want.agent_id else None,
-        "outbound_trunk": OutboundTrunk(
-            address=want.address,
-            transport=want.transport,
-            media_encryption=want.media_encryption,
-            has_auth_credentials=True,
-            username=want.username,
-        ),
-        "inbound_trunk": InboundTrunk(
-            media_encryption=want.media_encryption,
-            has_auth_credentials=want.inbound_password is not None,
-            username=want.inbound_username,
-        ),
-    }
-    data.update(changes)
-    return PhoneNumber.model_validate(data)
-
-
-class FakeApi:
-    """Implements PhoneNumberApi in memory and records every mutating call."""
-
-    def __init__(self, *numbers: PhoneNumber) -> None:
-        self.numbers = {n.phone_number_id: n for n in numbers}
-        self.created: list[DesiredTrunk] = []
-        self.updated: list[tuple[str, DesiredTrunk]] = []
-
-    def find_by_number(self, e164: str) -> PhoneNumber | None:
-        return next((n for n in self.numbers.values() if n.phone_number == e164), None)
-
-    def get_phone_number(self, phone_number_id: str) -> PhoneNumber:
-        if phone_number_id not in self.numbers:
-            raise ElevenLabsNotFound(f"GET /v1/convai/phone-numbers/{phone_number_id}: HTTP 404", status=404)
-        return self.numbers[phone_number_id]
-
-    def create_sip_trunk_phone_number(self, want: DesiredTrunk) -> str:
-        self.created.append(want)
-        phone_number_id = f"phnum_{len(self.numbers) + 1}"
-        self.numbers[phone_number_id] = live(want, phone_number_id)
-        return phone_number_id
-
-    def update_phone_number(self, phone_number_id: str, want: DesiredTrunk) -> PhoneNumber:
-        self.updated.append((phone_number_id, want))
-        self.numbers[phone_number_id] = live(want, phone_number_id)
-        return self.numbers[phone_number_id]
-
-
 # ------------------------------------------------------------------------------------------- diff
 def test_diff_is_empty_when_live_number_matches() -> None:
     want = desired(agent_id="agent_1")
-    assert diff_trunk(want, live(want)) == []
+    assert diff_trunk(want, live_number(want)) == []
 
 
 @pytest.mark.parametrize(
@@ -113,7 +59,7 @@ def test_diff_is_empty_when_live_number_matches() -> None:
 def test_diff_reports_each_drifted_field(field: str, change: dict[str, object], expected_actual: str) -> None:
     # Given a live number configured from an older desired state
     want = desired()
-    actual = live(desired(**change))
+    actual = live_number(desired(**change))
     # When compared
     mismatches = diff_trunk(want, actual)
     # Then the drifted field is reported with both values
@@ -125,32 +71,32 @@ def test_diff_reports_each_drifted_field(field: str, change: dict[str, object], 
 
 def test_diff_reports_wrong_host_even_if_only_the_port_differs() -> None:
     want = desired(address="203.0.113.10:5061", transport="tls")
-    mismatches = diff_trunk(want, live(desired(address="203.0.113.10:5060", transport="tls")))
+    mismatches = diff_trunk(want, live_number(desired(address="203.0.113.10:5060", transport="tls")))
     assert [m.field for m in mismatches] == ["outbound_trunk.address"]
 
 
 def test_diff_agent_only_when_desired_names_one() -> None:
-    assert diff_trunk(desired(), live(desired(agent_id="agent_other"))) == []
-    mismatches = diff_trunk(desired(agent_id="agent_1"), live(desired(agent_id="agent_other")))
+    assert diff_trunk(desired(), live_number(desired(agent_id="agent_other"))) == []
+    mismatches = diff_trunk(desired(agent_id="agent_1"), live_number(desired(agent_id="agent_other")))
     assert [(m.field, m.desired, m.actual) for m in mismatches] == [("agent_id", "agent_1", "agent_other")]
-    unassigned = diff_trunk(desired(agent_id="agent_1"), live(desired()))
+    unassigned = diff_trunk(desired(agent_id="agent_1"), live_number(desired()))
     assert [(m.field, m.actual) for m in unassigned] == [("agent_id", None)]
 
 
 def test_diff_missing_outbound_trunk() -> None:
-    mismatches = diff_trunk(desired(), live(desired(), outbound_trunk=None))
+    mismatches = diff_trunk(desired(), live_number(desired(), outbound_trunk=None))
     assert [m.field for m in mismatches] == ["outbound_trunk"]
 
 
 def test_diff_reads_deprecated_provider_config_when_outbound_trunk_is_absent() -> None:
     want = desired()
-    old_shape = live(want, outbound_trunk=None, provider_config=live(want).outbound_trunk)
+    old_shape = live_number(want, outbound_trunk=None, provider_config=live_number(want).outbound_trunk)
     assert diff_trunk(want, old_shape) == []
 
 
 def test_diff_password_never_shown_and_missing_credentials_reported() -> None:
     want = desired()
-    actual = live(
+    actual = live_number(
         want,
         outbound_trunk=OutboundTrunk(
             address=want.address, transport="tcp", media_encryption="disabled", username="elevenlabs"
@@ -164,28 +110,28 @@ def test_diff_password_never_shown_and_missing_credentials_reported() -> None:
 
 def test_diff_configured_password_is_equal_unless_rotation_is_declared() -> None:
     want = desired()
-    assert diff_trunk(want, live(want)) == []
-    rotated = diff_trunk(want, live(want), assume_password_changed=True)
+    assert diff_trunk(want, live_number(want)) == []
+    rotated = diff_trunk(want, live_number(want), assume_password_changed=True)
     assert [(m.field, m.desired, m.actual) for m in rotated] == [("outbound_trunk.password", "***", "unknown")]
 
 
 def test_diff_inbound_credentials() -> None:
     want = desired(inbound_username="gateway", inbound_password=INBOUND_PASSWORD)
-    assert diff_trunk(want, live(want)) == []
-    without = live(want, inbound_trunk=InboundTrunk(media_encryption="disabled"))
+    assert diff_trunk(want, live_number(want)) == []
+    without = live_number(want, inbound_trunk=InboundTrunk(media_encryption="disabled"))
     fields = {m.field: m for m in diff_trunk(want, without)}
     assert set(fields) == {"inbound_trunk.username", "inbound_trunk.password"}
     assert INBOUND_PASSWORD not in repr(fields)
 
 
 def test_diff_flags_non_sip_trunk_provider() -> None:
-    mismatches = diff_trunk(desired(), live(desired(), provider="twilio"))
+    mismatches = diff_trunk(desired(), live_number(desired(), provider="twilio"))
     assert ("provider", "sip_trunk", "twilio") in [(m.field, m.desired, m.actual) for m in mismatches]
 
 
 # ----------------------------------------------------------------------------------------- ensure
 def test_ensure_creates_when_missing() -> None:
-    api = FakeApi()
+    api = FakeElevenLabs()
     result = ensure_trunk(api, desired())
     assert result.action == "created"
     assert [d.phone_number for d in api.created] == ["+14155550100"]
@@ -194,7 +140,7 @@ def test_ensure_creates_when_missing() -> None:
 
 def test_ensure_is_a_no_op_when_equal() -> None:
     want = desired()
-    api = FakeApi(live(want))
+    api = FakeElevenLabs(live_number(want))
     result = ensure_trunk(api, want)
     assert (result.action, result.phone_number_id, result.mismatches) == ("unchanged", "phnum_1", [])
     assert api.created == []
@@ -203,7 +149,7 @@ def test_ensure_is_a_no_op_when_equal() -> None:
 
 def test_ensure_patches_drift_then_settles() -> None:
     # Given a number pointing at the previous Elastic IP
-    api = FakeApi(live(desired(address="198.51.100.7")))
+    api = FakeElevenLabs(live_number(desired(address="198.51.100.7")))
     want = desired()
     # When ensured twice
     first = ensure_trunk(api, want)
@@ -216,7 +162,7 @@ def test_ensure_patches_drift_then_settles() -> None:
 
 
 def test_ensure_create_then_rerun_is_idempotent() -> None:
-    api = FakeApi()
+    api = FakeElevenLabs()
     assert ensure_trunk(api, desired()).action == "created"
     assert ensure_trunk(api, desired()).action == "unchanged"
     assert len(api.created) == 1
@@ -224,7 +170,7 @@ def test_ensure_create_then_rerun_is_idempotent() -> None:
 
 
 def test_ensure_refuses_to_convert_a_twilio_number() -> None:
-    api = FakeApi(live(desired(), provider="twilio"))
+    api = FakeElevenLabs(live_number(desired(), provider="twilio"))
     with pytest.raises(TrunkConflictError, match="twilio"):
         ensure_trunk(api, desired())
     assert api.updated == []
@@ -232,7 +178,7 @@ def test_ensure_refuses_to_convert_a_twilio_number() -> None:
 
 def test_ensure_rotation_forces_one_patch() -> None:
     want = desired()
-    api = FakeApi(live(want))
+    api = FakeElevenLabs(live_number(want))
     result = ensure_trunk(api, want, assume_password_changed=True)
     assert result.action == "updated"
     assert PASSWORD not in result.model_dump_json()
@@ -334,13 +280,13 @@ def test_client_refuses_non_http_base_urls(base_url: str) -> None:
 
 def test_ensure_with_a_configured_id_updates_that_number() -> None:
     want = desired()
-    api = FakeApi(live(want, "phnum_configured", label="old label"))
+    api = FakeElevenLabs(live_number(want, "phnum_configured", label="old label"))
     result = ensure_trunk(api, want, phone_number_id="phnum_configured")
     assert (result.action, result.phone_number_id) == ("updated", "phnum_configured")
 
 
 def test_ensure_with_a_configured_id_that_is_gone_creates_nothing() -> None:
-    api = FakeApi()
+    api = FakeElevenLabs()
     with pytest.raises(ElevenLabsNotFound):
         ensure_trunk(api, desired(), phone_number_id="phnum_missing")
     assert api.created == []
@@ -348,7 +294,7 @@ def test_ensure_with_a_configured_id_that_is_gone_creates_nothing() -> None:
 
 def test_ensure_with_a_configured_id_of_another_number_is_a_conflict() -> None:
     want = desired()
-    other = live(desired(phone_number="+14155550199"), "phnum_other")
-    api = FakeApi(other)
+    other = live_number(desired(phone_number="+14155550199"), "phnum_other")
+    api = FakeElevenLabs(other)
     with pytest.raises(TrunkConflictError, match="phnum_other"):
         ensure_trunk(api, want, phone_number_id="phnum_other")

@@ -7,6 +7,10 @@ change to `statemachines/*.asl.yaml` too.
 - `RetryableError`: the world has not caught up yet (a verification not passed yet, a lock held by another
   execution). A `Retry` tries again until its deadline. Waiting for a stack or a Run Command is not an
   error: those steps return `ready`/`done: false` and the state machine polls with a Wait/Choice loop.
+- `AwsThrottled` (retryable) and `StackRejected`, `AddressRefused`, `HostUnreachable` (fatal) are raised by
+  the adapters (`sip_trunk.aws`): they translate the AWS error codes the workflows act on into these, and
+  let every other error (access denied, validation of a call this code got wrong, ...) pass unchanged, so it
+  fails the step under its own name instead of being mistaken for a state of the world.
 - `FatalError`: retrying cannot help (invalid settings, a failed stack, a deadline passed). The state
   machine's `Catch` restores the previous configuration and notifies.
 """
@@ -40,6 +44,10 @@ class TrunkNotVerified(RetryableError):
 
 class LockHeld(RetryableError):
     """Another execution holds the failover lock."""
+
+
+class AwsThrottled(RetryableError):
+    """An AWS API kept throttling the call after the SDK's own retries; the state machine retries the step."""
 
 
 # --- fatal ----------------------------------------------------------------------------------
@@ -85,9 +93,27 @@ class AddressMoveFailed(FatalError):
     """The Elastic IP could not be associated with the standby."""
 
 
+# --- raised by the adapters -------------------------------------------------------------------
+
+
+class StackRejected(FatalError):
+    """CloudFormation refused a create or update (invalid template or parameters, a state that cannot be
+    updated); the workflow reports it as `StackFailed`."""
+
+
+class AddressRefused(FatalError):
+    """EC2 refused to associate the Elastic IP (the instance is not running or unknown, the allocation is
+    unknown)."""
+
+
+class HostUnreachable(FatalError):
+    """Run Command cannot reach the instance (it is not running, or its SSM agent is not registered)."""
+
+
 RETRYABLE_ERRORS: tuple[str, ...] = (
     TrunkNotVerified.__name__,
     LockHeld.__name__,
+    AwsThrottled.__name__,
 )
 """Class names the state machines retry (kept next to the classes so a test can compare with the ASL)."""
 

@@ -1,9 +1,13 @@
 """A moto-backed AWS account with everything the workflows touch, and an emulated host agent.
 
 Used by the handler integration tests and the state-machine tests. moto gaps it fills, and nothing else:
-SSM Run Command runs nothing (the emulated agent reacts to `sip-trunk-agent apply` by writing its
-heartbeat, as the real agent's `report` does, and records `sip-trunk-agent set-role`), and public
-addresses are not local (the probe reaches a responder on 127.0.0.1 through the `PROBE_TARGETS` mapping).
+SSM Run Command runs nothing (once `deliver_commands` is called, the emulated agent reacts to each command
+SSM accepts: `sip-trunk-agent apply` writes its heartbeat, as the real agent's `report` does, and
+`sip-trunk-agent set-role` is recorded), SSM accepts commands for any instance (an instance in
+`unregistered` is refused with `InvalidInstanceId`, as SSM refuses one whose agent is not registered),
+CloudFormation's template parser raises a Python error on a template that is neither YAML nor JSON (it is
+refused with `ValidationError` "Template format error", as CloudFormation does), and public addresses are
+not local (the probe reaches a responder on 127.0.0.1 through the `PROBE_TARGETS` mapping).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -116,6 +120,10 @@ class World:
     """instance id → (role, peer address) after the last `set-role` it was sent."""
     dead_letter_url: str = ""
     """The scheduled functions' dead-letter queue (template.yaml DeadLetterQueue)."""
+    unregistered: set[str] = field(default_factory=set)
+    """Instances whose SSM agent is not registered: Run Command refuses them."""
+    delivered: Callable[[list[str], list[str]], None] | None = None
+    """Called with (instance ids, commands) for every command SSM accepts (`deliver_commands`)."""
 
     # --- AWS views -----------------------------------------------------------------------------
     @property
@@ -285,6 +293,11 @@ class World:
             self.heartbeat(instance_id, version, at=time.time())
         return ids[0], ids[1]
 
+    def deliver_commands(self, wrap: Callable[[Any], Any] = lambda f: f) -> None:
+        """Run Command delivers each accepted command to the emulated agent (`wrap` decorates its handler,
+        e.g. to keep the agent's own AWS calls out of a recording)."""
+        self.delivered = wrap(self.on_command)
+
     def on_command(self, instance_ids: list[str], commands: list[str]) -> None:
         """What `sip-trunk-agent apply --version V` and `set-role` do on each host (Run Command in moto runs
         nothing)."""
@@ -311,6 +324,35 @@ class World:
             self.agent.pending = [p for p in self.agent.pending if p[0] > now]
         for _, instance_id, version in due:
             self.heartbeat(instance_id, version)
+
+
+def _emulate_refusals(monkeypatch: Any, world: World) -> None:
+    """What the real services refuse and moto does not (see the module docstring), and command delivery."""
+    from moto.cloudformation.exceptions import ValidationError
+    from moto.cloudformation.models import Stack as MotoStack
+    from moto.core.exceptions import JsonRESTError
+    from moto.ssm.models import SimpleSystemManagerBackend
+
+    send_command = SimpleSystemManagerBackend.send_command
+    parse_template = MotoStack.parse_template
+
+    def refusing_send_command(backend: Any, **kwargs: Any) -> Any:
+        instance_ids = list(kwargs.get("instance_ids") or [])
+        if set(instance_ids) & world.unregistered:
+            raise JsonRESTError("InvalidInstanceId", "Instances not in a valid state for account")
+        command = send_command(backend, **kwargs)
+        if world.delivered is not None:
+            world.delivered(instance_ids, list((kwargs.get("parameters") or {}).get("commands", [])))
+        return command
+
+    def refusing_parse_template(template: str) -> dict[str, Any]:
+        try:
+            return parse_template(template)
+        except ValueError as exc:
+            raise ValidationError(message=f"Template format error: {exc}") from None
+
+    monkeypatch.setattr(SimpleSystemManagerBackend, "send_command", refusing_send_command)
+    monkeypatch.setattr(MotoStack, "parse_template", staticmethod(refusing_parse_template))
 
 
 @contextmanager
@@ -400,6 +442,7 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
         dead_letter_url=dead_letter_url,
     )
     world_ref.append(world)
+    _emulate_refusals(monkeypatch, world)
     _reset_caches()
     try:
         yield world

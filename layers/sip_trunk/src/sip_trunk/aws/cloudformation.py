@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sip_trunk.aws.clients import client, error_code
+from botocore.exceptions import ClientError
+
+from sip_trunk.aws.clients import aws_call, client, error_code
+from sip_trunk.errors import StackRejected
 from sip_trunk.workflows.ports import StackInfo
 
+REJECTED = frozenset({"ValidationError", "InsufficientCapabilitiesException", "AlreadyExistsException"})
+"""CreateStack/UpdateStack codes that refuse the template, its parameters or the stack's state."""
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
 
 
@@ -28,8 +33,9 @@ class CfnStacks:
 
     def describe(self, name: str) -> StackInfo | None:
         try:
-            stack = self.cfn.describe_stacks(StackName=name)["Stacks"][0]
-        except Exception as exc:
+            with aws_call("DescribeStacks"):
+                stack = self.cfn.describe_stacks(StackName=name)["Stacks"][0]
+        except ClientError as exc:
             if error_code(exc) == "ValidationError" and "does not exist" in str(exc):
                 return None
             raise
@@ -44,15 +50,21 @@ class CfnStacks:
         )
 
     def create(self, name: str, template_url: str, parameters: Mapping[str, str], role_arn: str = "") -> None:
-        self.cfn.create_stack(
-            StackName=name,
-            TemplateURL=template_url,
-            Parameters=_parameters(parameters),
-            Capabilities=CAPABILITIES,
-            OnFailure="ROLLBACK",
-            Tags=[{"Key": "sip-trunk:role", "Value": "host"}],
-            **({"RoleARN": role_arn} if role_arn else {}),
-        )
+        try:
+            with aws_call("CreateStack"):
+                self.cfn.create_stack(
+                    StackName=name,
+                    TemplateURL=template_url,
+                    Parameters=_parameters(parameters),
+                    Capabilities=CAPABILITIES,
+                    OnFailure="ROLLBACK",
+                    Tags=[{"Key": "sip-trunk:role", "Value": "host"}],
+                    **({"RoleARN": role_arn} if role_arn else {}),
+                )
+        except ClientError as exc:
+            if error_code(exc) in REJECTED:
+                raise StackRejected(str(exc)) from exc
+            raise
 
     def update(
         self,
@@ -63,15 +75,18 @@ class CfnStacks:
         keep_previous: Sequence[str] = (),
     ) -> bool:
         try:
-            self.cfn.update_stack(
-                StackName=name,
-                TemplateURL=template_url,
-                Parameters=_parameters(parameters, keep_previous),
-                Capabilities=CAPABILITIES,
-                **({"RoleARN": role_arn} if role_arn else {}),
-            )
-        except Exception as exc:
+            with aws_call("UpdateStack"):
+                self.cfn.update_stack(
+                    StackName=name,
+                    TemplateURL=template_url,
+                    Parameters=_parameters(parameters, keep_previous),
+                    Capabilities=CAPABILITIES,
+                    **({"RoleARN": role_arn} if role_arn else {}),
+                )
+        except ClientError as exc:
             if error_code(exc) == "ValidationError" and "No updates are to be performed" in str(exc):
                 return False
+            if error_code(exc) in REJECTED:
+                raise StackRejected(str(exc)) from exc
             raise
         return True

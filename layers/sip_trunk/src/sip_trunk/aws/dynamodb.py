@@ -8,8 +8,9 @@ from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
 
-from sip_trunk.aws.clients import client, error_code
+from sip_trunk.aws.clients import aws_call, client, error_code
 from sip_trunk.workflows.state import (
     DEPLOYMENT_KEY,
     HEALTH_KEY,
@@ -49,7 +50,8 @@ class DynamoStateStore:
         return self._ddb or client("dynamodb")
 
     def _get(self, key: Mapping[str, str]) -> dict[str, Any] | None:
-        item = self.ddb.get_item(TableName=self.table, Key=_key(key), ConsistentRead=True).get("Item")
+        with aws_call("GetItem"):
+            item = self.ddb.get_item(TableName=self.table, Key=_key(key), ConsistentRead=True).get("Item")
         return _from_item(item) if item else None
 
     # --- deployment ---------------------------------------------------------------------------
@@ -59,11 +61,13 @@ class DynamoStateStore:
 
     def put_deployment(self, deployment: Deployment) -> None:
         values = {**DEPLOYMENT_KEY, **deployment.model_dump(mode="json")}
-        self.ddb.put_item(TableName=self.table, Item=_to_item(values))
+        with aws_call("PutItem"):
+            self.ddb.put_item(TableName=self.table, Item=_to_item(values))
 
     def put_history(self, timestamp: str, execution: str, record: Mapping[str, Any]) -> None:
         values = {**history_key(timestamp, execution), **record}
-        self.ddb.put_item(TableName=self.table, Item=_to_item(values))
+        with aws_call("PutItem"):
+            self.ddb.put_item(TableName=self.table, Item=_to_item(values))
 
     def swap_roles(self, expected_primary: str, new_primary: str, new_standby: str | None, now: float) -> bool:
         names = {"#p": "primary_instance_id", "#s": "standby_instance_id", "#u": "updated_at"}
@@ -78,15 +82,16 @@ class DynamoStateStore:
         else:
             update = "SET #p = :p, #u = :u REMOVE #s"
         try:
-            self.ddb.update_item(
-                TableName=self.table,
-                Key=_key(DEPLOYMENT_KEY),
-                UpdateExpression=update,
-                ConditionExpression="#p = :expected",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except Exception as exc:
+            with aws_call("UpdateItem"):
+                self.ddb.update_item(
+                    TableName=self.table,
+                    Key=_key(DEPLOYMENT_KEY),
+                    UpdateExpression=update,
+                    ConditionExpression="#p = :expected",
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                )
+        except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return False
             raise
@@ -105,14 +110,15 @@ class DynamoStateStore:
     def acquire_lock(self, owner: str, now: float, ttl_s: int) -> str | None:
         item = _to_item({**LOCK_KEY, "owner": owner, "acquired_at": now, "expires_at": int(now) + ttl_s})
         try:
-            self.ddb.put_item(
-                TableName=self.table,
-                Item=item,
-                ConditionExpression="attribute_not_exists(pk) OR expires_at < :now OR #o = :owner",
-                ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={":now": {"N": str(int(now))}, ":owner": {"S": owner}},
-            )
-        except Exception as exc:
+            with aws_call("PutItem"):
+                self.ddb.put_item(
+                    TableName=self.table,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(pk) OR expires_at < :now OR #o = :owner",
+                    ExpressionAttributeNames={"#o": "owner"},
+                    ExpressionAttributeValues={":now": {"N": str(int(now))}, ":owner": {"S": owner}},
+                )
+        except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
             current = self._get(LOCK_KEY) or {}
@@ -121,14 +127,15 @@ class DynamoStateStore:
 
     def release_lock(self, owner: str) -> bool:
         try:
-            self.ddb.delete_item(
-                TableName=self.table,
-                Key=_key(LOCK_KEY),
-                ConditionExpression="#o = :owner",
-                ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={":owner": {"S": owner}},
-            )
-        except Exception as exc:
+            with aws_call("DeleteItem"):
+                self.ddb.delete_item(
+                    TableName=self.table,
+                    Key=_key(LOCK_KEY),
+                    ConditionExpression="#o = :owner",
+                    ExpressionAttributeNames={"#o": "owner"},
+                    ExpressionAttributeValues={":owner": {"S": owner}},
+                )
+        except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return False
             raise
@@ -140,4 +147,5 @@ class DynamoStateStore:
         return HealthCounter.model_validate(item) if item else HealthCounter()
 
     def put_health(self, counter: HealthCounter) -> None:
-        self.ddb.put_item(TableName=self.table, Item=_to_item({**HEALTH_KEY, **counter.model_dump(mode="json")}))
+        with aws_call("PutItem"):
+            self.ddb.put_item(TableName=self.table, Item=_to_item({**HEALTH_KEY, **counter.model_dump(mode="json")}))

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sip_trunk.aws.clients import client, error_code
+from botocore.exceptions import ClientError
+
+from sip_trunk.aws.clients import aws_call, client, error_code
+from sip_trunk.errors import HostUnreachable
 from sip_trunk.limits import fit_command_comment
 from sip_trunk.workflows.ports import CommandResult, CommandStatus
 
@@ -22,21 +25,29 @@ class SsmCommands:
         return self._ssm or client("ssm")
 
     def send(self, instance_ids: Sequence[str], commands: Sequence[str], comment: str) -> str:
-        response = self.ssm.send_command(
-            InstanceIds=list(instance_ids),
-            DocumentName="AWS-RunShellScript",
-            Parameters={"commands": list(commands), "executionTimeout": [str(self.timeout_s)]},
-            Comment=fit_command_comment(comment),
-            TimeoutSeconds=self.timeout_s,
-        )
+        """The command id; `HostUnreachable` when Run Command cannot reach one of the instances."""
+        try:
+            with aws_call("SendCommand"):
+                response = self.ssm.send_command(
+                    InstanceIds=list(instance_ids),
+                    DocumentName="AWS-RunShellScript",
+                    Parameters={"commands": list(commands), "executionTimeout": [str(self.timeout_s)]},
+                    Comment=fit_command_comment(comment),
+                    TimeoutSeconds=self.timeout_s,
+                )
+        except ClientError as exc:
+            if error_code(exc) == "InvalidInstanceId":  # not running, or its SSM agent is not registered
+                raise HostUnreachable(f"{', '.join(instance_ids)}: {exc}") from exc
+            raise
         return str(response["Command"]["CommandId"])
 
     def results(self, command_id: str, instance_ids: Sequence[str]) -> list[CommandResult]:
         out: list[CommandResult] = []
         for instance_id in instance_ids:
             try:
-                item = self.ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
-            except Exception as exc:
+                with aws_call("GetCommandInvocation"):
+                    item = self.ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+            except ClientError as exc:
                 if error_code(exc) == "InvocationDoesNotExist":  # not registered yet: still pending
                     out.append(CommandResult(instance_id=instance_id, status="Pending"))
                     continue

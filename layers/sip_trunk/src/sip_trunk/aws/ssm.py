@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools.utilities import parameters
+from botocore.exceptions import ClientError
 
 from sip_trunk import configstore
-from sip_trunk.aws.clients import client, error_code
+from sip_trunk.aws.clients import aws_call, client, error_code
 from sip_trunk.manifest import MANIFEST_NAME
 
 CACHE_SECONDS = 60
@@ -89,26 +90,31 @@ class SsmConfigStore:
 
     def has_version(self, version: str) -> bool:
         try:
-            self.ssm.get_parameter(Name=f"{self.prefix}/{version}/{MANIFEST_NAME}")
-        except Exception as exc:
+            with aws_call("GetParameter"):
+                self.ssm.get_parameter(Name=f"{self.prefix}/{version}/{MANIFEST_NAME}")
+        except ClientError as exc:
             if error_code(exc) == "ParameterNotFound":
                 return False
             raise
         return True
 
     def publish(self, files: Mapping[str, bytes], secret_files: frozenset[str], version: str) -> None:
-        configstore.publish_config(self.ssm, self.prefix, files, secret_files, version)
+        with aws_call("PutParameter"):
+            configstore.publish_config(self.ssm, self.prefix, files, secret_files, version)
 
     def desired_version(self) -> str | None:
-        return configstore.get_desired_version(self.ssm, self.prefix)
+        with aws_call("GetParameter"):
+            return configstore.get_desired_version(self.ssm, self.prefix)
 
     def set_desired_version(self, version: str) -> None:
-        configstore.set_desired_version(self.ssm, self.prefix, version)
+        with aws_call("PutParameter"):
+            configstore.set_desired_version(self.ssm, self.prefix, version)
 
     def clear_desired_version(self) -> None:
         try:
-            self.ssm.delete_parameter(Name=f"{self.prefix}/{configstore.DESIRED_VERSION}")
-        except Exception as exc:
+            with aws_call("DeleteParameter"):
+                self.ssm.delete_parameter(Name=f"{self.prefix}/{configstore.DESIRED_VERSION}")
+        except ClientError as exc:
             if error_code(exc) != "ParameterNotFound":
                 raise
 
@@ -117,7 +123,9 @@ class SsmConfigStore:
         of the ciphertext-free metadata is kept, and they are re-rendered from settings + secrets."""
         out: list[dict[str, Any]] = []
         paginator = self.ssm.get_paginator("get_parameters_by_path")
-        for page in paginator.paginate(Path=self.prefix + "/", Recursive=True, WithDecryption=False):
+        with aws_call("GetParametersByPath"):
+            pages = list(paginator.paginate(Path=self.prefix + "/", Recursive=True, WithDecryption=False))
+        for page in pages:
             for param in page.get("Parameters", []):
                 item: dict[str, Any] = {
                     "name": param["Name"],

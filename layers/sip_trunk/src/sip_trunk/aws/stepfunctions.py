@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sip_trunk.aws.clients import client, error_code
+from botocore.exceptions import ClientError
+
+from sip_trunk.aws.clients import aws_call, client, error_code
 from sip_trunk.limits import check_execution_name
 
 
@@ -22,16 +24,27 @@ class SfnExecutions:
     def start(self, state_machine_arn: str, name: str, payload: Mapping[str, Any]) -> str:
         check_execution_name(name)
         try:
-            response = self.sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload))
-        except Exception as exc:
+            with aws_call("StartExecution"):
+                response = self.sfn.start_execution(
+                    stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload)
+                )
+        except ClientError as exc:
             if error_code(exc) == "ExecutionAlreadyExists":
                 return f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
             raise
         return str(response["executionArn"])
 
     def history(self, execution_arn: str) -> list[dict[str, Any]]:
+        """The execution's events; none for an execution Step Functions does not know."""
         events: list[dict[str, Any]] = []
-        for page in self.sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn):
+        try:
+            with aws_call("GetExecutionHistory"):
+                pages = list(self.sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn))
+        except ClientError as exc:
+            if error_code(exc) == "ExecutionDoesNotExist":
+                return []
+            raise
+        for page in pages:
             for event in page["events"]:
                 stamp = event.get("timestamp")
                 entered = event.get("stateEnteredEventDetails") or {}

@@ -7,16 +7,19 @@ import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from sip_trunk.errors import SettingsInvalid
+from sip_trunk.errors import HostUnreachable, SettingsInvalid
 from sip_trunk.settings import Secrets, Settings, SettingsError, parse_secrets
 from sip_trunk.settings import Transport as SettingsTransport
 from sip_trunk.sip import ProbeResult, ProbeTarget, Transport
 from sip_trunk.stackowned import Source, effective_settings
 from sip_trunk.workflows.ports import Prober, SecretResolver, SettingsSource
+
+if TYPE_CHECKING:
+    from sip_trunk.workflows.deps import Deps
 
 API_KEY_UNSET = "unset"
 """What the stack's API-key secret holds until the operator stores a key (template.yaml ElevenLabsApiKeySecret)."""
@@ -222,6 +225,19 @@ class RoleCommand(Model):
     command_id: str | None = None
     detail: str = ""
     """Why it was not sent (the host is not running, the send failed)."""
+
+
+def send_role(deps: Deps, execution: str, instance_id: str, role: Role, peer: str | None = None) -> RoleCommand:
+    """`set-role` through Run Command. A host Run Command cannot reach, or a peer address that is not an IP
+    address, is reported in the result (and the notification), never raised: the caller has already made
+    the address serve, or ApplyConfig gates serving. Throttling and denied calls raise."""
+    try:
+        command = set_role_command(role, peer)
+        command_id = deps.commands.send([instance_id], [command], f"{execution}: set-role {role}")
+    except (HostUnreachable, ValueError) as exc:
+        detail = f"{type(exc).__name__}: {exc}"[:300]
+        return RoleCommand(instance_id=instance_id, role=role, peer_address=peer, sent=False, detail=detail)
+    return RoleCommand(instance_id=instance_id, role=role, peer_address=peer, sent=True, command_id=command_id)
 
 
 def describe_roles(commands: list[RoleCommand]) -> str:

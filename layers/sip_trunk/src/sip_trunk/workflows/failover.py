@@ -15,6 +15,7 @@ from pydantic import Field
 
 from sip_trunk.errors import (
     AddressMoveFailed,
+    AddressRefused,
     HostNotFound,
     LockHeld,
     PrimaryStillHealthy,
@@ -25,13 +26,12 @@ from sip_trunk.workflows import clock
 from sip_trunk.workflows.common import (
     Model,
     ProbeReport,
-    Role,
     RoleCommand,
     StepInput,
     describe_roles,
     load_settings,
     probe_address,
-    set_role_command,
+    send_role,
     sip_transport,
 )
 from sip_trunk.workflows.deps import Deps
@@ -151,7 +151,7 @@ def move_address(deps: Deps, request: MoveInput) -> MoveResult:
         return MoveResult(moved=False, instance_id=plan.to_instance_id, address=plan.address)
     try:
         deps.addresses.associate(plan.allocation_id, plan.to_instance_id)
-    except Exception as exc:
+    except AddressRefused as exc:
         raise AddressMoveFailed(f"cannot associate {plan.address} with {plan.to_instance_id}: {exc}") from None
     return MoveResult(moved=True, instance_id=plan.to_instance_id, address=plan.address)
 
@@ -181,33 +181,21 @@ class SwapResult(Model):
 
 
 def _instance(deps: Deps, instance_id: str) -> Instance | None:
-    """The instance, or None when EC2 does not know it (any more) or cannot be asked."""
-    try:
-        found = deps.addresses.instances([instance_id])
-    except Exception:  # a terminated-and-gone id answers InvalidInstanceID.NotFound
-        return None
-    return next((i for i in found if i.instance_id == instance_id), None)
-
-
-def _send_role(deps: Deps, execution: str, instance_id: str, role: Role, peer: str | None = None) -> RoleCommand:
-    try:
-        command = set_role_command(role, peer)
-        command_id = deps.commands.send([instance_id], [command], f"{execution}: set-role {role}")
-    except Exception as exc:  # the address already serves: a host that cannot be told is reported, not fatal
-        detail = f"{type(exc).__name__}: {exc}"[:300]
-        return RoleCommand(instance_id=instance_id, role=role, peer_address=peer, sent=False, detail=detail)
-    return RoleCommand(instance_id=instance_id, role=role, peer_address=peer, sent=True, command_id=command_id)
+    """The instance, or None when EC2 does not know it (any more: terminated and gone)."""
+    return next((i for i in deps.addresses.instances([instance_id]) if i.instance_id == instance_id), None)
 
 
 def rearm_hosts(deps: Deps, execution: str, primary: str, standby: str | None) -> list[RoleCommand]:
     """Tell the hosts their new roles: the new primary stops watch-peer; the old primary, if its instance
-    runs, watches the new primary's private address. Never raises: the Elastic IP already serves."""
-    roles = [_send_role(deps, execution, primary, "primary")]
+    runs, watches the new primary's private address. A host that is gone or cannot be reached is reported,
+    not raised (the Elastic IP already serves); throttling raises `AwsThrottled` (the step is retried, and a
+    retry finds the table swapped), any other AWS error fails the step."""
+    roles = [send_role(deps, execution, primary, "primary")]
     if not standby:
         return roles
     old = _instance(deps, standby)
     if old is None or old.state != "running":
-        state = old.state if old else "not found (or cannot be described)"
+        state = old.state if old else "not found"
         detail = f"instance is {state}; run Provision once it is repaired (it re-sends the roles)"
         roles.append(RoleCommand(instance_id=standby, role="standby", sent=False, detail=detail))
         return roles
@@ -216,7 +204,7 @@ def rearm_hosts(deps: Deps, execution: str, primary: str, standby: str | None) -
         detail = f"no private IP known for the new primary {primary}"
         roles.append(RoleCommand(instance_id=standby, role="standby", sent=False, detail=detail))
         return roles
-    roles.append(_send_role(deps, execution, standby, "standby", new.private_ip))
+    roles.append(send_role(deps, execution, standby, "standby", new.private_ip))
     return roles
 
 

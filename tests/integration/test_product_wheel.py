@@ -64,7 +64,7 @@ def unpacked(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "sip_trunk/events.py",
         "sip_trunk/py.typed",
         "sip_trunk/templates/pjsip.conf.j2",
-        "sip_trunk/workflows/provision.py",
+        "sip_trunk/workflows/provision/validate.py",
         "sip_trunk/workflows/failover.py",
         "sip_trunk/aws/wiring.py",
         "sip_trunk/agent/__main__.py",

@@ -95,11 +95,18 @@ def settings_document(*, api_key: bool = False, **elevenlabs: Any) -> dict[str, 
 @dataclass
 class FakeSettings:
     document: Any = field(default_factory=settings_document)
+    operator: Any = None
+    """The operator's document (`sip-trunk push`); None when none is stored."""
 
     def settings_document(self) -> Any:
         if isinstance(self.document, Exception):
             raise self.document
         return json.loads(json.dumps(self.document))
+
+    def operator_document(self) -> Any | None:
+        if isinstance(self.operator, Exception):
+            raise self.operator
+        return None if self.operator is None else json.loads(json.dumps(self.operator))
 
 
 @dataclass

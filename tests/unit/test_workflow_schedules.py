@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from sip_trunk.errors import HostNotFound
+from sip_trunk.errors import BackupFailed
 from sip_trunk.workflows import backup, health
 from support.fakes import PRIMARY, STANDBY, FakeWorld, ManualClock
 
@@ -54,15 +54,27 @@ def test_backup_asks_the_primary_and_snapshots_the_config_store(clock: ManualClo
     world = FakeWorld()
     world.deployed()
     world.config_store.publish({"pjsip.conf": b"[x]", "secrets.conf": b"pw"}, frozenset({"secrets.conf"}), VERSION)
+    world.commands.outcome[PRIMARY] = "Success"
     result = backup.backup(world.deps, "daily-1")
+    assert result.host_status == "Success"
     assert [(c.instance_ids, c.commands) for c in world.commands.sent] == [((PRIMARY,), ("sip-trunk-agent backup",))]
     body = json.loads(world.objects.objects[(world.config.backup_bucket, result.snapshot_key)])
     assert result.parameters == 2
     assert "pw" not in json.dumps(body)  # SecureString values never enter the snapshot
 
 
-def test_backup_without_a_host_saves_the_snapshot_then_fails() -> None:
+def test_backup_before_the_first_provision_does_nothing() -> None:
     world = FakeWorld()
-    with pytest.raises(HostNotFound, match="config snapshot saved"):
+    result = backup.backup(world.deps, "daily-1")
+    assert result.status == backup.NOT_PROVISIONED
+    assert world.objects.uploads == 0
+    assert world.commands.sent == []
+
+
+def test_a_failed_host_backup_fails_the_backup(clock: ManualClock) -> None:
+    world = FakeWorld()
+    world.deployed()
+    world.commands.outcome[PRIMARY] = "Failed"
+    with pytest.raises(BackupFailed, match="config snapshot saved"):
         backup.backup(world.deps, "daily-1")
     assert world.objects.uploads == 1

@@ -8,7 +8,6 @@ profile that leaves a required parameter open gets what `sam deploy --guided` wo
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +39,6 @@ def _stack_and_parameters(profile: str) -> tuple[str, dict[str, str]]:
         if "Default" not in spec and name not in parameters:
             parameters[name] = GUIDED_ANSWERS[name]
     return stack_name, parameters
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from moto import mock_aws
-
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
-    }.items():
-        monkeypatch.setenv(key, value)
-    with mock_aws(config={"lambda": {"use_docker": False}}):
-        yield
 
 
 def test_samconfig_has_the_documented_profiles() -> None:

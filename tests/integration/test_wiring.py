@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -25,22 +24,6 @@ PARAMETERS = {
     "AlarmEmail": "ops@example.com",
     "RecordingsEnabled": "true",
 }
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from moto import mock_aws
-
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
-    }.items():
-        monkeypatch.setenv(key, value)
-    with mock_aws(config={"lambda": {"use_docker": False}}):
-        yield
 
 
 def test_root_stack_creates_every_piece_and_wires_the_functions(aws: None) -> None:

@@ -3,8 +3,8 @@
 #
 #  1. Sources without the internet: Debian's source package of Asterisk 22 (a private deb-src list; the machine's
 #     own apt sources are untouched) stands in for the upstream tarball. Its orig tarball is checked against the
-#     sha256 in the package's .dsc; its pjproject component is repacked as the pjproject-<v>.tar.bz2 the bundled
-#     build expects, Debian's asterisk-core-sounds-en-gsm package as the core sounds tarball (SHA256SUMS).
+#     sha256 in the package's .dsc; its pjproject component (with Debian's patch for the files its repack removes)
+#     is repacked as the pjproject-<v>.tar.bz2 the bundled build expects, Debian's asterisk-core-sounds-en-gsm package as the core sounds tarball (SHA256SUMS).
 #  2. A fresh Debian root (mmdebstrap, $SIP_TRUNK_IMAGE_SUITE, default trixie) in which the product's one entry
 #     script, install-host.sh, runs unchanged: its apt steps install from the Debian registry, then Asterisk is
 #     compiled with files/modules.list (nice -n 19; time, peak memory and the load average are recorded).
@@ -85,6 +85,9 @@ ASTERISK_SHA256="$(dsc_sha256 "$orig")"
 [[ -n "$ASTERISK_SHA256" ]] || die "$dsc lists no sha256 for $(basename -- "$orig")"
 echo "$(dsc_sha256 "$pj_component")  $pj_component" | sha256sum --check --strict --quiet - ||
     die "pjproject component does not match $dsc"
+debian_tar="$(compgen -G "$SRC/asterisk_*.debian.tar.xz" | sort | tail -n1)"
+echo "$(dsc_sha256 "$debian_tar")  $debian_tar" | sha256sum --check --strict --quiet - ||
+    die "Debian packaging does not match $dsc"
 ASTERISK_VERSION="$(tar -tJf "$orig" | sed -nE "1p" | sed -E 's#^asterisk-([0-9.]+)/.*#\1#')"
 PJPROJECT_VERSION="$(tar -xJOf "$orig" "asterisk-$ASTERISK_VERSION/third-party/versions.mak" | sed -n 's/^PJPROJECT_VERSION=//p')"
 SOUNDS_VERSION="$(dpkg-deb -f "$sounds_deb" Version | sed -E 's/-[^-]+$//')"
@@ -99,6 +102,8 @@ if [[ ! -s "$EXTERNALS/SHA256SUMS" ]]; then
     pj_top="$(find "$EXTERNALS.tmp/pj" -mindepth 1 -maxdepth 1 -type d)"
     grep -Eq "PJ_VERSION_MINOR +:= +${PJPROJECT_VERSION#*.}$" "$pj_top/version.mak" ||
         die "the pjproject component is not pjproject $PJPROJECT_VERSION"
+    # The dfsg repack removes pjmedia's non-free bdimad audio driver; Debian's own patch drops it from the Makefile.
+    tar -xJOf "$debian_tar" debian/patches/2014_pjproject_unbreak.patch | patch -d "$pj_top" -p2 --quiet --forward
     mv "$pj_top" "$EXTERNALS.tmp/pj/pjproject-$PJPROJECT_VERSION"
     repack=(--sort=name --owner=0 --group=0 --numeric-owner --mtime=@0)
     tar "${repack[@]}" -C "$EXTERNALS.tmp/pj" -cjf "$EXTERNALS.tmp/pjproject-$PJPROJECT_VERSION.tar.bz2" "pjproject-$PJPROJECT_VERSION"

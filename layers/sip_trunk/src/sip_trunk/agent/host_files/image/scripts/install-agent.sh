@@ -31,7 +31,11 @@ fi
 "$VENV/bin/python" -c 'import boto3, sip_trunk.agent.__main__' || die "agent import failed"
 ln -sf "$VENV/bin/sip-trunk-agent" /usr/local/bin/sip-trunk-agent
 
-install -d -m 0750 /var/lib/sip-trunk /var/lib/sip-trunk/releases /etc/sip-trunk
+install -d -m 0750 /etc/sip-trunk
+# /etc/asterisk becomes a symlink into the releases at the first apply, and Asterisk reads it as its own user
+# (runuser): the state directory lets the asterisk group through (no listing), the releases are readable by it.
+install -d -m 0710 -o root -g asterisk /var/lib/sip-trunk
+install -d -m 0750 -o root -g asterisk /var/lib/sip-trunk/releases
 # The units ship inside the package (both paths install the same copy): sip-trunk-boot.service runs
 # `sip-trunk-agent bootstrap` at every boot, which enables the heartbeat/recordings timers and, on the
 # standby only, watch-peer.

@@ -8,8 +8,9 @@
 #  2. A fresh Debian root (mmdebstrap, $SIP_TRUNK_IMAGE_SUITE, default trixie) in which the product's one entry
 #     script, install-host.sh, runs unchanged: its apt steps install from the Debian registry, then Asterisk is
 #     compiled with files/modules.list (nice -n 19; time, peak memory and the load average are recorded).
-#  3. The built root is cached under $SIP_TRUNK_IMAGE_CACHE, keyed by the image scripts' content, the sources'
-#     checksums and the suite, and restored to $SIP_TRUNK_IMAGE_ROOT; the current host agent is reinstalled in it.
+#  3. The built root is cached under $SIP_TRUNK_IMAGE_CACHE, keyed by the image files' content (all but
+#     install-agent.sh), the sources' checksums and the suite, and restored to $SIP_TRUNK_IMAGE_ROOT; the current
+#     host agent is reinstalled in it with the current install-agent.sh.
 #  4. pytest -m image: the gateway boots the rendered config from this root as asterisk.service runs it, carries a
 #     call carrier -> gateway -> ElevenLabs stand-in, and `sip-trunk-agent apply` moves it to a second version.
 #
@@ -117,7 +118,8 @@ if [[ ! -s "$EXTERNALS/SHA256SUMS" ]]; then
 fi
 
 # --- 2./3. the built root, cached ------------------------------------------------------------------------------
-image_hash="$(cd "$IMAGE" && find . -type f ! -path './dist/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+# install-agent.sh is not part of the key: it runs again on the restored root at every check (step 3).
+image_hash="$(cd "$IMAGE" && find . -type f ! -path './dist/*' ! -path ./scripts/install-agent.sh ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
 KEY="$SUITE-$ASTERISK_VERSION-$(printf '%s\n' "$image_hash" "$ASTERISK_SHA256" "$(cat "$EXTERNALS/SHA256SUMS")" | sha256sum | cut -c1-16)"
 BUILT="$CACHE/root-$KEY.tar.zst"
 METRICS="$CACHE/root-$KEY.json"

@@ -92,7 +92,7 @@ class ImageGateway:
         env += [f"{key}={value}" for key, value in self.unit.environment.items()]
         # LimitNOFILE, or this machine's hard limit when that is lower (only root outside a sandbox may raise it)
         limit = (
-            f"{{ ulimit -n {self.unit.limit_nofile} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; }} && "
+            f'{{ ulimit -n {self.unit.limit_nofile} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; }} && '
             if self.unit.limit_nofile
             else ""
         )

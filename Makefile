@@ -53,6 +53,10 @@ asterisk-root: ## Host tools (sipp, mmdebstrap, ...) and the cached Asterisk 22 
 test-asterisk: dev ## Real Asterisk 22 proofs: real SIP and RTP (needs root)
 	$(PYTEST) -m asterisk tests/asterisk
 
+.PHONY: image-check
+image-check: dev ## install-host.sh for real in a fresh Debian root: compile Asterisk 22 offline, boot, call, agent apply (root; 30+ min the first time, cached)
+	bash scripts/image-check.sh
+
 .PHONY: test-statemachine
 test-statemachine: dev ## State machines executed by moto's executor with the real handlers
 	$(PYTEST) -m statemachine tests/statemachine

@@ -1,4 +1,4 @@
-"""``python -m bench.run [--only capacity,reload,lambda,local] [--quick]``: run the benchmarks, merge their
+"""``python -m bench.run [--only capacity,reload,lambda,local,image] [--quick]``: run the benchmarks, merge their
 results into bench/results/latest.json (sections not run keep their last numbers), write the plots, and regenerate
 the results of docs/PERFORMANCE.md.
 
@@ -22,7 +22,9 @@ from typing import Any
 
 from bench.common import RESULTS, CpuWindow, loadavg, machine, now_iso
 
-SECTIONS = ("capacity", "reload", "lambda", "local")
+SECTIONS = ("capacity", "reload", "lambda", "local", "image")
+# image (the host install path's Asterisk compile, `make image-check`) takes 30+ minutes uncached: only on request
+DEFAULT_SECTIONS = ("capacity", "reload", "lambda", "local")
 FULL_LEVELS = (50, 100, 200, 300, 400)
 QUICK_LEVELS = (10, 30)
 GOAL_LOSS = 1.0
@@ -186,6 +188,11 @@ def run_section(section: str, *, root: Path | None, work: Path, quick: bool, lev
         ups, failovers = (2, 2) if quick else (5, 10)
         print(f"local mode: {ups} x `local up` (provisioning), `local drill failover --repeat {failovers}`")
         return run_local(ups=ups, failovers=failovers)
+    if section == "image":
+        from bench.image_build import run as run_image
+
+        print("image: install-host.sh's Asterisk build (scripts/image-check.sh --build-only; cached when unchanged)")
+        return run_image()
     raise ValueError(section)
 
 
@@ -205,7 +212,7 @@ def promote(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated: " + ",".join(SECTIONS))
+    ap.add_argument("--only", default=",".join(DEFAULT_SECTIONS), help="comma-separated: " + ",".join(SECTIONS))
     ap.add_argument("--quick", action="store_true", help="small levels, short calls, few local runs (smoke run)")
     ap.add_argument("--levels", default="", help="capacity levels, e.g. 50,100,200 (overrides the default)")
     ap.add_argument("--keep-work", action="store_true", help="keep the sipp/Asterisk working files")

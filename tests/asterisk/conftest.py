@@ -22,9 +22,12 @@ _ASTERISK_DIR = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test under tests/asterisk carries the ``asterisk`` marker (so ``-m asterisk`` selects it)."""
+    """Every test under tests/asterisk carries the ``asterisk`` marker (so ``-m asterisk`` selects it), except the
+    ``image`` proofs: they need the root ``make image-check`` builds and run only there."""
     for item in items:
-        if _ASTERISK_DIR in Path(str(item.path)).resolve().parents and not item.get_closest_marker("asterisk"):
+        if item.get_closest_marker("image") or item.get_closest_marker("asterisk"):
+            continue
+        if _ASTERISK_DIR in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.asterisk)
 
 

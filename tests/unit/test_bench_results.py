@@ -101,3 +101,30 @@ def test_the_doc_names_the_run_and_the_machine(latest: dict[str, Any], generated
     assert f"**{machine['cpu_model']}, {machine['cores']} cores, {machine['memory_gib']} GiB**" in generated
     for section, run in latest["section_runs"].items():
         assert f"| {section} | {run['date']} |" in generated, section
+
+
+IMAGE_FIGURES = (
+    "image.compile_s",
+    "image.install_host_s",
+    "image.peak_pss_mib",
+    "image.peak_rss_mib",
+    "image.time.max_process_rss_mib",
+    "image.load1.mean",
+    "image.load1.max",
+)
+
+
+@pytest.mark.parametrize("path", IMAGE_FIGURES)
+def test_the_image_build_figures_are_numbers(latest: dict[str, Any], path: str) -> None:
+    assert _is_number(_get(latest, path)), path
+
+
+def test_the_image_build_was_measured_on_the_build_it_describes(latest: dict[str, Any]) -> None:
+    image = latest["image"]
+    assert re.fullmatch(r"22\.\d+\.\d+", image["asterisk_version"])
+    assert image["nice"] == 19  # the machine is shared: the load average during the build is part of the figure
+    assert image["cores"] >= 1
+    assert image["busy_samples"] > 0  # the sampler saw the build's processes
+    assert image["compile_s"] <= image["install_host_s"]
+    assert image["steps_s"]["build-asterisk"] == image["compile_s"]
+    assert dt.datetime.fromisoformat(latest["section_runs"]["image"]["date"]).tzinfo is not None

@@ -2,43 +2,31 @@
 # Build Asterisk 22 LTS from the pinned source tarball (sha256 verified) with only the modules modules.conf loads.
 #
 # Environment: ASTERISK_VERSION / ASTERISK_SHA256 override versions.env (both or neither);
-#              ASTERISK_TARBALL uses a local tarball instead of downloading (it is still checksum-verified).
+#              ASTERISK_TARBALL uses a local tarball instead of downloading (it is still checksum-verified);
+#              ASTERISK_EXTERNALS: a directory of third-party tarballs for a build without downloads (lib.sh).
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 require_root
 
-# shellcheck source=../versions.env
-source "$IMAGE_DIR/versions.env"
-VERSION="${ASTERISK_VERSION:?}"
-SHA256="${ASTERISK_SHA256:?}"
-[[ "$SHA256" =~ ^[0-9a-f]{64}$ ]] || die "ASTERISK_SHA256 is not 64 hex digits"
+load_versions
+VERSION="$ASTERISK_VERSION"
 MODULES_LIST="$IMAGE_DIR/files/modules.list"
 SRC_ROOT=/usr/src/sip-trunk-asterisk
-BASE_URL=https://downloads.asterisk.org/pub/telephony/asterisk
 
 apt_install build-essential pkg-config autoconf automake libtool bzip2 patch wget python3 \
     libedit-dev libjansson-dev libxml2-dev libsqlite3-dev uuid-dev libssl-dev libsrtp2-dev \
     libcurl4-openssl-dev libunbound-dev libxslt1-dev
 
-mkdir -p "$SRC_ROOT"
-tarball="$SRC_ROOT/asterisk-$VERSION.tar.gz"
-if [[ -n "${ASTERISK_TARBALL:-}" ]]; then
-    cp -- "$ASTERISK_TARBALL" "$tarball"
-elif [[ ! -s "$tarball" ]]; then
-    # Releases move to old-releases/ once superseded; the checksum, not the URL, decides what is accepted.
-    curl -fsSL --retry 5 -o "$tarball" "$BASE_URL/releases/asterisk-$VERSION.tar.gz" ||
-        curl -fsSL --retry 5 -o "$tarball" "$BASE_URL/asterisk-$VERSION.tar.gz" ||
-        curl -fsSL --retry 5 -o "$tarball" "$BASE_URL/old-releases/asterisk-$VERSION.tar.gz" ||
-        die "could not download asterisk-$VERSION.tar.gz"
-fi
-echo "$SHA256  $tarball" | sha256sum --check --strict - || die "checksum mismatch for asterisk-$VERSION.tar.gz"
+tarball="$(fetch_asterisk_source "$SRC_ROOT")"
 
 rm -rf "$SRC_ROOT/asterisk-$VERSION"
-tar -xzf "$tarball" -C "$SRC_ROOT"
+tar -xf "$tarball" -C "$SRC_ROOT"
 cd "$SRC_ROOT/asterisk-$VERSION"
 
-./configure --with-pjproject-bundled --with-jansson-bundled --without-x11 --without-gtk2 >/dev/null
+configure_args=(--with-pjproject-bundled --with-jansson-bundled --without-x11 --without-gtk2)
+[[ -z "${ASTERISK_EXTERNALS:-}" ]] || use_externals "$SRC_ROOT/externals"
+./configure "${configure_args[@]}" >/dev/null
 make menuselect.makeopts >/dev/null
 
 # Start from nothing, then enable exactly the modules our modules.conf can load (files/modules.list is kept

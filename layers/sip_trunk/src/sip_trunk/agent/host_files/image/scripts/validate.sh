@@ -3,8 +3,7 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
-# shellcheck source=../versions.env
-source "$IMAGE_DIR/versions.env"
+load_versions
 
 fail=0
 check() { # description, command...
@@ -27,7 +26,9 @@ done <"$IMAGE_DIR/files/modules.list"
 check "host agent" /usr/local/bin/sip-trunk-agent --help
 check "fail2ban" fail2ban-client --version
 check "fail2ban asterisk filter" test -f /etc/fail2ban/filter.d/asterisk.conf
-check "CloudWatch agent" test -x /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl
+if [[ "${SIP_TRUNK_AWS_AGENTS:-install}" == install ]]; then
+    check "CloudWatch agent" test -x /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl
+fi
 check "CloudWatch config renders" sh -c "/opt/sip-trunk/bin/python -c 'from sip_trunk.agent.bootstrap import cloudwatch_agent_config as c; print(c(\"validate\").decode())' | jq -e '.metrics.namespace == \"AwsSipTrunk/Host\"'"
 check "no password SSH" sh -c 'sshd -T 2>/dev/null | grep -qx "passwordauthentication no"'
 check "chrony uses Amazon Time Sync" grep -q 169.254.169.123 /etc/chrony/sources.d/aws.sources

@@ -69,7 +69,7 @@ def test_the_unmodified_packages_keep_every_contract(site: Path) -> None:
         # indirect: the agent imports manifest, which would now pull in pydantic through the settings
         ("sip_trunk/manifest.py", "import sip_trunk.settings", AGENT),
         ("sip_trunk/workflows/health.py", "import boto3", DOMAIN),
-        ("sip_trunk/workflows/provision.py", "from aws_lambda_powertools import Logger", DOMAIN),
+        ("sip_trunk/workflows/provision/launch.py", "from aws_lambda_powertools import Logger", DOMAIN),
         ("sip_trunk/workflows/failover.py", "from sip_trunk.aws.ec2 import Ec2Addresses", DOMAIN),
     ],
 )

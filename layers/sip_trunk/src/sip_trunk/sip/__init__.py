@@ -1,0 +1,53 @@
+"""SIP OPTIONS: build, parse and match messages, and probe a peer over UDP, TCP or TLS (standard library only)."""
+
+from __future__ import annotations
+
+from sip_trunk.sip.probe import (
+    DEFAULT_FROM_USER,
+    DEFAULT_USER_AGENT,
+    MAX_MESSAGE_BYTES,
+    T1_S,
+    T2_S,
+    OptionsRequest,
+    ProbeErrorKind,
+    ProbeResult,
+    ProbeTarget,
+    SipError,
+    SipParseError,
+    SipResponse,
+    SipStreamFramer,
+    SipValueError,
+    Transport,
+    Via,
+    build_options,
+    parse_response,
+    probe_options,
+    response_matches,
+    validate_host,
+    validate_user,
+)
+
+__all__ = [
+    "DEFAULT_FROM_USER",
+    "DEFAULT_USER_AGENT",
+    "MAX_MESSAGE_BYTES",
+    "T1_S",
+    "T2_S",
+    "OptionsRequest",
+    "ProbeErrorKind",
+    "ProbeResult",
+    "ProbeTarget",
+    "SipError",
+    "SipParseError",
+    "SipResponse",
+    "SipStreamFramer",
+    "SipValueError",
+    "Transport",
+    "Via",
+    "build_options",
+    "parse_response",
+    "probe_options",
+    "response_matches",
+    "validate_host",
+    "validate_user",
+]

@@ -61,6 +61,8 @@ def unpacked(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "sip_trunk/manifest.py",
         "sip_trunk/configstore.py",
         "sip_trunk/sip/__init__.py",
+        "sip_trunk/sip/message.py",
+        "sip_trunk/sip/parse.py",
         "sip_trunk/sip/probe.py",
         "sip_trunk/events.py",
         "sip_trunk/py.typed",

@@ -64,6 +64,8 @@ def unpacked(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "sip_trunk/sip/message.py",
         "sip_trunk/sip/parse.py",
         "sip_trunk/sip/probe.py",
+        "sip_trunk/elevenlabs/__init__.py",
+        "sip_trunk/elevenlabs/client.py",
         "sip_trunk/events.py",
         "sip_trunk/py.typed",
         "sip_trunk/templates/pjsip.conf.j2",

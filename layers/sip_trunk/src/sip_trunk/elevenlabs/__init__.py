@@ -1,0 +1,53 @@
+"""Client for the ElevenLabs Agents phone-number and SIP-trunk API, and the trunk reconciler."""
+
+from __future__ import annotations
+
+from sip_trunk.elevenlabs.client import (
+    DEFAULT_BASE_URL,
+    AssignedAgent,
+    DesiredTrunk,
+    ElevenLabsAuthError,
+    ElevenLabsClient,
+    ElevenLabsError,
+    ElevenLabsNotFound,
+    ElevenLabsRateLimited,
+    ElevenLabsRetryableError,
+    ElevenLabsUnavailable,
+    ElevenLabsValidationError,
+    InboundTrunk,
+    OutboundCallResult,
+    OutboundTrunk,
+    PhoneNumber,
+    PhoneNumberApi,
+    SyncResult,
+    TrunkConflictError,
+    TrunkMismatch,
+    diff_trunk,
+    ensure_trunk,
+    find_trunk,
+)
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "AssignedAgent",
+    "DesiredTrunk",
+    "ElevenLabsAuthError",
+    "ElevenLabsClient",
+    "ElevenLabsError",
+    "ElevenLabsNotFound",
+    "ElevenLabsRateLimited",
+    "ElevenLabsRetryableError",
+    "ElevenLabsUnavailable",
+    "ElevenLabsValidationError",
+    "InboundTrunk",
+    "OutboundCallResult",
+    "OutboundTrunk",
+    "PhoneNumber",
+    "PhoneNumberApi",
+    "SyncResult",
+    "TrunkConflictError",
+    "TrunkMismatch",
+    "diff_trunk",
+    "ensure_trunk",
+    "find_trunk",
+]

@@ -45,13 +45,18 @@ HANDLED_BY_CATCH_ALL = {("failover.asl.yaml", "MoveAddress", "LockHeld")}
 TTL) ends this execution through ReleaseLockAfterFailure and its notification, on purpose."""
 
 
+def _defined_in(cls: type, module: str) -> bool:
+    """In `module` or, for a package such as sip_trunk.elevenlabs, in one of its modules (it re-exports them)."""
+    return cls.__module__ == module or cls.__module__.startswith(f"{module}.")
+
+
 def exception_classes() -> dict[str, type[BaseException]]:
     from sip_trunk import elevenlabs, errors
 
     found: dict[str, type[BaseException]] = {}
     for module in (errors, elevenlabs):
         for name, value in vars(module).items():
-            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == module.__name__:
+            if isinstance(value, type) and issubclass(value, BaseException) and _defined_in(value, module.__name__):
                 found[name] = value
     return found
 

@@ -105,8 +105,8 @@ class HostStack:
             f"arn:aws:iam::{ACCOUNT}:instance-profile{value(profile['Path'])}{HOST_STACK}-HostInstanceProfile-1A2B3C"
         )
         self.managed_policies = [value(arn) for arn in role.get("ManagedPolicyArns", [])]
-        instance_tags = {t["Key"]: t["Value"] for t in value(res["PrimaryInstance"]["Properties"]["Tags"])}
-        self.instance_tags = instance_tags | STACK_TAGS
+        instances = [r["Properties"] for r in res.values() if r["Type"] == "AWS::EC2::Instance"]
+        self.instance_tags = [{t["Key"]: t["Value"] for t in value(i["Tags"])} | STACK_TAGS for i in instances]
         specs = value(res["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["TagSpecifications"])
         self.volume_tags = {t["Key"]: t["Value"] for s in specs if s["ResourceType"] == "volume" for t in s["Tags"]}
         alarms = [r["Properties"] for r in res.values() if r["Type"] == "AWS::CloudWatch::Alarm"]
@@ -122,14 +122,15 @@ class HostStack:
 
     def targets(self) -> dict[str, list[tuple[str, dict[str, str]]]]:
         """IAM action -> the (resource ARN, condition keys) it is authorized on for this stack."""
-        instance = (ec2("instance", "i-0123456789abcdef0"), tags_context("aws:ResourceTag", self.instance_tags))
-        new_instance = (instance[0], tags_context("aws:RequestTag", self.instance_tags))
+        arns = [ec2("instance", f"i-0123456789abcdef{n}") for n in range(len(self.instance_tags))]
+        instances = [(a, tags_context("aws:ResourceTag", t)) for a, t in zip(arns, self.instance_tags, strict=True)]
+        new_instances = [(a, tags_context("aws:RequestTag", t)) for a, t in zip(arns, self.instance_tags, strict=True)]
         new_volume = (ec2("volume", "vol-0123456789abcdef0"), tags_context("aws:RequestTag", self.volume_tags))
         none: dict[str, str] = {}
         template = (ec2("launch-template", "lt-0123456789abcdef0"), none)
         at_launch = {"ec2:CreateAction": "RunInstances"}
         launch = [
-            new_instance,
+            *new_instances,
             new_volume,
             (ec2("network-interface", "eni-0123456789abcdef0"), {}),
             (ec2("subnet", "subnet-0123456789abcdef0"), {}),  # the network stack's subnet and security group
@@ -142,13 +143,13 @@ class HostStack:
         found: dict[str, list[tuple[str, dict[str, str]]]] = {
             "ec2:RunInstances": launch,
             "ec2:CreateTags": [
-                (new_instance[0], new_instance[1] | at_launch),
+                *[(arn, context | at_launch) for arn, context in new_instances],
                 (new_volume[0], new_volume[1] | at_launch),
                 (template[0], {"ec2:CreateAction": "CreateLaunchTemplate"}),
-                instance,  # stack tag changes on update
+                *instances,  # stack tag changes on update
                 template,
             ],
-            "ec2:DeleteTags": [instance, template],
+            "ec2:DeleteTags": [*instances, template],
             "ec2:CreateLaunchTemplate": [template],
             "ec2:CreateLaunchTemplateVersion": [template],
             "ec2:DeleteLaunchTemplate": [template],
@@ -158,12 +159,12 @@ class HostStack:
             # RunInstances/AssociateIamInstanceProfile hand the role to EC2; the instance profile handler's
             # check hands it to no service, so iam:PassedToService is absent there.
             "iam:PassRole": [(self.role, {"iam:PassedToService": "ec2.amazonaws.com"}), (self.role, {})],
-            "ssm:DescribeAssociation": [instance],
+            "ssm:DescribeAssociation": instances,
             "ssm:GetParameter": [(p, {}) for p in self.image_parameters],
             "ssm:GetParameters": [(p, {}) for p in self.image_parameters],
         }
         for action in INSTANCE_ACTIONS:
-            found.setdefault(action, [instance])
+            found.setdefault(action, instances)
         for action in ROLE_ACTIONS:
             found.setdefault(action, [role])
         for action in PROFILE_ACTIONS:

@@ -35,7 +35,10 @@ def provider_schema(resource_type: str, region: str = "us-east-1") -> dict[str, 
 def handler_permissions(resource_type: str) -> dict[str, list[str]]:
     """operation -> the IAM actions its handler may call."""
     handlers = provider_schema(resource_type)["handlers"]
-    return {op: list(handlers[op]["permissions"]) for op in OPERATIONS if op in handlers}
+    found = {op: list(handlers.get(op, {}).get("permissions", [])) for op in OPERATIONS}
+    empty = [op for op, actions in found.items() if not actions]
+    assert not empty, f"{resource_type}: the schema lists no permissions for {empty}; the check would be vacuous"
+    return found
 
 
 def tag_permissions(resource_type: str) -> list[str]:

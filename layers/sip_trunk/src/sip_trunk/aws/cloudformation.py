@@ -14,6 +14,9 @@ from sip_trunk.workflows.ports import StackInfo
 REJECTED = frozenset({"ValidationError", "InsufficientCapabilitiesException", "AlreadyExistsException"})
 """CreateStack/UpdateStack codes that refuse the template, its parameters or the stack's state."""
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
+STACK_TAGS = {"sip-trunk:role": "host"}
+"""The host stack's tags. CloudFormation copies them onto every taggable resource, so the service role needs the
+resources' tag actions (template.yaml HostStackRole)."""
 
 
 def _parameters(parameters: Mapping[str, str], keep_previous: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -58,7 +61,7 @@ class CfnStacks:
                     Parameters=_parameters(parameters),
                     Capabilities=CAPABILITIES,
                     OnFailure="ROLLBACK",
-                    Tags=[{"Key": "sip-trunk:role", "Value": "host"}],
+                    Tags=[{"Key": k, "Value": v} for k, v in STACK_TAGS.items()],
                     **({"RoleARN": role_arn} if role_arn else {}),
                 )
         except ClientError as exc:

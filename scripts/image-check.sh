@@ -124,6 +124,8 @@ KEY="$SUITE-$ASTERISK_VERSION-$(printf '%s\n' "$image_hash" "$ASTERISK_SHA256" "
 BUILT="$CACHE/root-$KEY.tar.zst"
 METRICS="$CACHE/root-$KEY.json"
 BASE="$CACHE/base-$SUITE.tar.zst"
+# mmdebstrap picks its output format from the name's extension: the partial file must end in .tar.zst too.
+BASE_PARTIAL="$CACHE/base-$SUITE.partial.tar.zst"
 
 # run_in ROOT CMD...: CMD chrooted in ROOT as on a booted host: /proc, /sys, /dev, an empty /run (with sshd's
 # privilege separation directory, which ssh.service creates at boot), the machine's resolver; private mounts.
@@ -150,7 +152,8 @@ stage_image() { # ROOT: the image directory as Image Builder unpacks it, with th
 }
 
 if ((rebuild)) || [[ ! -s "$BUILT" || ! -s "$METRICS" ]]; then
-    if [[ ! -s "$BASE" ]]; then
+    if [[ ! -f "$BASE" || ! -s "$BASE" ]]; then
+        rm -rf "$BASE" "$BASE_PARTIAL"
         say "creating a fresh Debian $SUITE root (mmdebstrap --variant=apt + systemd, openssh-server)"
         # shellcheck disable=SC2016 # mmdebstrap expands $1 (the root)
         mmdebstrap --quiet --variant=apt --include=systemd,systemd-sysv,openssh-server,ca-certificates,iproute2,procps,zstd \
@@ -158,8 +161,8 @@ if ((rebuild)) || [[ ! -s "$BUILT" || ! -s "$METRICS" ]]; then
             --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
             --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
             --customize-hook='printf "127.0.0.1 localhost\n::1 localhost\n" >"$1/etc/hosts"' \
-            "$SUITE" "$BASE.tmp" "$MIRROR"
-        mv "$BASE.tmp" "$BASE"
+            "$SUITE" "$BASE_PARTIAL" "$MIRROR"
+        mv "$BASE_PARTIAL" "$BASE"
     fi
     work="$CACHE/build-$KEY"
     say "building in $work (log: $work.log): install-host.sh, nice -n 19, $(nproc) cores; this takes 10+ minutes"

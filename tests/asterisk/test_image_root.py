@@ -46,6 +46,23 @@ PREFIX = "/imagecheck/asterisk"
 REGION = "us-east-1"
 
 
+RUN_COMMAND_ENVIRONMENT = (
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "AWS_SSM_INSTANCE_ID=i-0imagecheck0000000",
+    f"AWS_SSM_REGION_NAME={REGION}",
+)  # fmt: skip
+"""What AWS-RunShellScript gives a command (ADR-21): no SIP_TRUNK_* settings, no AWS_REGION."""
+
+
+def write_agent_env(root: Path, values: dict[str, str]) -> None:
+    """/etc/sip-trunk/agent.env as the host stack's user data leaves it: directory 0750, file 0640, root's."""
+    directory = root / "etc/sip-trunk"
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o750)
+    path = directory / "agent.env"
+    path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    path.chmod(0o640)
+
+
 @dataclass(frozen=True)
 class Unit:
     """The [Service] settings of asterisk.service that decide how Asterisk runs."""
@@ -313,13 +330,18 @@ def test_image_agent_applies_a_second_version_on_the_built_gateway(
     configstore.publish_config(ssm, PREFIX, rendered.files, rendered.secret_files, rendered.version)
     assert MANIFEST_NAME in rendered.files
 
-    # When the image's own agent (install-agent.sh's venv) applies it, chrooted, with the image's defaults
+    # When the image's own agent (install-agent.sh's venv) applies it, chrooted, as Run Command starts it: only
+    # the SSM agent's variables, the deployment's settings in the agent.env that user data writes
+    write_agent_env(
+        world.gateway.root,
+        {
+            "SIP_TRUNK_CONFIG_PREFIX": PREFIX, "SIP_TRUNK_FAIL2BAN_RELOAD": "", "AWS_REGION": REGION,
+            "AWS_ENDPOINT_URL": ssm_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        },
+    )  # fmt: skip
     agent = [
-        "chroot", str(world.gateway.root), "/usr/bin/env", "-i", "PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        f"AWS_ENDPOINT_URL={ssm_endpoint}", "AWS_ACCESS_KEY_ID=testing", "AWS_SECRET_ACCESS_KEY=testing",
-        f"AWS_DEFAULT_REGION={REGION}",
-        "/usr/local/bin/sip-trunk-agent", "--config-prefix", PREFIX, "--fail2ban-reload", "",
-        "apply", "--version", rendered.version,
+        "chroot", str(world.gateway.root), "/usr/bin/env", "-i", *RUN_COMMAND_ENVIRONMENT,
+        "/usr/local/bin/sip-trunk-agent", "apply", "--version", rendered.version,
     ]  # fmt: skip
     proc = subprocess.run(agent, capture_output=True, text=True, timeout=120, check=False)
 

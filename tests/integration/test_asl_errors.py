@@ -11,16 +11,13 @@ fails here.
 
 from __future__ import annotations
 
-import dis
-import inspect
 import re
-import types
 from collections.abc import Iterator
-from functools import cache
 from typing import Any
 
 import pytest
 import yaml
+from support.reach import handlers, raisable
 
 pytestmark = pytest.mark.integration
 
@@ -70,123 +67,6 @@ def lambda_tasks() -> Iterator[tuple[str, str, dict[str, Any], str]]:
 
 def own(names: list[str]) -> set[str]:
     return {n for n in names if not n.startswith(("States.", "Lambda."))}
-
-
-# --- what the live code can raise ---------------------------------------------------------------------
-
-
-OURS = ("sip_trunk", "sip_trunk_local")
-
-
-def _ours(obj: Any) -> bool:
-    module = getattr(obj, "__module__", None) or ""
-    return module.split(".")[0] in OURS or module.startswith("function_")
-
-
-def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
-    yield code
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _codes(const)
-
-
-def _ports_read(code: types.CodeType) -> set[str]:
-    """`deps.<port>` attribute reads in this code."""
-    found: set[str] = set()
-    previous: dis.Instruction | None = None
-    for ins in dis.get_instructions(code):
-        if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and previous is not None and previous.argval == "deps":
-            found.add(str(ins.argval))
-        previous = ins
-    return found
-
-
-class Reach:
-    """The exception classes and `deps` ports named by code reachable from some roots."""
-
-    def __init__(self) -> None:
-        self.errors: set[type[BaseException]] = set()
-        self.ports: set[str] = set()
-        self._seen: set[int] = set()
-
-    def follow(self, obj: Any, *, adapter: bool = False) -> Reach:
-        obj = inspect.unwrap(obj) if callable(obj) else obj
-        if id(obj) in self._seen or (not adapter and getattr(obj, "__module__", None) == _composition_root()):
-            return self
-        self._seen.add(id(obj))
-        if isinstance(obj, type) and issubclass(obj, BaseException):
-            self.errors.add(obj)
-        elif isinstance(obj, type) and _ours(obj):
-            for value in vars(obj).values():
-                if isinstance(value, staticmethod | classmethod):
-                    self.follow(value.__func__)
-                elif isinstance(value, property):
-                    self.follow(value.fget)
-                elif isinstance(value, types.FunctionType):
-                    self.follow(value)
-        elif isinstance(obj, types.FunctionType) and _ours(obj):
-            for cell in obj.__closure__ or ():
-                try:
-                    self.follow(cell.cell_contents)
-                except ValueError:  # an empty cell
-                    continue
-            for code in _codes(obj.__code__):
-                self.ports |= _ports_read(code)
-                scopes = [obj.__globals__]
-                for name in code.co_names:
-                    value = obj.__globals__.get(name)
-                    if isinstance(value, types.ModuleType) and value.__name__.split(".")[0] in OURS:
-                        scopes.append(vars(value))
-                for name in code.co_names:
-                    for scope in scopes:
-                        if name in scope:
-                            self.follow(scope[name])
-        return self
-
-
-@cache
-def _composition_root() -> str:
-    """Not followed: it builds every adapter; a step reaches only the ports it reads from `deps`."""
-    from sip_trunk.aws.wiring import build_deps
-
-    return build_deps.__module__
-
-
-@cache
-def handlers() -> dict[str, Any]:
-    from support.moto_sfn import load_handlers
-
-    return load_handlers()
-
-
-@cache
-def adapters() -> dict[str, Any]:
-    """What `build_deps` wires into each port (the adapters the deployed functions use)."""
-    from sip_trunk.aws.wiring import build_deps
-    from sip_trunk.workflows.config import parse_config
-
-    config = parse_config(
-        {"STACK_NAME": "trunk", "CONFIG_PREFIX": "/p", "SETTINGS_PARAMETER": "/x", "STATE_TABLE": "t"}
-    )
-    deps = build_deps(config)
-    return {port: getattr(deps, port) for port in vars(deps) if not port.startswith("_")}
-
-
-@cache
-def raisable(function: str) -> frozenset[type[BaseException]]:
-    """Every exception class the code of `functions/<function>/app.py` can raise."""
-    scope = inspect.unwrap(handlers()[function]).__globals__
-    reach = Reach()
-    for value in list(scope.values()):
-        if isinstance(value, types.FunctionType) and value.__module__ == scope["__name__"]:
-            reach.follow(value)
-    done: set[str] = set()
-    while reach.ports - done:
-        port = sorted(reach.ports - done)[0]
-        done.add(port)
-        adapter = adapters()[port]
-        reach.follow(adapter if isinstance(adapter, types.FunctionType) else type(adapter), adapter=True)
-    return frozenset(reach.errors)
 
 
 def typed(errors: frozenset[type[BaseException]]) -> dict[str, type[BaseException]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-import re
+import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -148,11 +148,49 @@ def test_scoping() -> None:
     assert all(s["Resource"] != "*" for sid, s in by_sid.items() if sid != "HostMetrics")
 
 
-def test_keys_the_agent_writes_fit_the_scoped_prefixes() -> None:
-    backup = (PACKAGE / "agent/backup.py").read_text()
-    recordings = (PACKAGE / "agent/recordings.py").read_text()
-    assert re.search(r'key = f"hosts/\{instance_id\}/', backup)
-    assert 'return f"recordings/' in recordings
-    report = (PACKAGE / "agent/report.py").read_text()
-    assert 'NAMESPACE = "AwsSipTrunk/Host"' in report
-    assert 'item["pk"] = f"host#' in report
+class RecordingS3:
+    """Just enough of an S3 client for `backup`: keeps what was put and answers the check read."""
+
+    def __init__(self) -> None:
+        self.put: dict[str, Any] = {}
+
+    def put_object(self, **kwargs: Any) -> dict[str, Any]:
+        self.put[kwargs["Key"]] = kwargs
+        return {}
+
+    def head_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        sent = self.put[Key]
+        return {"ContentLength": len(sent["Body"]), "Metadata": sent["Metadata"]}
+
+
+def _prefix_allows(resource: str, key: str) -> bool:
+    """`arn:…:s3:::${Bucket}/<prefix>*` allows `key`."""
+    prefix = resource.split("}/", 1)[1]
+    return fnmatch.fnmatchcase(key, prefix)
+
+
+def test_keys_the_agent_writes_fit_the_scoped_prefixes(tmp_path: Path) -> None:
+    from sip_trunk.agent import backup, recordings, report
+    from sip_trunk.agent.config import AgentConfig
+
+    by_sid = statements()
+    # a backup
+    s3 = RecordingS3()
+    config = AgentConfig(
+        backup_bucket="b",
+        config_dir=tmp_path / "etc",
+        releases_dir=tmp_path / "releases",
+        astdb_path=tmp_path / "astdb.sqlite3",
+        voicemail_dir=tmp_path / "voicemail",
+    )
+    backup.backup(config, s3, "i-0123456789abcdef0", now=0)
+    assert s3.put
+    assert all(_prefix_allows(by_sid["Backups"]["Resource"]["Fn::Sub"], key) for key in s3.put), s3.put
+    # a recording
+    key = recordings.object_key("trunk", "call/../1", 0.0, ".wav")
+    assert _prefix_allows(by_sid["Recordings"]["Resource"]["Fn::Sub"], key), key
+    # a heartbeat and the host's metrics
+    item = report.heartbeat_item({"instance_id": "i-0123456789abcdef0", "reported_at": 0})
+    leading = by_sid["Heartbeat"]["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+    assert any(fnmatch.fnmatchcase(item["pk"], pattern) for pattern in leading), item["pk"]
+    assert by_sid["HostMetrics"]["Condition"]["StringEquals"]["cloudwatch:namespace"] == report.NAMESPACE

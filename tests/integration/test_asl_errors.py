@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 from support.reach import handlers, raisable
 
 pytestmark = pytest.mark.integration
@@ -33,9 +32,10 @@ the lock's TTL frees it."""
 
 
 def _machines() -> dict[str, dict[str, Any]]:
+    from sip_trunk_local.controlplane import asl_document
     from support.moto_sfn import STATEMACHINES
 
-    return {p.name.removesuffix(".asl.yaml"): yaml.safe_load(p.read_text()) for p in STATEMACHINES.glob("*.asl.yaml")}
+    return {p.name.removesuffix(".asl.yaml"): asl_document(p.read_text()) for p in STATEMACHINES.glob("*.asl.yaml")}
 
 
 def task_states() -> Iterator[tuple[str, str, dict[str, Any]]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cfnlint.decode import decode
 from support.sam import sam_transform
 
@@ -605,6 +606,22 @@ def test_every_asl_placeholder_has_a_definition_substitution(machine: str) -> No
     placeholders = set(re.findall(r"\$\{([^}]+)\}", text))
     missing = placeholders - set(props["DefinitionSubstitutions"])
     assert not missing, f"{path.name} uses ${{…}} without a DefinitionSubstitution: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("machine", ["ProvisionStateMachine", "FailoverStateMachine"])
+def test_definitions_load_as_cloudformation_reads_them(machine: str) -> None:
+    """CloudFormation parses a `DefinitionS3Location` file with Jackson, which gives a YAML alias as the
+    anchor's name (a string), so the deployed definition would be invalid: the loader the harness and local
+    mode use refuses aliases, and the definitions load through it."""
+    from sip_trunk_local.controlplane import asl_document
+
+    path = ROOT / state_machines()[machine]["Properties"]["DefinitionUri"]
+    assert asl_document(path.read_text())["States"]
+    retry = "Retry:\n      - ErrorEquals: [AwsThrottled]\n        MaxAttempts: 3\n"
+    planted = f"States:\n  A:\n    Type: Pass\n    {retry.replace('Retry:', 'Retry: &retry')}    End: true\n"
+    planted += "  B:\n    Type: Pass\n    Retry: *retry\n    End: true\n"
+    with pytest.raises(yaml.YAMLError, match="cannot use YAML aliases"):
+        asl_document(planted)
 
 
 # --- IAM -----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ stricter, never blind.
 from __future__ import annotations
 
 import dis
+import importlib
 import inspect
 import types
 from collections.abc import Iterator
@@ -24,11 +25,11 @@ def _ours(obj: Any) -> bool:
     return module.split(".")[0] in OURS or module.startswith("function_")
 
 
-def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
+def codes(code: types.CodeType) -> Iterator[types.CodeType]:
     yield code
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            yield from _codes(const)
+            yield from codes(const)
 
 
 def _ports_read(code: types.CodeType) -> set[str]:
@@ -39,6 +40,25 @@ def _ports_read(code: types.CodeType) -> set[str]:
         if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and previous is not None and previous.argval == "deps":
             found.add(str(ins.argval))
         previous = ins
+    return found
+
+
+def _imported_here(code: types.CodeType) -> dict[str, Any]:
+    """What the function's own `import` / `from … import` statements bind (of our packages)."""
+    found: dict[str, Any] = {}
+    module: types.ModuleType | None = None
+    for ins in dis.get_instructions(code):
+        if ins.opname == "IMPORT_NAME":
+            name = str(ins.argval)
+            module = importlib.import_module(name) if name.split(".")[0] in OURS else None
+            if module is not None:
+                found[name.split(".")[0]] = importlib.import_module(name.split(".")[0])
+        elif ins.opname == "IMPORT_FROM" and module is not None:
+            attr = str(ins.argval)
+            value = getattr(module, attr, None)
+            if value is None:
+                value = importlib.import_module(f"{module.__name__}.{attr}")
+            found[attr] = value
     return found
 
 
@@ -74,13 +94,14 @@ class Reach:
                     self.follow(cell.cell_contents)
                 except ValueError:  # an empty cell
                     continue
-            for code in _codes(obj.__code__):
+            for code in codes(obj.__code__):
                 self.ports |= _ports_read(code)
-                scopes = [obj.__globals__]
+                scopes = [obj.__globals__, _imported_here(code)]
                 for name in code.co_names:
                     value = obj.__globals__.get(name)
                     if isinstance(value, types.ModuleType) and value.__name__.split(".")[0] in OURS:
                         scopes.append(vars(value))
+                scopes += [vars(v) for v in scopes[1].values() if isinstance(v, types.ModuleType)]
                 for name in code.co_names:
                     for scope in scopes:
                         if name in scope:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import fnmatch
 from pathlib import Path
 from typing import Any
@@ -11,15 +10,12 @@ import botocore.session
 import pytest
 import yaml
 from botocore import xform_name
+from support.reach import Reach, codes
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGE = REPO / "layers/sip_trunk/src/sip_trunk"
-AGENT_SOURCES = sorted((PACKAGE / "agent").glob("*.py"))
-# The configstore functions the agent uses (publish_config/set_desired_version belong to the control plane).
-AGENT_CONFIGSTORE = {"get_desired_version", "fetch_config"}
-# Names the scan matches that are not AWS calls: Manifest.verify.
+# Names the agent's code uses that are also AWS operation names but not AWS calls: Manifest.verify.
 NOT_AWS = {"verify"}
 SERVICES = ("ssm", "s3", "cloudwatch", "dynamodb", "stepfunctions", "logs", "kms", "cloudformation", "lambda")
 
@@ -68,24 +64,13 @@ def operations() -> set[str]:
 
 
 def agent_calls() -> set[str]:
-    """Every ``<something>.<aws operation>(...)`` in the agent's sources."""
-    known = operations() - NOT_AWS
-    trees: list[ast.AST] = [ast.parse(path.read_text()) for path in AGENT_SOURCES]
-    used = {
-        node.attr
-        for tree in trees
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "configstore"
-    }
-    assert used <= AGENT_CONFIGSTORE, used
-    store = ast.parse((PACKAGE / "configstore.py").read_text())
-    trees += [n for n in ast.walk(store) if isinstance(n, ast.FunctionDef) and n.name in AGENT_CONFIGSTORE]
-    found = set()
-    for tree in trees:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in known:
-                found.add(node.func.attr)
-    return found
+    """Every AWS operation the code reachable from the agent's command line names (`<client>.<operation>(…)`),
+    found by following the imported agent (support.reach), wherever the code lives."""
+    from sip_trunk.agent.__main__ import main
+
+    reach = Reach().follow(main)
+    named = {name for function in reach.functions for code in codes(function.__code__) for name in code.co_names}
+    return named & (operations() - NOT_AWS)
 
 
 def statements() -> dict[str, dict[str, Any]]:

@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST := $(BIN)/pytest
+# The host image's scripts (package data of sip_trunk: the image build and the stock-Ubuntu user data run them).
+IMAGE_SCRIPTS := layers/sip_trunk/src/sip_trunk/agent/host_files/image/scripts
 
 include mk/sam.mk
 
@@ -31,6 +33,7 @@ lint: dev ## ruff (lint + format check), mypy --strict on sip_trunk and sip_trun
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/shellcheck scripts/*.sh
+	cd $(IMAGE_SCRIPTS) && $(CURDIR)/$(BIN)/shellcheck -x --severity=style *.sh
 
 .PHONY: format
 format: dev ## Apply ruff's formatting and safe fixes

@@ -22,6 +22,7 @@ ASL_VALIDATOR_VERSION ?= 4.0.0
 
 ROOT_TEMPLATE := template.yaml
 NESTED_TEMPLATES := stacks/network.yaml stacks/host.yaml
+IMAGE_PIPELINE := asterisk_image/pipeline.yaml
 ASL_FILES := $(wildcard statemachines/*.asl.yaml)
 
 # Offline: dummy credentials and region, no telemetry, no update checks.
@@ -57,6 +58,8 @@ validate-templates: $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed $(ASL_VALI
 	$(SAM_ENV) $(SAM) validate --lint --template-file $(ROOT_TEMPLATE)
 	@echo "== cfn-lint with the serverless rules: root and nested templates"
 	$(SAM_ENV) $(SAM_CFN_LINT) $(ROOT_TEMPLATE) $(NESTED_TEMPLATES) -a cfn_lint_serverless.rules
+	@echo "== cfn-lint: the host image pipeline (deployed on its own, see docs/IMAGE.md)"
+	$(SAM_ENV) $(SAM_CFN_LINT) $(IMAGE_PIPELINE)
 	@echo "== checkov (skips are listed in each resource's Metadata with a reason)"
 	$(CHECKOV) --quiet --compact --skip-download --framework cloudformation \
 		$(foreach t,$(ROOT_TEMPLATE) $(NESTED_TEMPLATES),-f $(t))

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sip_trunk_local.asterisk_runner import process_alive
 from sip_trunk_local.netns import list_namespaces
-from sip_trunk_local.orchestrator import process_alive
 
 pytestmark = pytest.mark.e2e
 

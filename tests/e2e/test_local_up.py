@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sip_trunk_local.asterisk_runner import process_alive
 from sip_trunk_local.netns import list_namespaces
-from sip_trunk_local.orchestrator import EVENTS, process_alive, read_events
+from sip_trunk_local.orchestrator import EVENTS, read_events
 
 pytestmark = pytest.mark.e2e
 

@@ -22,6 +22,7 @@ from sip_trunk.agent.imds import Imds, ImdsError
 from sip_trunk.agent.releases import Releases
 from sip_trunk.agent.runtime import AsteriskUnavailable
 from sip_trunk.manifest import MANIFEST_NAME, Manifest
+from support.world import create_state_table
 
 pytestmark = pytest.mark.integration
 
@@ -162,15 +163,7 @@ def host(tmp_path: Path, imds: tuple[FakeImds, str]) -> Iterator[Host]:
     with mock_aws():
         session = boto3.session.Session(region_name=REGION)
         dynamodb = session.resource("dynamodb")
-        dynamodb.create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_state_table(dynamodb, TABLE)
         config_dir = tmp_path / "etc-asterisk"
         config_dir.mkdir()
         (config_dir / "asterisk.conf").write_text("[directories]\n")

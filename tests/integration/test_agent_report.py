@@ -12,6 +12,7 @@ from moto import mock_aws
 from sip_trunk.agent.config import AgentConfig
 from sip_trunk.agent.report import NAMESPACE, report
 from sip_trunk.agent.runtime import AsteriskUnavailable
+from support.world import create_state_table
 
 pytestmark = pytest.mark.integration
 
@@ -36,15 +37,7 @@ class FixtureCli:
 def aws() -> Iterator[tuple[Any, Any]]:
     with mock_aws():
         dynamodb = boto3.resource("dynamodb", region_name=REGION)
-        dynamodb.create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_state_table(dynamodb, TABLE)
         yield boto3.client("cloudwatch", region_name=REGION), dynamodb
 
 

@@ -1,27 +1,26 @@
 """Each function's role in template.yaml allows what its code calls, and nothing else.
 
-Three layers, each checked against the next:
-1. `FUNCTION_ENTRY` + the workflows' source (ast): which port methods (`deps.<port>.<method>(…)`) each
-   handler can reach.
-2. `ADAPTER_NEEDS`: the IAM actions and an example resource ARN of each port method. The AWS operations in
-   it are compared with the boto3 calls the adapter's source makes (ast); permissions AWS checks without
-   a call of our own (KMS behind DynamoDB/Secrets Manager/S3, `iam:PassRole`, the template fetch of
+Three tables, each checked against the next:
+1. `FUNCTION_USES`: the port methods (`deps.<port>.<method>(…)`) each handler uses. The ports are compared
+   with the ones its live code reads (`support.reach`, from the imported handler), and every port method the
+   recorded runs below see a function use must be in its row.
+2. `ADAPTER_NEEDS`: the IAM actions and an example resource ARN of each port method. Every AWS call the
+   recorded runs see inside an adapter method must be in that method's row; permissions AWS checks without a
+   call of our own (KMS behind DynamoDB/Secrets Manager/S3, `iam:PassRole`, the template fetch of
    CloudFormation, `s3:ListBucket` for a 404) are listed with their reason.
 3. The SAM-transformed template (samtranslator, offline): each needed action is allowed on its resource
    by the function's role, and each allowed action/resource is needed (least privilege).
 
-Then the real handlers run in moto (Provision, a failed Provision with rollback, Failover, the health check
-starting Failover, the backup) with every botocore call recorded per function: each call must be in the
-function's needs and allowed by its role, and each call the state machines make must be allowed by theirs.
+The recorded runs: the real handlers run in moto (Provision, a failed Provision with rollback, Failover, the
+health check starting Failover, the backup) with every botocore call recorded per function and per adapter
+method: each call must be made inside an adapter method, be in the function's needs and be allowed by its
+role, and each call the state machines make must be allowed by theirs.
 """
 
 from __future__ import annotations
 
-import ast
 import fnmatch
-import inspect
 import json
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -31,12 +30,12 @@ from typing import Any, ClassVar
 
 import pytest
 from cfnlint.decode import decode
+from support.reach import reach
 from support.sam import sam_transform
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = ROOT / "layers" / "sip_trunk" / "src" / "sip_trunk" / "workflows"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's account: recorded ARNs and the evaluated template agree
 STACK = "trunk"  # tests/support/world.py names everything after this stack
@@ -171,10 +170,6 @@ ADAPTER_NEEDS: dict[tuple[str, str], list[Need]] = {
     ],
 }
 
-# Permissions AWS checks that are not an API call in the adapter's source (see ADAPTER_NEEDS comments).
-IMPLIED = {"kms:Decrypt", "kms:GenerateDataKey", "iam:PassRole", "s3:ListBucket"}
-IMPLIED_FOR = {("stacks", "create"): {"s3:GetObject"}, ("stacks", "update"): {"s3:GetObject"}}
-
 PORT_ADAPTERS = {
     "settings": "SsmSettingsSource",
     "parameters": "JsonParameterReader",
@@ -190,24 +185,24 @@ PORT_ADAPTERS = {
 NOT_AWS_PORTS = {"config", "prober", "elevenlabs"}
 
 # --- 1. what each handler calls ------------------------------------------------------------------
-# function → (workflow module, workflow function, wrapped in run_idempotent)
-FUNCTION_ENTRY: dict[str, tuple[str, str, bool]] = {
-    "validate_settings": ("provision", "validate_settings", False),
-    "render_config": ("provision", "render_config", False),
-    "launch_host": ("provision", "launch_host", True),
-    "check_host_stack": ("provision", "check_host_stack", False),
-    "apply_config": ("provision", "apply_config", False),
-    "check_apply": ("provision", "check_apply", False),
-    "verify_trunk": ("provision", "verify_trunk", False),
-    "sync_elevenlabs": ("provision", "sync_elevenlabs", True),
-    "record_deployment": ("provision", "record_deployment", False),
-    "failover_confirm": ("failover", "confirm", False),
-    "failover_lock": ("failover", "lock", False),
-    "failover_move_eip": ("failover", "move_address", True),
-    "failover_verify": ("failover", "verify", False),
-    "failover_swap_roles": ("failover", "swap_roles", False),
-    "health_check": ("health", "health_check", False),
-    "backup": ("backup", "backup", False),
+# function → the state machine that invokes it (None: scheduled)
+FUNCTION_ENTRY: dict[str, str | None] = {
+    "validate_settings": "provision",
+    "render_config": "provision",
+    "launch_host": "provision",
+    "check_host_stack": "provision",
+    "apply_config": "provision",
+    "check_apply": "provision",
+    "verify_trunk": "provision",
+    "sync_elevenlabs": "provision",
+    "record_deployment": "provision",
+    "failover_confirm": "failover",
+    "failover_lock": "failover",
+    "failover_move_eip": "failover",
+    "failover_verify": "failover",
+    "failover_swap_roles": "failover",
+    "health_check": None,
+    "backup": None,
 }
 
 SETTINGS = [("settings", "settings_document"), ("settings", "operator_document"), ("secrets", "resolve")]
@@ -292,14 +287,14 @@ FUNCTION_USES: dict[str, list[tuple[str, str]]] = {
 
 MACHINE_NEEDS: dict[str, list[Need]] = {
     "ProvisionStateMachine": [
-        *[("lambda:InvokeFunction", lambda_arn(f)) for f in FUNCTION_ENTRY if FUNCTION_ENTRY[f][0] == "provision"],
+        *[("lambda:InvokeFunction", lambda_arn(f)) for f in FUNCTION_ENTRY if FUNCTION_ENTRY[f] == "provision"],
         ("sns:Publish", TOPIC_ARN),
         # The topic is encrypted with the stack key: a publisher needs a data key.
         ("kms:GenerateDataKey", KEY),
         ("kms:Decrypt", KEY),
     ],
     "FailoverStateMachine": [
-        *[("lambda:InvokeFunction", lambda_arn(f)) for f in FUNCTION_ENTRY if FUNCTION_ENTRY[f][0] == "failover"],
+        *[("lambda:InvokeFunction", lambda_arn(f)) for f in FUNCTION_ENTRY if FUNCTION_ENTRY[f] == "failover"],
         ("sns:Publish", TOPIC_ARN),
         ("kms:GenerateDataKey", KEY),
         ("kms:Decrypt", KEY),
@@ -454,67 +449,19 @@ def template() -> dict[str, Any]:
     return transformed()
 
 
-# --- 1. the call graph of the workflows ---------------------------------------------------------------
-
-
-def _functions(module: str) -> dict[str, ast.FunctionDef]:
-    """The module's functions (every module's, for a package) and the shared ones of workflows/common.py."""
-    package = WORKFLOWS / module
-    paths = sorted(package.glob("*.py")) if package.is_dir() else [WORKFLOWS / f"{module}.py"]
-    trees = [ast.parse(path.read_text()) for path in [*paths, WORKFLOWS / "common.py"]]
-    return {n.name: n for tree in trees for n in tree.body if isinstance(n, ast.FunctionDef)}
-
-
-def reachable_ports(module: str, entry: str) -> set[tuple[str, str]]:
-    """`deps.<port>.<method>(…)` calls reachable from `entry` (through the module's own functions, those of
-    workflows/common.py, and `load_settings(deps.settings, deps.secrets)`)."""
-    local = _functions(module)
-    found: set[tuple[str, str]] = set()
-    seen: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in seen or name not in local:
-            return
-        seen.add(name)
-        for node in ast.walk(local[name]):
-            if not isinstance(node, ast.Call):
-                continue
-            func = node.func
-            if isinstance(func, ast.Name):
-                if func.id == "load_settings":
-                    found.update(SETTINGS)
-                visit(func.id)
-            elif (
-                isinstance(func, ast.Attribute)
-                and isinstance(func.value, ast.Attribute)
-                and isinstance(func.value.value, ast.Name)
-                and func.value.value.id == "deps"
-            ):
-                found.add((func.value.attr, func.attr))
-            elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "deps":
-                assert func.attr in NOT_AWS_PORTS, f"{name}: deps.{func.attr}(…) is not a known call"
-
-    visit(entry)
-    return {use for use in found if use[0] not in NOT_AWS_PORTS}
+# --- 1. the ports each handler's code reads -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTION_ENTRY))
-def test_the_table_of_uses_is_what_the_code_reaches(function: str) -> None:
-    # Given the handler's source and the workflow function it calls
-    module, entry, idempotent = FUNCTION_ENTRY[function]
-    app = (ROOT / "functions" / function / "app.py").read_text()
-    assert f"from sip_trunk.workflows.{module} import" in app, f"{function} does not use workflows.{module}"
-    assert f"{entry}(" in app, f"{function} does not call {entry}"
-    assert ("run_idempotent" in app) == idempotent, f"{function}: idempotency changed"
-    assert "boto3" not in app, "handlers call AWS only through the adapters"
-    # When the calls reachable from it are collected
-    reached = reachable_ports(module, entry)
-    if idempotent:
-        reached.add(("observability", "run_idempotent"))
-    # Then they are exactly the table's entries for the function
-    assert reached == set(FUNCTION_USES[function]), (
-        f"{function}: code reaches {sorted(reached)}; table says {sorted(FUNCTION_USES[function])}"
-    )
+def test_the_table_names_the_ports_the_code_reads(function: str) -> None:
+    # Given what the imported handler's code can reach
+    from sip_trunk.observability import run_idempotent
+
+    reached = reach(function)
+    # Then its AWS ports are the table's, and it is idempotent exactly when the table says so
+    table = {port for port, _ in FUNCTION_USES[function]}
+    assert reached.ports - NOT_AWS_PORTS == table - {"observability"}, function
+    assert (run_idempotent in reached.functions) == ("observability" in table), f"{function}: idempotency changed"
 
 
 def test_the_default_deps_are_the_aws_adapters() -> None:
@@ -529,18 +476,7 @@ def test_the_default_deps_are_the_aws_adapters() -> None:
         assert type(getattr(deps, port)).__name__ == cls, port
 
 
-# --- 2. the adapters' boto3 calls -----------------------------------------------------------------
-
-CLIENT_PREFIX = {"ssm": "ssm", "ec2": "ec2", "cfn": "cloudformation", "ddb": "dynamodb", "sfn": "states", "s3": "s3"}
 OPERATION_ACTION = {"s3:HeadObject": "s3:GetObject"}
-HELPER_CALLS = {
-    # module-level helpers an adapter delegates to
-    "configstore.publish_config": {"ssm:PutParameter"},
-    "configstore.get_desired_version": {"ssm:GetParameter"},
-    "configstore.set_desired_version": {"ssm:PutParameter"},
-    "parameters.get_parameter": {"ssm:GetParameter"},
-    "parameters.get_secret": {"secretsmanager:GetSecretValue"},
-}
 
 
 def action_of(prefix: str, operation: str) -> str:
@@ -551,80 +487,21 @@ def action_of(prefix: str, operation: str) -> str:
     return OPERATION_ACTION.get(key, key)
 
 
-def adapter_actions(cls: type, method: str) -> set[str]:
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    methods = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
-    found: set[str] = set()
-    seen: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in seen:
-            return
-        seen.add(name)
-        for node in ast.walk(methods[name]):
-            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
-                continue
-            func, owner = node.func, node.func.value
-            if isinstance(owner, ast.Name) and owner.id == "self" and func.attr in methods:
-                visit(func.attr)
-            elif isinstance(owner, ast.Name) and f"{owner.id}.{func.attr}" in HELPER_CALLS:
-                found.update(HELPER_CALLS[f"{owner.id}.{func.attr}"])
-            elif (
-                isinstance(owner, ast.Attribute)
-                and isinstance(owner.value, ast.Name)
-                and owner.value.id == "self"
-                and owner.attr in CLIENT_PREFIX
-            ):
-                if func.attr == "get_paginator":
-                    arg = node.args[0]
-                    assert isinstance(arg, ast.Constant)
-                    found.add(action_of(CLIENT_PREFIX[owner.attr], str(arg.value)))
-                else:
-                    found.add(action_of(CLIENT_PREFIX[owner.attr], func.attr))
-
-    visit(method)
-    return found
-
-
-def test_every_port_method_of_the_workflows_has_needs() -> None:
-    used = {use for uses in FUNCTION_USES.values() for use in uses}
-    assert used == set(ADAPTER_NEEDS), f"unused: {set(ADAPTER_NEEDS) - used}"
-
-
-@pytest.mark.parametrize("use", sorted(k for k in ADAPTER_NEEDS if k[0] != "observability"), ids=".".join)
-def test_adapter_needs_are_the_adapters_boto3_calls(use: tuple[str, str]) -> None:
-    import sip_trunk.aws.cloudformation
-    import sip_trunk.aws.dynamodb
-    import sip_trunk.aws.ec2
-    import sip_trunk.aws.runcommand
-    import sip_trunk.aws.s3
-    import sip_trunk.aws.ssm
-    import sip_trunk.aws.stepfunctions
-
-    modules = [
-        sip_trunk.aws.cloudformation,
-        sip_trunk.aws.dynamodb,
-        sip_trunk.aws.ec2,
-        sip_trunk.aws.runcommand,
-        sip_trunk.aws.s3,
-        sip_trunk.aws.ssm,
-        sip_trunk.aws.stepfunctions,
-    ]
-    cls = next(getattr(m, PORT_ADAPTERS[use[0]]) for m in modules if hasattr(m, PORT_ADAPTERS[use[0]]))
-    called = adapter_actions(cls, use[1])
-    listed = {action for action, _ in ADAPTER_NEEDS[use]}
-    assert called, f"{use}: no AWS call found in {cls.__name__}.{use[1]}"
-    assert listed - IMPLIED - IMPLIED_FOR.get(use, set()) == called, (
-        f"{use}: the adapter calls {sorted(called)}; the table says {sorted(listed)}"
-    )
-
-
-def test_idempotency_store_is_the_state_table() -> None:
+def test_the_idempotency_store_is_the_state_table(monkeypatch: pytest.MonkeyPatch) -> None:
     from sip_trunk import observability
+    from sip_trunk.environment import load_config
 
-    source = inspect.getsource(observability.idempotency_store)
-    assert "DynamoDBPersistenceLayer" in source
-    assert "state_table" in source
+    for name, value in {"STACK_NAME": STACK, "CONFIG_PREFIX": CONFIG, "SETTINGS_PARAMETER": "/x"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("STATE_TABLE", TABLE)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    load_config.cache_clear()
+    observability.idempotency_store.cache_clear()
+    try:
+        assert observability.idempotency_store().table_name == TABLE
+    finally:
+        load_config.cache_clear()
+        observability.idempotency_store.cache_clear()
 
 
 # --- 3. the template allows exactly that ------------------------------------------------------------
@@ -680,12 +557,17 @@ def test_sendcommand_and_address_moves_are_tag_conditioned(template: dict[str, A
 # --- moto runs with every botocore call recorded ------------------------------------------------
 
 
+Use = tuple[str, str]
+"""(port, method): the adapter method an AWS call is made in."""
+
+
 @dataclass
 class Call:
     who: str
     service: str
     operation: str
     params: dict[str, Any]
+    use: Use | None
 
 
 class Recorder:
@@ -709,8 +591,21 @@ class Recorder:
     def record(self, service: str, operation: str, params: dict[str, Any]) -> None:
         who = self.who()
         if who:
+            uses = getattr(self.local, "uses", [])
             with self.lock:
-                self.calls.append(Call(who, service, operation, dict(params)))
+                self.calls.append(Call(who, service, operation, dict(params), uses[-1] if uses else None))
+
+    def as_use(self, use: Use, method: Any) -> Any:
+        """`method`, noting while it runs that the AWS calls it makes are `use`'s (the innermost wins)."""
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            self.local.uses = [*getattr(self.local, "uses", []), use]
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.local.uses = self.local.uses[:-1]
+
+        return run
 
     def as_function(self, name: str, handler: Any) -> Any:
         from aws_lambda_powertools.utilities import parameters
@@ -799,6 +694,17 @@ def recorded() -> Iterator[Recorder]:
         return original(client, operation, params)
 
     mp.setattr(botocore.client.BaseClient, "_make_api_call", make_api_call)
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+    from support.reach import adapters
+
+    for port, method in ADAPTER_NEEDS:
+        if port == "observability":  # Powertools' idempotency records, behind run_idempotent
+            for name in ("_get_record", "_put_record", "_update_record", "_delete_record"):
+                original_method = getattr(DynamoDBPersistenceLayer, name)
+                mp.setattr(DynamoDBPersistenceLayer, name, recorder.as_use((port, method), original_method))
+            continue
+        cls = type(adapters()[port])
+        mp.setattr(cls, method, recorder.as_use((port, method), getattr(cls, method)))
     config: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
     try:
         with mock_aws(config=config), build_world(mp) as world:
@@ -888,3 +794,27 @@ def test_every_recorded_call_is_in_the_table_and_allowed(recorded: Recorder, tem
             if not allows(statements, action, arn):
                 problems.add(f"{call.who}: {role} does not allow {action} on {arn}")
     assert not problems, "\n".join(sorted(problems))
+
+
+def test_functions_call_aws_only_inside_adapters(recorded: Recorder) -> None:
+    outside = {f"{c.who}: {c.service}:{c.operation}" for c in recorded.calls if c.who in FUNCTION_ENTRY and not c.use}
+    assert not outside, "\n".join(sorted(outside))
+
+
+def test_each_function_uses_only_its_row_of_the_table(recorded: Recorder) -> None:
+    unlisted = {
+        f"{c.who} uses {c.use}"
+        for c in recorded.calls
+        if c.use and c.who in FUNCTION_ENTRY and c.use not in FUNCTION_USES[c.who]
+    }
+    assert not unlisted, "\n".join(sorted(unlisted))
+
+
+def test_each_adapter_method_calls_only_its_row_of_the_table(recorded: Recorder) -> None:
+    unlisted: set[str] = set()
+    for c in recorded.calls:
+        if c.use:
+            action = action_of(c.service, c.operation)
+            if action not in {a for a, _ in ADAPTER_NEEDS[c.use]}:
+                unlisted.add(f"{c.use} calls {action}")
+    assert not unlisted, "\n".join(sorted(unlisted))

@@ -10,7 +10,7 @@ import boto3
 import pytest
 from sip_trunk.errors import SettingsInvalid
 from support.moto_sfn import REGION
-from support.world import OPERATOR_SETTINGS_PARAMETER, STACK, _reset_caches
+from support.world import OPERATOR_SETTINGS_PARAMETER, STACK, _reset_caches, operator_document
 
 pytestmark = pytest.mark.integration
 
@@ -19,40 +19,6 @@ EXTENSION_PASSWORD = "ext-1001-Pass-9876"
 
 def ssm() -> Any:
     return boto3.client("ssm", region_name=REGION)
-
-
-def operator_document() -> dict[str, Any]:
-    """A full document as an operator writes it (carriers, softphones, IVR), for the world's stack."""
-    return {
-        "name": "acme-voice",
-        "elevenlabs": {
-            "phone_number": "+14155550100",
-            "transport": "tcp",
-            "outbound_username": "gateway-out",
-            "outbound_password": f"ssm:/sip-trunk/{STACK}/sip/outbound-password",
-            "inbound_username": "acme-elevenlabs",
-            "inbound_password": f"secretsmanager:{STACK}/sip/inbound-password",
-        },
-        "network": {"public_address": "203.0.113.10", "local_nets": ["10.20.0.0/16"]},
-        "carriers": [
-            {
-                "name": "backup-carrier",
-                "host": "198.51.100.20",
-                "transport": "tcp",
-                "auth": "ip",
-                "match": ["198.51.100.0/28"],
-                "dids": ["+442071838750"],
-            }
-        ],
-        "extensions": [{"number": "1001", "password": f"ssm:/sip-trunk/{STACK}/ext/1001", "video": False}],
-        "dialplan": {
-            "did_routes": {"+442071838750": {"kind": "ivr"}},
-            "ivr": {
-                "enabled": True,
-                "choices": {"1": {"kind": "agent"}, "2": {"kind": "extension", "extension": "1001"}},
-            },
-        },
-    }
 
 
 def store(document: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ the answers moto never gives (throttling, access denied, an unregistered host)."
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -19,7 +20,6 @@ from sip_trunk.aws.cloudformation import CfnStacks
 from sip_trunk.aws.ec2 import Ec2Addresses
 from sip_trunk.aws.runcommand import SsmCommands
 from sip_trunk.errors import AddressRefused, AwsThrottled, HostUnreachable, StackRejected
-from sip_trunk.workflows.ports import Addresses, Commands, Stacks
 from support.fakes import DENIED, FakeCommands, FakeEc2, FakeStacks
 
 pytestmark = pytest.mark.integration
@@ -71,101 +71,84 @@ def test_fake_leaves_out_instances_ec2_does_not_know() -> None:
     assert [i.instance_id for i in fake.instances([known, "i-0123456789abcdef0"])] == [known]
 
 
-def _stubbed_ec2(stubbed: Callable[[str], tuple[Any, Stubber]], code: str) -> Addresses:
-    client, stubber = stubbed("ec2")
-    stubber.add_client_error("describe_instances", service_error_code=code)
-    return Ec2Addresses(client)
+# --- one AWS answer, adapter and fake alike ------------------------------------------------------
+
+INSTANCE = "i-0123456789abcdef0"
+ADAPTERS: dict[str, Callable[[Any], Any]] = {"ec2": Ec2Addresses, "ssm": SsmCommands, "cloudformation": CfnStacks}
 
 
-def _faulty_ec2(code: str) -> Addresses:
-    fake = FakeEc2()
-    fake.faults.fail("instances", code)
-    return fake
+def _faulty(port: Any, method: str, code: str) -> Any:
+    port.faults.fail(method, code)
+    return port
 
 
-@pytest.mark.parametrize("kind", ["adapter", "fake"])
-def test_throttled_describe_raises_the_retryable_error(
-    kind: str, stubbed: Callable[[str], tuple[Any, Stubber]]
-) -> None:
-    addresses = (
-        _stubbed_ec2(stubbed, "RequestLimitExceeded") if kind == "adapter" else _faulty_ec2("RequestLimitExceeded")
-    )
-    with pytest.raises(AwsThrottled):
-        addresses.instances(["i-0123456789abcdef0"])
+@dataclass(frozen=True)
+class Contract:
+    """One AWS answer, as the adapter gets it from botocore and as the fake gives it, and what both raise."""
+
+    service: str
+    operation: str
+    code: str
+    fake: Callable[[], Any]
+    call: Callable[[Any], object]
+    raises: type[Exception]
+    message: str = ""
+
+    def adapter(self, stubbed: Callable[[str], tuple[Any, Stubber]]) -> Any:
+        client, stubber = stubbed(self.service)
+        stubber.add_client_error(self.operation, service_error_code=self.code, service_message=self.message)
+        return ADAPTERS[self.service](client)
 
 
-@pytest.mark.parametrize("kind", ["adapter", "fake"])
-def test_denied_describe_passes_as_client_error(kind: str, stubbed: Callable[[str], tuple[Any, Stubber]]) -> None:
-    addresses = _stubbed_ec2(stubbed, DENIED) if kind == "adapter" else _faulty_ec2(DENIED)
-    with pytest.raises(ClientError) as raised:
-        addresses.instances(["i-0123456789abcdef0"])
-    assert raised.value.response["Error"]["Code"] == DENIED
-
-
-# --- EC2: associate ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", ["adapter", "fake"])
-def test_associating_with_an_unknown_instance_is_refused(
-    kind: str, stubbed: Callable[[str], tuple[Any, Stubber]]
-) -> None:
-    addresses: Addresses
-    if kind == "adapter":
-        client, stubber = stubbed("ec2")
-        stubber.add_client_error("associate_address", service_error_code="InvalidInstanceID.NotFound")
-        addresses = Ec2Addresses(client)
-    else:
-        addresses = FakeEc2()
-    with pytest.raises(AddressRefused):
-        addresses.associate("eipalloc-0123456789abcdef0", "i-0123456789abcdef0")
-
-
-# --- Run Command ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", ["adapter", "fake"])
-def test_sending_to_an_unregistered_host_is_host_unreachable(
-    kind: str, stubbed: Callable[[str], tuple[Any, Stubber]]
-) -> None:
-    commands: Commands
-    if kind == "adapter":
-        client, stubber = stubbed("ssm")
-        stubber.add_client_error("send_command", service_error_code="InvalidInstanceId")
-        commands = SsmCommands(client)
-    else:
-        commands = FakeCommands(unreachable={"i-0123456789abcdef0"})
-    with pytest.raises(HostUnreachable):
-        commands.send(["i-0123456789abcdef0"], ["true"], "test")
+CONTRACTS = {
+    "throttled describe raises the retryable error": Contract(
+        "ec2", "describe_instances", "RequestLimitExceeded",
+        fake=lambda: _faulty(FakeEc2(), "instances", "RequestLimitExceeded"),
+        call=lambda addresses: addresses.instances([INSTANCE]), raises=AwsThrottled,
+    ),
+    "denied describe passes as ClientError": Contract(
+        "ec2", "describe_instances", DENIED,
+        fake=lambda: _faulty(FakeEc2(), "instances", DENIED),
+        call=lambda addresses: addresses.instances([INSTANCE]), raises=ClientError,
+    ),
+    "associating with an unknown instance is refused": Contract(
+        "ec2", "associate_address", "InvalidInstanceID.NotFound",
+        fake=FakeEc2,
+        call=lambda addresses: addresses.associate("eipalloc-0123456789abcdef0", INSTANCE), raises=AddressRefused,
+    ),
+    "sending to an unregistered host is host unreachable": Contract(
+        "ssm", "send_command", "InvalidInstanceId",
+        fake=lambda: FakeCommands(unreachable={INSTANCE}),
+        call=lambda commands: commands.send([INSTANCE], ["true"], "test"), raises=HostUnreachable,
+    ),
+    "throttled send raises the retryable error": Contract(
+        "ssm", "send_command", "ThrottlingException",
+        fake=lambda: _faulty(FakeCommands(), "send", "ThrottlingException"),
+        call=lambda commands: commands.send([INSTANCE], ["true"], "test"), raises=AwsThrottled,
+    ),
+    "a refused create is stack rejected": Contract(
+        "cloudformation", "create_stack", "ValidationError", message="bad template",
+        fake=lambda: FakeStacks(rejects="bad template"),
+        call=lambda stacks: stacks.create("host", "https://b.s3.us-east-1.amazonaws.com/host.yaml", {}),
+        raises=StackRejected,
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["adapter", "fake"])
-def test_throttled_send_raises_the_retryable_error(kind: str, stubbed: Callable[[str], tuple[Any, Stubber]]) -> None:
-    commands: Commands
-    if kind == "adapter":
-        client, stubber = stubbed("ssm")
-        stubber.add_client_error("send_command", service_error_code="ThrottlingException")
-        commands = SsmCommands(client)
-    else:
-        commands = FakeCommands()
-        commands.faults.fail("send", "ThrottlingException")
-    with pytest.raises(AwsThrottled):
-        commands.send(["i-0123456789abcdef0"], ["true"], "test")
+@pytest.mark.parametrize("name", sorted(CONTRACTS))
+def test_adapter_and_fake_raise_alike(name: str, kind: str, stubbed: Callable[[str], tuple[Any, Stubber]]) -> None:
+    contract = CONTRACTS[name]
+    port = contract.adapter(stubbed) if kind == "adapter" else contract.fake()
+    with pytest.raises(contract.raises) as raised:
+        contract.call(port)
+    if isinstance(raised.value, ClientError):
+        assert raised.value.response["Error"]["Code"] == contract.code
+    if contract.message:
+        assert contract.message in str(raised.value)
 
 
 # --- CloudFormation ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", ["adapter", "fake"])
-def test_a_refused_create_is_stack_rejected(kind: str, stubbed: Callable[[str], tuple[Any, Stubber]]) -> None:
-    stacks: Stacks
-    if kind == "adapter":
-        client, stubber = stubbed("cloudformation")
-        stubber.add_client_error("create_stack", service_error_code="ValidationError", service_message="bad template")
-        stacks = CfnStacks(client)
-    else:
-        stacks = FakeStacks(rejects="bad template")
-    with pytest.raises(StackRejected, match="bad template"):
-        stacks.create("host", "https://b.s3.us-east-1.amazonaws.com/host.yaml", {})
 
 
 def test_adapter_reports_nothing_to_update_as_unchanged(stubbed: Callable[[str], tuple[Any, Stubber]]) -> None:

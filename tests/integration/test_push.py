@@ -15,6 +15,7 @@ from cfnlint.decode import decode
 from moto import mock_aws
 from sip_trunk.cli import app
 from sip_trunk.push import REQUIRED_OUTPUTS
+from support import world
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.integration
@@ -70,29 +71,7 @@ def stack_template(recording: bool = False) -> str:
 
 
 def operator_document() -> dict[str, Any]:
-    return {
-        "name": "acme-voice",
-        "elevenlabs": {
-            "phone_number": "+14155550100",
-            "outbound_username": "gateway-out",
-            "outbound_password": f"secretsmanager:{STACK}/sip/outbound-password",
-            "inbound_username": "acme-elevenlabs",
-            "inbound_password": f"secretsmanager:{STACK}/sip/inbound-password",
-        },
-        "network": {"public_address": "203.0.113.10", "local_nets": ["10.20.0.0/16"]},
-        "carriers": [
-            {
-                "name": "backup-carrier",
-                "host": "198.51.100.20",
-                "transport": "tcp",
-                "auth": "ip",
-                "match": ["198.51.100.0/28"],
-                "dids": ["+442071838750"],
-            }
-        ],
-        "extensions": [{"number": "1001", "password": f"ssm:/sip-trunk/{STACK}/ext/1001"}],
-        "dialplan": {"did_routes": {"+442071838750": {"kind": "extension", "extension": "1001"}}},
-    }
+    return world.operator_document(STACK, outbound_password=f"secretsmanager:{STACK}/sip/outbound-password")
 
 
 class Account:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import shlex
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cfnlint.decode import decode
 from support.sam import sam_transform
 
@@ -548,12 +551,29 @@ def test_one_function_per_contract_step() -> None:
     assert contract <= set(env), contract - set(env)
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "AwsSipTrunk"
     assert env["CONFIG_PREFIX"] == {"Fn::Sub": "/sip-trunk/${AWS::StackName}/asterisk"}
+
+
+def test_the_layer_is_built_for_the_functions_runtime_and_architecture(tmp_path: Path) -> None:
+    """`sam build` runs the layer's Makefile target (BuildMethod: makefile); what it would run (`make -n`, the
+    variables expanded) installs wheels for the functions' Python and CPU, whatever the build host's are."""
+    root = load(ROOT_TEMPLATE)
     layer = root["Resources"]["SipTrunkLayer"]
     assert layer["Metadata"]["BuildMethod"] == "makefile"
-    makefile = (ROOT / "layers" / "sip_trunk" / "Makefile").read_text()
-    assert "build-SipTrunkLayer:" in makefile
-    assert "manylinux2014_aarch64" in makefile
-    assert "3.13" in makefile
+    globals_ = root["Globals"]["Function"]
+    proc = subprocess.run(
+        ["make", "-n", "-s", "-C", str(ROOT / layer["Properties"]["ContentUri"]), "build-SipTrunkLayer",
+         f"ARTIFACTS_DIR={tmp_path}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    pip = next(shlex.split(line) for line in proc.stdout.replace("\\\n", " ").splitlines() if " pip install " in line)
+    pip = [part for word in pip for part in (word.split("=", 1) if word.startswith("--") else [word])]
+    option = {pip[i]: pip[i + 1] for i in range(len(pip) - 1) if pip[i].startswith("--")}
+    assert f"python{option['--python-version']}" == globals_["Runtime"]
+    machine = {"arm64": "aarch64", "x86_64": "x86_64"}[globals_["Architectures"][0]]
+    assert option["--platform"].endswith(f"_{machine}")
+    assert option["--only-binary"] == ":all:"
+    assert option["--target"] == f"{tmp_path}/python"
 
 
 def state_machines() -> dict[str, dict[str, Any]]:
@@ -589,6 +609,22 @@ def test_every_asl_placeholder_has_a_definition_substitution(machine: str) -> No
     placeholders = set(re.findall(r"\$\{([^}]+)\}", text))
     missing = placeholders - set(props["DefinitionSubstitutions"])
     assert not missing, f"{path.name} uses ${{…}} without a DefinitionSubstitution: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("machine", ["ProvisionStateMachine", "FailoverStateMachine"])
+def test_definitions_load_as_cloudformation_reads_them(machine: str) -> None:
+    """CloudFormation parses a `DefinitionS3Location` file with Jackson, which gives a YAML alias as the
+    anchor's name (a string), so the deployed definition would be invalid: the loader the harness and local
+    mode use refuses aliases, and the definitions load through it."""
+    from sip_trunk_local.controlplane import asl_document
+
+    path = ROOT / state_machines()[machine]["Properties"]["DefinitionUri"]
+    assert asl_document(path.read_text())["States"]
+    retry = "Retry:\n      - ErrorEquals: [AwsThrottled]\n        MaxAttempts: 3\n"
+    planted = f"States:\n  A:\n    Type: Pass\n    {retry.replace('Retry:', 'Retry: &retry')}    End: true\n"
+    planted += "  B:\n    Type: Pass\n    Retry: *retry\n    End: true\n"
+    with pytest.raises(yaml.YAMLError, match="cannot use YAML aliases"):
+        asl_document(planted)
 
 
 # --- IAM -----------------------------------------------------------------------------------------------

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import ast
-import re
+import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +10,12 @@ import botocore.session
 import pytest
 import yaml
 from botocore import xform_name
+from support.reach import Reach, codes
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGE = REPO / "layers/sip_trunk/src/sip_trunk"
-AGENT_SOURCES = sorted((PACKAGE / "agent").glob("*.py"))
-# The configstore functions the agent uses (publish_config/set_desired_version belong to the control plane).
-AGENT_CONFIGSTORE = {"get_desired_version", "fetch_config"}
-# Names the scan matches that are not AWS calls: Manifest.verify.
+# Names the agent's code uses that are also AWS operation names but not AWS calls: Manifest.verify.
 NOT_AWS = {"verify"}
 SERVICES = ("ssm", "s3", "cloudwatch", "dynamodb", "stepfunctions", "logs", "kms", "cloudformation", "lambda")
 
@@ -68,24 +64,13 @@ def operations() -> set[str]:
 
 
 def agent_calls() -> set[str]:
-    """Every ``<something>.<aws operation>(...)`` in the agent's sources."""
-    known = operations() - NOT_AWS
-    trees: list[ast.AST] = [ast.parse(path.read_text()) for path in AGENT_SOURCES]
-    used = {
-        node.attr
-        for tree in trees
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "configstore"
-    }
-    assert used <= AGENT_CONFIGSTORE, used
-    store = ast.parse((PACKAGE / "configstore.py").read_text())
-    trees += [n for n in ast.walk(store) if isinstance(n, ast.FunctionDef) and n.name in AGENT_CONFIGSTORE]
-    found = set()
-    for tree in trees:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in known:
-                found.add(node.func.attr)
-    return found
+    """Every AWS operation the code reachable from the agent's command line names (`<client>.<operation>(…)`),
+    found by following the imported agent (support.reach), wherever the code lives."""
+    from sip_trunk.agent.__main__ import main
+
+    reach = Reach().follow(main)
+    named = {name for function in reach.functions for code in codes(function.__code__) for name in code.co_names}
+    return named & (operations() - NOT_AWS)
 
 
 def statements() -> dict[str, dict[str, Any]]:
@@ -148,11 +133,49 @@ def test_scoping() -> None:
     assert all(s["Resource"] != "*" for sid, s in by_sid.items() if sid != "HostMetrics")
 
 
-def test_keys_the_agent_writes_fit_the_scoped_prefixes() -> None:
-    backup = (PACKAGE / "agent/backup.py").read_text()
-    recordings = (PACKAGE / "agent/recordings.py").read_text()
-    assert re.search(r'key = f"hosts/\{instance_id\}/', backup)
-    assert 'return f"recordings/' in recordings
-    report = (PACKAGE / "agent/report.py").read_text()
-    assert 'NAMESPACE = "AwsSipTrunk/Host"' in report
-    assert 'item["pk"] = f"host#' in report
+class RecordingS3:
+    """Just enough of an S3 client for `backup`: keeps what was put and answers the check read."""
+
+    def __init__(self) -> None:
+        self.put: dict[str, Any] = {}
+
+    def put_object(self, **kwargs: Any) -> dict[str, Any]:
+        self.put[kwargs["Key"]] = kwargs
+        return {}
+
+    def head_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        sent = self.put[Key]
+        return {"ContentLength": len(sent["Body"]), "Metadata": sent["Metadata"]}
+
+
+def _prefix_allows(resource: str, key: str) -> bool:
+    """`arn:…:s3:::${Bucket}/<prefix>*` allows `key`."""
+    prefix = resource.split("}/", 1)[1]
+    return fnmatch.fnmatchcase(key, prefix)
+
+
+def test_keys_the_agent_writes_fit_the_scoped_prefixes(tmp_path: Path) -> None:
+    from sip_trunk.agent import backup, recordings, report
+    from sip_trunk.agent.config import AgentConfig
+
+    by_sid = statements()
+    # a backup
+    s3 = RecordingS3()
+    config = AgentConfig(
+        backup_bucket="b",
+        config_dir=tmp_path / "etc",
+        releases_dir=tmp_path / "releases",
+        astdb_path=tmp_path / "astdb.sqlite3",
+        voicemail_dir=tmp_path / "voicemail",
+    )
+    backup.backup(config, s3, "i-0123456789abcdef0", now=0)
+    assert s3.put
+    assert all(_prefix_allows(by_sid["Backups"]["Resource"]["Fn::Sub"], key) for key in s3.put), s3.put
+    # a recording
+    key = recordings.object_key("trunk", "call/../1", 0.0, ".wav")
+    assert _prefix_allows(by_sid["Recordings"]["Resource"]["Fn::Sub"], key), key
+    # a heartbeat and the host's metrics
+    item = report.heartbeat_item({"instance_id": "i-0123456789abcdef0", "reported_at": 0})
+    leading = by_sid["Heartbeat"]["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+    assert any(fnmatch.fnmatchcase(item["pk"], pattern) for pattern in leading), item["pk"]
+    assert by_sid["HostMetrics"]["Condition"]["StringEquals"]["cloudwatch:namespace"] == report.NAMESPACE

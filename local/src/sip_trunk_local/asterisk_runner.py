@@ -68,13 +68,16 @@ def ensure_root(root: Path, *, script: Path, timeout: float = 900) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError):  # a zombie child of ours counts as gone
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
     return True
 
 
@@ -84,7 +87,7 @@ def prune_runs(root: Path) -> list[Path]:
     removed = []
     for path in sorted((root / "inst").glob("run*")):
         m = _RUN_DIR_RE.match(path.name)
-        if m and path.is_dir() and path.name != RUN_DIR and not _alive(int(m.group(1))):
+        if m and path.is_dir() and path.name != RUN_DIR and not process_alive(int(m.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

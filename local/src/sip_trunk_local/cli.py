@@ -371,11 +371,11 @@ def local_down(run_dir: RunDirOption = _DEFAULT_RUN_DIR) -> None:
     import signal
     import time
 
+    from sip_trunk_local.asterisk_runner import process_alive
     from sip_trunk_local.orchestrator import (
         CONTROL,
         PIDFILE,
         controller_pid,
-        process_alive,
         send_request,
         teardown_without_controller,
     )

@@ -188,8 +188,27 @@ def without_cidr_and_azs(node: Any, region: str = REGION, *, one_lan: bool = Fal
     return node
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: CloudFormation reads a `DefinitionS3Location` definition with Jackson, which
+    gives an alias as the anchor's name (a string), so a definition that uses one deploys broken."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.constructor.ConstructorError(
+                None, None, "a state machine definition cannot use YAML aliases (CloudFormation does not resolve them)",
+                event.start_mark,
+            )  # fmt: skip
+        return super().compose_node(parent, index)
+
+
+def asl_document(text: str) -> Any:
+    """A state machine definition (JSON or YAML) as the deployed state machine gets it; aliases are refused."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def state_machine_definition(path: Path) -> str:
-    return json.dumps(yaml.safe_load(path.read_text()))
+    return json.dumps(asl_document(path.read_text()))
 
 
 def root_template(root: Path, outputs: Mapping[str, str], network_id: str) -> dict[str, Any]:

@@ -23,10 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sip_trunk_local import executor
-from sip_trunk_local.controlplane import find_project_root
+from sip_trunk_local.controlplane import asl_document, find_project_root
 
 ROOT = find_project_root(Path(__file__).parent)
 FUNCTIONS = ROOT / "functions"
@@ -64,7 +62,7 @@ def render_definition(path: Path, subs: dict[str, str]) -> str:
     if missing:
         raise AssertionError(f"{path.name}: no value for substitutions {missing}")
     text = re.sub(r"\$\{([A-Za-z0-9]+)\}", lambda m: subs[m.group(1)], text)
-    return json.dumps(yaml.safe_load(text))
+    return json.dumps(asl_document(text))
 
 
 FakeContext = executor.LambdaContextStub

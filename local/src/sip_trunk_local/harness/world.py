@@ -24,8 +24,9 @@ from typing import Any
 import boto3
 from sip_trunk.workflows.common import API_KEY_UNSET
 
+from sip_trunk_local.controlplane import load_template
 from sip_trunk_local.executor import reset_handler_caches
-from sip_trunk_local.harness.moto_sfn import ACCOUNT, REGION, SipResponder
+from sip_trunk_local.harness.moto_sfn import ACCOUNT, REGION, ROOT, SipResponder
 
 STACK = "trunk"
 SETTINGS_PARAMETER = f"/sip-trunk/{STACK}/settings"
@@ -87,6 +88,53 @@ def settings_document(*, api_key: bool = True) -> dict[str, Any]:
     if api_key:
         el["api_key"] = f"secretsmanager:{STACK}/elevenlabs/api-key"
     return {"name": "demo", "elevenlabs": el, "network": {"local_nets": ["10.0.0.0/16"]}}
+
+
+def operator_document(stack: str = STACK, *, outbound_password: str | None = None) -> dict[str, Any]:
+    """A full document as an operator writes it and `sip-trunk push` stores (a carrier, a softphone, the IVR),
+    for `stack`; the outbound password is this world's SSM reference unless another is given."""
+    return {
+        "name": "acme-voice",
+        "elevenlabs": {
+            "phone_number": "+14155550100",
+            "transport": "tcp",
+            "outbound_username": "gateway-out",
+            "outbound_password": outbound_password or f"ssm:/sip-trunk/{stack}/sip/outbound-password",
+            "inbound_username": "acme-elevenlabs",
+            "inbound_password": f"secretsmanager:{stack}/sip/inbound-password",
+        },
+        "network": {"public_address": "203.0.113.10", "local_nets": ["10.20.0.0/16"]},
+        "carriers": [
+            {
+                "name": "backup-carrier",
+                "host": "198.51.100.20",
+                "transport": "tcp",
+                "auth": "ip",
+                "match": ["198.51.100.0/28"],
+                "dids": ["+442071838750"],
+            }
+        ],
+        "extensions": [{"number": "1001", "password": f"ssm:/sip-trunk/{stack}/ext/1001", "video": False}],
+        "dialplan": {
+            "did_routes": {"+442071838750": {"kind": "ivr"}},
+            "ivr": {
+                "enabled": True,
+                "choices": {"1": {"kind": "agent"}, "2": {"kind": "extension", "extension": "1001"}},
+            },
+        },
+    }
+
+
+def create_state_table(dynamodb: Any, name: str = TABLE) -> None:
+    """The state table as template.yaml declares it (keys, attributes, billing), in the current moto account;
+    `dynamodb` is a boto3 client or resource."""
+    table = load_template(ROOT / "template.yaml")["Resources"]["StateTable"]["Properties"]
+    dynamodb.create_table(
+        TableName=name,
+        KeySchema=table["KeySchema"],
+        AttributeDefinitions=table["AttributeDefinitions"],
+        BillingMode=table["BillingMode"],
+    )
 
 
 @dataclass
@@ -370,16 +418,7 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
         "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",  # loading moto's AMI catalogue costs seconds per test
     }.items():
         monkeypatch.setenv(key, value)
-    ddb = boto3.client("dynamodb", region_name=REGION)
-    ddb.create_table(
-        TableName=TABLE,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_state_table(boto3.client("dynamodb", region_name=REGION))
     ec2 = boto3.client("ec2", region_name=REGION)
     allocation = ec2.allocate_address(Domain="vpc")
     image_id = "ami-0123456789abcdef0"

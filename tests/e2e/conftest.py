@@ -71,6 +71,22 @@ def world_leftovers(run_dir: Path) -> dict[str, list[str]]:
     return {k: v for k, v in {"namespaces": namespaces, "processes": processes, "mounts": mounts}.items() if v}
 
 
+def prune_finished_sessions() -> list[Path]:
+    """Remove the run directories of e2e sessions whose pytest process is gone and of which nothing runs any
+    more (no controller, namespace, process or mount); returns them. Anything still alive is left alone."""
+    removed = []
+    for path in sorted(RUNS.glob("e2e-*")):
+        match = re.fullmatch(r"e2e-(?:drills-)?(\d+)", path.name)
+        if match is None or path == SESSION_RUNS or Path(f"/proc/{match[1]}").exists():
+            continue
+        runs = [path, *(p for p in path.iterdir() if p.is_dir())]
+        if any(controller_pid(r) is not None or world_leftovers(r) for r in runs):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 @pytest.fixture(scope="session", autouse=True)
 def local_mode_ready() -> Iterator[None]:
     if os.geteuid() != 0:
@@ -82,6 +98,7 @@ def local_mode_ready() -> Iterator[None]:
     problem = root_problem(DEFAULT_ROOT)
     if problem:
         pytest.fail(problem, pytrace=False)
+    prune_finished_sessions()
     yield
     # Nothing of this session is left: each test removed its run directory, and with it everything else
     left = {str(p): world_leftovers(p) or {"run directory": [str(p)]} for p in sorted(SESSION_RUNS.glob("*"))}

@@ -71,10 +71,10 @@ validate: dev validate-templates ## sam validate --lint, cfn-lint (+serverless r
 build: dev build-sam ## sam build, offline and without Docker (layer built for python3.13 / arm64)
 
 .PHONY: demo
-demo: dev ## The whole product on this machine: provision, verify, call (needs root)
+demo: dev ## The whole product on this machine: provision, verify, call (needs root; CONFIG_ENV=prod: a samconfig profile)
 	@[ "$$(id -u)" = 0 ] || { echo "demo: run as root (network namespaces, mounts, Asterisk)"; exit 1; }
 	bash scripts/asterisk-root.sh
-	$(BIN)/sip-trunk local up
+	$(BIN)/sip-trunk local up $(if $(CONFIG_ENV),--config-env $(CONFIG_ENV))
 	@echo "next: $(BIN)/sip-trunk local status | local call | local down"
 
 .PHONY: demo-down

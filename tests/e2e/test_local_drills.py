@@ -5,10 +5,9 @@ namespace, process, mount or iptables chain)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,8 @@ def iptables_rules() -> set[str]:
 
 
 @pytest.fixture
-def run_dir() -> Iterator[Path]:
-    path = Path("/run/aws-sip-trunk") / f"e2e-drills-{os.getpid()}"
-    yield path
-    sip_trunk("local", "down", "--run-dir", str(path), timeout=300)
+def run_dir(local_run_dir: Callable[[str], Path]) -> Path:
+    return local_run_dir("drills")
 
 
 def drill(run_dir: Path, name: str, *extra: str) -> dict[str, Any]:

@@ -4,10 +4,9 @@ run exactly as a user runs it (the CLI, a controller process, real Asterisk host
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,10 +24,8 @@ def sip_trunk(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture
-def run_dir() -> Iterator[Path]:
-    path = Path("/run/aws-sip-trunk") / f"e2e-{os.getpid()}"
-    yield path
-    sip_trunk("local", "down", "--run-dir", str(path), timeout=300)
+def run_dir(local_run_dir: Callable[[str], Path]) -> Path:
+    return local_run_dir("up")
 
 
 def test_local_up_provisions_calls_and_tears_down(run_dir: Path) -> None:

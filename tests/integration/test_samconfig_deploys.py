@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 from sip_trunk_local.controlplane import create_control_plane, load_template
+from sip_trunk_local.profiles import ParametersRefused, parameter_problems
 
 pytestmark = pytest.mark.integration
 
@@ -64,3 +65,33 @@ def test_every_samconfig_profile_deploys(aws: None, profile: str) -> None:
     sm = boto3.client("secretsmanager")
     names = {s["Name"] for s in sm.list_secrets()["SecretList"]}
     assert len(names) >= 2
+
+
+def test_a_profile_the_template_refuses_creates_nothing(aws: None) -> None:
+    # Given prod with TLS on, which the template's TlsNeedsCertificate rule refuses (CloudFormation's view)
+    stack_name, parameters = _stack_and_parameters("prod")
+    parameters |= {"EnableTls": "true", "SipTransport": "tls"}
+    refused = parameter_problems(load_template(ROOT / "template.yaml"), parameters)
+    assert [p.split(":")[0] for p in refused] == ["rule TlsNeedsCertificate"]
+    # When the root stack is created with it, Then it is refused with the same problems, before anything exists
+    with pytest.raises(ParametersRefused) as caught:
+        create_control_plane(ROOT, stack_name, parameters, high_availability=True)
+    assert caught.value.problems == refused
+    assert boto3.client("cloudformation").list_stacks()["StackSummaries"] == []
+
+
+def test_the_refusal_check_sees_every_rule_of_the_template() -> None:
+    # Control: each rule of the template refuses something, so a rule the check cannot read would fail here
+    template = load_template(ROOT / "template.yaml")
+    _, accepted = _stack_and_parameters("prod")
+    assert parameter_problems(template, accepted) == []
+    planted = {
+        "TlsTransportNeedsTls": {"SipTransport": "tls"},
+        "TlsNeedsCertificate": {"EnableTls": "true"},
+        "SrtpNeedsTls": {"MediaEncryption": "required"},
+        "ImageReferenceGiven": {"AmiSource": "ami-id"},
+        "DnsNeedsBoth": {"HostedZoneId": "Z0123456789ABCDEFGHIJ"},
+    }
+    assert set(planted) == set(template["Rules"])
+    for rule, values in planted.items():
+        assert f"rule {rule}" in [p.split(":")[0] for p in parameter_problems(template, accepted | values)], rule

@@ -10,18 +10,21 @@
   value or default, a value outside `AllowedValues`/`AllowedPattern`, a failed `Rules` assertion (with
   the AssertDescription the user would see).
 - `profiles` reads samconfig.toml's environments and their `parameter_overrides`.
+Both are local mode's own (`sip_trunk_local.profiles`): `sip-trunk local up --config-env` refuses exactly
+what these tests show CloudFormation refusing.
 
 `python -m support.deploy` (from tests/) prints the guided transcript for docs/DEPLOYMENT.md.
 """
 
 from __future__ import annotations
 
-import re
-import shlex
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sip_trunk_local import profiles as _profiles
+from sip_trunk_local.profiles import parameter_problems, parameter_values
+from sip_trunk_local.profiles import rule_value as _rule_value
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -30,6 +33,8 @@ SAMCONFIG = ROOT / "samconfig.toml"
 # What a first-time user has on day one; everything else is left at its default (Enter).
 DAY_ONE_ANSWERS = {"ElevenLabsPhoneNumber": "+14155550100", "AlarmEmail": "ops@example.com"}
 DOC_REGION = "us-east-1"  # SAM's default region when none is configured
+
+__all__ = ["parameter_problems", "parameter_values", "profiles"]
 
 
 class PromptRepeats(AssertionError):
@@ -45,91 +50,12 @@ def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
     return dict(template)
 
 
-# --- samconfig -----------------------------------------------------------------------------------
+# --- samconfig and what CloudFormation refuses: local mode's reader (sip_trunk_local.profiles) ---------------
 
 
 def profiles(path: Path = SAMCONFIG) -> dict[str, dict[str, Any]]:
     """environment → {"stack_name", "deploy": {...}, "build": {...}, "parameters": {key: value}}."""
-    config = tomllib.loads(path.read_text())
-    out: dict[str, dict[str, Any]] = {}
-    for env, commands in config.items():
-        if not isinstance(commands, dict):
-            continue
-        deploy = commands.get("deploy", {}).get("parameters", {})
-        overrides = deploy.get("parameter_overrides", [])
-        items = overrides if isinstance(overrides, list) else shlex.split(overrides)
-        out[env] = {
-            "stack_name": commands.get("global", {}).get("parameters", {}).get("stack_name"),
-            "deploy": deploy,
-            "build": commands.get("build", {}).get("parameters", {}),
-            "parameters": dict(item.split("=", 1) for item in items),
-        }
-    return out
-
-
-# --- what CloudFormation refuses -------------------------------------------------------------------
-
-
-def _rule_value(node: Any, values: dict[str, str], conditions: dict[str, Any] | None = None) -> Any:
-    if not isinstance(node, dict):
-        return node
-    ((fn, arg),) = node.items()
-    if fn == "Ref":
-        return values[arg]
-    if fn == "Condition" and conditions is not None:
-        return _rule_value(conditions[arg], values, conditions)
-    if fn == "Fn::If" and conditions is not None:
-        branch = arg[1] if _rule_value(conditions[arg[0]], values, conditions) else arg[2]
-        return _rule_value(branch, values, conditions)
-    if fn == "Fn::Equals":
-        return str(_rule_value(arg[0], values, conditions)) == str(_rule_value(arg[1], values, conditions))
-    if fn == "Fn::Not":
-        return not _rule_value(arg[0], values, conditions)
-    if fn == "Fn::And":
-        return all(_rule_value(a, values, conditions) for a in arg)
-    if fn == "Fn::Or":
-        return any(_rule_value(a, values, conditions) for a in arg)
-    if fn == "Fn::Contains":
-        return str(_rule_value(arg[1], values, conditions)) in [str(_rule_value(a, values, conditions)) for a in arg[0]]
-    raise AssertionError(f"rule function {fn} not understood by the test evaluator: extend it")
-
-
-def parameter_values(template: dict[str, Any], given: dict[str, str]) -> dict[str, str | None]:
-    """What CloudFormation uses: the given value, else the Default, else None (missing)."""
-    out: dict[str, str | None] = {}
-    for key, spec in template["Parameters"].items():
-        if key in given:
-            out[key] = given[key]
-        else:
-            out[key] = str(spec["Default"]) if "Default" in spec else None
-    return out
-
-
-def parameter_problems(template: dict[str, Any], given: dict[str, str]) -> list[str]:
-    params = template["Parameters"]
-    problems = [f"unknown parameter {key}" for key in given if key not in params]
-    values = parameter_values(template, given)
-    for key, value in values.items():
-        spec = params[key]
-        if value is None:
-            problems.append(f"{key}: no value and no default")
-            continue
-        allowed = spec.get("AllowedValues")
-        if allowed is not None and value not in [str(a) for a in allowed]:
-            problems.append(f"{key}={value!r}: not in AllowedValues")
-        pattern = spec.get("AllowedPattern")
-        if pattern is not None and re.fullmatch(pattern, value) is None:
-            problems.append(f"{key}={value!r}: {spec.get('ConstraintDescription', pattern)}")
-    if problems:
-        return problems
-    resolved = {k: v for k, v in values.items() if v is not None}
-    for name, rule in template.get("Rules", {}).items():
-        if "RuleCondition" in rule and not _rule_value(rule["RuleCondition"], resolved):
-            continue
-        for assertion in rule["Assertions"]:
-            if not _rule_value(assertion["Assert"], resolved):
-                problems.append(f"rule {name}: {assertion.get('AssertDescription', '')}")
-    return problems
+    return _profiles.profiles(path)
 
 
 # --- how long Provision can take -------------------------------------------------------------------

@@ -84,6 +84,38 @@ def _controller_or_exit(run_dir: Path) -> int:
     return pid
 
 
+def _deployment(
+    project: Path, config_env: str | None, samconfig: Path | None, single_host: bool
+) -> tuple[str, dict[str, str], bool]:
+    """(stack name, root-stack parameters, high availability) of `local up`, from a samconfig profile or
+    local mode's own defaults."""
+    import tomllib
+
+    from sip_trunk_local.controlplane import load_template
+    from sip_trunk_local.orchestrator import GUIDED_ANSWERS, LOCAL_IMAGE, STACK
+    from sip_trunk_local.profiles import SAMCONFIG, ProfileError, parameter_values, profile_parameters
+
+    if config_env is None:
+        if samconfig is not None:
+            raise _fail("--samconfig needs --config-env NAME")
+        return STACK, dict(GUIDED_ANSWERS), not single_host
+    template = load_template(project / "template.yaml")
+    path = samconfig or project / SAMCONFIG
+    try:
+        stack, parameters, answered = profile_parameters(path, config_env, template, GUIDED_ANSWERS)
+    except (ProfileError, OSError, tomllib.TOMLDecodeError) as exc:
+        raise _fail(str(exc)) from exc
+    high_availability = parameter_values(template, parameters).get("HighAvailability") == "true"
+    image = {k: parameters[k] for k in LOCAL_IMAGE if k in parameters}
+    out.print(
+        f"profile {config_env} ({path}): stack {stack}, {len(parameters) - len(answered)} parameter overrides"
+        + (f"; answered as --guided would ask: {', '.join(answered)}" if answered else "")
+        + (f"; local hosts boot the local Asterisk image, not {image}" if image else ""),
+        highlight=False,
+    )
+    return stack, parameters, high_availability and not single_host
+
+
 @app.command("up")
 def local_up(
     run_dir: RunDirOption = _DEFAULT_RUN_DIR,
@@ -95,6 +127,17 @@ def local_up(
     watch_failures: Annotated[
         int, typer.Option(help="the standby's watch-peer --failures: failed probes before failover (production: 3)")
     ] = 3,
+    config_env: Annotated[
+        str | None,
+        typer.Option(
+            "--config-env",
+            help="deploy this samconfig.toml profile: its stack_name and parameter_overrides, as `sam deploy "
+            "--config-env` sends them (what CloudFormation refuses is refused here)",
+        ),
+    ] = None,
+    samconfig: Annotated[
+        Path | None, typer.Option("--samconfig", help="the samconfig file (default: the project's samconfig.toml)")
+    ] = None,
 ) -> None:
     """Create the control plane in moto, provision local hosts with the real state machine, place a real call."""
     import os
@@ -110,10 +153,14 @@ def local_up(
         raise _fail("local mode needs root (network namespaces, mounts, Asterisk): run it with sudo")
     if controller_pid(run_dir) is not None:
         raise _fail(f"a local deployment is already running ({run_dir}); `sip-trunk local down` first")
+    project = find_project_root()
+    stack, parameters, high_availability = _deployment(project, config_env, samconfig, single_host)
     pid = spawn_controller(
         run_dir,
-        find_project_root(),
-        high_availability=not single_host,
+        project,
+        stack=stack,
+        parameters=parameters,
+        high_availability=high_availability,
         watch_interval_s=watch_interval,
         watch_failures=watch_failures,
     )
@@ -143,6 +190,13 @@ def local_up(
                     _print_summary(event["summary"])
                     out.print(f"[bold green]up[/]: `sip-trunk local status|call|down` (run dir {run_dir})")
                     return
+                elif kind == "failed" and event.get("problems"):
+                    live.stop()
+                    err.print(f"[bold red]local up refused[/]: CloudFormation refuses stack {escape(stack)}:")
+                    for problem in event["problems"]:
+                        err.print(f"  {escape(str(problem))}", highlight=False)
+                    err.print("no stack was created", highlight=False)
+                    raise typer.Exit(1)
                 elif kind == "failed":
                     live.stop()
                     err.print(f"[bold red]local up failed[/]: {escape(str(event.get('error')))}")

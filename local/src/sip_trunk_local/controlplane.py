@@ -12,7 +12,9 @@ documented fix-ups and nothing else:
 - with moto's executor on (`configure_moto`), API calls go to a second Step Functions backend that
   CloudFormation does not write to: the created state machines are registered there too, same name and ARN;
 - `AWS::SecretsManager::Secret` resources are stored by moto's CloudFormation without being created: the
-  secrets are created afterwards with the same name and a generated (or the given) value.
+  secrets are created afterwards with the same name and a generated (or the given) value;
+- moto evaluates no template `Rules` and no parameter constraints: the parameters are checked first, as
+  CloudFormation checks them at CreateStack (`profiles.parameter_problems`), and refused the same way.
 
 Used by local mode (`sip-trunk local up`) and the wiring test; nothing here is imported by the handlers.
 """
@@ -36,6 +38,8 @@ from typing import Any
 
 import yaml
 from sip_trunk.configstore import stack_parameter
+
+from sip_trunk_local.profiles import ParametersRefused, parameter_problems
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -478,12 +482,17 @@ def create_control_plane(
 
     `endpoint` is moto's server URL (local mode) or None for an active in-process `mock_aws` (tests).
     `one_lan`: both subnets inside 10.0.0.0/24, the LAN of local hosts.
+    Parameters CloudFormation would refuse at CreateStack (missing, not allowed, a failed `Rules` assertion,
+    which moto does not check) raise `ParametersRefused` before anything is created.
     """
+    params = {**parameters, "HighAvailability": str(high_availability).lower()}
+    problems = parameter_problems(load_template(root / "template.yaml"), params)
+    if problems:
+        raise ParametersRefused(stack_name, problems)
     cfn = client("cloudformation", endpoint)
     network_id, outputs = create_network(cfn, client("kms", endpoint), root, stack_name, one_lan=one_lan)
     upload_artifacts(client("s3", endpoint))
     template = root_template(root, outputs, network_id)
-    params = {**parameters, "HighAvailability": str(high_availability).lower()}
     stack_id = str(
         cfn.create_stack(
             StackName=stack_name,

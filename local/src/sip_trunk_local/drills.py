@@ -48,7 +48,7 @@ from sip_trunk_local.ec2_hooks import Ec2Hooks
 from sip_trunk_local.executor import Dispatcher, ExecutionReport, history_states
 from sip_trunk_local.netns import run_in_namespace
 from sip_trunk_local.standin import place_call
-from sip_trunk_local.topology import PHONE_NUMBER, PUBLIC_IP, SIP_PORT
+from sip_trunk_local.topology import PUBLIC_IP, SIP_PORT
 
 
 class LocalDeployment(Protocol):
@@ -60,6 +60,8 @@ class LocalDeployment(Protocol):
     manager: Any
     standin: Any
 
+    @property
+    def phone_number(self) -> str: ...
     def emit(self, **event: Any) -> None: ...
     def client(self, service: str) -> Any: ...
     def agent_environment(self) -> dict[str, str]: ...
@@ -559,7 +561,7 @@ def bad_config(dep: LocalDeployment, hold_ms: int = 20000) -> dict[str, Any]:
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             result = place_call(
-                dep.manager, dep.standin, PHONE_NUMBER, workdir, public_ip=PUBLIC_IP, duration_ms=hold_ms,
+                dep.manager, dep.standin, dep.phone_number, workdir, public_ip=PUBLIC_IP, duration_ms=hold_ms,
                 timeout=hold_ms / 1000 + 30,
             )  # fmt: skip
             held.update(result.summary(), audio_both_ways=result.audio_both_ways)
@@ -571,7 +573,7 @@ def bad_config(dep: LocalDeployment, hold_ms: int = 20000) -> dict[str, Any]:
         caller = threading.Thread(target=hold_call, name="held-call", daemon=True)
         caller.start()
         wait_for(lambda: dep.standin.channel_count() > channels_before, 15, "the held call was not answered", 0.1)
-        info["detail"] = f"carrier → {PHONE_NUMBER} @ {PUBLIC_IP}, held {hold_ms / 1000:g} s"
+        info["detail"] = f"carrier → {dep.phone_number} @ {PUBLIC_IP}, held {hold_ms / 1000:g} s"
 
     def swap_version(function: str, event: dict[str, Any], result: Any) -> None:
         if function == "render_config" and isinstance(result, dict):

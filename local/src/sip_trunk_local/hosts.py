@@ -101,6 +101,12 @@ print(json.dumps({"reachable": r.reachable, "status_code": r.status_code, "reaso
 """
 
 
+def namespace_prefix(run_dir: Path) -> str:
+    """What the names of a local world's namespaces start with (``<prefix>-router``, ``<prefix>-h1`` …): one
+    per run directory, so two deployments on one machine (a demo and a test run) never share a namespace."""
+    return "lh" + hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:6]
+
+
 class HostError(RuntimeError):
     """A local host could not be started, reached or removed."""
 
@@ -452,7 +458,7 @@ class LocalHostManager:
                 problem = root_problem(self.root)
                 if problem:
                     raise HostError(problem)
-                prefix = "lh" + hashlib.sha256(str(self.run_dir).encode()).hexdigest()[:6]
+                prefix = namespace_prefix(self.run_dir)
                 stale = [ns for ns in list_namespaces() if ns.startswith(prefix + "-")]
                 if stale:
                     raise HostError(f"namespaces {stale} exist: run `sip-trunk local down` for {self.run_dir}")

@@ -54,6 +54,7 @@ from sip_trunk_local.elevenlabs_api import ElevenLabsStandIn
 from sip_trunk_local.executor import Dispatcher, ExecutionReport, load_handlers, real_time_pacer, run_execution
 from sip_trunk_local.hosts import HEARTBEAT_UNIT, STATE_FILE, LocalHostManager
 from sip_trunk_local.netns import run_in_namespace
+from sip_trunk_local.profiles import ParametersRefused
 from sip_trunk_local.standin import carrier_settings, credentials, place_call, start_standin
 from sip_trunk_local.topology import CLIENT_IP, PHONE_NUMBER, PUBLIC_IP
 
@@ -61,12 +62,20 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RUN_DIR = Path("/run/aws-sip-trunk/local")
 STACK = "sip-local"
+"""The stack name of `local up` without a samconfig profile."""
+GUIDED_ANSWERS = {"ElevenLabsPhoneNumber": PHONE_NUMBER, "AlarmEmail": "ops@example.com"}
+"""What local mode answers for a required parameter that a profile leaves open (`sam deploy --guided` asks)."""
+LOCAL_IMAGE = {"AmiSource": "ami-id", "AmiReference": "ami-0123456789abcdef0"}
+"""Local hosts boot the cached Asterisk root whatever image a profile names (the image is what local mode
+emulates, not how it is built): the host stack gets an image ID, never a stock image built at boot."""
 API_KEY = "sk_local_0123456789abcdefghij"
 EVENTS = "events.jsonl"
 STATE = "state.json"
 CONTROL = "control.sock"
 PIDFILE = "controller.pid"
 LOG = "controller.log"
+WORLD = "world"
+"""The hosts' run directory inside the deployment's (its name gives the namespaces theirs: `hosts.namespace_prefix`)."""
 HEARTBEAT_S = 60.0
 WATCH_INTERVAL_S = 0.5
 WATCH_FAILURES = 3
@@ -134,6 +143,8 @@ class LocalDeployment:
 
     run_dir: Path
     project: Path
+    stack: str = STACK
+    parameters: dict[str, str] = field(default_factory=lambda: dict(GUIDED_ANSWERS))
     high_availability: bool = True
     asterisk_root: Path | None = None
     watch_interval_s: float = WATCH_INTERVAL_S
@@ -178,6 +189,13 @@ class LocalDeployment:
                   seconds=event.duration_s)  # fmt: skip
 
     @property
+    def phone_number(self) -> str:
+        """The DID the carrier calls: the settings document's number (the template builds it from
+        ElevenLabsPhoneNumber), the one imported into the ElevenLabs stand-in."""
+        number = self.settings.get("elevenlabs", {}).get("phone_number")
+        return str(number or self.parameters.get("ElevenLabsPhoneNumber", PHONE_NUMBER))
+
+    @property
     def endpoint(self) -> str:
         return self.moto.endpoint if self.moto else ""
 
@@ -200,28 +218,25 @@ class LocalDeployment:
         with self.step("control-plane", "control plane from template.yaml") as info:
             self.plane = cp.create_control_plane(
                 self.project,
-                STACK,
-                {
-                    "ElevenLabsPhoneNumber": PHONE_NUMBER,
-                    "AlarmEmail": "ops@example.com",
-                    "AmiSource": "ami-id",
-                    "AmiReference": "ami-0123456789abcdef0",
-                },
+                self.stack,
+                {**self.parameters, **LOCAL_IMAGE},
                 self.endpoint,
                 high_availability=self.high_availability,
                 one_lan=True,
             )
             # As an operator does after `sam deploy`: the stack's API-key secret starts "unset".
-            self.client("secretsmanager").put_secret_value(SecretId=f"{STACK}/elevenlabs/api-key", SecretString=API_KEY)
+            self.client("secretsmanager").put_secret_value(
+                SecretId=f"{self.stack}/elevenlabs/api-key", SecretString=API_KEY
+            )
             outputs = self.plane.network_outputs
             info["detail"] = (
-                f"{len(self.plane.functions)} functions, Elastic IP {outputs['PrimaryPublicIp']} "
+                f"stack {self.stack}: {len(self.plane.functions)} functions, Elastic IP {outputs['PrimaryPublicIp']} "
                 f"({outputs['PrimaryAllocationId']})"
             )
         self._save_state()
         with self.step("settings", "operator settings: the local carrier routes the DID to the agent") as info:
             self.settings = self._add_carrier()
-            info["detail"] = f"carrier {CLIENT_IP} → DID {PHONE_NUMBER}"
+            info["detail"] = f"carrier {CLIENT_IP} → DID {self.phone_number}"
         with self.step("standin", "hosts network and the ElevenLabs stand-in") as info:
             self._start_world(root)
             info["detail"] = f"API {self.api.url}, SIP {self.standin.address}:{self.standin.port}"
@@ -247,7 +262,7 @@ class LocalDeployment:
     def _add_carrier(self) -> dict[str, Any]:
 
         ssm = self.client("ssm")
-        name = stack_parameter(STACK, "settings")
+        name = stack_parameter(self.stack, "settings")
         document: dict[str, Any] = json.loads(ssm.get_parameter(Name=name)["Parameter"]["Value"])
         document.update(carrier_settings(document["elevenlabs"]["phone_number"]))
         ssm.put_parameter(Name=name, Value=json.dumps(document), Type="String", Overwrite=True)
@@ -256,7 +271,8 @@ class LocalDeployment:
     def agent_environment(self) -> dict[str, str]:
         """What the host stack's user data writes to agent.env, from the host stack's parameters."""
         ssm = self.client("ssm")
-        params = json.loads(ssm.get_parameter(Name=stack_parameter(STACK, "host-parameters"))["Parameter"]["Value"])
+        name = stack_parameter(self.stack, "host-parameters")
+        params = json.loads(ssm.get_parameter(Name=name)["Parameter"]["Value"])
         return {
             "AWS_REGION": cp.REGION,
             "SIP_TRUNK_STACK": params["RootStackName"],
@@ -279,7 +295,7 @@ class LocalDeployment:
     def _start_world(self, root: Path) -> None:
 
         self.manager = LocalHostManager(
-            self.run_dir / "world",
+            self.run_dir / WORLD,
             root,
             self.endpoint,
             cp.REGION,
@@ -391,7 +407,7 @@ class LocalDeployment:
             workdir = self.run_dir / "calls" / str(int(time.time() * 1000))
             workdir.mkdir(parents=True, exist_ok=True)
             result = place_call(
-                self.manager, self.standin, PHONE_NUMBER, workdir, public_ip=PUBLIC_IP, duration_ms=duration_ms
+                self.manager, self.standin, self.phone_number, workdir, public_ip=PUBLIC_IP, duration_ms=duration_ms
             )
             summary: dict[str, Any] = result.summary()
             summary["audio_both_ways"] = result.audio_both_ways
@@ -424,7 +440,7 @@ class LocalDeployment:
 
     def status(self) -> dict[str, Any]:
 
-        out: dict[str, Any] = {"endpoint": self.endpoint, "summary": self.summary}
+        out: dict[str, Any] = {"endpoint": self.endpoint, "stack": self.stack, "summary": self.summary}
         with contextlib.suppress(Exception):
             out["hosts"] = self.manager.status()
         with contextlib.suppress(Exception):
@@ -475,7 +491,7 @@ class LocalDeployment:
 def teardown_without_controller(run_dir: Path) -> dict[str, Any]:
     """`local down` when the controller is gone: adopt the recorded world and remove it."""
 
-    world = run_dir / "world"
+    world = run_dir / WORLD
     if not (world / STATE_FILE).exists():
         return {}
     manager = LocalHostManager(world, DEFAULT_ROOT, "http://127.0.0.1:9", cp.REGION)
@@ -525,6 +541,8 @@ def serve(
     run_dir: Path,
     project: Path,
     *,
+    stack: str = STACK,
+    parameters: dict[str, str] | None = None,
     high_availability: bool = True,
     watch_interval_s: float = WATCH_INTERVAL_S,
     watch_failures: int = WATCH_FAILURES,
@@ -537,6 +555,8 @@ def serve(
     deployment = LocalDeployment(
         run_dir=run_dir,
         project=project,
+        stack=stack,
+        parameters=dict(GUIDED_ANSWERS if parameters is None else parameters),
         high_availability=high_availability,
         watch_interval_s=watch_interval_s,
         watch_failures=watch_failures,
@@ -547,7 +567,10 @@ def serve(
     try:
         deployment.up()
     except BaseException as exc:
-        deployment.emit(kind="failed", error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc()[-4000:])
+        if isinstance(exc, ParametersRefused):  # what CloudFormation refuses: its messages, no trace
+            deployment.emit(kind="failed", error=str(exc), problems=exc.problems)
+        else:
+            deployment.emit(kind="failed", error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc()[-4000:])
         log.exception("local up failed; tearing down")
         try:
             deployment.down()
@@ -578,6 +601,8 @@ def spawn_controller(
     run_dir: Path,
     project: Path,
     *,
+    stack: str = STACK,
+    parameters: dict[str, str] | None = None,
     high_availability: bool = True,
     watch_interval_s: float = WATCH_INTERVAL_S,
     watch_failures: int = WATCH_FAILURES,
@@ -591,6 +616,9 @@ def spawn_controller(
             "--project", str(project)]  # fmt: skip
     if not high_availability:
         argv.append("--single-host")
+    argv += ["--stack-name", stack]
+    for key, value in (GUIDED_ANSWERS if parameters is None else parameters).items():
+        argv += ["--parameter", f"{key}={value}"]
     argv += ["--watch-interval", f"{watch_interval_s:g}", "--watch-failures", str(watch_failures)]
     with (run_dir / LOG).open("ab") as log_file:
         proc = subprocess.Popen(
@@ -607,13 +635,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     p.add_argument("--project", type=Path, default=None)
     p.add_argument("--single-host", action="store_true")
+    p.add_argument("--stack-name", default=STACK)
+    p.add_argument("--parameter", action="append", default=None, help="Key=Value, the root stack's parameters")
     p.add_argument("--watch-interval", type=float, default=WATCH_INTERVAL_S, help="the standby's watch-peer --interval")
     p.add_argument("--watch-failures", type=int, default=WATCH_FAILURES, help="the standby's watch-peer --failures")
     args = parser.parse_args(argv)
     project = args.project or cp.find_project_root()
+    parameters = dict(item.split("=", 1) for item in args.parameter) if args.parameter else None
     return serve(
         args.run_dir,
         project,
+        stack=args.stack_name,
+        parameters=parameters,
         high_availability=not args.single_host,
         watch_interval_s=args.watch_interval,
         watch_failures=args.watch_failures,

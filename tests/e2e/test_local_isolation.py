@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sip_trunk_local.asterisk_runner import process_alive
 from sip_trunk_local.hosts import namespace_prefix
 from sip_trunk_local.netns import list_namespaces
-from sip_trunk_local.orchestrator import WORLD, process_alive
+from sip_trunk_local.orchestrator import WORLD
 
 pytestmark = pytest.mark.e2e
 

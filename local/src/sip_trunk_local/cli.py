@@ -95,6 +95,16 @@ def local_up(
     watch_failures: Annotated[
         int, typer.Option(help="the standby's watch-peer --failures: failed probes before failover (production: 3)")
     ] = 3,
+    elevenlabs_static_cidr: Annotated[
+        str,
+        typer.Option(
+            help="the template's ElevenLabsStaticCidr: SIP TCP/TLS only from this /24 and --allowed-sip-cidrs "
+            "(the ElevenLabs stand-in is at 198.51.100.20)"
+        ),
+    ] = "",
+    allowed_sip_cidrs: Annotated[
+        str, typer.Option(help="the template's AllowedSipCidrs (the local carrier is at 198.51.100.50)")
+    ] = "",
 ) -> None:
     """Create the control plane in moto, provision local hosts with the real state machine, place a real call."""
     import os
@@ -116,6 +126,11 @@ def local_up(
         high_availability=not single_host,
         watch_interval_s=watch_interval,
         watch_failures=watch_failures,
+        stack_parameters={
+            k: v
+            for k, v in {"ElevenLabsStaticCidr": elevenlabs_static_cidr, "AllowedSipCidrs": allowed_sip_cidrs}.items()
+            if v
+        },
     )
     out.print(f"controller pid {pid}, run dir {run_dir} (log: {run_dir / LOG})", highlight=False)
     offset, deadline, current = 0, time.monotonic() + timeout, "starting"

@@ -17,13 +17,15 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 __all__ = [
     "CHAIN",
     "DROP_COMMENT",
     "FirewallError",
+    "HostFirewall",
     "Ingress",
     "TemplateEvaluator",
     "admits",
@@ -305,3 +307,39 @@ def iptables_ruleset(rules: Iterable[Ingress], members: Mapping[str, Sequence[st
             lines.append(" ".join([f"-A {CHAIN}", "-s", source, *match, "-m comment --comment", comment, "-j ACCEPT"]))
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class HostFirewall:
+    """The hosts' security group as local mode enforces it in every host's namespace: its rules, its logical id
+    (the hosts are its members) and the private addresses of other groups' members that rules name."""
+
+    group: str
+    rules: tuple[Ingress, ...]
+    members: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_template(
+        cls,
+        path: Path,
+        parameters: Mapping[str, str],
+        group: str = "SipSecurityGroup",
+        members: Mapping[str, Sequence[str]] | None = None,
+    ) -> HostFirewall:
+        from sip_trunk_local.controlplane import load_template
+
+        rules = security_group_ingress(load_template(path), group, parameters)
+        return cls(group, tuple(rules), {k: tuple(v) for k, v in (members or {}).items()})
+
+    def ruleset(self, host_ips: Sequence[str]) -> str:
+        return iptables_ruleset(self.rules, {**self.members, self.group: tuple(host_ips)})
+
+    def admits(self, host_ips: Sequence[str], source: str, protocol: str, port: int) -> list[str]:
+        return admits(self.rules, {**self.members, self.group: tuple(host_ips)}, source, protocol, port)
+
+    def without(self, *names: str) -> HostFirewall:
+        """The same firewall missing the named rules (a planted defect: what a lost rule would break)."""
+        unknown = set(names) - {r.name for r in self.rules}
+        if unknown:
+            raise FirewallError(f"no such rules: {sorted(unknown)}")
+        return replace(self, rules=tuple(r for r in self.rules if r.name not in names))

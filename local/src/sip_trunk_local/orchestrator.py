@@ -52,10 +52,11 @@ from sip_trunk_local.drills import run_drill
 from sip_trunk_local.ec2_hooks import Ec2Hooks, HostEvent
 from sip_trunk_local.elevenlabs_api import ElevenLabsStandIn
 from sip_trunk_local.executor import Dispatcher, ExecutionReport, load_handlers, real_time_pacer, run_execution
+from sip_trunk_local.firewall import HostFirewall
 from sip_trunk_local.hosts import HEARTBEAT_UNIT, STATE_FILE, LocalHostManager
 from sip_trunk_local.netns import run_in_namespace
 from sip_trunk_local.standin import carrier_settings, credentials, place_call, start_standin
-from sip_trunk_local.topology import CLIENT_IP, PHONE_NUMBER, PUBLIC_IP
+from sip_trunk_local.topology import CLIENT_IP, PHONE_NUMBER, PROBE_FUNCTION_IP, PUBLIC_IP
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,32 @@ def read_events(run_dir: Path, offset: int = 0) -> tuple[list[dict[str, Any]], i
 
 # --- the local deployment ----------------------------------------------------------------------------
 
+PROBE_HANDLER = "sip_probe"
+"""The handler of the template's one function in the VPC (SipProbeFunction)."""
+PROBE_SECURITY_GROUP = "ProbeSecurityGroup"
+"""The network template's group of SipProbeFunction's interfaces (its VpcConfig.SecurityGroupIds)."""
+
+
+class _InVpc(threading.local):
+    active = False
+
+
+_IN_VPC = _InVpc()
+
+
+def in_vpc(handler: Any) -> Any:
+    """A handler whose SIP probes leave from the VPC (its own thread: moto's server runs each invocation on
+    one), as a function with a VpcConfig sends from its interface in the subnet."""
+
+    def run(event: dict[str, Any], context: Any) -> Any:
+        _IN_VPC.active = True
+        try:
+            return handler(event, context)
+        finally:
+            _IN_VPC.active = False
+
+    return run
+
 
 @dataclass
 class StepTiming:
@@ -139,6 +166,8 @@ class LocalDeployment:
     watch_interval_s: float = WATCH_INTERVAL_S
     watch_failures: int = WATCH_FAILURES
     watch_timeout_s: float = WATCH_TIMEOUT_S
+    stack_parameters: dict[str, str] = field(default_factory=dict)
+    """Template parameters beyond local mode's own (ElevenLabsStaticCidr, AllowedSipCidrs, …)."""
     steps: list[StepTiming] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     moto: cp.MotoServer | None = None
@@ -201,12 +230,7 @@ class LocalDeployment:
             self.plane = cp.create_control_plane(
                 self.project,
                 STACK,
-                {
-                    "ElevenLabsPhoneNumber": PHONE_NUMBER,
-                    "AlarmEmail": "ops@example.com",
-                    "AmiSource": "ami-id",
-                    "AmiReference": "ami-0123456789abcdef0",
-                },
+                self.template_parameters(),
                 self.endpoint,
                 high_availability=self.high_availability,
                 one_lan=True,
@@ -243,6 +267,23 @@ class LocalDeployment:
         self._save_state()
         self.emit(kind="ready", summary=self.summary)
         return self.summary
+
+    def template_parameters(self) -> dict[str, str]:
+        return {
+            "ElevenLabsPhoneNumber": PHONE_NUMBER,
+            "AlarmEmail": "ops@example.com",
+            "AmiSource": "ami-id",
+            "AmiReference": "ami-0123456789abcdef0",
+            **self.stack_parameters,
+        }
+
+    def firewall(self) -> HostFirewall:
+        """The hosts' security group for this deployment's parameters, as the network stack gets them."""
+        params = {"RootStackName": STACK, "LogKmsKeyArn": cp.placeholder_key_arn()}
+        params |= cp.network_parameters(self.project, self.template_parameters())
+        return HostFirewall.from_template(
+            self.project / "stacks" / "network.yaml", params, members={PROBE_SECURITY_GROUP: [PROBE_FUNCTION_IP]}
+        )
 
     def _add_carrier(self) -> dict[str, Any]:
 
@@ -287,6 +328,7 @@ class LocalDeployment:
             watch_interval_s=self.watch_interval_s,
             watch_failures=self.watch_failures,
             watch_timeout_s=self.watch_timeout_s,
+            firewall=self.firewall(),
         )
         assert self.hooks is not None
         self.hooks.manager = self.manager
@@ -297,23 +339,33 @@ class LocalDeployment:
         self._probe_from_outside()
 
     def _probe_from_outside(self) -> None:
-        """VerifyTrunk and the failover probes reach the Elastic IP from the internet: here, from the outside
-        namespace (the address is not routable from this machine's own network)."""
+        """Where the functions' SIP probes come from. VerifyTrunk, the health check and the failover functions
+        run outside the VPC and reach the Elastic IP from a public AWS address: here, from the control plane's
+        namespace (192.0.2.10), through the router and the hosts' firewalls (the address is not routable from
+        this machine's own network). The in-VPC probe function (ADR-27) sends from its interface on the LAN
+        (10.0.0.120, a member of the probe security group), straight to a host's private address."""
 
-        outside = self.manager.outside_namespace()
+        outside = self.manager.control_plane_namespace()
+        inside = self.manager.probe_function_namespace()
         original = wiring.sip_probe
 
         def probe(target: ProbeTarget, timeout_s: float) -> ProbeResult:
-            result: ProbeResult = run_in_namespace(outside, lambda: original(target, timeout_s))
-            log.info("probe %s from %s: %s", target, outside, result)
+            ns = inside if _IN_VPC.active else outside
+            result: ProbeResult = run_in_namespace(ns, lambda: original(target, timeout_s))
+            log.info("probe %s from %s: %s", target, ns, result)
             return result
 
         wiring.sip_probe = probe
 
-    def function_environment(self) -> dict[str, str]:
+    def function_environment(self, function: str | None = None) -> dict[str, str]:
+        """What a function runs with: the variables every function shares (the template's Globals), the
+        function's own (`PROBE_FUNCTION` on the probing functions, ADR-27) and local mode's overrides."""
         assert self.plane is not None
+        own = self.plane.functions.get(function, {}) if function else {}
         return {
             **self.plane.environment(),
+            "PROBE_FUNCTION": "",
+            **own,
             **cp.aws_environment(self.endpoint),
             # the host template the layer ships (/opt/sip_trunk_assets/host.yaml in Lambda)
             "HOST_TEMPLATE_FILE": str(self.project / "stacks" / "host.yaml"),
@@ -326,13 +378,15 @@ class LocalDeployment:
     def _dispatcher(self) -> Dispatcher:
         if self.dispatcher is None:
             assert self.plane is not None
-            env = self.function_environment()
-            os.environ.update(env)  # the handlers' modules read POWERTOOLS_* at import
+            os.environ.update(self.function_environment())  # the handlers' modules read POWERTOOLS_* at import
             names = dict(self.plane.function_names)
+            handlers = load_handlers(self.project / "functions")
+            if PROBE_HANDLER in handlers:
+                handlers[PROBE_HANDLER] = in_vpc(handlers[PROBE_HANDLER])
             self.dispatcher = Dispatcher(
-                load_handlers(self.project / "functions"),
+                handlers,
                 resolve=lambda name: names.get(name, name),
-                environment=lambda name: env,
+                environment=self.function_environment,
                 pacer=real_time_pacer(scale=0.05, floor_s=0.1, ceiling_s=2.0),
             )
             self.dispatcher.install()
@@ -528,6 +582,7 @@ def serve(
     high_availability: bool = True,
     watch_interval_s: float = WATCH_INTERVAL_S,
     watch_failures: int = WATCH_FAILURES,
+    stack_parameters: dict[str, str] | None = None,
 ) -> int:
     """The controller: bring everything up, then answer requests until `down` (or SIGTERM)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -541,6 +596,7 @@ def serve(
         watch_interval_s=watch_interval_s,
         watch_failures=watch_failures,
         watch_timeout_s=min(WATCH_TIMEOUT_S, watch_interval_s),
+        stack_parameters=dict(stack_parameters or {}),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -581,6 +637,7 @@ def spawn_controller(
     high_availability: bool = True,
     watch_interval_s: float = WATCH_INTERVAL_S,
     watch_failures: int = WATCH_FAILURES,
+    stack_parameters: dict[str, str] | None = None,
 ) -> int:
     """Start the controller in its own session, its output in the run directory's log; its PID."""
     import subprocess
@@ -592,6 +649,8 @@ def spawn_controller(
     if not high_availability:
         argv.append("--single-host")
     argv += ["--watch-interval", f"{watch_interval_s:g}", "--watch-failures", str(watch_failures)]
+    for key, value in sorted((stack_parameters or {}).items()):
+        argv += ["--parameter", f"{key}={value}"]
     with (run_dir / LOG).open("ab") as log_file:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
@@ -622,7 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single-host", action="store_true")
     p.add_argument("--watch-interval", type=float, default=WATCH_INTERVAL_S, help="the standby's watch-peer --interval")
     p.add_argument("--watch-failures", type=int, default=WATCH_FAILURES, help="the standby's watch-peer --failures")
+    p.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE", help="a template parameter")
     args = parser.parse_args(argv)
+    parameters = dict(item.split("=", 1) for item in args.parameter)
     project = args.project or cp.find_project_root()
     return serve(
         args.run_dir,
@@ -630,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         high_availability=not args.single_host,
         watch_interval_s=args.watch_interval,
         watch_failures=args.watch_failures,
+        stack_parameters=parameters,
     )
 
 

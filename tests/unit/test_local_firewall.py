@@ -73,6 +73,29 @@ def test_tls_follows_the_same_sources_as_tcp() -> None:
     assert not admits(narrowed, HOSTS, ANYWHERE, "tcp", 5061)
 
 
+def test_the_peer_host_may_probe_sip_on_its_private_address_with_the_static_range_set() -> None:
+    # watch-peer on the standby sends OPTIONS over TCP to the primary's private address (sip-trunk-watch-peer.service)
+    sg = rules(ElevenLabsStaticCidr=STATIC)
+    assert admits(sg, HOSTS, STANDBY, "tcp", 5060) == ["SipTcpFromPeerHosts"], "the standby's watch-peer is dropped"
+    assert not admits(sg, HOSTS, "10.0.0.99", "tcp", 5060), "only members of the hosts' group, not the VPC"
+    assert not admits(sg, HOSTS, STANDBY, "udp", 5060), "watch-peer probes over TCP only"
+
+
+def test_the_in_vpc_probe_function_may_probe_the_hosts_with_the_static_range_set() -> None:
+    """ADR-27: the control plane's probes come from the probe function's group inside the VPC; its public
+    address outside the VPC is not admitted (no rule can name Lambda's addresses)."""
+    probe = {**HOSTS, "ProbeSecurityGroup": ["10.0.0.120"]}
+    sg = rules(ElevenLabsStaticCidr=STATIC, EnableTls="true")
+    assert admits(sg, probe, "10.0.0.120", "tcp", 5060) == ["SipTcpFromProbe"]
+    assert admits(sg, probe, "10.0.0.120", "tcp", 5061) == ["SipTlsFromProbe"]
+    assert admits(sg, probe, "10.0.0.120", "udp", 5060) == ["SipUdpFromProbe"]
+    assert not admits(sg, probe, ANYWHERE, "tcp", 5060)
+    # without the static range the probe group does not exist: the control plane probes the public address
+    open_sg = rules()
+    assert not [r for r in open_sg if r.source_group == "ProbeSecurityGroup"]
+    assert admits(open_sg, probe, ANYWHERE, "tcp", 5060) == ["SipTcpFromAnywhere"]
+
+
 def test_every_rule_names_its_source() -> None:
     for parameters in ({}, {"ElevenLabsStaticCidr": STATIC, "AllowedSipCidrs": CARRIERS, "EnableTls": "true"}):
         for rule in rules(**parameters):

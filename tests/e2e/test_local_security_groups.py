@@ -5,7 +5,8 @@ With `ElevenLabsStaticCidr` set, SIP TCP is admitted from the ElevenLabs range, 
 host (the standby's watch-peer probes the primary's private address) and the in-VPC probe function (ADR-27);
 the control plane's own address outside the VPC, and any other, is dropped. Planted defects: the same firewall
 without the peer rule lets watch-peer start a failover of a healthy primary; without the probe function's rule
-the control plane's probe goes unanswered."""
+the control plane's probe (the health check's `probe_address` through the `VpcProber` and the real probe
+function in the VPC) goes unanswered."""
 
 from __future__ import annotations
 
@@ -144,3 +145,64 @@ def test_planted_defect_without_the_probe_functions_rule_the_control_plane_probe
     assert probe_from(manager.probe_function_namespace(), PRIMARY_IP).reachable
     manager.apply_firewalls(firewall(**STATIC).without("SipTcpFromProbe"))
     assert not probe_from(manager.probe_function_namespace(), PRIMARY_IP).reachable
+
+
+class VpcLambda:
+    """The Lambda service for the in-VPC probe function: Invoke runs its real handler with its interface in the
+    VPC (the probe function's namespace, 10.0.0.120)."""
+
+    def __init__(self, netns: str) -> None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("function_sip_probe", REPO / "functions/sip_probe/app.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.handler, self.netns = module.handler, netns
+
+    def invoke(self, **kwargs: Any) -> dict[str, Any]:
+        import io
+        from types import SimpleNamespace
+
+        arn = "arn:aws:lambda:us-east-1:123456789012:function:sip_probe"
+        context = SimpleNamespace(
+            function_name="sip_probe", memory_limit_in_mb=256, aws_request_id="r", invoked_function_arn=arn
+        )
+        event = json.loads(kwargs["Payload"])
+        result = run_in_namespace(self.netns, lambda: self.handler(event, context))
+        return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(result).encode())}
+
+
+def test_planted_defect_without_the_probe_functions_rule_the_health_checks_probe_fails(
+    pair: tuple[LocalHostManager, Any, str],
+) -> None:
+    """The health check's probe as it runs with the static range: `probe_address` with the `VpcProber`, which
+    resolves the Elastic IP to its holder in EC2 (moto) and invokes the real probe function in the VPC."""
+    from sip_trunk.aws.vpcprobe import VpcProber
+    from sip_trunk.workflows.common import probe_address
+
+    manager, _, _ = pair
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=manager.moto_endpoint,
+                       aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+    instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, SubnetId=subnet,
+                                 PrivateIpAddress=PRIMARY_IP)["Instances"][0]  # fmt: skip
+    eip = ec2.allocate_address(Domain="vpc")  # moto's address: resolved through EC2, never sent a packet
+    ec2.associate_address(AllocationId=eip["AllocationId"], InstanceId=instance["InstanceId"])
+    prober = VpcProber("sip-probe", lambda_client=VpcLambda(manager.probe_function_namespace()), ec2=ec2)
+
+    # (the hosts run the image's bootstrap config: Asterisk answers, with a status of its own; the verdict on
+    # the status is the workflows' unit tests' business, reaching Asterisk is this one's)
+    report = probe_address(prober, eip["PublicIp"], Transport.TCP, 5060, {}, 1.0)
+    assert report.reachable, report
+    assert report.status_code is not None
+
+    manager.apply_firewalls(firewall(**STATIC).without("SipTcpFromProbe"))
+    report = probe_address(prober, eip["PublicIp"], Transport.TCP, 5060, {}, 1.0)
+    assert report.probed
+    assert not report.reachable, report
+    assert not report.answers
+    assert report.error is not None
+    assert report.error.startswith("timeout"), report

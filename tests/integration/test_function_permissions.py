@@ -324,6 +324,15 @@ CONFIGURATION_NEEDS: dict[str, list[Need]] = {
     "health_check": [("sqs:SendMessage", DLQ), ("kms:GenerateDataKey", KEY), ("kms:Decrypt", KEY)],
     "backup": [("sqs:SendMessage", DLQ), ("kms:GenerateDataKey", KEY), ("kms:Decrypt", KEY)],
 }
+# With the ElevenLabs static range (PROBE_FUNCTION set, ADR-27) the prober is `sip_trunk.aws.vpcprobe.VpcProber`:
+# it resolves the probed public address to the holder's private address and invokes the in-VPC probe function.
+VPC_PROBE_NEEDS: list[Need] = [
+    ("ec2:DescribeAddresses", "*"),
+    ("ec2:DescribeInstances", "*"),
+    ("lambda:InvokeFunction", lambda_arn("sip_probe")),
+]
+for _probing in ("verify_trunk", "failover_confirm", "failover_verify", "health_check"):
+    CONFIGURATION_NEEDS[_probing] = CONFIGURATION_NEEDS.get(_probing, []) + VPC_PROBE_NEEDS
 
 
 def needs_of(function: str) -> list[Need]:

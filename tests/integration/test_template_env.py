@@ -30,7 +30,12 @@ TUNABLES: dict[str, Any] = {
 # Tunables the template does set, only on the functions that read them: name → functions.
 # STACK_TIMEOUT_S: a stock Ubuntu host builds Asterisk at boot (docs/IMAGE.md), so LaunchHost's deadline for the
 # host stack depends on the image source.
-TEMPLATE_SET_TUNABLES: dict[str, set[str]] = {"STACK_TIMEOUT_S": {"launch_host"}}
+# PROBE_FUNCTION: with the ElevenLabs static range, the functions that probe hand it to the in-VPC probe
+# function (ADR-27).
+TEMPLATE_SET_TUNABLES: dict[str, set[str]] = {
+    "STACK_TIMEOUT_S": {"launch_host"},
+    "PROBE_FUNCTION": {"verify_trunk", "failover_confirm", "failover_verify", "health_check"},
+}
 # Read by Powertools, not by the config model.
 POWERTOOLS = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"}
 
@@ -128,6 +133,8 @@ def test_the_templates_environment_parses_into_the_config_model() -> None:
         env = {k: evaluated(v) for k, v in environment(template, function).items()}
         config = parse_config(env)
         assert config.probe_targets == {}, "production probes the real address"
+        if function in TEMPLATE_SET_TUNABLES["PROBE_FUNCTION"]:
+            assert config.probe_function, f"{function}: PROBE_FUNCTION (the static range's branch)"
         assert config.host_stack_name == "sip-prod-host"
 
 

@@ -49,7 +49,8 @@ FAILOVER_FUNCTIONS = [
     "failover_swap_roles",
 ]
 SCHEDULED_FUNCTIONS = ["health_check", "backup"]
-ALL_FUNCTIONS = PROVISION_FUNCTIONS + FAILOVER_FUNCTIONS + SCHEDULED_FUNCTIONS
+VPC_FUNCTIONS = ["sip_probe"]  # ADR-27: invoked by the probing functions when the static range is set
+ALL_FUNCTIONS = PROVISION_FUNCTIONS + FAILOVER_FUNCTIONS + SCHEDULED_FUNCTIONS + VPC_FUNCTIONS
 
 # Every IAM statement with Resource "*" (role → actions). Each is explained in docs/SECURITY.md:
 # these actions have no resource-level permissions.
@@ -84,6 +85,9 @@ WILDCARD_ALLOWLIST: dict[str, set[str]] = {
     "CheckApplyFunctionRole": {"ssm:GetCommandInvocation"},
     "BackupFunctionRole": {"ssm:GetCommandInvocation"},
     "FailoverConfirmFunctionRole": {"ec2:DescribeAddresses", "ec2:DescribeInstances"},
+    # ADR-27: with the static range, the probed public address is resolved to the holder's private address.
+    "VerifyTrunkFunctionRole": {"ec2:DescribeAddresses", "ec2:DescribeInstances"},
+    "FailoverVerifyFunctionRole": {"ec2:DescribeAddresses", "ec2:DescribeInstances"},
     "FailoverMoveEipFunctionRole": {"ec2:DescribeAddresses"},
     "FailoverSwapRolesFunctionRole": {"ec2:DescribeInstances"},
     "HealthCheckFunctionRole": {"ec2:DescribeAddresses", "ec2:DescribeInstances"},
@@ -95,6 +99,8 @@ HOST_WILDCARD_ALLOWLIST: dict[str, set[str]] = {"HostRole": {"cloudwatch:PutMetr
 MANAGED_POLICY_ALLOWLIST = {
     "AWSLambdaBasicExecutionRole",  # functions: write their log streams
     "AWSXrayWriteOnlyAccess",  # functions and state machines: Tracing Active
+    # the in-VPC probe function (ADR-27): Lambda creates and deletes its network interfaces with its role
+    "AWSLambdaVPCAccessExecutionRole",
 }
 HOST_MANAGED_POLICY_ALLOWLIST = {"AmazonSSMManagedInstanceCore"}  # the host: Session Manager and Run Command
 
@@ -332,6 +338,8 @@ def test_udp_sip_only_from_allowed_networks_and_rtp_from_anywhere() -> None:
     world = "0.0.0.0/0"
     by_port: dict[tuple[str, int], list[tuple[str | None, Any]]] = {}
     for condition, rule in ingress_rules():
+        if "CidrIp" not in rule:
+            continue  # a group source: test_sip_from_groups_only_from_the_hosts_and_the_probe_function
         by_port.setdefault((rule["IpProtocol"], int(rule["FromPort"])), []).append((condition, rule["CidrIp"]))
     assert all(cidr != world for _, cidr in by_port[("udp", 5060)]), "SIP over UDP must not be open to the world"
     assert all(json.dumps(cidr).count("AllowedSipCidrs") == 1 for _, cidr in by_port[("udp", 5060)])
@@ -344,6 +352,56 @@ def test_udp_sip_only_from_allowed_networks_and_rtp_from_anywhere() -> None:
     conditions = load(NETWORK_TEMPLATE)["Conditions"]
     assert conditions["SipOpenToAll"] == {"Fn::Not": [{"Condition": "HasStaticCidr"}]}
     assert ("HasStaticCidr", {"Ref": "ElevenLabsStaticCidr"}) in by_port[("tcp", 5060)]
+
+
+def test_sip_from_groups_only_from_the_hosts_and_the_probe_function() -> None:
+    """ADR-27: the only group sources are the hosts' own group (watch-peer, TCP 5060 only) and the in-VPC probe
+    function's group, which exists only with the static range and admits nothing itself."""
+    template = load(NETWORK_TEMPLATE)
+    sources: dict[str, set[tuple[str, int, str | None]]] = {}
+    for condition, rule in ingress_rules():
+        if "SourceSecurityGroupId" in rule:
+            group = rule["SourceSecurityGroupId"]["Ref"]
+            sources.setdefault(group, set()).add((rule["IpProtocol"], int(rule["FromPort"]), condition))
+    assert sources == {
+        "SipSecurityGroup": {("tcp", 5060, None)},
+        "ProbeSecurityGroup": {("tcp", 5060, "HasStaticCidr"), ("tcp", 5061, "TlsToStatic"),
+                               ("udp", 5060, "HasStaticCidr")},
+    }  # fmt: skip
+    probe = template["Resources"]["ProbeSecurityGroup"]
+    assert probe["Condition"] == "HasStaticCidr"
+    assert "SecurityGroupIngress" not in probe["Properties"]
+    assert {json.dumps(e["DestinationSecurityGroupId"]) for e in probe["Properties"]["SecurityGroupEgress"]} == {
+        json.dumps({"Ref": "SipSecurityGroup"})
+    }
+
+
+def test_the_probe_function_is_the_only_function_in_the_vpc_and_the_probing_functions_may_invoke_it() -> None:
+    """ADR-27: SipProbeFunction sits in the hosts' subnets with the probe group; the functions that probe name it
+    in PROBE_FUNCTION and may invoke it, exactly when the static range is set."""
+    root = load(ROOT_TEMPLATE)
+    functions = resources(root, "AWS::Serverless::Function")
+    in_vpc = {name for name, f in functions.items() if "VpcConfig" in f["Properties"]}
+    assert in_vpc == {"SipProbeFunction"}
+    probe = functions["SipProbeFunction"]
+    assert probe["Condition"] == "HasStaticCidr"
+    assert root["Conditions"]["HasStaticCidr"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ElevenLabsStaticCidr"}, ""]}]}
+    vpc = probe["Properties"]["VpcConfig"]
+    assert vpc["SecurityGroupIds"] == [{"Fn::GetAtt": ["NetworkStack", "Outputs.ProbeSecurityGroupId"]}]
+    assert "Policies" not in probe["Properties"], "it calls no AWS API"
+    outputs = load(NETWORK_TEMPLATE)["Outputs"]
+    assert outputs["ProbeSecurityGroupId"]["Value"] == {"Fn::If": ["HasStaticCidr", {"Ref": "ProbeSecurityGroup"}, ""]}
+    probing = {"VerifyTrunkFunction", "HealthCheckFunction", "FailoverConfirmFunction", "FailoverVerifyFunction"}
+    for name, function in functions.items():
+        env = function["Properties"].get("Environment", {}).get("Variables", {})
+        statements = json.dumps(function["Properties"].get("Policies", []))
+        if name in probing:
+            assert env["PROBE_FUNCTION"] == {"Fn::If": ["HasStaticCidr", {"Ref": "SipProbeFunction"}, ""]}, name
+            assert '"lambda:InvokeFunction"' in statements, name
+            assert '"ec2:DescribeAddresses"' in statements, name
+        else:
+            assert "PROBE_FUNCTION" not in env, name
+            assert "SipProbeFunction" not in statements, name
 
 
 def test_subnets_in_two_zones_and_no_automatic_public_ips() -> None:

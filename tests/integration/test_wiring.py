@@ -45,8 +45,13 @@ def test_root_stack_creates_every_piece_and_wires_the_functions(aws: None) -> No
     # Then every function exists with the contract's environment pointing at real resources
     lam = boto3.client("lambda")
     functions = {f["FunctionName"]: f for f in lam.list_functions()["Functions"]}
-    expected = [n for n, r in template["Resources"].items() if r["Type"] == "AWS::Lambda::Function"]
+    expected = [
+        n for n, r in template["Resources"].items() if r["Type"] == "AWS::Lambda::Function" and "Condition" not in r
+    ]
     assert len(expected) == 16
+    # without the ElevenLabs static range there is no in-VPC probe function and nothing names one (ADR-27)
+    assert "SipProbeFunction" not in physical
+    assert all(not f.get("Environment", {}).get("Variables", {}).get("PROBE_FUNCTION") for f in functions.values())
     for logical in expected:
         fn = functions[physical[logical]]
         assert fn["Runtime"] == "python3.13"
@@ -112,3 +117,35 @@ def test_root_stack_creates_every_piece_and_wires_the_functions(aws: None) -> No
         for arn in re.findall(r"arn:aws:lambda:[^\"]+", text):
             assert arn.rsplit(":", 1)[-1] in functions, f"{logical} invokes a function that does not exist"
     assert physical["FailoverStateMachine"].endswith(f":stateMachine:{STACK}-failover")
+
+
+def test_with_the_static_range_the_probing_functions_name_the_in_vpc_probe_function(aws: None) -> None:
+    """ADR-27: ElevenLabsStaticCidr set → SipProbeFunction in the hosts' subnets with the probe security group, and
+    exactly the probing functions name it in PROBE_FUNCTION; the probe group may send SIP to the hosts only."""
+    static = {**PARAMETERS, "ElevenLabsStaticCidr": "198.51.100.0/24"}
+    plane = create_control_plane(ROOT, STACK, static, high_availability=True)
+    lam = boto3.client("lambda")
+    probe = lam.get_function(FunctionName=plane.physical["SipProbeFunction"])["Configuration"]
+    outputs = plane.network_outputs
+    assert probe["VpcConfig"]["SecurityGroupIds"] == [outputs["ProbeSecurityGroupId"]]
+    assert sorted(probe["VpcConfig"]["SubnetIds"]) == sorted(outputs["SubnetIds"].split(","))
+    named = {
+        plane.function_names[name]
+        for name, env in plane.functions.items()
+        if env.get("PROBE_FUNCTION") == plane.physical["SipProbeFunction"]
+    }
+    assert named == {"verify_trunk", "health_check", "failover_confirm", "failover_verify"}
+    ec2 = boto3.client("ec2")
+    group = ec2.describe_security_groups(GroupIds=[outputs["ProbeSecurityGroupId"]])["SecurityGroups"][0]
+    assert group["IpPermissions"] == []
+    hosts = ec2.describe_security_groups(GroupIds=[outputs["SecurityGroupId"]])["SecurityGroups"][0]
+    from_groups = {
+        (p["IpProtocol"], p["FromPort"], pair["GroupId"])
+        for p in hosts["IpPermissions"]
+        for pair in p["UserIdGroupPairs"]
+    }
+    assert from_groups == {
+        ("tcp", 5060, outputs["SecurityGroupId"]),
+        ("tcp", 5060, outputs["ProbeSecurityGroupId"]),
+        ("udp", 5060, outputs["ProbeSecurityGroupId"]),
+    }

@@ -138,6 +138,16 @@ def local_up(
     samconfig: Annotated[
         Path | None, typer.Option("--samconfig", help="the samconfig file (default: the project's samconfig.toml)")
     ] = None,
+    elevenlabs_static_cidr: Annotated[
+        str,
+        typer.Option(
+            help="the template's ElevenLabsStaticCidr: SIP TCP/TLS only from this /24 and --allowed-sip-cidrs "
+            "(the ElevenLabs stand-in is at 198.51.100.20)"
+        ),
+    ] = "",
+    allowed_sip_cidrs: Annotated[
+        str, typer.Option(help="the template's AllowedSipCidrs (the local carrier is at 198.51.100.50)")
+    ] = "",
 ) -> None:
     """Create the control plane in moto, provision local hosts with the real state machine, place a real call."""
     import os
@@ -155,11 +165,13 @@ def local_up(
         raise _fail(f"a local deployment is already running ({run_dir}); `sip-trunk local down` first")
     project = find_project_root()
     stack, parameters, high_availability = _deployment(project, config_env, samconfig, single_host)
+    network = {"ElevenLabsStaticCidr": elevenlabs_static_cidr, "AllowedSipCidrs": allowed_sip_cidrs}
+    network_options = {name: value for name, value in network.items() if value}
     pid = spawn_controller(
         run_dir,
         project,
         stack=stack,
-        parameters=parameters,
+        parameters=parameters | network_options,
         high_availability=high_availability,
         watch_interval_s=watch_interval,
         watch_failures=watch_failures,

@@ -356,11 +356,34 @@ def _wait_created(cfn: Any, stack_id: str) -> dict[str, Any]:
     return stack
 
 
+def placeholder_key_arn() -> str:
+    """A well-formed KMS key ARN for evaluating the network template where no key exists (it only names the
+    flow-log group's key)."""
+    return f"arn:aws:kms:{REGION}:{ACCOUNT}:key/00000000-0000-0000-0000-000000000000"
+
+
+def network_parameters(root: Path, parameters: Mapping[str, str]) -> dict[str, str]:
+    """The network stack's parameters as the root stack passes them (`NetworkStack`'s `Ref`s to root
+    parameters), for the root parameters given; the rest keep their defaults."""
+    forwarded = load_template(root / "template.yaml")["Resources"]["NetworkStack"]["Properties"]["Parameters"]
+    return {
+        name: parameters[node["Ref"]]
+        for name, node in forwarded.items()
+        if isinstance(node, dict) and node.get("Ref") in parameters
+    }
+
+
 def create_network(
-    cfn: Any, kms: Any, root: Path, stack_name: str, *, one_lan: bool = False
+    cfn: Any,
+    kms: Any,
+    root: Path,
+    stack_name: str,
+    *,
+    one_lan: bool = False,
+    parameters: Mapping[str, str] | None = None,
 ) -> tuple[str, dict[str, str]]:
     key = kms.create_key(Description=f"{stack_name} logs")["KeyMetadata"]["Arn"]
-    params = {"RootStackName": stack_name, "LogKmsKeyArn": key}
+    params = {**network_parameters(root, parameters or {}), "RootStackName": stack_name, "LogKmsKeyArn": key}
     template = without_cidr_and_azs(load_template(root / "stacks" / "network.yaml"), one_lan=one_lan)
     stack_id = str(
         cfn.create_stack(
@@ -490,7 +513,9 @@ def create_control_plane(
     if problems:
         raise ParametersRefused(stack_name, problems)
     cfn = client("cloudformation", endpoint)
-    network_id, outputs = create_network(cfn, client("kms", endpoint), root, stack_name, one_lan=one_lan)
+    network_id, outputs = create_network(
+        cfn, client("kms", endpoint), root, stack_name, one_lan=one_lan, parameters=parameters
+    )
     upload_artifacts(client("s3", endpoint))
     template = root_template(root, outputs, network_id)
     stack_id = str(

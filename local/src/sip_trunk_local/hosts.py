@@ -61,8 +61,16 @@ from sip_trunk_local.asterisk_runner import (
     root_problem,
     user_ids,
 )
+from sip_trunk_local.firewall import DROP_COMMENT, HostFirewall
 from sip_trunk_local.netns import LocalTopology, NetnsError, list_namespaces, run
-from sip_trunk_local.topology import CLIENT_IP, ELEVENLABS_HOST, PUBLIC_IP, STANDIN_IP
+from sip_trunk_local.topology import (
+    CLIENT_IP,
+    CONTROL_PLANE_IP,
+    ELEVENLABS_HOST,
+    PROBE_FUNCTION_IP,
+    PUBLIC_IP,
+    STANDIN_IP,
+)
 
 STATE_FILE = "hosts.json"
 ROLES = ("primary", "standby")
@@ -343,6 +351,12 @@ def _wait_listening(netns: str, port: int, timeout: float = 5.0) -> bool:
     return False
 
 
+CONTROL_PLANE_LABEL = "lambda"
+"""The outside namespace the control plane probes from."""
+PROBE_FUNCTION_LABEL = "vprobe"
+"""The LAN namespace of the in-VPC probe function."""
+
+
 class LocalHostManager:
     """Start, stop, crash and command local hosts; move public addresses between them; tear everything down.
 
@@ -369,8 +383,10 @@ class LocalHostManager:
         watch_timeout_s: float = 1.0,
         asterisk_maxload: float | None = 0.0,
         command_timeout_s: float = 600.0,
+        firewall: HostFirewall | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
+        self.firewall = firewall
         self.root = Path(root)
         self.moto_endpoint = moto_endpoint
         self.region = region
@@ -515,6 +531,27 @@ class LocalHostManager:
         if label == "client":
             return topo.client
         return topo.outside[label][0]
+
+    def control_plane_namespace(self) -> str:
+        """Where the control plane's SIP probes come from (VerifyTrunk, the health check, the failover
+        functions): 192.0.2.10 on the outside segment, a public AWS address outside the VPC and outside every
+        configured SIP network, as a Lambda function's is. Made on first use."""
+        with self._lock:
+            topo = self.network()
+            if CONTROL_PLANE_LABEL not in topo.outside:
+                self.add_outside(CONTROL_PLANE_LABEL, CONTROL_PLANE_IP)
+            return topo.outside[CONTROL_PLANE_LABEL][0]
+
+    def probe_function_namespace(self) -> str:
+        """The in-VPC probe function's interface (ADR-27): 10.0.0.120 on the hosts' LAN and no default route
+        (no NAT gateway: it reaches the hosts' private addresses and nothing else). Made on first use."""
+        with self._lock:
+            topo = self.network()
+            if PROBE_FUNCTION_LABEL not in topo.instances:
+                ns = topo.add_instance(PROBE_FUNCTION_LABEL, PROBE_FUNCTION_IP)
+                run(["ip", "-n", ns, "route", "del", "default"])  # in the VPC without a NAT: the LAN only
+                self._save()
+            return topo.instances[PROBE_FUNCTION_LABEL][0]
 
     def run_outside(self, argv: Sequence[str], *, timeout: float = 60.0) -> tuple[int, str, str]:
         """Run a command from the outside (the client namespace): how the internet sees the public address."""
@@ -737,6 +774,7 @@ class LocalHostManager:
             self._save()  # recorded before anything exists, so a failure below is still torn down
         try:
             topo.add_instance(label, private_ip)
+            self.apply_firewalls()
             overlay = OverlayRoot(self.root, base).mount()
             overlay.prepare(hosts={ELEVENLABS_HOST: STANDIN_IP}, bootstrap=BOOTSTRAP_CONFIG)
             self._install_image(host)
@@ -849,6 +887,33 @@ class LocalHostManager:
             shutil.rmtree(overlay.work, ignore_errors=True)
             del self.hosts[instance_id]
             self._save()
+            self.apply_firewalls()
+
+    # --- security group --------------------------------------------------------------------------------
+    def apply_firewalls(self, firewall: HostFirewall | None = None) -> None:
+        """Load the hosts' security group (``firewall``, else the manager's) into the INPUT chain of every host
+        namespace that exists: a rule naming the hosts' own group admits every host's private address, so
+        each start or stop rewrites them all. Without a firewall the hosts accept anything."""
+        with self._lock:
+            if firewall is not None:
+                self.firewall = firewall
+            if self.firewall is None or self.topology is None:
+                return
+            hosts = [h for h in self.hosts.values() if h.label in self.topology.instances]
+            ruleset = self.firewall.ruleset(sorted(h.private_ip for h in hosts))
+            for host in hosts:
+                proc = subprocess.run(
+                    ["ip", "netns", "exec", host.netns, "iptables-restore", "-w", "5"],
+                    input=ruleset, capture_output=True, text=True, timeout=20, check=False,
+                )  # fmt: skip
+                if proc.returncode != 0:
+                    raise HostError(f"iptables-restore in {host.netns} failed: {proc.stderr.strip()}\n{ruleset}")
+
+    def firewall_drops(self, instance_id: str) -> int:
+        """Packets the host's firewall has refused so far (the final DROP rule's counter)."""
+        out = run(["ip", "netns", "exec", self.host(instance_id).netns, "iptables", "-w", "5", "-L", "INPUT",
+                   "-v", "-x", "-n"], check=False)  # fmt: skip
+        return sum(int(line.split()[0]) for line in out.splitlines() if DROP_COMMENT in line)
 
     def run_command(
         self, instance_id: str, argv: list[str], env: Mapping[str, str] | None = None, *, timeout: float | None = None

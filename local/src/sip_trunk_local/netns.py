@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import itertools
 import os
 import signal
@@ -253,6 +254,7 @@ class LocalTopology(ElasticIpTopology):
         private_prefix = self.private_cidr.split("/")[1]
         self.address(r, self.BRIDGE, f"{self.router_private_ip}/{private_prefix}")
         self.address(r, self.WAN_IF, f"{self.router_outside_ip}/{self.outside_prefix}")
+        self.address(r, self.WAN_IF, f"{topology.AWS_PUBLIC_GATEWAY}/{topology.AWS_PUBLIC_PREFIX}")
         ipt = ["iptables", "-w", "5"]
         in_ns(r, *ipt, "-A", "FORWARD", "-i", self.WAN_IF, "-d", self.private_cidr, "-m", "conntrack",
               "--ctstate", "DNAT,ESTABLISHED,RELATED", "-j", "ACCEPT")  # fmt: skip
@@ -264,15 +266,24 @@ class LocalTopology(ElasticIpTopology):
         self.client = self.add_outside("client", self.client_ip)
 
     def add_outside(self, label: str, ip: str) -> str:
-        """A namespace ``<prefix>-<label>`` with ``eth0`` = ``ip`` on the router's outside bridge."""
+        """A namespace ``<prefix>-<label>`` with ``eth0`` = ``ip`` on the router's outside bridge (an address in
+        192.0.2.0/24, AWS's public side, routes through the router's 192.0.2.1; any other through 198.51.100.1)."""
         if label in self.outside or label in self.instances:
             raise NetnsError(f"namespace label {label} exists")
         ns = self.add(label)
         router_if = f"o-{label}"[:15]
         self.veth(ns, self.CLIENT_IF, self.router, router_if)
         run(["ip", "-n", self.router, "link", "set", router_if, "master", self.WAN_IF])
-        self.address(ns, self.CLIENT_IF, f"{ip}/{self.outside_prefix}")
-        self.default_route(ns, self.router_outside_ip)
+        aws = ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(
+            f"{topology.AWS_PUBLIC_GATEWAY}/{topology.AWS_PUBLIC_PREFIX}", strict=False
+        )
+        prefix, gateway = (
+            (topology.AWS_PUBLIC_PREFIX, topology.AWS_PUBLIC_GATEWAY)
+            if aws
+            else (self.outside_prefix, self.router_outside_ip)
+        )
+        self.address(ns, self.CLIENT_IF, f"{ip}/{prefix}")
+        self.default_route(ns, gateway)
         self.outside[label] = (ns, ip)
         return ns
 

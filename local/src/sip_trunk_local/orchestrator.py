@@ -52,11 +52,12 @@ from sip_trunk_local.drills import run_drill
 from sip_trunk_local.ec2_hooks import Ec2Hooks, HostEvent
 from sip_trunk_local.elevenlabs_api import ElevenLabsStandIn
 from sip_trunk_local.executor import Dispatcher, ExecutionReport, load_handlers, real_time_pacer, run_execution
+from sip_trunk_local.firewall import HostFirewall
 from sip_trunk_local.hosts import HEARTBEAT_UNIT, STATE_FILE, LocalHostManager
 from sip_trunk_local.netns import run_in_namespace
 from sip_trunk_local.profiles import ParametersRefused
 from sip_trunk_local.standin import carrier_settings, credentials, place_call, start_standin
-from sip_trunk_local.topology import CLIENT_IP, PHONE_NUMBER, PUBLIC_IP
+from sip_trunk_local.topology import CLIENT_IP, PHONE_NUMBER, PROBE_FUNCTION_IP, PUBLIC_IP
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,32 @@ def read_events(run_dir: Path, offset: int = 0) -> tuple[list[dict[str, Any]], i
 
 
 # --- the local deployment ----------------------------------------------------------------------------
+
+PROBE_HANDLER = "sip_probe"
+"""The handler of the template's one function in the VPC (SipProbeFunction)."""
+PROBE_SECURITY_GROUP = "ProbeSecurityGroup"
+"""The network template's group of SipProbeFunction's interfaces (its VpcConfig.SecurityGroupIds)."""
+
+
+class _InVpc(threading.local):
+    active = False
+
+
+_IN_VPC = _InVpc()
+
+
+def in_vpc(handler: Any) -> Any:
+    """A handler whose SIP probes leave from the VPC (its own thread: moto's server runs each invocation on
+    one), as a function with a VpcConfig sends from its interface in the subnet."""
+
+    def run(event: dict[str, Any], context: Any) -> Any:
+        _IN_VPC.active = True
+        try:
+            return handler(event, context)
+        finally:
+            _IN_VPC.active = False
+
+    return run
 
 
 @dataclass
@@ -219,7 +246,7 @@ class LocalDeployment:
             self.plane = cp.create_control_plane(
                 self.project,
                 self.stack,
-                {**self.parameters, **LOCAL_IMAGE},
+                self.template_parameters(),
                 self.endpoint,
                 high_availability=self.high_availability,
                 one_lan=True,
@@ -258,6 +285,18 @@ class LocalDeployment:
         self._save_state()
         self.emit(kind="ready", summary=self.summary)
         return self.summary
+
+    def template_parameters(self) -> dict[str, str]:
+        """The root stack's parameters: the deployment's, with local mode's image (hosts boot the cached root)."""
+        return {**self.parameters, **LOCAL_IMAGE}
+
+    def firewall(self) -> HostFirewall:
+        """The hosts' security group for this deployment's parameters, as the network stack gets them."""
+        params = {"RootStackName": self.stack, "LogKmsKeyArn": cp.placeholder_key_arn()}
+        params |= cp.network_parameters(self.project, self.template_parameters())
+        return HostFirewall.from_template(
+            self.project / "stacks" / "network.yaml", params, members={PROBE_SECURITY_GROUP: [PROBE_FUNCTION_IP]}
+        )
 
     def _add_carrier(self) -> dict[str, Any]:
 
@@ -303,6 +342,7 @@ class LocalDeployment:
             watch_interval_s=self.watch_interval_s,
             watch_failures=self.watch_failures,
             watch_timeout_s=self.watch_timeout_s,
+            firewall=self.firewall(),
         )
         assert self.hooks is not None
         self.hooks.manager = self.manager
@@ -313,23 +353,33 @@ class LocalDeployment:
         self._probe_from_outside()
 
     def _probe_from_outside(self) -> None:
-        """VerifyTrunk and the failover probes reach the Elastic IP from the internet: here, from the outside
-        namespace (the address is not routable from this machine's own network)."""
+        """Where the functions' SIP probes come from. VerifyTrunk, the health check and the failover functions
+        run outside the VPC and reach the Elastic IP from a public AWS address: here, from the control plane's
+        namespace (192.0.2.10), through the router and the hosts' firewalls (the address is not routable from
+        this machine's own network). The in-VPC probe function (ADR-27) sends from its interface on the LAN
+        (10.0.0.120, a member of the probe security group), straight to a host's private address."""
 
-        outside = self.manager.outside_namespace()
+        outside = self.manager.control_plane_namespace()
+        inside = self.manager.probe_function_namespace()
         original = wiring.sip_probe
 
         def probe(target: ProbeTarget, timeout_s: float) -> ProbeResult:
-            result: ProbeResult = run_in_namespace(outside, lambda: original(target, timeout_s))
-            log.info("probe %s from %s: %s", target, outside, result)
+            ns = inside if _IN_VPC.active else outside
+            result: ProbeResult = run_in_namespace(ns, lambda: original(target, timeout_s))
+            log.info("probe %s from %s: %s", target, ns, result)
             return result
 
         wiring.sip_probe = probe
 
-    def function_environment(self) -> dict[str, str]:
+    def function_environment(self, function: str | None = None) -> dict[str, str]:
+        """What a function runs with: the variables every function shares (the template's Globals), the
+        function's own (`PROBE_FUNCTION` on the probing functions, ADR-27) and local mode's overrides."""
         assert self.plane is not None
+        own = self.plane.functions.get(function, {}) if function else {}
         return {
             **self.plane.environment(),
+            "PROBE_FUNCTION": "",
+            **own,
             **cp.aws_environment(self.endpoint),
             # the host template the layer ships (/opt/sip_trunk_assets/host.yaml in Lambda)
             "HOST_TEMPLATE_FILE": str(self.project / "stacks" / "host.yaml"),
@@ -342,13 +392,15 @@ class LocalDeployment:
     def _dispatcher(self) -> Dispatcher:
         if self.dispatcher is None:
             assert self.plane is not None
-            env = self.function_environment()
-            os.environ.update(env)  # the handlers' modules read POWERTOOLS_* at import
+            os.environ.update(self.function_environment())  # the handlers' modules read POWERTOOLS_* at import
             names = dict(self.plane.function_names)
+            handlers = load_handlers(self.project / "functions")
+            if PROBE_HANDLER in handlers:
+                handlers[PROBE_HANDLER] = in_vpc(handlers[PROBE_HANDLER])
             self.dispatcher = Dispatcher(
-                load_handlers(self.project / "functions"),
+                handlers,
                 resolve=lambda name: names.get(name, name),
-                environment=lambda name: env,
+                environment=self.function_environment,
                 pacer=real_time_pacer(scale=0.05, floor_s=0.1, ceiling_s=2.0),
             )
             self.dispatcher.install()

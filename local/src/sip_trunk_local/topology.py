@@ -5,7 +5,11 @@ outside segment of carrier and ElevenLabs stand-in) and one private /24 is the h
 
     client ns 198.51.100.50 ─┐                                    ┌─ host ns 10.0.0.10
     stand-in ns 198.51.100.20 ┼─ wan (bridge) 198.51.100.1  router  br0 10.0.0.1 ─┼─ host ns 10.0.0.11
-                              ┘      DNAT/SNAT 203.0.113.x <-> 10.0.0.y            └─ ...
+    lambda ns 192.0.2.10     ─┘      192.0.2.1                                     └─ ...
+                                     DNAT/SNAT 203.0.113.x <-> 10.0.0.y
+
+The control plane's probes come from 192.0.2.10 (documentation range 192.0.2.0/24), standing for the public
+AWS address a Lambda function outside a VPC sends from.
 """
 
 from __future__ import annotations
@@ -24,10 +28,21 @@ CLIENT_IP = "198.51.100.50"
 """The carrier / outside client."""
 ELEVENLABS_HOST = "sip.rtc.elevenlabs.io"
 
+# --- AWS's public side (documentation range 192.0.2.0/24), where Lambda functions outside a VPC send from ---
+AWS_PUBLIC_GATEWAY = "192.0.2.1"
+"""The router's address on the AWS segment (a second address of the outside bridge)."""
+AWS_PUBLIC_PREFIX = 24
+CONTROL_PLANE_IP = "192.0.2.10"
+"""Where the control plane's SIP probes come from (VerifyTrunk, health check, failover): a public address
+outside the VPC and outside every configured SIP network, as a Lambda function's is."""
+
 # --- the hosts' LAN ----------------------------------------------------------------------------------------
 PRIVATE_CIDR = "10.0.0.0/24"
 ROUTER_PRIVATE_IP = "10.0.0.1"
 FIRST_HOST_IP = "10.0.0.10"
+PROBE_FUNCTION_IP = "10.0.0.120"
+"""The in-VPC probe function's interface on the LAN (a member of the probe security group, ADR-27); outside
+the addresses moto hands the hosts (from the bottom of each /25)."""
 
 # --- ports -------------------------------------------------------------------------------------------------
 SIP_PORT = 5060

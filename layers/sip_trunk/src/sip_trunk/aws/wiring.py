@@ -14,6 +14,7 @@ from sip_trunk.aws.runcommand import SsmCommands
 from sip_trunk.aws.s3 import S3Objects
 from sip_trunk.aws.ssm import JsonParameterReader, ParameterSecretResolver, SsmConfigStore, SsmSettingsSource
 from sip_trunk.aws.stepfunctions import SfnExecutions
+from sip_trunk.aws.vpcprobe import VpcProber
 from sip_trunk.elevenlabs import ElevenLabsClient, PhoneNumberApi
 from sip_trunk.environment import load_config
 from sip_trunk.sip import ProbeResult, ProbeTarget, probe_options
@@ -45,7 +46,7 @@ def build_deps(config: WorkflowConfig) -> Deps:
         state=DynamoStateStore(config.state_table),
         executions=SfnExecutions(),
         objects=S3Objects(),
-        prober=sip_probe,
+        prober=VpcProber(config.probe_function) if config.probe_function else sip_probe,
         elevenlabs=elevenlabs,
     )
 

@@ -50,6 +50,9 @@ class WorkflowConfig(BaseModel):
     heartbeat_max_age_s: Annotated[int, Field(alias="HEARTBEAT_MAX_AGE_S", ge=30)] = 180
     failure_threshold: Annotated[int, Field(alias="FAILOVER_AFTER_FAILURES", ge=1, le=60)] = 3
     lock_ttl_s: Annotated[int, Field(alias="FAILOVER_LOCK_TTL_S", ge=60)] = 900
+    probe_function: Annotated[str, Field(alias="PROBE_FUNCTION")] = ""
+    """The in-VPC probe function (ADR-27): set when the hosts admit SIP only from named networks, so probes
+    go to the Elastic IP holder's private address from inside the VPC. Empty: probe the address itself."""
     probe_targets: Annotated[ProbeTargets, Field(alias="PROBE_TARGETS")] = Field(default_factory=dict)
     """Address → `host:port` to probe instead. Empty in production (probe the address itself); local
     mode and tests map the Elastic IP to a responder on 127.0.0.1."""

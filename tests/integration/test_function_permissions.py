@@ -106,7 +106,11 @@ ADAPTER_NEEDS: dict[tuple[str, str], list[Need]] = {
     ("config_store", "set_desired_version"): [("ssm:PutParameter", parameter(DESIRED))],
     ("config_store", "clear_desired_version"): [("ssm:DeleteParameter", parameter(DESIRED))],
     # WithDecryption=False: SecureString values are never decrypted into the snapshot.
-    ("config_store", "snapshot"): [("ssm:GetParametersByPath", parameter(f"{CONFIG}/"))],
+    # Authorized on the path's ARN: `.../asterisk` (parameter ARNs never end in "/"), or the path as sent.
+    ("config_store", "snapshot"): [
+        ("ssm:GetParametersByPath", parameter(CONFIG)),
+        ("ssm:GetParametersByPath", parameter(f"{CONFIG}/")),
+    ],
     ("addresses", "describe_address"): [("ec2:DescribeAddresses", "*")],
     # By instance id: EC2 authorizes the address, the instance and the instance's primary interface.
     ("addresses", "associate"): [

@@ -28,10 +28,8 @@ SECRETS = (INBOUND_PASSWORD, OUTBOUND_PASSWORD, API_KEY)
 
 def deploy(world: Any, *, version: str = VERSION) -> tuple[str, str]:
     """A recorded deployment: two running hosts reporting `version`, the Elastic IP on the primary."""
-    ec2 = boto3.client("ec2", region_name=REGION)
-    reservation = ec2.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2)
-    primary, standby = (i["InstanceId"] for i in reservation["Instances"])
-    ec2.associate_address(AllocationId=world.allocation_id, InstanceId=primary)
+    primary, standby = world.run_hosts(2)
+    world.ec2.associate_address(AllocationId=world.allocation_id, InstanceId=primary)
     world.ddb.put_item(
         Item={
             "pk": "deployment",
@@ -245,8 +243,12 @@ def test_move_eip_refused_while_another_execution_holds_the_lock(world, handlers
     assert not [i for i in world.ddb.scan()["Items"] if str(i["pk"]).startswith("idempotency#")]
 
 
-def test_move_eip_to_a_missing_instance(world, handlers, event, lambda_context):
+def test_move_eip_to_a_missing_instance(world, handlers, event, lambda_context, iam_denied):
     primary, _ = deploy(world)
+    # An instance that does not exist has no aws-sip-trunk:stack tag: IAM refuses the association before
+    # EC2 looks the instance up (moto answers InvalidInstanceID.NotFound; either way the move fails).
+    missing = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
+    iam_denied(f"FailoverMoveEipFunctionRole may not ec2:AssociateAddress on {missing}")
     with pytest.raises(AddressMoveFailed, match=r"cannot associate .* with i-0123456789abcdef0"):
         handlers["failover_move_eip"](
             plan_event(event, "failover_task_move.json", world, primary, "i-0123456789abcdef0"), lambda_context

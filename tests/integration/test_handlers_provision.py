@@ -78,10 +78,16 @@ def commands() -> list[dict[str, Any]]:
     return list(ssm().list_commands()["Commands"])
 
 
-def run_instances(count: int = 2) -> list[str]:
-    ec2 = boto3.client("ec2", region_name=REGION)
-    reservation = ec2.run_instances(ImageId="ami-12345678", MinCount=count, MaxCount=count)
-    return [i["InstanceId"] for i in reservation["Instances"]]
+EVENT_HOSTS = ("i-0a1b2c3d4e5f60718", "i-0f1e2d3c4b5a69788")  # the instance ids in the recorded events
+
+
+def on_hosts(world: Any, recorded: dict[str, Any], stack: str = STACK) -> dict[str, Any]:
+    """A recorded event about two hosts that exist (tagged, as the roles require) in a stack named `stack`."""
+    text = json.dumps(recorded).replace(":execution:trunk-provision:", f":execution:{stack}-provision:")
+    for fixture_id, instance_id in zip(EVENT_HOSTS, world.run_hosts(2, stack), strict=True):
+        text = text.replace(fixture_id, instance_id)
+    result: dict[str, Any] = json.loads(text)
+    return result
 
 
 def render(handlers: dict[str, Any], event: Any, ctx: Any) -> dict[str, Any]:
@@ -99,7 +105,7 @@ def launch_and_check(handlers: dict[str, Any], event: Any, ctx: Any, rendered: d
 
 def serving(world: Any, version: str, *, heartbeats: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Two running hosts, the Elastic IP on the first, both reporting `version`: (render, stack) sections."""
-    primary, standby = run_instances()
+    primary, standby = world.run_hosts(2)
     world.ec2.associate_address(AllocationId=world.allocation_id, InstanceId=primary)
     if heartbeats:
         for instance_id in (primary, standby):
@@ -742,7 +748,7 @@ def test_record_deployment_success(world, handlers, event, lambda_context, capsy
 
 def test_record_deployment_failure_restores_the_previous_version(world, handlers, event, lambda_context):
     # Given an execution that failed at CheckApply after pointing desired-version at the new version
-    record_event = event("provision_task_record_failed.json")
+    record_event = on_hosts(world, event("provision_task_record_failed.json"))
     state = record_event["state"]
     new, previous = state["render"]["version"], state["render"]["previous_version"]
     ssm().put_parameter(Name=f"{CONFIG_PREFIX}/desired-version", Type="String", Value=new)
@@ -1070,10 +1076,12 @@ def test_notification_subject_fits_sns_with_the_longest_stack_name(
     from sip_trunk.limits import SNS_SUBJECT
 
     # Given the longest stack name the template allows (its state machines are `<stack>-provision`, 80 at most)
-    monkeypatch.setenv("STACK_NAME", "a" + "b" * 69)
+    stack = "a" + "b" * 69
+    monkeypatch.setenv("STACK_NAME", stack)
+    monkeypatch.setenv("CONFIG_PREFIX", f"/sip-trunk/{stack}/asterisk")
     wiring.reset()
     # When RecordDeployment composes the notification that the state machine publishes to SNS
-    result = handlers["record_deployment"](event(recorded), lambda_context)
+    result = handlers["record_deployment"](on_hosts(world, event(recorded), stack), lambda_context)
     # Then its subject is one SNS accepts (moto's SNS refuses more than 100 characters too)
     assert len(result["subject"]) <= SNS_SUBJECT.value
     assert result["subject"].isascii()

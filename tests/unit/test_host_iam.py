@@ -24,13 +24,30 @@ REQUIRED: dict[str, tuple[tuple[str, ...], str]] = {
     "get_parameter": (("ssm:GetParameter", "kms:Decrypt"), "ReadConfig"),  # desired-version pointer
     "get_parameters_by_path": (("ssm:GetParametersByPath", "kms:Decrypt"), "ReadConfig"),  # SecureStrings
     "put_metric_data": (("cloudwatch:PutMetricData",), "HostMetrics"),
-    "put_item": (("dynamodb:PutItem",), "Heartbeat"),
+    # The state table is encrypted with the stack key: DynamoDB decrypts its table key as the caller.
+    "put_item": (("dynamodb:PutItem", "kms:Decrypt"), "Heartbeat"),
     "put_object": (("s3:PutObject", "kms:GenerateDataKey"), "Backups"),
     "get_object": (("s3:GetObject", "kms:Decrypt"), "Backups"),
     "head_object": (("s3:GetObject", "s3:ListBucket"), "Backups"),  # 404 rather than 403 needs ListBucket
     "start_execution": (("states:StartExecution",), "WatchPeerFailover"),
 }
 KMS_SID = "DecryptConfigAndObjects"
+TABLE_KEY_SID = "DecryptStateTableKey"
+# The service that asks KMS on the agent's behalf (the kms:ViaService its KMS statement must admit).
+KMS_VIA = {
+    "get_parameter": ("ssm", KMS_SID),
+    "get_parameters_by_path": ("ssm", KMS_SID),
+    "put_item": ("dynamodb", TABLE_KEY_SID),
+    "put_object": ("s3", KMS_SID),
+    "get_object": ("s3", KMS_SID),
+}
+
+
+def via_services(statement: dict[str, Any]) -> set[str]:
+    value = statement["Condition"]["StringEquals"]["kms:ViaService"]
+    return {v["Fn::Sub"] for v in (value if isinstance(value, list) else [value])}
+
+
 # Calls made outside the Python agent: the boot script's signal, the stock-path install, the CloudWatch agent.
 OTHER = {
     "cloudformation:SignalResource": "SignalBoot",
@@ -101,10 +118,23 @@ def test_every_required_action_has_an_allow_statement() -> None:
     by_sid = statements()
     for operation, (needed, sid) in REQUIRED.items():
         for action in needed:
-            where = KMS_SID if action.startswith("kms:") else ("ListBackups" if action == "s3:ListBucket" else sid)
+            where = (
+                KMS_VIA[operation][1]
+                if action.startswith("kms:")
+                else ("ListBackups" if action == "s3:ListBucket" else sid)
+            )
             assert action in actions(by_sid[where]), f"{operation} needs {action} in {where}"
     for action, sid in OTHER.items():
         assert action in actions(by_sid[sid]), action
+
+
+def test_every_kms_need_is_admitted_through_its_service() -> None:
+    by_sid = statements()
+    kms_needs = {op for op, (needed, _) in REQUIRED.items() if any(a.startswith("kms:") for a in needed)}
+    assert kms_needs == set(KMS_VIA), kms_needs ^ set(KMS_VIA)
+    for operation, (service, sid) in KMS_VIA.items():
+        via = via_services(by_sid[sid])
+        assert f"{service}.${{AWS::Region}}.amazonaws.com" in via, f"{operation}: KMS through {service} is denied"
 
 
 def test_the_role_grants_nothing_beyond_the_table() -> None:
@@ -126,10 +156,11 @@ def test_scoping() -> None:
     assert by_sid["Recordings"]["Resource"]["Fn::Sub"].endswith(":s3:::${RecordingsBucket}/recordings/*")
     assert by_sid["ListBackups"]["Condition"] == {"StringLike": {"s3:prefix": ["hosts/*"]}}
     assert by_sid["WatchPeerFailover"]["Resource"] == {"Ref": "FailoverStateMachineArn"}
-    assert {by_sid[KMS_SID]["Condition"]["StringEquals"]["kms:ViaService"][i]["Fn::Sub"] for i in (0, 1)} == {
-        "ssm.${AWS::Region}.amazonaws.com",
-        "s3.${AWS::Region}.amazonaws.com",
-    }
+    for sid in (KMS_SID, TABLE_KEY_SID):
+        assert via_services(by_sid[sid]) == {
+            f"{service}.${{AWS::Region}}.amazonaws.com" for service, where in KMS_VIA.values() if where == sid
+        }
+    assert actions(by_sid[TABLE_KEY_SID]) == {"kms:Decrypt"}  # DynamoDB only decrypts the table key
     assert all(s["Resource"] != "*" for sid, s in by_sid.items() if sid != "HostMetrics")
 
 

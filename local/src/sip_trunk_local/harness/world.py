@@ -56,14 +56,14 @@ Resources:
     Properties:
       ImageId: !Ref ImageId
       InstanceType: t4g.small
-      Tags: [{Key: aws-sip-trunk:role, Value: primary}]
+      Tags: [{Key: aws-sip-trunk:stack, Value: !Ref RootStackName}, {Key: aws-sip-trunk:role, Value: primary}]
       UserData: {"Fn::Base64": !Sub "SIP_TRUNK_CONFIG_VERSION=${ConfigVersion}"}
   StandbyInstance:
     Type: AWS::EC2::Instance
     Properties:
       ImageId: !Ref ImageId
       InstanceType: t4g.small
-      Tags: [{Key: aws-sip-trunk:role, Value: standby}]
+      Tags: [{Key: aws-sip-trunk:stack, Value: !Ref RootStackName}, {Key: aws-sip-trunk:role, Value: standby}]
       UserData: {"Fn::Base64": !Sub "SIP_TRUNK_CONFIG_VERSION=${ConfigVersion}"}
 Outputs:
   PrimaryInstanceId: {Value: !Ref PrimaryInstance}
@@ -313,6 +313,14 @@ class World:
             }
         )
 
+    def run_hosts(self, count: int = 2, stack: str = STACK) -> list[str]:
+        """Running instances tagged as stacks/host.yaml tags the hosts (the roles may act only on those)."""
+        tags = [{"ResourceType": "instance", "Tags": [{"Key": "aws-sip-trunk:stack", "Value": stack}]}]
+        reservation = self.ec2.run_instances(
+            ImageId="ami-12345678", MinCount=count, MaxCount=count, TagSpecifications=tags
+        )
+        return [i["InstanceId"] for i in reservation["Instances"]]
+
     def deploy_two_hosts(self, version: str = "v0123456789abcdef") -> tuple[str, str]:
         """A recorded deployment: two instances, the Elastic IP on the primary, both reporting `version`.
 
@@ -320,9 +328,7 @@ class World:
         """
         import time
 
-        ids = [
-            i["InstanceId"] for i in self.ec2.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2)["Instances"]
-        ]
+        ids = self.run_hosts(2)
         self.ec2.associate_address(AllocationId=self.allocation_id, InstanceId=ids[0])
         boto3.client("ssm", region_name=REGION).put_parameter(
             Name=f"{CONFIG_PREFIX}/desired-version", Type="String", Value=version, Overwrite=True
@@ -420,7 +426,11 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
         monkeypatch.setenv(key, value)
     create_state_table(boto3.client("dynamodb", region_name=REGION))
     ec2 = boto3.client("ec2", region_name=REGION)
-    allocation = ec2.allocate_address(Domain="vpc")
+    # Tagged as stacks/network.yaml tags the Elastic IP: the roles may associate only this stack's address.
+    allocation = ec2.allocate_address(
+        Domain="vpc",
+        TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": [{"Key": "aws-sip-trunk:stack", "Value": STACK}]}],
+    )
     image_id = "ami-0123456789abcdef0"
     s3 = boto3.client("s3", region_name=REGION)
     s3.create_bucket(Bucket=BACKUPS)
@@ -460,6 +470,7 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
         "NOTIFICATION_TOPIC_ARN": topic_arn,
         "HOST_TEMPLATE_URL": f"https://{BACKUPS}.s3.{REGION}.amazonaws.com/templates/host.yaml",
         "HOST_STACK_NAME": f"{STACK}-host",
+        "HOST_STACK_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/{STACK}-HostStackRole",
         "NETWORK_STACK_NAME": f"{STACK}-network",
         "PRIMARY_ALLOCATION_ID": allocation["AllocationId"],
         "FAILOVER_STATE_MACHINE_ARN": f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{STACK}-failover",

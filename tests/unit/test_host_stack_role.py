@@ -337,7 +337,7 @@ def test_only_cloudformation_of_this_account_assumes_the_role() -> None:
             "Effect": "Allow",
             "Principal": {"Service": "cloudformation.amazonaws.com"},
             "Action": "sts:AssumeRole",
-            "Condition": {"StringEquals": {"aws:SourceAccount": ACCOUNT}},
+            "Condition": {"StringEqualsIfExists": {"aws:SourceAccount": ACCOUNT}},
         }
     ]
 

@@ -19,6 +19,7 @@ from moto import mock_aws
 from sip_trunk.aws.cloudformation import CfnStacks
 from sip_trunk.aws.ec2 import Ec2Addresses
 from sip_trunk.aws.runcommand import SsmCommands
+from sip_trunk.aws.ssm import JsonParameterReader, ParameterSecretResolver, SsmSettingsSource
 from sip_trunk.errors import AddressRefused, AwsThrottled, HostUnreachable, StackRejected
 from support.fakes import DENIED, FakeCommands, FakeEc2, FakeStacks
 
@@ -146,6 +147,73 @@ def test_adapter_and_fake_raise_alike(name: str, kind: str, stubbed: Callable[[s
         assert raised.value.response["Error"]["Code"] == contract.code
     if contract.message:
         assert contract.message in str(raised.value)
+
+
+# --- Parameter Store and Secrets Manager reads through Powertools' Parameters utility ---------------------
+# The utility wraps every botocore error in its own GetParameterError; the adapters keep the contract above.
+
+
+@dataclass(frozen=True)
+class ReadContract:
+    service: str
+    operation: str
+    code: str
+    call: Callable[[Any], object]
+    raises: type[Exception]
+
+
+READS = {
+    "throttled settings read raises the retryable error": ReadContract(
+        "ssm", "get_parameter", "ThrottlingException",
+        call=lambda ssm: SsmSettingsSource("/sip-trunk/s/settings", ssm=ssm).settings_document(), raises=AwsThrottled,
+    ),
+    "denied settings read passes as ClientError": ReadContract(
+        "ssm", "get_parameter", "AccessDeniedException",
+        call=lambda ssm: SsmSettingsSource("/sip-trunk/s/settings", ssm=ssm).settings_document(), raises=ClientError,
+    ),
+    "throttled operator settings read raises the retryable error": ReadContract(
+        "ssm", "get_parameter", "ThrottlingException",
+        call=lambda ssm: SsmSettingsSource("/x", "/sip-trunk/s/operator-settings", ssm=ssm).operator_document(),
+        raises=AwsThrottled,
+    ),
+    "throttled JSON parameter read raises the retryable error": ReadContract(
+        "ssm", "get_parameter", "ThrottlingException",
+        call=lambda ssm: JsonParameterReader(ssm=ssm).get_json("/sip-trunk/s/host-parameters"), raises=AwsThrottled,
+    ),
+    "throttled SecureString read raises the retryable error, not a missing secret": ReadContract(
+        "ssm", "get_parameter", "ThrottlingException",
+        call=lambda ssm: ParameterSecretResolver(ssm=ssm).resolve("ssm:/s/sip/outbound-password"), raises=AwsThrottled,
+    ),
+    "denied SecureString read passes as ClientError, not a missing secret": ReadContract(
+        "ssm", "get_parameter", "AccessDeniedException",
+        call=lambda ssm: ParameterSecretResolver(ssm=ssm).resolve("ssm:/s/sip/outbound-password"), raises=ClientError,
+    ),
+    "a SecureString that does not exist is a missing secret": ReadContract(
+        "ssm", "get_parameter", "ParameterNotFound",
+        call=lambda ssm: ParameterSecretResolver(ssm=ssm).resolve("ssm:/s/sip/outbound-password"), raises=KeyError,
+    ),
+    "throttled secret read raises the retryable error, not a missing secret": ReadContract(
+        "secretsmanager", "get_secret_value", "ThrottlingException",
+        call=lambda sm: ParameterSecretResolver(secrets=sm).resolve("secretsmanager:s/elevenlabs/api-key"),
+        raises=AwsThrottled,
+    ),
+    "a secret that does not exist is a missing secret": ReadContract(
+        "secretsmanager", "get_secret_value", "ResourceNotFoundException",
+        call=lambda sm: ParameterSecretResolver(secrets=sm).resolve("secretsmanager:s/elevenlabs/api-key"),
+        raises=KeyError,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(READS))
+def test_parameter_reads_keep_the_error_contract(name: str, stubbed: Callable[[str], tuple[Any, Stubber]]) -> None:
+    contract = READS[name]
+    client, stubber = stubbed(contract.service)
+    stubber.add_client_error(contract.operation, service_error_code=contract.code)
+    with pytest.raises(contract.raises) as raised:
+        contract.call(client)
+    if isinstance(raised.value, ClientError):
+        assert raised.value.response["Error"]["Code"] == contract.code
 
 
 # --- CloudFormation ------------------------------------------------------------------------------

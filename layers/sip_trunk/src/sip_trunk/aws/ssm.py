@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from aws_lambda_powertools.utilities import parameters
 from botocore.exceptions import ClientError
@@ -15,6 +15,28 @@ from sip_trunk.aws.clients import aws_call, client, error_code
 from sip_trunk.manifest import MANIFEST_NAME
 
 CACHE_SECONDS = 60
+NOT_FOUND_CODES = frozenset({"ParameterNotFound", "ResourceNotFoundException"})
+
+T = TypeVar("T")
+
+
+def _powertools_call(what: str, call: Callable[[], T]) -> T:
+    """A read through the Parameters utility under the adapters' error contract: the utility wraps every
+    botocore error in `GetParameterError`, which would hide throttling (retryable) behind a plain failure and a
+    denied call behind a missing value. The botocore error it wrapped is raised instead, through `aws_call`."""
+    try:
+        return call()
+    except parameters.exceptions.GetParameterError as exc:
+        wrapped = exc.__cause__ or exc.__context__
+        if not isinstance(wrapped, ClientError):
+            raise
+        with aws_call(what):
+            raise wrapped from None
+
+
+def _provider(client: Any | None) -> Any:
+    """The utility's default provider (cached across warm invocations), or one over the given client."""
+    return None if client is None else parameters.SSMProvider(boto3_client=client)
 
 
 class SsmSettingsSource:
@@ -31,7 +53,11 @@ class SsmSettingsSource:
         self._ssm = ssm
 
     def settings_document(self) -> Any:
-        raw = parameters.get_parameter(self.name, max_age=self.max_age_s)
+        provider = _provider(self._ssm)
+        if provider is None:
+            raw = _powertools_call("GetParameter", lambda: parameters.get_parameter(self.name, max_age=self.max_age_s))
+        else:
+            raw = _powertools_call("GetParameter", lambda: provider.get(self.name, max_age=self.max_age_s))
         return json.loads(str(raw))
 
     @property
@@ -42,8 +68,9 @@ class SsmSettingsSource:
         if not self.operator_name:
             return None
         try:
-            raw = self.ssm.get_parameter(Name=self.operator_name)["Parameter"]["Value"]
-        except Exception as exc:
+            with aws_call("GetParameter"):
+                raw = self.ssm.get_parameter(Name=self.operator_name)["Parameter"]["Value"]
+        except ClientError as exc:
             if error_code(exc) == "ParameterNotFound":
                 return None
             raise
@@ -53,28 +80,52 @@ class SsmSettingsSource:
 class JsonParameterReader:
     """Any String parameter holding JSON (e.g. the host stack's parameters), cached."""
 
-    def __init__(self, max_age_s: int = CACHE_SECONDS) -> None:
+    def __init__(self, max_age_s: int = CACHE_SECONDS, ssm: Any | None = None) -> None:
         self.max_age_s = max_age_s
+        self._ssm = ssm
 
     def get_json(self, name: str) -> Any:
-        return parameters.get_parameter(name, transform="json", max_age=self.max_age_s)
+        provider = _provider(self._ssm)
+        if provider is None:
+            return _powertools_call(
+                "GetParameter", lambda: parameters.get_parameter(name, transform="json", max_age=self.max_age_s)
+            )
+        return _powertools_call("GetParameter", lambda: provider.get(name, transform="json", max_age=self.max_age_s))
 
 
 class ParameterSecretResolver:
-    """`ssm:/name` (SecureString, decrypted) or `secretsmanager:name`, cached by the Parameters utility."""
+    """`ssm:/name` (SecureString, decrypted) or `secretsmanager:name`, cached by the Parameters utility.
 
-    def __init__(self, max_age_s: int = CACHE_SECONDS) -> None:
+    Only a value that does not exist is `KeyError` (the domain reports it as a missing secret); throttling is
+    `AwsThrottled` and a denied read passes as `ClientError`, so neither is mistaken for a missing secret."""
+
+    def __init__(self, max_age_s: int = CACHE_SECONDS, ssm: Any | None = None, secrets: Any | None = None) -> None:
         self.max_age_s = max_age_s
+        self._ssm = ssm
+        self._secrets = secrets
+
+    def _read(self, ref: str) -> str:
+        age = self.max_age_s
+        if ref.startswith("ssm:"):
+            name = ref[len("ssm:") :]
+            if self._ssm is None:
+                return str(parameters.get_parameter(name, decrypt=True, max_age=age))
+            return str(parameters.SSMProvider(boto3_client=self._ssm).get(name, decrypt=True, max_age=age))
+        if ref.startswith("secretsmanager:"):
+            name = ref[len("secretsmanager:") :]
+            if self._secrets is None:
+                return str(parameters.get_secret(name, max_age=age))
+            return str(parameters.SecretsProvider(boto3_client=self._secrets).get(name, max_age=age))
+        raise KeyError(ref)
 
     def resolve(self, ref: str) -> str:
+        operation = "GetSecretValue" if ref.startswith("secretsmanager:") else "GetParameter"
         try:
-            if ref.startswith("ssm:"):
-                return str(parameters.get_parameter(ref[4:], decrypt=True, max_age=self.max_age_s))
-            if ref.startswith("secretsmanager:"):
-                return str(parameters.get_secret(ref[len("secretsmanager:") :], max_age=self.max_age_s))
-        except parameters.exceptions.GetParameterError as exc:
-            raise KeyError(ref) from exc
-        raise KeyError(ref)
+            return _powertools_call(operation, lambda: self._read(ref))
+        except ClientError as exc:
+            if error_code(exc) in NOT_FOUND_CODES:
+                raise KeyError(ref) from None
+            raise
 
 
 class SsmConfigStore:

@@ -1,0 +1,159 @@
+"""fail2ban, running for real beside a gateway: the product's rendered jail and filter over the machine's own
+fail2ban configuration, the server inside the gateway's network namespace, so the jail's banaction (iptables)
+bans in that namespace only.
+
+Each instance has its own configuration directory, socket, pid file and in-memory database, so several can run
+at once and none touches the machine's fail2ban. Only the log path (the Asterisk log on this machine), the
+backend (polling: no inotify across the chroot's bind mounts) and any test override differ from the product.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+JAIL = "asterisk-sip-trunk"
+SYSTEM_CONFIG = Path("/etc/fail2ban")
+
+
+class Fail2banError(RuntimeError):
+    pass
+
+
+@dataclass
+class Fail2ban:
+    workdir: Path
+    netns: str
+    jail: bytes
+    """The rendered `fail2ban/jail.d/asterisk-sip-trunk.local`."""
+    filter: bytes
+    """The rendered `fail2ban/filter.d/asterisk-sip-trunk.conf`."""
+    logpath: Path
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    """Jail settings replaced on top of the product's (e.g. a short `bantime` to see the unban)."""
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def config_dir(self) -> Path:
+        return self.workdir / "etc"
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "fail2ban.sock"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "fail2ban.log"
+
+    def _write_config(self) -> None:
+        if not (SYSTEM_CONFIG / "filter.d" / "asterisk.conf").is_file():
+            raise Fail2banError("fail2ban is not installed (its shipped asterisk filter is missing)")
+        shutil.rmtree(self.config_dir, ignore_errors=True)
+        shutil.copytree(
+            SYSTEM_CONFIG, self.config_dir, ignore=shutil.ignore_patterns("jail.d", "fail2ban.d", "*.local")
+        )
+        (self.config_dir / "jail.d").mkdir()
+        (self.config_dir / "fail2ban.local").write_text(
+            "[Definition]\n"
+            f"logtarget = {self.log}\n"
+            f"socket = {self.socket}\n"
+            f"pidfile = {self.workdir / 'fail2ban.pid'}\n"
+            "dbfile = :memory:\n"
+        )
+        (self.config_dir / "filter.d" / f"{JAIL}.conf").write_bytes(self.filter)
+        (self.config_dir / "jail.d" / f"{JAIL}.local").write_bytes(self.jail)
+        local = {"logpath": str(self.logpath), "backend": "polling", **self.overrides}
+        (self.config_dir / "jail.d" / "zz-this-machine.local").write_text(
+            f"[{JAIL}]\n" + "".join(f"{key} = {value}\n" for key, value in local.items())
+        )
+
+    def start(self, timeout: float = 20.0) -> Fail2ban:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self.logpath.touch()
+        cmd = ["ip", "netns", "exec", self.netns, "fail2ban-server", "-f", "-x", "-c", str(self.config_dir)]
+        with (self.workdir / "server.out").open("wb") as out:
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise Fail2banError(f"fail2ban-server exited {self.process.returncode}: {self.diagnostics()}")
+            if self.socket.exists() and self._client("status", JAIL, check=False).returncode == 0:
+                return self
+            time.sleep(0.2)
+        raise Fail2banError(f"fail2ban-server did not start its jail in {timeout:.0f} s: {self.diagnostics()}")
+
+    def _client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["fail2ban-client", "-c", str(self.config_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise Fail2banError(f"fail2ban-client {' '.join(args)}: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def banned(self) -> list[str]:
+        status = self._client("status", JAIL).stdout
+        found = re.search(r"Banned IP list:\s*(.*)$", status, re.MULTILINE)
+        return found.group(1).split() if found else []
+
+    def firewall_blocks(self, address: str) -> bool:
+        """Whether the banaction's rule for ``address`` is in the namespace's firewall (the jail lists a ban
+        just before its action runs, so the list alone can name an address that still gets through)."""
+        rules = subprocess.run(
+            ["ip", "netns", "exec", self.netns, "iptables", "-w", "5", "-S", f"f2b-{JAIL}"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
+        ).stdout
+        return f"-s {address}/32 " in rules
+
+    def wait_banned(self, address: str, timeout: float) -> float:
+        """Seconds until ``address`` is banned and blocked; `Fail2banError` after ``timeout``."""
+        return self._wait(address, blocked=True, timeout=timeout)
+
+    def wait_unbanned(self, address: str, timeout: float) -> float:
+        return self._wait(address, blocked=False, timeout=timeout)
+
+    def _wait(self, address: str, *, blocked: bool, timeout: float) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if (address in self.banned() and self.firewall_blocks(address)) is blocked:
+                return time.monotonic() - start
+            time.sleep(0.1)
+        state = "not banned" if blocked else "still banned"
+        raise Fail2banError(f"{address} {state} after {timeout:.0f} s: {self.diagnostics()}")
+
+    def diagnostics(self) -> str:
+        parts = []
+        for path in (self.workdir / "server.out", self.log):
+            if path.exists():
+                parts.append(f"--- {path.name} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-30:]))
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.process = None
+
+    def __enter__(self) -> Fail2ban:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,170 @@
+"""The product's fail2ban jail bans for real: fail2ban-server runs in the gateway's namespace with the rendered
+jail and filter, reads the real Asterisk's security log and bans with the jail's own banaction (iptables).
+
+A brute-forcer outside is banned after the jail's `maxretry` failures and can no longer reach SIP while a
+softphone elsewhere registers; the VPC (the `ignoreip` the settings derive) is never banned however often it
+fails, and is banned once that entry is removed (the control); the ban lifts after `bantime`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sip_trunk_local.fail2ban import JAIL, Fail2ban
+from support.asterisk import AsteriskInstance
+from support.gateway import load_example, merge, render_gateway
+from support.netns import ElasticIpTopology, in_ns
+from support.sipp import Sipp, SippResult, auth_field, run_sipp, write_injection
+
+AsteriskFactory = Callable[..., AsteriskInstance]
+
+pytestmark = pytest.mark.asterisk
+
+EXT_PASSWORD = "ext-1001-Secret"
+EXT_SECRET_REF = "ssm:/demo/sip/ext-1001"
+BRUTE_FORCER = "198.51.100.66"
+VPC_SOURCE = "10.0.0.1"  # the router's private address: inside local_nets, like the standby or a probe
+ATTEMPTS = 7  # more than the jail's maxretry (5)
+BANTIME_S = 10  # the test's only change to the jail: a ban short enough to see it lift
+
+
+def _guesser(tmp_path: Path, label: str, netns: str, source: str, remote: str) -> Sipp:
+    """``ATTEMPTS`` INVITEs for extension 1001 with a wrong password, from ``source``, in the background (once
+    banned, its last attempts hang until sipp gives up: the test stops it)."""
+    users = write_injection(tmp_path / f"{label}.csv", [["1001", auth_field("1001", "a-wrong-Guess")]])
+    return Sipp(
+        "uac_auth_pcap.xml",
+        tmp_path / label,
+        remote=remote,
+        transport="t1",
+        local_ip=source,
+        service="800",
+        inject=users,
+        calls=ATTEMPTS,
+        rate=5,
+        duration_ms=200,
+        netns=netns,
+        global_timeout_s=30,
+    ).start()
+
+
+def _failures(ast: AsteriskInstance, source: str) -> int:
+    lines = ast.log_file("security").read_text().splitlines()
+    return sum(1 for line in lines if "ChallengeResponseFailed" in line and f"/{source}/" in line)
+
+
+def _wait_failures(ast: AsteriskInstance, source: str, count: int, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while (found := _failures(ast, source)) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
+def _options(tmp_path: Path, label: str, netns: str, source: str, remote: str) -> list[str]:
+    """The status lines of the answers an OPTIONS from ``source`` got (none when it cannot reach SIP)."""
+    result = run_sipp(
+        "options.xml",
+        tmp_path / label,
+        remote=remote,
+        transport="t1",
+        local_ip=source,
+        inject=write_injection(tmp_path / f"{label}.csv", [["scanner", "[authentication]"]]),
+        netns=netns,
+        timeout=10,
+    )
+    return re.findall(r"^SIP/2\.0 \d{3}.*$", result.messages, re.MULTILINE)
+
+
+def _register(tmp_path: Path, label: str, netns: str, source: str, remote: str) -> SippResult:
+    users = write_injection(tmp_path / f"{label}.csv", [["1001", auth_field("1001", EXT_PASSWORD)]])
+    return run_sipp(
+        "phone_register.xml",
+        tmp_path / label,
+        remote=remote,
+        transport="t1",
+        local_ip=source,
+        inject=users,
+        netns=netns,
+        timeout=20,
+    )
+
+
+def test_a_brute_forcer_is_banned_the_vpc_never_and_the_ban_lifts(
+    asterisk_factory: AsteriskFactory, topology_factory: Callable[..., ElasticIpTopology], tmp_path: Path
+) -> None:
+    # Given the rendered gateway and its fail2ban jail in the instance namespace behind the Elastic IP
+    topo = topology_factory()
+    settings, secrets = load_example("minimal")
+    settings = merge(
+        settings,
+        {
+            "extensions": [{"number": "1001", "password": EXT_SECRET_REF, "video": False}],
+            "network": {
+                "bind_address": topo.instance_ip(),
+                "local_nets": ["10.0.0.0/24"],
+                "rtp_port_start": 20000,
+                "rtp_port_end": 20100,
+            },
+        },
+    )
+    gateway = render_gateway(settings, {**secrets, EXT_SECRET_REF: EXT_PASSWORD}, tmp_path / "gw")
+    files = gateway.rendered.files
+    ast = asterisk_factory(gateway.asterisk_dir, netns=topo.instance_ns(), name=f"f2b-{topo.prefix}")
+    in_ns(topo.client, "ip", "addr", "add", f"{BRUTE_FORCER}/24", "dev", "eth0")
+    public = f"{topo.public_ip}:5060"
+    private = f"{topo.instance_ip()}:5060"
+    with Fail2ban(
+        tmp_path / "fail2ban",
+        topo.instance_ns(),
+        jail=files[f"fail2ban/jail.d/{JAIL}.local"],
+        filter=files[f"fail2ban/filter.d/{JAIL}.conf"],
+        logpath=ast.log_file("security"),
+        overrides={"bantime": str(BANTIME_S)},
+    ) as jail:
+        assert _options(tmp_path, "before", topo.client, BRUTE_FORCER, public), "SIP unreachable before any ban"
+
+        # When one outside source guesses the password again and again
+        started = time.monotonic()
+        brute = _guesser(tmp_path, "brute", topo.client, BRUTE_FORCER, public)
+        try:
+            # Then it is banned and reaches SIP no more, while a softphone elsewhere still registers
+            jail.wait_banned(BRUTE_FORCER, timeout=30)
+        finally:
+            brute.stop()
+        banned_at = time.monotonic()
+        assert _options(tmp_path, "banned", topo.client, BRUTE_FORCER, public) == [], jail.diagnostics()
+        registered = _register(tmp_path, "softphone", topo.client, topo.client_ip, public)
+        assert registered.ok, registered.describe()
+
+        # And the VPC, failing as often, is never banned: it is in the jail's ignoreip
+        vpc = _guesser(tmp_path, "vpc", topo.router, VPC_SOURCE, private)
+        try:
+            failures = _wait_failures(ast, VPC_SOURCE, ATTEMPTS)
+        finally:
+            vpc.stop()
+        assert failures >= ATTEMPTS, ast.log_file("security").read_text()
+        time.sleep(3)  # several polls of the log
+        assert VPC_SOURCE not in jail.banned(), jail.diagnostics()
+        assert _options(tmp_path, "vpc-after", topo.router, VPC_SOURCE, private), "the VPC lost SIP"
+
+        # And the ban lifts after bantime
+        jail.wait_unbanned(BRUTE_FORCER, timeout=BANTIME_S + 15)
+        banned_for = time.monotonic() - banned_at
+        assert _options(tmp_path, "after", topo.client, BRUTE_FORCER, public), "still unreachable after the ban"
+
+        # Negative control: without the VPC in ignoreip the same failures ban it
+        jail_cmd = ["fail2ban-client", "-c", str(jail.config_dir), "set", JAIL, "delignoreip", "10.0.0.0/24"]
+        in_ns(topo.instance_ns(), *jail_cmd)
+        vpc = _guesser(tmp_path, "vpc-unignored", topo.router, VPC_SOURCE, private)
+        try:
+            jail.wait_banned(VPC_SOURCE, timeout=30)
+        finally:
+            vpc.stop()
+    print(
+        f"banned {banned_at - started:.1f} s after the first of {ATTEMPTS} guesses, seen banned for {banned_for:.1f} s "
+        f"(bantime {BANTIME_S} s from the last failure); the VPC failed {failures} times unbanned"
+    )

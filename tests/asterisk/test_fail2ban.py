@@ -3,7 +3,9 @@ jail and filter, reads the real Asterisk's security log and bans with the jail's
 
 A brute-forcer outside is banned after the jail's `maxretry` failures and can no longer reach SIP while a
 softphone elsewhere registers; the VPC (the `ignoreip` the settings derive) is never banned however often it
-fails, and is banned once that entry is removed (the control); the ban lifts after `bantime`.
+fails, and is banned once that entry is removed (the control); the ban lifts after `bantime`. Scanners that
+never authenticate (an INVITE scanner, a REGISTER sprayer, an OPTIONS prober) are banned from the security
+events Asterisk logs for unidentified sources.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 from sip_trunk_local.fail2ban import JAIL, Fail2ban
 from support.asterisk import AsteriskInstance
-from support.gateway import load_example, merge, render_gateway
+from support.gateway import RenderedGateway, load_example, merge, render_gateway
 from support.netns import ElasticIpTopology, in_ns
 from support.sipp import Sipp, SippResult, auth_field, run_sipp, write_injection
 
@@ -79,6 +81,35 @@ def _options(tmp_path: Path, label: str, netns: str, source: str, remote: str) -
     return re.findall(r"^SIP/2\.0 \d{3}.*$", result.messages, re.MULTILINE)
 
 
+def _gateway(topo: ElasticIpTopology, tmp_path: Path) -> RenderedGateway:
+    settings, secrets = load_example("minimal")
+    settings = merge(
+        settings,
+        {
+            "extensions": [{"number": "1001", "password": EXT_SECRET_REF, "video": False}],
+            "network": {
+                "bind_address": topo.instance_ip(),
+                "local_nets": ["10.0.0.0/24"],
+                "rtp_port_start": 20000,
+                "rtp_port_end": 20100,
+            },
+        },
+    )
+    return render_gateway(settings, {**secrets, EXT_SECRET_REF: EXT_PASSWORD}, tmp_path / "gw")
+
+
+def _jail(gateway: RenderedGateway, ast: AsteriskInstance, topo: ElasticIpTopology, tmp_path: Path) -> Fail2ban:
+    files = gateway.rendered.files
+    return Fail2ban(
+        tmp_path / "fail2ban",
+        topo.instance_ns(),
+        jail=files[f"fail2ban/jail.d/{JAIL}.local"],
+        filter=files[f"fail2ban/filter.d/{JAIL}.conf"],
+        logpath=ast.log_file("security"),
+        overrides={"bantime": str(BANTIME_S)},
+    )
+
+
 def _register(tmp_path: Path, label: str, netns: str, source: str, remote: str) -> SippResult:
     users = write_injection(tmp_path / f"{label}.csv", [["1001", auth_field("1001", EXT_PASSWORD)]])
     return run_sipp(
@@ -98,33 +129,12 @@ def test_a_brute_forcer_is_banned_the_vpc_never_and_the_ban_lifts(
 ) -> None:
     # Given the rendered gateway and its fail2ban jail in the instance namespace behind the Elastic IP
     topo = topology_factory()
-    settings, secrets = load_example("minimal")
-    settings = merge(
-        settings,
-        {
-            "extensions": [{"number": "1001", "password": EXT_SECRET_REF, "video": False}],
-            "network": {
-                "bind_address": topo.instance_ip(),
-                "local_nets": ["10.0.0.0/24"],
-                "rtp_port_start": 20000,
-                "rtp_port_end": 20100,
-            },
-        },
-    )
-    gateway = render_gateway(settings, {**secrets, EXT_SECRET_REF: EXT_PASSWORD}, tmp_path / "gw")
-    files = gateway.rendered.files
+    gateway = _gateway(topo, tmp_path)
     ast = asterisk_factory(gateway.asterisk_dir, netns=topo.instance_ns(), name=f"f2b-{topo.prefix}")
     in_ns(topo.client, "ip", "addr", "add", f"{BRUTE_FORCER}/24", "dev", "eth0")
     public = f"{topo.public_ip}:5060"
     private = f"{topo.instance_ip()}:5060"
-    with Fail2ban(
-        tmp_path / "fail2ban",
-        topo.instance_ns(),
-        jail=files[f"fail2ban/jail.d/{JAIL}.local"],
-        filter=files[f"fail2ban/filter.d/{JAIL}.conf"],
-        logpath=ast.log_file("security"),
-        overrides={"bantime": str(BANTIME_S)},
-    ) as jail:
+    with _jail(gateway, ast, topo, tmp_path) as jail:
         assert _options(tmp_path, "before", topo.client, BRUTE_FORCER, public), "SIP unreachable before any ban"
 
         # When one outside source guesses the password again and again
@@ -168,3 +178,50 @@ def test_a_brute_forcer_is_banned_the_vpc_never_and_the_ban_lifts(
         f"banned {banned_at - started:.1f} s after the first of {ATTEMPTS} guesses, seen banned for {banned_for:.1f} s "
         f"(bantime {BANTIME_S} s from the last failure); the VPC failed {failures} times unbanned"
     )
+
+
+SCANNERS = {
+    "198.51.100.67": ("uac_noauth.xml", {"from_user": "100"}),  # INVITEs to a guessed user, no credentials
+    "198.51.100.68": ("register_refused.xml", {"user": "2000"}),  # REGISTERs for user names that do not exist
+    "198.51.100.69": ("options_noauth.xml", {"from_user": "sipvicious"}),  # OPTIONS probes
+}
+
+
+def test_scanners_that_never_authenticate_are_banned(
+    asterisk_factory: AsteriskFactory, topology_factory: Callable[..., ElasticIpTopology], tmp_path: Path
+) -> None:
+    # Given the rendered gateway and its fail2ban jail
+    topo = topology_factory()
+    gateway = _gateway(topo, tmp_path)
+    ast = asterisk_factory(gateway.asterisk_dir, netns=topo.instance_ns(), name=f"scan-{topo.prefix}")
+    with _jail(gateway, ast, topo, tmp_path) as jail:
+        # When three sources scan at five requests a second, none ever authenticating
+        scanners = []
+        for address, (scenario, keys) in SCANNERS.items():
+            in_ns(topo.client, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
+            users = write_injection(tmp_path / f"{address}.csv", [[auth_field("2000", "a-wrong-Guess")]])
+            scanners.append(
+                Sipp(
+                    scenario,
+                    tmp_path / address,
+                    remote=f"{topo.public_ip}:5060",
+                    transport="t1",
+                    local_ip=address,
+                    service="100",
+                    keys=keys,
+                    inject=users,
+                    calls=12,
+                    rate=5,
+                    netns=topo.client,
+                    global_timeout_s=30,
+                ).start()
+            )
+        try:
+            # Then each is banned
+            waited = {address: jail.wait_banned(address, timeout=30) for address in SCANNERS}
+        finally:
+            for scanner in scanners:
+                scanner.stop()
+    events = ast.log_file("security").read_text()
+    assert all(f"/{address}/" in events for address in SCANNERS), events
+    print("banned within (s):", {address: round(seconds, 1) for address, seconds in waited.items()})

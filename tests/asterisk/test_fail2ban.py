@@ -225,3 +225,71 @@ def test_scanners_that_never_authenticate_are_banned(
     events = ast.log_file("security").read_text()
     assert all(f"/{address}/" in events for address in SCANNERS), events
     print("banned within (s):", {address: round(seconds, 1) for address, seconds in waited.items()})
+
+
+SLOW_SCANNER = "198.51.100.70"
+PRODUCT_PROBE = "198.51.100.71"
+UNIDENTIFIED_SETTINGS = re.compile(r"^unidentified_request_\w+ = .*\n", re.MULTILINE)
+
+
+def _slow_options(tmp_path: Path, label: str, topo: ElasticIpTopology, source: str, from_user: str) -> Sipp:
+    """One OPTIONS every 3 s from ``source``, never authenticating."""
+    in_ns(topo.client, "ip", "addr", "add", f"{source}/24", "dev", "eth0")
+    return Sipp(
+        "options_noauth.xml",
+        tmp_path / label,
+        remote=f"{topo.public_ip}:5060",
+        transport="t1",
+        local_ip=source,
+        keys={"from_user": from_user},
+        calls=20,
+        rate=1,
+        rate_period_ms=3000,
+        netns=topo.client,
+        global_timeout_s=70,
+    ).start()
+
+
+def _invalid_account_events(ast: AsteriskInstance, source: str) -> int:
+    lines = ast.log_file("security").read_text().splitlines()
+    return sum(1 for line in lines if "InvalidAccountID" in line and f"/{source}/" in line)
+
+
+def test_a_slow_scanner_is_banned_and_the_products_own_probes_never(
+    asterisk_factory: AsteriskFactory, topology_factory: Callable[..., ElasticIpTopology], tmp_path: Path
+) -> None:
+    # Given the product's gateway and jail, and beside it the same gateway with Asterisk's default
+    # unidentified-request settings (5 requests within 5 s) as the control
+    product_topo, defaults_topo = topology_factory(), topology_factory()
+    product = _gateway(product_topo, tmp_path / "product")
+    defaults = _gateway(defaults_topo, tmp_path / "defaults")
+    pjsip = defaults.asterisk_dir / "pjsip.conf"
+    pjsip.write_text(UNIDENTIFIED_SETTINGS.sub("", pjsip.read_text()))
+    product_ast = asterisk_factory(product.asterisk_dir, netns=product_topo.instance_ns(), name="slow-product")
+    defaults_ast = asterisk_factory(defaults.asterisk_dir, netns=defaults_topo.instance_ns(), name="slow-defaults")
+    with (
+        _jail(product, product_ast, product_topo, tmp_path / "product") as product_jail,
+        _jail(defaults, defaults_ast, defaults_topo, tmp_path / "defaults") as defaults_jail,
+    ):
+        # When a scanner sends one OPTIONS every 3 s to each, and a source sends the product's probes as slowly
+        senders = [
+            _slow_options(tmp_path, "scanner", product_topo, SLOW_SCANNER, "sipvicious"),
+            _slow_options(tmp_path, "control-scanner", defaults_topo, SLOW_SCANNER, "sipvicious"),
+            _slow_options(tmp_path, "probe", product_topo, PRODUCT_PROBE, "probe"),
+        ]
+        try:
+            # Then the product bans the scanner
+            banned_after = product_jail.wait_banned(SLOW_SCANNER, timeout=60)
+            requests = round(banned_after / 3) + 1
+        finally:
+            for sender in senders:
+                sender.stop()
+        # And with Asterisk's defaults the same scanner was never even reported
+        assert SLOW_SCANNER not in defaults_jail.banned(), defaults_jail.diagnostics()
+        assert _invalid_account_events(defaults_ast, SLOW_SCANNER) == 0
+        # And the product's own probes, from user 'probe', were challenged but never counted
+        assert PRODUCT_PROBE not in product_jail.banned(), product_jail.diagnostics()
+        assert _invalid_account_events(product_ast, PRODUCT_PROBE) == 0
+        challenged = product_ast.log_file("security").read_text().count(f'RemoteAddress="IPV4/TCP/{PRODUCT_PROBE}/')
+        assert challenged >= requests - 2, product_ast.log_file("security").read_text()
+    print(f"a scanner at one OPTIONS per 3 s: banned after {banned_after:.0f} s (about {requests} requests)")

@@ -72,9 +72,20 @@ def test_golden_files(example: str) -> None:
 
 def test_golden_pjsip_holds_only_the_fake_example_secrets(example: str) -> None:
     pjsip = parse((GOLDEN / example / "asterisk/pjsip.conf").read_text())
-    passwords = [s["password"] for s in pjsip_objects(pjsip, "auth")]
+    passwords = [s["password"] for s in pjsip_objects(pjsip, "auth") if s.name != "probe-auth"]
     assert passwords
     assert all(p.endswith("-NOT-A-SECRET") for p in passwords)
+
+
+def test_the_probe_endpoint_challenges_with_a_password_nobody_is_given(example: str) -> None:
+    pjsip = parse((GOLDEN / example / "asterisk/pjsip.conf").read_text())
+    probe = pjsip_object(pjsip, "probe", "endpoint")
+    assert (probe["identify_by"], probe["context"], probe["auth"]) == ("username", "refuse-inbound", "probe-auth")
+    password = pjsip_object(pjsip, "probe-auth", "auth")["password"]
+    others = [s["password"] for s in pjsip_objects(pjsip, "auth") if s.name != "probe-auth"]
+    assert re.fullmatch(r"[0-9a-f]{64}", password)
+    assert password not in others
+    assert all(other not in password for other in others)
 
 
 def test_rendered_files_parse_cleanly(example: str) -> None:

@@ -9,6 +9,8 @@ future settings field forgets to validate.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import shutil
@@ -23,6 +25,7 @@ import jinja2
 from sip_trunk.manifest import MANIFEST_NAME, Manifest
 from sip_trunk.settings import (
     ELEVENLABS_OUTBOUND_ENDPOINT,
+    PROBE_ENDPOINT,
     Carrier,
     CarrierAuth,
     Destination,
@@ -164,6 +167,8 @@ def _context(settings: Settings, secrets: Secrets, public_address: str | None) -
         "route_target": _route_target,
         "prefix_patterns": _prefix_patterns,
         "outbound_endpoint": ELEVENLABS_OUTBOUND_ENDPOINT,
+        "probe_endpoint": PROBE_ENDPOINT,
+        "probe_password": _probe_password(settings, secrets),
         "carriers": carriers,
         "registering_carriers": [c for c in carriers if c.auth is CarrierAuth.REGISTRATION],
         "outbound_carrier": outbound_carrier,
@@ -173,6 +178,13 @@ def _context(settings: Settings, secrets: Secrets, public_address: str | None) -
         "CarrierAuth": CarrierAuth,
         "did_aliases": _did_aliases(settings),
     }
+
+
+def _probe_password(settings: Settings, secrets: Secrets) -> str:
+    """A password nobody is ever given, stable across renders (config versions are content hashes): the probe
+    endpoint challenges every request, so nothing can authenticate as it."""
+    material = secrets.reveal(settings.elevenlabs.inbound_password).encode()
+    return hmac.new(material, b"sip-trunk probe endpoint", hashlib.sha256).hexdigest()
 
 
 def _did_aliases(settings: Settings) -> dict[str, str]:

@@ -403,11 +403,11 @@ class Settings(_Strict):
         _unique(numbers, "extension numbers")
         _unique([c.name for c in self.carriers], "carrier names")
         endpoint_names = [*numbers, *(c.name for c in self.carriers), el.inbound_username]
-        endpoint_names.append(ELEVENLABS_OUTBOUND_ENDPOINT)
+        endpoint_names += [ELEVENLABS_OUTBOUND_ENDPOINT, PROBE_ENDPOINT]
         if len(set(endpoint_names)) != len(endpoint_names):
             raise ValueError(
-                "endpoint names collide: elevenlabs.inbound_username, carrier names, extension numbers "
-                f"and '{ELEVENLABS_OUTBOUND_ENDPOINT}' must all differ"
+                "endpoint names collide: elevenlabs.inbound_username, carrier names, extension numbers, "
+                f"'{ELEVENLABS_OUTBOUND_ENDPOINT}' and '{PROBE_ENDPOINT}' must all differ"
             )
         if self.dialplan.agent_extension in numbers:
             raise ValueError("dialplan.agent_extension must not equal a softphone extension number")
@@ -437,6 +437,10 @@ class Settings(_Strict):
 
 ELEVENLABS_OUTBOUND_ENDPOINT = "elevenlabs"
 """Name of the endpoint that places calls to ElevenLabs (inbound calls use the digest user's name)."""
+
+PROBE_ENDPOINT = "probe"
+"""The From user of the product's own SIP OPTIONS probes (`sip_trunk.sip.message.DEFAULT_FROM_USER`): an
+endpoint of that name identifies them, so they never count as a scanner's unidentified requests."""
 
 
 class Secrets(BaseModel):

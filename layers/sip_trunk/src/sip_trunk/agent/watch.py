@@ -5,7 +5,7 @@ code counts as alive) start an execution. The execution name is derived from the
 failure streak began, so a retry within one outage is idempotent (``ExecutionAlreadyExists`` is success), and
 the watcher does not trigger again until the peer has answered once more.
 
-By default every probe goes over one kept TCP/TLS connection (`OptionsSession`, ADR-NN): a new connection per
+By default every probe goes over one kept TCP/TLS connection (`OptionsSession`, ADR-31): a new connection per
 probe every second or so makes the primary's Asterisk shut down callers' fresh connections (see there).
 """
 

@@ -25,10 +25,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
+from sip_trunk.agent import watch
 from sip_trunk.agent.watch import Prober, watch_peer
-from sip_trunk.sip import ProbeResult, ProbeTarget, Transport, probe_options
+from sip_trunk.sip import OptionsSession, ProbeResult, ProbeTarget, Transport, probe_options
 from support.asterisk import AsteriskInstance
 from support.sipp import auth_field, free_port, run_sipp, write_injection
 from test_harness import MINIMAL, PASSWORD, minimal_variables
@@ -42,6 +44,22 @@ SYSTEM = f"[system]\ntype = system\ntimer_t1 = 100\ntimer_b = {int(IDLE_CHECK_S 
 PROBE_INTERVAL_S = 0.1
 CALLS = 6
 SHUTDOWN = re.compile(r"Shutting down transport 'TCP to [\d.:]+' since no request was received in (\d+) seconds")
+
+
+class RecordingSession(OptionsSession):
+    """watch-peer's own session class, recording what its probes got (the probing itself is the product's)."""
+
+    made: ClassVar[list[RecordingSession]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.results: list[ProbeResult] = []
+        RecordingSession.made.append(self)
+
+    def probe(self, timeout_s: float) -> ProbeResult:
+        result = super().probe(timeout_s)
+        self.results.append(result)
+        return result
 
 
 class _Stopped(Exception):
@@ -60,7 +78,7 @@ def watching(port: int, prober: Prober | None) -> Iterator[None]:
 
     def run() -> None:
         try:
-            box["state"] = watch_peer(
+            watch_peer(
                 ProbeTarget("127.0.0.1", port, Transport.TCP),
                 interval_s=PROBE_INTERVAL_S,
                 failures=3,
@@ -118,8 +136,14 @@ def per_probe_connections(target: ProbeTarget, timeout_s: float) -> ProbeResult:
     [pytest.param(per_probe_connections, True, id="per-probe-connections"), pytest.param(None, False, id="kept")],
 )
 def test_calls_survive_the_idle_check_while_watch_peer_probes(
-    asterisk_factory: AsteriskFactory, tmp_path: Path, prober: Prober | None, expect_failures: bool
+    asterisk_factory: AsteriskFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    prober: Prober | None,
+    expect_failures: bool,
 ) -> None:
+    RecordingSession.made.clear()
+    monkeypatch.setattr(watch, "OptionsSession", RecordingSession)
     # Given the gateway Asterisk with a 10 s idle check, probed by watch-peer every 0.1 s for longer than that
     variables = minimal_variables()
     ast = asterisk_factory(MINIMAL, variables=variables, extra_files={"pjsip_extra.conf": SYSTEM})
@@ -145,3 +169,8 @@ def test_calls_survive_the_idle_check_while_watch_peer_probes(
         # Then every call is answered, and the check shut nothing down
         assert outcomes == [True] * CALLS
         assert shutdowns == []
+        # ... and watch-peer's own probes, over more than one check period, all went over one connection
+        (session,) = RecordingSession.made
+        assert session.connections == 1
+        assert len(session.results) > (IDLE_CHECK_S + 1.0) / PROBE_INTERVAL_S / 2
+        assert all(r.reachable for r in session.results), [r for r in session.results if not r.reachable][:3]

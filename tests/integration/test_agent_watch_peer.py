@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -188,6 +189,7 @@ class TcpSipPeer:
         self.port: int = self.listener.getsockname()[1]
         self.accepted = 0
         self.answered = 0
+        self.hung_up = 0  # connections the client closed
         self._conns: list[socket.socket] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
@@ -218,6 +220,7 @@ class TcpSipPeer:
             except OSError:
                 return
             if not chunk:
+                self.hung_up += 1
                 return
             for message in framer.feed(chunk):
                 head = message.split(b"\r\n\r\n", 1)[0].decode()
@@ -309,3 +312,31 @@ def test_default_prober_rides_out_a_restart_of_the_primary(sfn: tuple[Any, str])
     assert state.history == [True, True]
     assert [peer.accepted for peer in peers] == [1, 1]
     assert executions(sfn) == []
+
+
+def test_watcher_closes_its_kept_connection_when_it_stops(tcp_peer: TcpSipPeer) -> None:
+    # Given watch-peer probing over its kept connection
+    class Stopped(Exception):
+        pass
+
+    def sleep(_: float) -> None:  # the unit is stopped after the first probe
+        raise Stopped
+
+    # When it is stopped between probes
+    with pytest.raises(Stopped):
+        watch_peer(
+            ProbeTarget("127.0.0.1", tcp_peer.port, Transport.TCP),
+            interval_s=0.0,
+            failures=3,
+            timeout_s=0.5,
+            sfn=None,
+            state_machine_arn=None,
+            instance_id="i-standby",
+            sleep=sleep,
+        )
+
+    # Then the primary sees the connection closed (no half-open connection left behind)
+    deadline = time.monotonic() + 2.0
+    while tcp_peer.hung_up == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (tcp_peer.accepted, tcp_peer.answered, tcp_peer.hung_up) == (1, 1, 1)

@@ -503,12 +503,14 @@ def test_session_probes_over_one_connection(
     assert len({request_headers(r)["call-id"] for r in responder.requests}) == 5  # five transactions
 
 
+@pytest.mark.parametrize("transport", [Transport.TCP, Transport.TLS])
 def test_session_reconnects_within_the_probe_when_the_kept_connection_was_closed(
-    responders: Callable[..., Responder],
+    responders: Callable[..., Responder], certs: Certs, transport: Transport
 ) -> None:
     # Given a peer that closes the connection after answering the first probe (as a restarted Asterisk would)
-    responder = responders(Transport.TCP, answer(), hang_up_after=[0])
-    with OptionsSession(responder.target) as session:
+    tls = certs.server if transport is Transport.TLS else None
+    responder = responders(transport, answer(), tls, hang_up_after=[0])
+    with OptionsSession(responder.target, ca_file=str(certs.ca_file)) as session:
         first = session.probe(1.0)
         # When the next probe finds the kept connection closed
         second = session.probe(1.0)

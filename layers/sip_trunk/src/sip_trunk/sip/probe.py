@@ -402,8 +402,9 @@ class OptionsSession:
     its INVITE. One kept connection accepted once leaves one timer, which finds its own connection active.
 
     The connection is dropped on any failure and opened again by the next probe. When a *kept* connection
-    turns out to be closed or reset (the peer restarted since the last probe), the same probe tries once more
-    on a new connection, so the verdict still says whether the peer answers now.
+    turns out to be closed, reset or broken (the peer restarted since the last probe), the same probe tries once
+    more on a new connection, so the verdict still says whether the peer answers now; a timeout is not retried
+    (the deadline has passed, and a peer that accepts but does not answer is down).
     """
 
     def __init__(
@@ -464,7 +465,7 @@ class OptionsSession:
                 return self._exchange(run)
             except _Failure as failure:
                 self.close()
-                if not kept or failure.kind is not ProbeErrorKind.NETWORK:
+                if not kept or failure.kind is ProbeErrorKind.TIMEOUT:
                     raise
             return self._exchange(run)  # the kept connection had gone; ask once on a new one
         except _Failure as failure:

@@ -10,10 +10,10 @@ received" and the INVITE meets a closed socket.
 
 ``timer_t1 = 100`` / ``timer_b = 10000`` shorten that check to 10 s (Asterisk scales it with Timer B, whose floor
 is 64 x T1), so the test waits 10 s instead of 32. The watcher probes every 0.1 s: with a new connection per probe a
-pending check fires every 0.1 s and nearly every call is hit (the rate only sets the odds — at the product's 1.5 s,
-or local mode's 0.5 s, about one call in ten or in three); the product's watcher, one kept connection, leaves no
-check behind, so no call is hit. Calls are placed within one check period of each other, so checks left by the
-calls' own (closed) connections cannot fire during the calls.
+pending check fires every 0.1 s and nearly every call is hit, sipp sending its INVITE 0.1 s after connecting (the
+rate only sets the odds: at local mode's 0.5 s about one call in three, fewer at production's 1.5 s); the product's
+watcher, one kept connection, leaves no check behind, so no call is hit. Calls are placed within one check period of
+each other, so checks left by the calls' own (closed) connections cannot fire during the calls.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ later (``timer_b``, 32 s by default) that shuts the connection down unless it ha
 finds its connection by the transport's name, and pjsip names a transport after its memory address, which the
 next connection reuses. So a watcher that opens a connection per probe leaves one pending check per probe, each
 of which later hits whichever connection then holds the name — a caller that has connected and not yet sent its
-INVITE (sipp, like many clients, connects first): Asterisk logs "Shutting down transport … since no request was
+INVITE (sipp connects first, then sends): Asterisk logs "Shutting down transport … since no request was
 received" and the INVITE meets a closed socket.
 
 ``timer_t1 = 100`` / ``timer_b = 10000`` shorten that check to 10 s (Asterisk scales it with Timer B, whose floor

@@ -1,10 +1,12 @@
-"""watch-peer: failover starts after exactly N consecutive failed OPTIONS probes, never on a single lost one."""
+"""watch-peer: failover starts after exactly N consecutive failed OPTIONS probes, never on a single lost one; over
+TCP its own prober keeps one connection to the primary."""
 
 from __future__ import annotations
 
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,7 +14,7 @@ import boto3
 import pytest
 from moto import mock_aws
 from sip_trunk.agent.watch import watch_peer
-from sip_trunk.sip import ProbeResult, ProbeTarget, Transport, probe_options
+from sip_trunk.sip import ProbeResult, ProbeTarget, SipStreamFramer, Transport, probe_options
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +73,7 @@ def sfn() -> Iterator[tuple[Any, str]]:
     with mock_aws():
         client = boto3.client("stepfunctions", region_name=REGION)
         arn = client.create_state_machine(
-            name="failover",
+            name="trunk-failover",  # the host role may start the stack's own failover machine only
             definition=json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}),
             roleArn="arn:aws:iam::123456789012:role/sfn",
         )["stateMachineArn"]
@@ -174,3 +176,167 @@ def test_execution_name_is_idempotent(sfn: tuple[Any, str]) -> None:
     target = ProbeTarget("10.0.1.10", 5060, Transport.UDP)
     assert execution_name(target, 1700000000.9) == execution_name(target, 1700000000.1)
     assert execution_name(target, 1700000000.0) == "peer-down-10-0-1-10-5060-1700000000"
+
+
+class TcpSipPeer:
+    """A TCP SIP peer on 127.0.0.1 answering every OPTIONS with 200 OK; counts the connections it accepted.
+
+    ``stop()`` is the primary going away: its connections are closed and nothing listens any more."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.listener.settimeout(0.05)
+        self.port: int = self.listener.getsockname()[1]
+        self.accepted = 0
+        self.answered = 0
+        self.hung_up = 0  # connections the client closed
+        self._conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            self._conns.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        framer = SipStreamFramer()
+        conn.settimeout(0.05)
+        while not self._stop.is_set():
+            try:
+                chunk = conn.recv(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                self.hung_up += 1
+                return
+            for message in framer.feed(chunk):
+                head = message.split(b"\r\n\r\n", 1)[0].decode()
+                keep = [
+                    line
+                    for line in head.split("\r\n")[1:]
+                    if line.split(":", 1)[0].strip().lower() in ("via", "from", "to", "call-id", "cseq")
+                ]
+                conn.sendall("\r\n".join(["SIP/2.0 200 OK", *keep, "Content-Length: 0", "", ""]).encode())
+                self.answered += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        for conn in self._conns:
+            conn.close()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+
+@pytest.fixture
+def tcp_peer() -> Iterator[TcpSipPeer]:
+    peer = TcpSipPeer()
+    yield peer
+    peer.stop()
+
+
+def test_default_prober_keeps_one_connection_and_still_detects_the_outage(
+    tcp_peer: TcpSipPeer, sfn: tuple[Any, str]
+) -> None:
+    # Given a primary answering over TCP, watched with the agent's own prober (no prober passed)
+    client, arn = sfn
+    probes = {"n": 0}
+
+    def sleep(_: float) -> None:  # after the fifth probe the primary goes away
+        probes["n"] += 1
+        if probes["n"] == 5:
+            tcp_peer.stop()
+
+    # When watch-peer probes eight times with N=3
+    state = watch_peer(
+        ProbeTarget("127.0.0.1", tcp_peer.port, Transport.TCP),
+        interval_s=0.0,
+        failures=3,
+        timeout_s=0.5,
+        sfn=client,
+        state_machine_arn=arn,
+        instance_id="i-standby",
+        max_probes=8,
+        sleep=sleep,
+    )
+
+    # Then the five answered probes went over one connection (a new connection per probe would leave the
+    # primary's Asterisk one stale idle check each), and the outage still started failover after three failures
+    assert state.history == [True] * 5 + [False] * 3
+    assert tcp_peer.answered == 5
+    assert tcp_peer.accepted == 1
+    assert len(state.executions) == 1
+    assert len(executions(sfn)) == 1
+
+
+def test_default_prober_rides_out_a_restart_of_the_primary(sfn: tuple[Any, str]) -> None:
+    # Given a primary whose Asterisk restarts between two probes (its connections closed, then listening again)
+    client, arn = sfn
+    peers = [TcpSipPeer()]
+    port = peers[0].port
+
+    def sleep(_: float) -> None:  # between the two probes
+        if len(peers) == 1:
+            peers[0].stop()
+            peers.append(TcpSipPeer(port))
+
+    try:
+        state = watch_peer(
+            ProbeTarget("127.0.0.1", port, Transport.TCP),
+            interval_s=0.0,
+            failures=1,
+            timeout_s=0.5,
+            sfn=client,
+            state_machine_arn=arn,
+            instance_id="i-standby",
+            max_probes=2,
+            sleep=sleep,
+        )
+    finally:
+        for peer in peers:
+            peer.stop()
+    # Then the probe that found its kept connection closed asked again on a new one: no failure, no failover
+    assert state.history == [True, True]
+    assert [peer.accepted for peer in peers] == [1, 1]
+    assert executions(sfn) == []
+
+
+def test_watcher_closes_its_kept_connection_when_it_stops(tcp_peer: TcpSipPeer) -> None:
+    # Given watch-peer probing over its kept connection
+    class Stopped(Exception):
+        pass
+
+    def sleep(_: float) -> None:  # the unit is stopped after the first probe
+        raise Stopped
+
+    # When it is stopped between probes
+    with pytest.raises(Stopped):
+        watch_peer(
+            ProbeTarget("127.0.0.1", tcp_peer.port, Transport.TCP),
+            interval_s=0.0,
+            failures=3,
+            timeout_s=0.5,
+            sfn=None,
+            state_machine_arn=None,
+            instance_id="i-standby",
+            sleep=sleep,
+        )
+
+    # Then the primary sees the connection closed (no half-open connection left behind)
+    deadline = time.monotonic() + 2.0
+    while tcp_peer.hung_up == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (tcp_peer.accepted, tcp_peer.answered, tcp_peer.hung_up) == (1, 1, 1)

@@ -8,7 +8,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sip_trunk.sip import (
+    OptionsSession,
     ProbeErrorKind,
     ProbeResult,
     ProbeTarget,
@@ -74,6 +75,7 @@ class Responder:
     arrivals: list[float] = field(default_factory=list)
     sources: list[tuple[str, int]] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
+    hang_up_after: frozenset[int] = frozenset()  # requests (0-based) after whose replies a stream is closed
 
     def __post_init__(self) -> None:
         kind = socket.SOCK_DGRAM if self.transport is Transport.UDP else socket.SOCK_STREAM
@@ -136,9 +138,12 @@ class Responder:
             if not chunk:
                 return
             for raw in framer.feed(chunk):
+                index = len(self.requests)
                 replies = self._record(raw, source)
                 if replies:
                     conn.sendall(b"".join(replies))  # several replies in one segment tests framing
+                if index in self.hang_up_after:
+                    return
 
     def close(self) -> None:
         self._stop.set()
@@ -151,8 +156,10 @@ class Responder:
 def responders() -> Iterator[Callable[..., Responder]]:
     started: list[Responder] = []
 
-    def start(transport: Transport, handler: Handler, tls: ssl.SSLContext | None = None) -> Responder:
-        responder = Responder(transport, handler, tls)
+    def start(
+        transport: Transport, handler: Handler, tls: ssl.SSLContext | None = None, hang_up_after: Iterable[int] = ()
+    ) -> Responder:
+        responder = Responder(transport, handler, tls, hang_up_after=frozenset(hang_up_after))
         started.append(responder)
         return responder
 
@@ -468,3 +475,100 @@ def test_ipv6_target_is_a_resolve_result_without_sending() -> None:
     assert result.error is ProbeErrorKind.RESOLVE
     assert result.attempts == 0
     assert took < 0.1
+
+
+# --------------------------------------------------------------------------------------------------
+# A kept connection (OptionsSession): what the standby's watch-peer probes the primary with
+
+
+@pytest.mark.parametrize("transport", [Transport.TCP, Transport.TLS])
+def test_session_probes_over_one_connection(
+    responders: Callable[..., Responder], certs: Certs, transport: Transport
+) -> None:
+    # Given a peer over TCP or TLS
+    tls = certs.server if transport is Transport.TLS else None
+    responder = responders(transport, answer(), tls)
+    # When a session probes it five times
+    with OptionsSession(responder.target, ca_file=str(certs.ca_file)) as session:
+        results = [session.probe(1.0) for _ in range(5)]
+        assert session.connected
+    # Then every probe is answered, all over the one connection the session opened
+    for result in results:
+        assert_answered(result)
+        assert result.attempts == 1
+    assert len(responder.requests) == 5
+    assert len(set(responder.sources)) == 1
+    assert session.connections == 1
+    assert not session.connected  # closed on leaving the block
+    assert len({request_headers(r)["call-id"] for r in responder.requests}) == 5  # five transactions
+
+
+@pytest.mark.parametrize("transport", [Transport.TCP, Transport.TLS])
+def test_session_reconnects_within_the_probe_when_the_kept_connection_was_closed(
+    responders: Callable[..., Responder], certs: Certs, transport: Transport
+) -> None:
+    # Given a peer that closes the connection after answering the first probe (as a restarted Asterisk would)
+    tls = certs.server if transport is Transport.TLS else None
+    responder = responders(transport, answer(), tls, hang_up_after=[0])
+    with OptionsSession(responder.target, ca_file=str(certs.ca_file)) as session:
+        first = session.probe(1.0)
+        # When the next probe finds the kept connection closed
+        second = session.probe(1.0)
+        # Then that same probe asks again on a new connection and is answered
+        assert_answered(first)
+        assert_answered(second)
+        assert second.attempts == 2
+        assert session.connections == 2
+    assert len(set(responder.sources)) == 2
+
+
+def test_session_timeout_is_a_failure_and_the_next_probe_reconnects(responders: Callable[..., Responder]) -> None:
+    # Given a peer that leaves the second request unanswered
+    responder = responders(Transport.TCP, lambda raw, i: [] if i == 1 else [make_reply(raw, "200 OK")])
+    with OptionsSession(responder.target) as session:
+        results = [session.probe(0.5) for _ in range(3)]
+    # Then the silent probe is a timeout (not retried: a hung peer is down) and the next one uses a new connection
+    assert [r.reachable for r in results] == [True, False, True]
+    assert results[1].error is ProbeErrorKind.TIMEOUT
+    assert results[1].attempts == 1
+    assert session.connections == 2
+    assert len(responder.requests) == 3
+    assert responder.sources[0] == responder.sources[1] != responder.sources[2]
+
+
+def test_session_skips_requests_the_peer_sends_on_the_kept_connection(responders: Callable[..., Responder]) -> None:
+    # Given a peer that sends a request of its own (a keep-alive OPTIONS) ahead of its answer
+    own = b"OPTIONS sip:probe@127.0.0.1 SIP/2.0\r\nCall-ID: theirs\r\nCSeq: 7 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    responder = responders(Transport.TCP, lambda raw, _i: [b"\r\n\r\n", own, make_reply(raw, "200 OK")])
+    with OptionsSession(responder.target) as session:
+        results = [session.probe(1.0) for _ in range(2)]
+    for result in results:
+        assert_answered(result)
+    assert session.connections == 1
+
+
+@pytest.mark.parametrize("transport", [Transport.TCP, Transport.TLS])
+def test_session_to_a_closed_port_is_refused_and_keeps_nothing(transport: Transport) -> None:
+    target = ProbeTarget(LOOPBACK, port=closed_port(socket.SOCK_STREAM), transport=transport)
+    with OptionsSession(target, verify=False) as session:
+        result = session.probe(1.0)
+        assert result.error is ProbeErrorKind.REFUSED
+        assert result.attempts == 0
+        assert not session.connected
+        assert session.connections == 0
+
+
+def test_session_over_udp_probes_each_time(responders: Callable[..., Responder]) -> None:
+    responder = responders(Transport.UDP, answer("404 Not Found"))
+    with OptionsSession(responder.target) as session:
+        results = [session.probe(1.0) for _ in range(2)]
+        assert not session.connected
+    for result in results:
+        assert_answered(result, 404)
+    assert session.connections == 0
+
+
+def test_session_rejects_a_bad_timeout(responders: Callable[..., Responder]) -> None:
+    responder = responders(Transport.TCP, answer())
+    with OptionsSession(responder.target) as session, pytest.raises(ValueError, match="positive"):
+        session.probe(0)

@@ -122,7 +122,7 @@ def local_up(
     single_host: Annotated[bool, typer.Option("--single-host", help="no standby host")] = False,
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 900.0,
     watch_interval: Annotated[
-        float, typer.Option(help="the standby's watch-peer --interval in seconds (production: 5)")
+        float, typer.Option(help="the standby's watch-peer --interval in seconds (production: 1.5)")
     ] = 0.5,
     watch_failures: Annotated[
         int, typer.Option(help="the standby's watch-peer --failures: failed probes before failover (production: 3)")

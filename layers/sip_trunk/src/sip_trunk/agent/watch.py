@@ -4,6 +4,9 @@ One lost probe is not an outage: only ``failures`` consecutive probes without a 
 code counts as alive) start an execution. The execution name is derived from the target and the time the
 failure streak began, so a retry within one outage is idempotent (``ExecutionAlreadyExists`` is success), and
 the watcher does not trigger again until the peer has answered once more.
+
+By default every probe goes over one kept TCP/TLS connection (`OptionsSession`, ADR-31): a new connection per
+probe every second or so makes the primary's Asterisk shut down callers' fresh connections (see there).
 """
 
 from __future__ import annotations
@@ -16,15 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sip_trunk.sip import ProbeResult, ProbeTarget, Transport, probe_options
+from sip_trunk.sip import OptionsSession, ProbeResult, ProbeTarget, Transport
 
 log = logging.getLogger(__name__)
 
 Prober = Callable[[ProbeTarget, float], ProbeResult]
-
-
-def _default_prober(target: ProbeTarget, timeout_s: float) -> ProbeResult:
-    return probe_options(target, timeout_s, verify=False)
 
 
 @dataclass
@@ -52,44 +51,64 @@ def watch_peer(
     state_machine_arn: str | None,
     instance_id: str,
     max_probes: int | None = None,
-    prober: Prober = _default_prober,
+    prober: Prober | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
 ) -> WatchState:
+    """Probe ``target`` every ``interval_s`` until ``max_probes`` (forever by default).
+
+    Without ``prober`` the probes share one kept connection (self-signed peers accepted: the standby checks
+    liveness, not identity), closed when the watcher returns or raises.
+    """
     if failures < 1:
         raise ValueError("--failures must be at least 1")
-    state = WatchState()
-    while max_probes is None or state.probes < max_probes:
-        started = time.monotonic()
-        result = prober(target, timeout_s)
-        state.probes += 1
-        alive = result.reachable
-        state.history.append(alive)
-        if alive:
-            if state.consecutive_failures:
-                log.info("peer %s answers again (%s)", target.host, result.status_code)
-            state.consecutive_failures, state.streak_started_at, state.triggered = 0, None, False
-        else:
-            if state.consecutive_failures == 0:
-                state.streak_started_at = clock()
-            state.consecutive_failures += 1
-            log.warning(
-                "peer %s: probe failed (%s/%s): %s %s",
-                target.host,
-                state.consecutive_failures,
-                failures,
-                result.error,
-                result.detail,
-            )
-            if state.consecutive_failures >= failures and not state.triggered:
-                name = execution_name(target, state.streak_started_at or clock())
-                state.triggered = True
-                if _start(sfn, state_machine_arn, name, target, state, instance_id):
-                    state.executions.append(name)
-        if max_probes is not None and state.probes >= max_probes:
-            break
-        sleep(max(0.0, interval_s - (time.monotonic() - started)))
+    session: OptionsSession | None = None
+    if prober is None:
+        session = OptionsSession(target, verify=False)
+        prober = _session_prober(session)
+    try:
+        state = WatchState()
+        while max_probes is None or state.probes < max_probes:
+            started = time.monotonic()
+            result = prober(target, timeout_s)
+            state.probes += 1
+            alive = result.reachable
+            state.history.append(alive)
+            if alive:
+                if state.consecutive_failures:
+                    log.info("peer %s answers again (%s)", target.host, result.status_code)
+                state.consecutive_failures, state.streak_started_at, state.triggered = 0, None, False
+            else:
+                if state.consecutive_failures == 0:
+                    state.streak_started_at = clock()
+                state.consecutive_failures += 1
+                log.warning(
+                    "peer %s: probe failed (%s/%s): %s %s",
+                    target.host,
+                    state.consecutive_failures,
+                    failures,
+                    result.error,
+                    result.detail,
+                )
+                if state.consecutive_failures >= failures and not state.triggered:
+                    name = execution_name(target, state.streak_started_at or clock())
+                    state.triggered = True
+                    if _start(sfn, state_machine_arn, name, target, state, instance_id):
+                        state.executions.append(name)
+            if max_probes is not None and state.probes >= max_probes:
+                break
+            sleep(max(0.0, interval_s - (time.monotonic() - started)))
+    finally:
+        if session is not None:
+            session.close()
     return state
+
+
+def _session_prober(session: OptionsSession) -> Prober:
+    def probe(_target: ProbeTarget, timeout_s: float) -> ProbeResult:
+        return session.probe(timeout_s)
+
+    return probe
 
 
 def _start(sfn: Any, arn: str | None, name: str, target: ProbeTarget, state: WatchState, instance_id: str) -> bool:

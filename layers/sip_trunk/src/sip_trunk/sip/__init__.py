@@ -3,7 +3,8 @@
 Standard library only: this runs in Lambda and in the host agent, where a full SIP stack would be
 dead weight for a single request type. `message` validates caller values and builds the request,
 `parse` turns bytes from a datagram or a stream into a `SipResponse` (raising only `SipParseError`),
-and `probe` sends the request and turns whatever happens on the network into a `ProbeResult`.
+and `probe` sends the request and turns whatever happens on the network into a `ProbeResult`
+(`OptionsSession` keeps one connection for a peer probed again and again).
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from sip_trunk.sip.message import (
     validate_user,
 )
 from sip_trunk.sip.parse import SipResponse, SipStreamFramer, Via, parse_response, response_matches
-from sip_trunk.sip.probe import T1_S, T2_S, ProbeErrorKind, ProbeResult, ProbeTarget, probe_options
+from sip_trunk.sip.probe import (
+    T1_S,
+    T2_S,
+    OptionsSession,
+    ProbeErrorKind,
+    ProbeResult,
+    ProbeTarget,
+    probe_options,
+)
 
 __all__ = [
     "DEFAULT_FROM_USER",
@@ -31,6 +40,7 @@ __all__ = [
     "T1_S",
     "T2_S",
     "OptionsRequest",
+    "OptionsSession",
     "ProbeErrorKind",
     "ProbeResult",
     "ProbeTarget",

@@ -34,6 +34,7 @@ from sip_trunk.sip.parse import SipResponse, SipStreamFramer, parse_response, re
 __all__ = [
     "T1_S",
     "T2_S",
+    "OptionsSession",
     "ProbeErrorKind",
     "ProbeResult",
     "ProbeTarget",
@@ -259,30 +260,66 @@ def _probe_udp(run: _Run, address: str) -> ProbeResult:
             return run.answered(response, last_sent, received)
 
 
-def _probe_stream(run: _Run, address: str, context: ssl.SSLContext | None) -> ProbeResult:
+class _StreamErrors:
+    """Map socket, TLS and framing errors of a stream probe to `_Failure`s naming the phase they happened in."""
+
+    def __init__(self) -> None:
+        self.phase = "connect"
+
+    def __enter__(self) -> _StreamErrors:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        if exc is None or isinstance(exc, _Failure):
+            return
+        if isinstance(exc, SipParseError):
+            raise _Failure(ProbeErrorKind.PARSE, str(exc)) from None
+        if isinstance(exc, TimeoutError):
+            raise _Failure(ProbeErrorKind.TIMEOUT, f"timed out during {self.phase}") from None
+        if isinstance(exc, ConnectionRefusedError):
+            raise _Failure(ProbeErrorKind.REFUSED, "connection refused") from None
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            raise _Failure(ProbeErrorKind.TLS, f"certificate rejected: {exc.verify_message}") from None
+        if isinstance(exc, OSError):  # ssl.SSLError included
+            tls = self.phase == "tls" or isinstance(exc, ssl.SSLError)
+            raise _Failure(ProbeErrorKind.TLS if tls else ProbeErrorKind.NETWORK, f"{self.phase}: {exc}") from None
+
+
+def _open_stream(run: _Run, address: str, context: ssl.SSLContext | None) -> socket.socket:
+    """Connect (and shake hands) within the probe's deadline; the caller owns the returned socket."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # Without it Nagle holds the request behind the handshake's last flight for a delayed ACK (~40 ms).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn = sock
-    phase = "connect"
+    errors = _StreamErrors()
     try:
-        if run.local_host is not None or run.local_port:
-            sock.bind((run.local_host or "0.0.0.0", run.local_port))
-        sock.settimeout(run.remaining())
-        sock.connect((address, run.target.effective_port))
-        if context is not None:
-            phase = "tls"
-            server_name = run.target.host.strip("[]")
-            conn = context.wrap_socket(sock, server_hostname=server_name, do_handshake_on_connect=False)
-            conn.settimeout(run.remaining())
-            conn.do_handshake()
-        phase = "sip"
+        with errors:
+            if run.local_host is not None or run.local_port:
+                sock.bind((run.local_host or "0.0.0.0", run.local_port))
+            sock.settimeout(run.remaining())
+            sock.connect((address, run.target.effective_port))
+            if context is not None:
+                errors.phase = "tls"
+                server_name = run.target.host.strip("[]")
+                conn = context.wrap_socket(sock, server_hostname=server_name, do_handshake_on_connect=False)
+                conn.settimeout(run.remaining())
+                conn.do_handshake()
+    except BaseException:
+        conn.close()
+        sock.close()
+        raise
+    return conn
+
+
+def _exchange(run: _Run, conn: socket.socket, framer: SipStreamFramer) -> ProbeResult:
+    """Send one OPTIONS on an open connection and read until its final response (others are skipped)."""
+    with _StreamErrors() as errors:
+        errors.phase = "sip"
         request = run.request(conn)
         conn.settimeout(run.remaining())
         sent = time.monotonic()
         conn.sendall(request.raw)
-        run.attempts = 1
-        framer = SipStreamFramer()
+        run.attempts += 1
         while True:
             conn.settimeout(run.remaining())
             chunk = conn.recv(65_536)
@@ -290,23 +327,36 @@ def _probe_stream(run: _Run, address: str, context: ssl.SSLContext | None) -> Pr
                 raise _Failure(ProbeErrorKind.NETWORK, "connection closed before a final response")
             received = time.monotonic()
             for message in framer.feed(chunk):
+                if not message.startswith(b"SIP/"):
+                    continue  # a request from the peer on a kept connection is not our answer
                 response = parse_response(message, stream=True)
                 if response_matches(request, response) and not response.is_provisional:
                     return run.answered(response, sent, received)
-    except SipParseError as exc:
-        raise _Failure(ProbeErrorKind.PARSE, str(exc)) from None
-    except TimeoutError:
-        raise _Failure(ProbeErrorKind.TIMEOUT, f"timed out during {phase}") from None
-    except ConnectionRefusedError:
-        raise _Failure(ProbeErrorKind.REFUSED, "connection refused") from None
-    except ssl.SSLCertVerificationError as exc:
-        raise _Failure(ProbeErrorKind.TLS, f"certificate rejected: {exc.verify_message}") from None
-    except OSError as exc:  # ssl.SSLError included
-        kind = ProbeErrorKind.TLS if phase == "tls" or isinstance(exc, ssl.SSLError) else ProbeErrorKind.NETWORK
-        raise _Failure(kind, f"{phase}: {exc}") from None
+
+
+def _probe_stream(run: _Run, address: str, context: ssl.SSLContext | None) -> ProbeResult:
+    conn = _open_stream(run, address, context)
+    try:
+        return _exchange(run, conn, SipStreamFramer())
     finally:
         conn.close()
-        sock.close()
+
+
+def _check_arguments(
+    timeout_s: float, from_user: str, user_agent: str, local_port: int = 0, local_host: str | None = None
+) -> None:
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+        raise ValueError(f"timeout_s must be a number: {timeout_s!r}")
+    if not math.isfinite(timeout_s) or timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive and finite: {timeout_s!r}")
+    validate_user(from_user, "from_user")
+    validate_text(user_agent, "user_agent")
+    validate_port(local_port, "local_port", allow_zero=True)
+    if local_host is not None:
+        try:
+            ipaddress.IPv4Address(local_host)
+        except ValueError:
+            raise SipValueError(f"local_host must be an IPv4 address: {local_host!r}") from None
 
 
 def probe_options(
@@ -327,18 +377,7 @@ def probe_options(
     `verify=False` exists for self-signed test hosts; `ca_file` pins the trust anchors instead of
     the system store.
     """
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
-        raise ValueError(f"timeout_s must be a number: {timeout_s!r}")
-    if not math.isfinite(timeout_s) or timeout_s <= 0:
-        raise ValueError(f"timeout_s must be positive and finite: {timeout_s!r}")
-    validate_user(from_user, "from_user")
-    validate_text(user_agent, "user_agent")
-    validate_port(local_port, "local_port", allow_zero=True)
-    if local_host is not None:
-        try:
-            ipaddress.IPv4Address(local_host)
-        except ValueError:
-            raise SipValueError(f"local_host must be an IPv4 address: {local_host!r}") from None
+    _check_arguments(timeout_s, from_user, user_agent, local_port, local_host)
     context = _tls_context(verify, ca_file) if target.transport is Transport.TLS else None
 
     start = time.monotonic()
@@ -350,3 +389,95 @@ def probe_options(
         return _probe_stream(run, run.address, context)
     except _Failure as failure:
         return run.failed(failure)
+
+
+class OptionsSession:
+    """Probe one peer again and again over one kept TCP or TLS connection (UDP: one datagram exchange each).
+
+    A watcher that probed with a new connection each time would break calls on an Asterisk 22 peer:
+    res_pjsip's idle-connection check schedules a timer per accepted connection, keyed by the transport's
+    name, and pjsip names a transport after its memory address, which the next connection reuses. Each short
+    probe connection therefore leaves a timer that, Timer B (32 s) later, shuts down whichever connection then
+    holds the name and has not sent a request yet — typically a caller that connected and is about to send
+    its INVITE. One kept connection accepted once leaves one timer, which finds its own connection active.
+
+    The connection is dropped on any failure and opened again by the next probe. When a *kept* connection
+    turns out to be closed, reset or broken (the peer restarted since the last probe), the same probe tries once
+    more on a new connection, so the verdict still says whether the peer answers now; a timeout is not retried
+    (the deadline has passed, and a peer that accepts but does not answer is down).
+    """
+
+    def __init__(
+        self,
+        target: ProbeTarget,
+        *,
+        verify: bool = True,
+        ca_file: str | None = None,
+        from_user: str = DEFAULT_FROM_USER,
+        user_agent: str = DEFAULT_USER_AGENT,
+    ) -> None:
+        validate_user(from_user, "from_user")
+        validate_text(user_agent, "user_agent")
+        self.target = target
+        self._verify, self._ca_file = verify, ca_file
+        self._from_user, self._user_agent = from_user, user_agent
+        self._context = _tls_context(verify, ca_file) if target.transport is Transport.TLS else None
+        self._conn: socket.socket | None = None
+        self._framer = SipStreamFramer()
+        self._address: str | None = None
+        self.connections = 0
+        """Connections opened so far (what the peer sees as new transports)."""
+
+    def __enter__(self) -> OptionsSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+        self._conn, self._address = None, None
+        self._framer = SipStreamFramer()
+
+    def probe(self, timeout_s: float) -> ProbeResult:
+        """One OPTIONS, never past `timeout_s`; network outcomes are results, as with `probe_options`."""
+        if self.target.transport is Transport.UDP:
+            return probe_options(
+                self.target,
+                timeout_s,
+                verify=self._verify,
+                ca_file=self._ca_file,
+                from_user=self._from_user,
+                user_agent=self._user_agent,
+            )
+        _check_arguments(timeout_s, self._from_user, self._user_agent)
+        start = time.monotonic()
+        run = _Run(self.target, start, start + timeout_s, None, 0, self._from_user, self._user_agent)
+        kept = self._conn is not None
+        try:
+            try:
+                return self._exchange(run)
+            except _Failure as failure:
+                self.close()
+                if not kept or failure.kind is ProbeErrorKind.TIMEOUT:
+                    raise
+            return self._exchange(run)  # the kept connection had gone; ask once on a new one
+        except _Failure as failure:
+            self.close()
+            return run.failed(failure)
+
+    def _exchange(self, run: _Run) -> ProbeResult:
+        if self._conn is None:
+            self._address = _resolve_ipv4(self.target.host, self.target.effective_port, run)
+            run.address = self._address
+            self._conn = _open_stream(run, self._address, self._context)
+            self._framer = SipStreamFramer()
+            self.connections += 1
+        run.address = self._address
+        return _exchange(run, self._conn, self._framer)

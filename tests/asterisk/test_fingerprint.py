@@ -18,7 +18,7 @@ import pytest
 from support.asterisk import AsteriskInstance
 from support.gateway import load_example, merge, render_gateway
 from support.netns import ElasticIpTopology, in_ns
-from support.sipp import Sipp, auth_field, run_sipp, write_injection
+from support.sipp import Sipp, auth_field, received_messages, run_sipp, write_injection
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 
@@ -108,21 +108,15 @@ def _messages_seen(
     assert "WWW-Authenticate" in softphone.messages, softphone.describe()
     assert "SIP/2.0 200 OK" in softphone.messages, softphone.describe()
     # the stranger is challenged (anonymous OPTIONS are not answered): the challenge is what it reads
-    assert any(m.startswith("SIP/2.0 401") for m in _received(stranger.messages)), stranger.describe()
+    assert any(m.startswith("SIP/2.0 401") for m in received_messages(stranger.messages)), stranger.describe()
     assert re.search(r"^INVITE sip:", carrier_result.messages, re.MULTILINE), carrier_result.describe()
     return {"softphone": softphone.messages, "stranger": stranger.messages, "carrier": carrier_result.messages}
-
-
-def _received(trace: str) -> list[str]:
-    """The messages sipp received (its trace also holds what it sent)."""
-    chunks = re.split(r"message received \[\d+\] bytes :", trace.replace("\r\n", "\n"))[1:]
-    return [chunk.split("-----------------------------------------------", 1)[0].strip() for chunk in chunks]
 
 
 def _names(seen: dict[str, str]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for peer, trace in seen.items():
-        for message in _received(trace):
+        for message in received_messages(trace):
             for line in message.splitlines():
                 if NAMES.search(line):
                     found.setdefault(peer, []).append(line)
@@ -140,7 +134,9 @@ def test_nothing_the_gateway_sends_names_the_software(
     challenges = re.findall(r"^WWW-Authenticate:.*$", seen["softphone"], re.MULTILINE | re.IGNORECASE)
     assert challenges, seen["softphone"]
     assert all('realm="sip"' in c for c in challenges), challenges
-    assert re.search(r"^s=-$", "\n".join(_received(seen["carrier"])), re.MULTILINE), "the SDP session is unnamed"
+    assert re.search(r"^s=-$", "\n".join(received_messages(seen["carrier"])), re.MULTILINE), (
+        "the SDP session is unnamed"
+    )
 
     # Negative control: with Asterisk's defaults back, the same exchanges name it
     defaults = _names(_messages_seen(asterisk_factory, topology_factory(), tmp_path, product_identity=False))

@@ -32,6 +32,7 @@ from support.sipp import (
     auth_field,
     free_port,
     free_sip_port,
+    received_messages,
     received_requests,
     run_sipp,
     scenario_path,
@@ -290,7 +291,7 @@ def test_video_call_between_extensions_passes_video_through(asterisk_factory: As
     # the second leg to adopt the first leg's stream topology, and which leg joins the bridge first is a race
     # inside Asterisk: when the callee's leg is first the caller gets the narrowing re-INVITE (within ms of
     # the ACK); when the caller's leg is first no re-INVITE is sent on either leg, and the answer stands.
-    gateway_sdp = result.messages.split("s=Asterisk")[1:]
+    gateway_sdp = [m.split("\n\n", 1)[1] for m in received_messages(result.messages) if "\nm=video" in m]
     assert gateway_sdp, result.messages
     answer, renegotiations = gateway_sdp[0], gateway_sdp[1:]
     video = answer.split("m=video", 1)

@@ -325,6 +325,12 @@ def run_sipp(scenario: str | Path, workdir: Path, *, timeout: float = 60.0, **op
     return sipp.wait(timeout=timeout)
 
 
+def received_messages(messages: str) -> list[str]:
+    """Every message sipp received, in order, from its message trace (which also holds what it sent)."""
+    chunks = re.split(r"message received \[\d+\] bytes :", messages.replace("\r\n", "\n"))[1:]
+    return [chunk.split("-----------------------------------------------", 1)[0].strip() for chunk in chunks]
+
+
 def received_requests(messages: str, method: str) -> list[str]:
     """Request lines of ``method`` in a sipp message trace (the received ones start their own line)."""
     return re.findall(rf"^({method} sip:\S+ SIP/2\.0)", messages, re.MULTILINE)

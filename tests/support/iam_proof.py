@@ -257,6 +257,11 @@ class Recorder:
         with self.lock:
             self.pending.append(call)
 
+    def add(self, calls: list[Call]) -> None:
+        """Calls recorded elsewhere (another process's, e.g. a local deployment's call log)."""
+        with self.lock:
+            self.pending.extend(calls)
+
     def peek(self) -> list[Call]:
         """The calls recorded since the last evaluation, left for it."""
         with self.lock:
@@ -276,6 +281,51 @@ class _NoConfig:
 def _plain(params: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters the mapping reads (bodies and file objects dropped: they can be large or streams)."""
     return {k: v for k, v in params.items() if k not in ("Body", "MessageBody", "Message", "SecretString")}
+
+
+# --- the calls of a local deployment (the e2e layer) ----------------------------------------------------
+
+
+def e2e_calls(run_dir: Path) -> tuple[list[Call], list[str]]:
+    """The calls a local deployment's principals made, from its moto server's call log, attributed by the
+    access key that signed each (local mode hands every function, state machine and host its role's own
+    credentials, `sip_trunk_local.principals`); and what cannot be attributed or read, which fails the test.
+    Calls signed with the account's credentials are local mode's own (creating the stacks, arranging the
+    operator's settings, inspecting the account): not recorded, as the tests' own calls are not."""
+    from sip_trunk.agent.config import build_config
+    from sip_trunk_local.controlplane import AWS_CREDENTIALS
+    from sip_trunk_local.principals import CALLS, PRINCIPALS
+
+    log, keys = run_dir / CALLS, run_dir / PRINCIPALS
+    if not log.exists():
+        return [], []
+    principals: dict[str, dict[str, Any]] = json.loads(keys.read_text()) if keys.exists() else {}
+    calls: list[Call] = []
+    problems: set[str] = set()
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        key, what = entry.get("key", ""), f"{entry.get('service')}:{entry.get('operation')}"
+        if key == AWS_CREDENTIALS["AWS_ACCESS_KEY_ID"]:
+            continue
+        who = principals.get(key)
+        if who is None or not who.get("principal"):
+            problems.add(f"{what} signed with {key!r}, a key local mode gave no known role ({entry.get('error', '')})")
+            continue
+        if entry.get("error"):
+            problems.add(f"{who['principal']} {what}: the call log could not read the request: {entry['error']}")
+            continue
+        region = entry.get("region") or "us-east-1"
+        bound: dict[str, str] = who.get("names", {})
+        if who["principal"] == HOST:
+            names = host_names(build_config({}, bound), region)
+        else:
+            names = function_names(bound, region)
+            names.update({k.removeprefix("ref:"): v for k, v in bound.items() if k.startswith("ref:")})
+        calls.append(
+            Call(who["principal"], entry["service"], entry["operation"], _plain(entry.get("params", {})), region,
+                 names, entry.get("tags", {}))
+        )  # fmt: skip
+    return calls, sorted(problems)
 
 
 # --- calls -> authorizations -----------------------------------------------------------------------

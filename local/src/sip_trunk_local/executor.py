@@ -76,7 +76,9 @@ class Invocation:
 
 
 def reset_handler_caches() -> None:
-    """Forget what the handlers cached from the environment (configuration, clients, parameter caches)."""
+    """Forget what the handlers cached from the environment (configuration, clients, parameter caches, and
+    the credentials boto3's default session resolved: each function runs with its own role's)."""
+    import boto3
     from aws_lambda_powertools.utilities import parameters
     from aws_lambda_powertools.utilities.parameters import base
     from sip_trunk import observability
@@ -86,6 +88,7 @@ def reset_handler_caches() -> None:
     getattr(base, "DEFAULT_PROVIDERS").clear()  # noqa: B009 (not exported)
     wiring.reset()
     observability.reset()
+    boto3.DEFAULT_SESSION = None
 
 
 class Dispatcher:

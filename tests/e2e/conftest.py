@@ -131,8 +131,8 @@ def local_run_dir(request: pytest.FixtureRequest, iam_recorder: Recorder) -> Ite
     unattributed: list[str] = []
     for path in made:
         sip_trunk("local", "down", "--run-dir", str(path), timeout=300)
-        calls, unreadable = e2e_calls(path)
-        iam_recorder.add(calls)
+        calls, unreadable, seconds = e2e_calls(path)
+        iam_recorder.add(calls, seconds)
         unattributed += unreadable
         left = world_leftovers(path)
         if left:

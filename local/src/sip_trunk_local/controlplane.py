@@ -100,7 +100,8 @@ class MotoServer:
             def _server_entry(self) -> None:  # moto's own, with the call log in front of the application
                 app: Any = DomainDispatcherApplication(create_backend_app)
                 if call_log is not None:
-                    app = owner.call_log = CallLog(app, call_log, ACCOUNT)
+                    own = frozenset({AWS_CREDENTIALS["AWS_ACCESS_KEY_ID"]})  # local mode's own calls: not parsed
+                    app = owner.call_log = CallLog(app, call_log, ACCOUNT, own)
                 self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
                 self._server_ready_event.set()
                 self._server.serve_forever()

@@ -121,3 +121,44 @@ def test_state_machine_integrations_run_with_the_execution_role(server: tuple[cp
     # and after the undo moto's own key is back
     plain = lambda_eval_utils.boto_client_for(cp.REGION, "lambda", StateCredentials(role_arn=role))
     assert plain._request_signer._credentials.access_key == "ak"
+
+
+def test_functions_with_different_credentials_take_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handlers read the process environment: one with other credentials waits until the running one ends,
+    so no call of the first is signed with the second's credentials."""
+    import os
+    import threading
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID", "testing"))  # restored after
+
+    from sip_trunk_local.executor import Dispatcher
+
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+    a_running, release_a = threading.Event(), threading.Event()
+
+    def handler(name: str) -> Any:
+        def run(event: dict[str, Any], context: Any) -> dict[str, str]:
+            seen[name].append(os.environ["AWS_ACCESS_KEY_ID"])
+            if name == "a":
+                a_running.set()
+                release_a.wait(5)
+            seen[name].append(os.environ["AWS_ACCESS_KEY_ID"])
+            return {}
+
+        return run
+
+    keys = {"a": "ASIAFUNCTIONA", "b": "ASIAFUNCTIONB"}
+    dispatcher = Dispatcher(
+        {"a": handler("a"), "b": handler("b")}, environment=lambda name: {"AWS_ACCESS_KEY_ID": keys[name]}
+    )
+    first = threading.Thread(target=dispatcher.invoke, args=("a", b"{}", {}))
+    first.start()
+    assert a_running.wait(5)
+    second = threading.Thread(target=dispatcher.invoke, args=("b", b"{}", {}))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive(), "b ran while a, with other credentials, was running"
+    release_a.set()
+    first.join(5)
+    second.join(5)
+    assert seen == {"a": ["ASIAFUNCTIONA"] * 2, "b": ["ASIAFUNCTIONB"] * 2}

@@ -121,6 +121,8 @@ class Dispatcher:
         self.lock = threading.Lock()
         self._invoke_lock = threading.RLock()
         self._env_key: str | None = None
+        self._slot = threading.Condition()
+        self._running: tuple[str, int] | None = None  # (environment, invocations running with it)
         self._undo: list[Callable[[], None]] = []
 
     def calls(self, function: str) -> list[Invocation]:
@@ -128,9 +130,31 @@ class Dispatcher:
 
     # --- the patched hooks -----------------------------------------------------------------------
     def invoke(self, function_name: str, body: Any, response_headers: dict[str, str]) -> bytes:
+        with self._environment_of(function_name.rsplit(":", 1)[-1]):
+            return self._invoke(function_name, body, response_headers)
+
+    @contextmanager
+    def _environment_of(self, function_name: str) -> Iterator[None]:
+        """Run with the function's environment. The handlers read the process environment (their role's
+        credentials among it), so invocations whose environments differ take turns; the same one may overlap."""
+        env = self.environment(function_name)
+        key = json.dumps(dict(env), sort_keys=True) if env is not None else ""
+        with self._slot:
+            self._slot.wait_for(lambda: self._running is None or self._running[0] == key)
+            self._running = (key, (self._running[1] if self._running else 0) + 1)
+        try:
+            self._use_environment(function_name)
+            yield
+        finally:
+            with self._slot:
+                assert self._running is not None
+                count = self._running[1] - 1
+                self._running = (key, count) if count else None
+                self._slot.notify_all()
+
+    def _invoke(self, function_name: str, body: Any, response_headers: dict[str, str]) -> bytes:
         name = self.resolve(function_name.rsplit(":", 1)[-1])
         event = json.loads(body) if body else {}
-        self._use_environment(function_name.rsplit(":", 1)[-1])
         for hook in self.before:
             hook(name, event)
         started = time.monotonic()

@@ -123,42 +123,51 @@ def test_state_machine_integrations_run_with_the_execution_role(server: tuple[cp
     assert plain._request_signer._credentials.access_key == "ak"
 
 
-def test_functions_with_different_credentials_take_turns(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The handlers read the process environment: one with other credentials waits until the running one ends,
-    so no call of the first is signed with the second's credentials."""
-    import os
+def test_functions_running_at_once_each_sign_with_their_own_role() -> None:
+    """The handlers share the controller process: while one waits (on a function it invoked, say), another
+    runs, and each request is signed with the credentials of the invocation on the thread making it, in
+    boto3's default session and in the new sessions Powertools makes alike."""
     import threading
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID", "testing"))  # restored after
-
     from sip_trunk_local.executor import Dispatcher
+    from sip_trunk_local.principals import UNATTRIBUTED, install_invocation_credentials
 
     seen: dict[str, list[str]] = {"a": [], "b": []}
     a_running, release_a = threading.Event(), threading.Event()
 
+    def signing_key(session: Any) -> str:
+        client = session.client("sts", region_name=cp.REGION)
+        return str(client._request_signer._credentials.get_frozen_credentials().access_key)
+
     def handler(name: str) -> Any:
         def run(event: dict[str, Any], context: Any) -> dict[str, str]:
-            seen[name].append(os.environ["AWS_ACCESS_KEY_ID"])
+            seen[name].append(signing_key(boto3))
             if name == "a":
                 a_running.set()
                 release_a.wait(5)
-            seen[name].append(os.environ["AWS_ACCESS_KEY_ID"])
+            seen[name].append(signing_key(boto3.session.Session()))
             return {}
 
         return run
 
+    credentials, undo = install_invocation_credentials()
     keys = {"a": "ASIAFUNCTIONA", "b": "ASIAFUNCTIONB"}
-    dispatcher = Dispatcher(
-        {"a": handler("a"), "b": handler("b")}, environment=lambda name: {"AWS_ACCESS_KEY_ID": keys[name]}
-    )
-    first = threading.Thread(target=dispatcher.invoke, args=("a", b"{}", {}))
-    first.start()
-    assert a_running.wait(5)
-    second = threading.Thread(target=dispatcher.invoke, args=("b", b"{}", {}))
-    second.start()
-    second.join(0.3)
-    assert second.is_alive(), "b ran while a, with other credentials, was running"
-    release_a.set()
-    first.join(5)
-    second.join(5)
+    try:
+        dispatcher = Dispatcher(
+            {"a": handler("a"), "b": handler("b")},
+            around=lambda name: credentials.using(
+                {"AWS_ACCESS_KEY_ID": keys[name], "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "t"}
+            ),
+        )
+        first = threading.Thread(target=dispatcher.invoke, args=("a", b"{}", {}))
+        first.start()
+        assert a_running.wait(5)
+        dispatcher.invoke("b", b"{}", {})  # while a is still running
+        release_a.set()
+        first.join(5)
+        outside = signing_key(boto3.session.Session())
+    finally:
+        undo()
     assert seen == {"a": ["ASIAFUNCTIONA"] * 2, "b": ["ASIAFUNCTIONB"] * 2}
+    # and outside any invocation the key is one no role owns, which the proof reports
+    assert outside == UNATTRIBUTED["AWS_ACCESS_KEY_ID"]

@@ -23,7 +23,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -76,9 +76,7 @@ class Invocation:
 
 
 def reset_handler_caches() -> None:
-    """Forget what the handlers cached from the environment (configuration, clients, parameter caches, and
-    the credentials boto3's default session resolved: each function runs with its own role's)."""
-    import boto3
+    """Forget what the handlers cached from the environment (configuration, clients, parameter caches)."""
     from aws_lambda_powertools.utilities import parameters
     from aws_lambda_powertools.utilities.parameters import base
     from sip_trunk import observability
@@ -88,7 +86,6 @@ def reset_handler_caches() -> None:
     getattr(base, "DEFAULT_PROVIDERS").clear()  # noqa: B009 (not exported)
     wiring.reset()
     observability.reset()
-    boto3.DEFAULT_SESSION = None
 
 
 class Dispatcher:
@@ -107,10 +104,13 @@ class Dispatcher:
         resolve: Callable[[str], str] | None = None,
         environment: Callable[[str], Mapping[str, str] | None] | None = None,
         pacer: Pacer | None = None,
+        around: Callable[[str], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.handlers = dict(handlers)
         self.resolve = resolve or (lambda name: name)
         self.environment = environment or (lambda name: None)
+        self.around = around or (lambda name: contextlib.nullcontext())
+        """`around(function_name)`: a context the handler runs in (local mode: its role's credentials)."""
         self.pacer = pacer
         self.waits: list[float] = []
         self.retry_sleeps: list[float] = []
@@ -121,8 +121,6 @@ class Dispatcher:
         self.lock = threading.Lock()
         self._invoke_lock = threading.RLock()
         self._env_key: str | None = None
-        self._slot = threading.Condition()
-        self._running: tuple[str, int] | None = None  # (environment, invocations running with it)
         self._undo: list[Callable[[], None]] = []
 
     def calls(self, function: str) -> list[Invocation]:
@@ -130,27 +128,10 @@ class Dispatcher:
 
     # --- the patched hooks -----------------------------------------------------------------------
     def invoke(self, function_name: str, body: Any, response_headers: dict[str, str]) -> bytes:
-        with self._environment_of(function_name.rsplit(":", 1)[-1]):
+        function = function_name.rsplit(":", 1)[-1]
+        self._use_environment(function)
+        with self.around(function):
             return self._invoke(function_name, body, response_headers)
-
-    @contextmanager
-    def _environment_of(self, function_name: str) -> Iterator[None]:
-        """Run with the function's environment. The handlers read the process environment (their role's
-        credentials among it), so invocations whose environments differ take turns; the same one may overlap."""
-        env = self.environment(function_name)
-        key = json.dumps(dict(env), sort_keys=True) if env is not None else ""
-        with self._slot:
-            self._slot.wait_for(lambda: self._running is None or self._running[0] == key)
-            self._running = (key, (self._running[1] if self._running else 0) + 1)
-        try:
-            self._use_environment(function_name)
-            yield
-        finally:
-            with self._slot:
-                assert self._running is not None
-                count = self._running[1] - 1
-                self._running = (key, count) if count else None
-                self._slot.notify_all()
 
     def _invoke(self, function_name: str, body: Any, response_headers: dict[str, str]) -> bytes:
         name = self.resolve(function_name.rsplit(":", 1)[-1])
@@ -179,7 +160,9 @@ class Dispatcher:
         env = self.environment(function_name)
         if env is None:
             return
-        key = json.dumps(dict(env), sort_keys=True)
+        # per function, as each Lambda function has its own processes: what one cached (a secret, a parameter)
+        # another must fetch with its own role
+        key = json.dumps([function_name, dict(env)], sort_keys=True)
         with self._invoke_lock:
             if key == self._env_key:
                 return

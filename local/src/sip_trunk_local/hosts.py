@@ -10,8 +10,8 @@ run the way SSM Run Command and systemd run it on EC2.
   ``/etc/hosts`` naming the stand-in ``sip.rtc.elevenlabs.io``;
 * AWS: the agent reaches the moto server through ``AWS_ENDPOINT_URL=http://127.0.0.1:<port>`` inside the host's
   namespace, a line of the host's own ``/etc/sip-trunk/agent.env`` (with its instance profile role's credentials,
-  which IMDS gives on EC2, or the account's for a host started without one); a socat pair carries that port over a Unix socket to the moto server on this
-  machine's loopback, so no namespace is attached to the host network;
+  which IMDS gives on EC2, or the account's for a host started without one); a socat pair carries that port over
+  a Unix socket to the moto server on this machine's loopback, so no namespace is attached to the host network;
 * processes on a host see the host's ``/etc/sip-trunk`` and ``/usr/local/bin`` at those paths (bind mounts in a
   private mount namespace per process; the machine gets an empty ``/etc/sip-trunk`` as the mount point), so the
   agent finds ``/etc/sip-trunk/agent.env`` and ``/usr/local/bin/sip-trunk-agent`` exactly where the image puts

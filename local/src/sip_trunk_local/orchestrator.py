@@ -55,7 +55,13 @@ from sip_trunk_local.executor import Dispatcher, ExecutionReport, load_handlers,
 from sip_trunk_local.firewall import HostFirewall
 from sip_trunk_local.hosts import HEARTBEAT_UNIT, STATE_FILE, LocalHostManager
 from sip_trunk_local.netns import run_in_namespace
-from sip_trunk_local.principals import CALLS, Principals, install_state_machine_credentials, role_resolver
+from sip_trunk_local.principals import (
+    CALLS,
+    Principals,
+    install_invocation_credentials,
+    install_state_machine_credentials,
+    role_resolver,
+)
 from sip_trunk_local.profiles import ParametersRefused
 from sip_trunk_local.standin import carrier_settings, credentials, place_call, start_standin
 from sip_trunk_local.topology import CLIENT_IP, PHONE_NUMBER, PROBE_FUNCTION_IP, PUBLIC_IP
@@ -193,7 +199,7 @@ class LocalDeployment:
     function_roles: dict[str, str] = field(default_factory=dict)
     """Function name → its execution role's ARN (as created in moto)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
-    _undo_machine_credentials: Any = field(default=lambda: None)
+    _undo_credentials: Any = field(default=lambda: None)
     stopping: threading.Event = field(default_factory=threading.Event)
 
     # --- events ----------------------------------------------------------------------------------
@@ -389,7 +395,6 @@ class LocalDeployment:
             "PROBE_FUNCTION": "",
             **own,
             **cp.aws_environment(self.endpoint),
-            **(self.function_credentials(function, own) if function else {}),
             # the host template the layer ships (/opt/sip_trunk_assets/host.yaml in Lambda)
             "HOST_TEMPLATE_FILE": str(self.project / "stacks" / "host.yaml"),
             "ELEVENLABS_API_URL": str(self.api.url),
@@ -398,15 +403,25 @@ class LocalDeployment:
             "PROBE_TIMEOUT_S": "2",
         }
 
-    def function_credentials(self, function: str, own: dict[str, str]) -> dict[str, str]:
-        """The function's execution role's credentials, as Lambda puts them in its environment."""
-        if self.principals is None:
-            return {}
+    def function_credentials(self, function: str) -> dict[str, str]:
+        """The function's execution role's credentials (what Lambda puts in its environment), bound to the
+        function's environment."""
+        assert self.principals is not None
+        assert self.plane is not None
         role = self.function_roles.get(function)
         if role is None:
             role = self.client("lambda").get_function(FunctionName=function)["Configuration"]["Role"]
             self.function_roles[function] = role
+        own = self.plane.functions.get(function, {})
         return self.principals.credentials(role, function, {**self.binding_names(), **own})
+
+    def _with_role(self, credentials: Any) -> Any:
+        """`around` for the dispatcher: each invocation signs with its function's role's credentials."""
+
+        def around(function: str) -> Any:
+            return credentials.using(self.function_credentials(function))
+
+        return around
 
     def binding_names(self) -> dict[str, str]:
         """What the root stack's roles' policies are instantiated with: the functions' shared environment
@@ -429,15 +444,20 @@ class LocalDeployment:
             handlers = load_handlers(self.project / "functions")
             if PROBE_HANDLER in handlers:
                 handlers[PROBE_HANDLER] = in_vpc(handlers[PROBE_HANDLER])
+            around = None
+            if self.principals is not None:
+                credentials, undo_session = install_invocation_credentials()
+                undo_machines = install_state_machine_credentials(self.principals, self.binding_names)
+                self._undo_credentials = lambda: (undo_machines(), undo_session())
+                around = self._with_role(credentials)
             self.dispatcher = Dispatcher(
                 handlers,
                 resolve=lambda name: names.get(name, name),
                 environment=self.function_environment,
                 pacer=real_time_pacer(scale=0.05, floor_s=0.1, ceiling_s=2.0),
+                around=around,
             )
             self.dispatcher.install()
-            if self.principals is not None:
-                self._undo_machine_credentials = install_state_machine_credentials(self.principals, self.binding_names)
         return self.dispatcher
 
     def provision(self, payload: dict[str, Any] | None = None) -> ExecutionReport:
@@ -573,7 +593,7 @@ class LocalDeployment:
             removed = self.manager.teardown()
         if self.dispatcher is not None:
             self.dispatcher.uninstall()
-            self._undo_machine_credentials()
+            self._undo_credentials()
         if self.hooks is not None:
             self.hooks.uninstall()
         if self.principals is not None and self.moto is not None:

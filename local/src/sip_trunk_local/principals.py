@@ -3,7 +3,8 @@
 On AWS a Lambda function runs with its execution role's credentials (in its environment), a state machine's
 service integrations with its role's, an instance with its instance profile's (IMDS, here the host's
 `agent.env`). Local mode does the same: `Principals.credentials(role_arn)` issues the role's credentials from
-moto's STS (`AssumeRole`, as the services do), and remembers which role each access key belongs to in
+moto's STS (`AssumeRole`, as the services do); the handlers, which all run in the controller, sign with their
+invocation's through `InvocationCredentials`. `Principals` remembers which role each access key belongs to in
 `principals.json` in the run directory, with the names the role's policy is instantiated with (the function's
 environment, the agent's settings). Local mode's own calls (creating the stacks, arranging the settings,
 inspecting the account) keep the account's credentials (`AWS_CREDENTIALS`).
@@ -221,6 +222,103 @@ class Principals:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._record, indent=1, sort_keys=True))
         tmp.replace(self.path)
+
+
+def _botocore_credentials() -> type:
+    from botocore.credentials import Credentials
+
+    return Credentials
+
+
+UNATTRIBUTED = {
+    "AWS_ACCESS_KEY_ID": "ASIALOCALUNATTRIBUTED",
+    "AWS_SECRET_ACCESS_KEY": "unattributed",
+    "AWS_SESSION_TOKEN": "unattributed",
+}
+"""What a default-session client in the controller signs with outside any function's invocation (a thread a
+handler started, say): a key no role owns, which the permission proof reports instead of guessing."""
+
+
+class InvocationCredentials(_botocore_credentials()):  # type: ignore[misc]
+    """The credentials of boto3's default session in the controller, resolved per request from the thread
+    that signs it: the handlers all run in this one process (each invocation on the server thread that
+    received it, a function may invoke another synchronously), so one process environment cannot carry
+    each function's role. `using(env)` sets them for the invocation running on this thread."""
+
+    method = "local-invocation"
+    account_id = None
+
+    def __init__(self) -> None:  # botocore's __init__ would assign the per-thread properties below
+        self._local = threading.local()
+
+    def _current(self) -> Mapping[str, str]:
+        current: Mapping[str, str] | None = getattr(self._local, "env", None)
+        return current or UNATTRIBUTED
+
+    def using(self, env: Mapping[str, str]) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def scope() -> Any:
+            previous = getattr(self._local, "env", None)
+            self._local.env = dict(env)
+            try:
+                yield
+            finally:
+                self._local.env = previous
+
+        return scope()
+
+    def get_frozen_credentials(self) -> Any:
+        from botocore.credentials import ReadOnlyCredentials
+
+        env = self._current()
+        return ReadOnlyCredentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_SESSION_TOKEN"])
+
+    @property
+    def access_key(self) -> str:
+        return str(self._current()["AWS_ACCESS_KEY_ID"])
+
+    @property
+    def secret_key(self) -> str:
+        return str(self._current()["AWS_SECRET_ACCESS_KEY"])
+
+    @property
+    def token(self) -> str:
+        return str(self._current()["AWS_SESSION_TOKEN"])
+
+
+def install_invocation_credentials() -> tuple[InvocationCredentials, Callable[[], None]]:
+    """Every botocore session made in this process from now on (boto3's default one, and the ones Powertools'
+    parameter and idempotency utilities make) resolves `InvocationCredentials` ahead of every other source;
+    clients given explicit keys (local mode's own, moto's) are unaffected. Returns them and the undo."""
+    import boto3
+    import botocore.credentials
+    from botocore.credentials import CredentialProvider
+
+    credentials = InvocationCredentials()
+
+    class _Provider(CredentialProvider):
+        METHOD = credentials.method
+
+        def load(self) -> Any:
+            return credentials
+
+    original = botocore.credentials.create_credential_resolver
+
+    def create_credential_resolver(*args: Any, **kwargs: Any) -> Any:
+        resolver = original(*args, **kwargs)
+        resolver.insert_before("env", _Provider())
+        return resolver
+
+    botocore.credentials.create_credential_resolver = create_credential_resolver
+    boto3.DEFAULT_SESSION = None  # made again, with the resolver above
+
+    def undo() -> None:
+        botocore.credentials.create_credential_resolver = original
+        boto3.DEFAULT_SESSION = None
+
+    return credentials, undo
 
 
 def role_resolver(cfn: Any) -> Callable[[str], tuple[str, str]]:

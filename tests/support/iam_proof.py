@@ -499,7 +499,10 @@ def requests_for(call: Call, role_arn: str) -> list[Request]:
             need("s3:GetObject", obj, "CloudFormation reads TemplateURL with the caller's credentials")
             kms(obj, "kms:Decrypt")
     elif svc == "lambda":
-        need(action, p.get("FunctionName") or p.get("Arn", "*"))
+        function = p.get("FunctionName") or p.get("Arn", "*")
+        if function != "*" and not function.startswith("arn:"):  # a name: AWS authorizes the function's ARN
+            function = arn.format("lambda", f"function:{function}")
+        need(action, function)
     elif svc == "sns":
         need(action, p["TopicArn"])
         kms(p["TopicArn"], "kms:GenerateDataKey", "kms:Decrypt")

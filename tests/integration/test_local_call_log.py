@@ -97,10 +97,14 @@ def test_calls_are_attributed_by_the_credentials_that_signed_them(server: tuple[
 
     # When a key local mode never handed out signs a call
     stranger = {"AWS_ACCESS_KEY_ID": "AKIASTRANGER", "AWS_SECRET_ACCESS_KEY": "x", "AWS_SESSION_TOKEN": "x"}
-    _client("ssm", endpoint, stranger).put_parameter(Name="/calllog/x", Value="v", Type="String")
+    _client("ssm", endpoint, stranger).put_parameter(Name="/calllog/x", Value="s3cr3t-value", Type="SecureString")
     # Then the proof reports it as unattributed
     _, unattributed, _ = e2e_calls(run_dir)
     assert unattributed == ["ssm:PutParameter signed with 'AKIASTRANGER', a key local mode gave no known role ()"]
+    # and the log keeps the parameter's name, never its value
+    logged = (run_dir / CALLS).read_text()
+    assert "/calllog/x" in logged
+    assert "s3cr3t-value" not in logged
 
 
 def test_state_machine_integrations_run_with_the_execution_role(server: tuple[cp.MotoServer, Path]) -> None:

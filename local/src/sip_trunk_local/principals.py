@@ -67,7 +67,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_DROPPED = ("Body", "MessageBody", "Message", "SecretString", "SecretBinary", "Payload", "ZipFile", "TemplateBody")
+_DROPPED = (
+    "Body", "MessageBody", "Message", "SecretString", "SecretBinary", "Payload", "ZipFile", "TemplateBody",
+    "Value", "Plaintext", "CiphertextBlob",
+)  # fmt: skip
+"""Never logged: values (a parameter's may be a SecureString, a config with credentials), bodies, payloads."""
 
 
 def parse_request(environ: Mapping[str, Any], body: bytes, unparsed: frozenset[str] = frozenset()) -> dict[str, Any]:

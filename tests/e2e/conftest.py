@@ -25,6 +25,7 @@ from sip_trunk_local.hosts import namespace_prefix
 from sip_trunk_local.netns import list_namespaces
 from sip_trunk_local.orchestrator import DEFAULT_RUN_DIR, WORLD, controller_pid
 from support.asterisk import DEFAULT_ROOT, AsteriskError, ensure_root, root_problem
+from support.iam_proof import Recorder, e2e_calls
 
 RUNS = Path("/run/aws-sip-trunk")
 SESSION_RUNS = RUNS / f"e2e-{os.getpid()}"
@@ -112,9 +113,11 @@ def local_mode_ready() -> Iterator[None]:
 
 
 @pytest.fixture
-def local_run_dir(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Path]]:
+def local_run_dir(request: pytest.FixtureRequest, iam_recorder: Recorder) -> Iterator[Callable[[str], Path]]:
     """`make(name)` → a fresh run directory of this session for one local deployment. After the test each is
-    taken down (`local down`), checked (no namespace, process or mount of it left) and removed."""
+    taken down (`local down`), checked (no namespace, process or mount of it left) and removed; the calls its
+    principals made (the moto server's call log) go to the permission proof, which evaluates them when the
+    test ends (tests/conftest.py)."""
     made: list[Path] = []
 
     def make(name: str) -> Path:
@@ -125,8 +128,12 @@ def local_run_dir(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Pa
 
     yield make
     problems = {}
+    unattributed: list[str] = []
     for path in made:
         sip_trunk("local", "down", "--run-dir", str(path), timeout=300)
+        calls, unreadable, seconds = e2e_calls(path)
+        iam_recorder.add(calls, seconds)
+        unattributed += unreadable
         left = world_leftovers(path)
         if left:
             problems[str(path)] = left
@@ -135,3 +142,4 @@ def local_run_dir(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Pa
     if SESSION_RUNS.exists() and not any(SESSION_RUNS.iterdir()):
         SESSION_RUNS.rmdir()
     assert not problems, f"local deployments left things behind: {problems}"
+    assert not unattributed, "calls the permission proof cannot attribute:\n" + "\n".join(unattributed)

@@ -8,11 +8,10 @@ fail over a healthy primary, and the failover drill must detect a real crash, mo
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,8 @@ def sip_trunk(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture
-def run_dir() -> Iterator[Path]:
-    path = Path("/run/aws-sip-trunk") / f"e2e-static-{os.getpid()}"
-    yield path
-    sip_trunk("local", "down", "--run-dir", str(path), timeout=300)
+def run_dir(local_run_dir: Callable[[str], Path]) -> Path:
+    return local_run_dir("static")
 
 
 def status(run_dir: Path) -> dict[str, Any]:

@@ -13,10 +13,20 @@ import pytest
 from sip_trunk_local.asterisk_runner import process_alive
 from sip_trunk_local.netns import list_namespaces
 from sip_trunk_local.orchestrator import EVENTS, read_events
+from support.iam_proof import HOST, Proof, e2e_calls, unique, without_statement
 
 pytestmark = pytest.mark.e2e
 
 CLI = [sys.executable, "-m", "sip_trunk.cli"]
+
+
+ARN = "arn:aws:{}:us-east-1:123456789012:{}"
+PLANTED = [  # (role, statement removed, the denial the proof must report for this deployment's calls)
+    (HOST, "Heartbeat", f"{HOST} may not dynamodb:PutItem on {ARN.format('dynamodb', 'table/sip-local-StateTable-')}"),
+    (HOST, "ReadConfig", f"{HOST} may not ssm:GetParametersByPath on {ARN.format('ssm', 'parameter/sip-trunk/')}"),
+    ("CheckHostStackFunctionRole", "MoveOwnElasticIp",
+     f"CheckHostStackFunctionRole may not ec2:AssociateAddress on {ARN.format('ec2', 'elastic-ip/')}"),
+]  # fmt: skip
 
 
 def sip_trunk(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -53,6 +63,21 @@ def test_local_up_provisions_calls_and_tears_down(run_dir: Path) -> None:
     assert call["audio_both_ways"], call
     assert call["public_ip"] == "203.0.113.10"
     assert min(call["rtp"].values()) > 50
+
+    # And the permission proof got every principal's calls, each attributed by the credentials local mode
+    # gave it: the hosts' (user data, apply, heartbeat), the functions' and the state machine's
+    calls, unattributed, _ = e2e_calls(run_dir)
+    assert unattributed == []
+    operations = {(c.principal, f"{c.service}:{c.operation}") for c in calls}
+    assert {(HOST, "dynamodb:PutItem"), (HOST, "ssm:GetParametersByPath"), (HOST, "cloudwatch:PutMetricData"),
+            ("ProvisionStateMachineRole", "lambda:Invoke"), ("LaunchHostFunctionRole", "cloudformation:CreateStack")
+            } <= operations, sorted(operations)  # fmt: skip
+    # and with a needed statement planted out of a role's policy, the proof denies that role's call, naming it
+    # (the unaltered policies allow every call: the session's proof evaluates them after `local down`)
+    for role, sid, expected in PLANTED:
+        denials = unique(Proof(without_statement(sid, role)).check(calls))
+        assert any(d.startswith(expected) for d in denials), (role, sid, denials[:3])
+        assert all(d.startswith(f"{role} may not") for d in denials), denials
 
     # When the user asks for the status and places another call
     status = sip_trunk("local", "status", "--run-dir", str(run_dir), timeout=60)

@@ -8,7 +8,7 @@ unaltered policy are allowed (the autouse proof fixture evaluates them again whe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,8 @@ import pytest
 from moto import mock_aws
 from sip_trunk.agent.config import AgentConfig
 from sip_trunk.agent.report import report
-from support.iam_eval import Policy
-from support.iam_proof import HOST, Call, Principal, Proof, Recorder, principal_policies, unique
+from support.iam_proof import HOST, Call, Proof, Recorder, unique
+from support.iam_proof import without_statement as without
 
 pytestmark = pytest.mark.integration
 
@@ -33,24 +33,6 @@ class FixtureCli:
 
     def rx(self, command: str, *, timeout_s: float | None = None) -> str:
         return (FIXTURES / (command.replace(" ", "_") + ".txt")).read_text()
-
-
-def without(sid: str, role: str) -> Callable[[str, Mapping[str, str]], Principal]:
-    """The real policies of every principal, but `role` loses the statement `sid`."""
-
-    def load(name: str, names: Mapping[str, str]) -> Principal:
-        principal = principal_policies(name, names)
-        if name != role:
-            return principal
-        policies = []
-        for policy in principal.policies:
-            kept = [s for s in policy.statements() if s.get("Sid") != sid]
-            policies.append(Policy(policy.name, {**policy.document, "Statement": kept}))
-        removed = sum(len(p.statements()) for p in principal.policies) - sum(len(p.statements()) for p in policies)
-        assert removed == 1, f"{role} has no statement {sid}"
-        return replace(principal, policies=tuple(policies))
-
-    return load
 
 
 @pytest.fixture

@@ -257,6 +257,12 @@ class Recorder:
         with self.lock:
             self.pending.append(call)
 
+    def add(self, calls: list[Call], seconds: float = 0.0) -> None:
+        """Calls recorded elsewhere (a local deployment's call log) and the seconds recording them took."""
+        with self.lock:
+            self.pending.extend(calls)
+            self.seconds += seconds
+
     def peek(self) -> list[Call]:
         """The calls recorded since the last evaluation, left for it."""
         with self.lock:
@@ -276,6 +282,54 @@ class _NoConfig:
 def _plain(params: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters the mapping reads (bodies and file objects dropped: they can be large or streams)."""
     return {k: v for k, v in params.items() if k not in ("Body", "MessageBody", "Message", "SecretString")}
+
+
+# --- the calls of a local deployment (the e2e layer) ----------------------------------------------------
+
+
+def e2e_calls(run_dir: Path) -> tuple[list[Call], list[str], float]:
+    """The calls a local deployment's principals made, from its moto server's call log, attributed by the
+    access key that signed each (local mode hands every function, state machine and host its role's own
+    credentials, `sip_trunk_local.principals`); and what cannot be attributed or read, which fails the test.
+    Calls signed with the account's credentials are local mode's own (creating the stacks, arranging the
+    operator's settings, inspecting the account): not recorded, as the tests' own calls are not. The third
+    value is the seconds the moto server spent logging."""
+    from sip_trunk.agent.config import build_config
+    from sip_trunk_local.controlplane import AWS_CREDENTIALS
+    from sip_trunk_local.principals import CALLS, PRINCIPALS
+
+    log, keys = run_dir / CALLS, run_dir / PRINCIPALS
+    if not log.exists():
+        return [], [], 0.0
+    principals: dict[str, dict[str, Any]] = json.loads(keys.read_text()) if keys.exists() else {}
+    calls: list[Call] = []
+    problems: set[str] = set()
+    seconds = 0.0
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        seconds += float(entry.get("log_s", 0.0))
+        key, what = entry.get("key", ""), f"{entry.get('service')}:{entry.get('operation')}"
+        if key == AWS_CREDENTIALS["AWS_ACCESS_KEY_ID"]:
+            continue
+        who = principals.get(key)
+        if who is None or not who.get("principal"):
+            problems.add(f"{what} signed with {key!r}, a key local mode gave no known role ({entry.get('error', '')})")
+            continue
+        if entry.get("error"):
+            problems.add(f"{who['principal']} {what}: the call log could not read the request: {entry['error']}")
+            continue
+        region = entry.get("region") or "us-east-1"
+        bound: dict[str, str] = who.get("names", {})
+        if who["principal"] == HOST:
+            names = host_names(build_config({}, bound), region)
+        else:
+            names = function_names(bound, region)
+            names.update({k.removeprefix("ref:"): v for k, v in bound.items() if k.startswith("ref:")})
+        calls.append(
+            Call(who["principal"], entry["service"], entry["operation"], _plain(entry.get("params", {})), region,
+                 names, entry.get("tags", {}))
+        )  # fmt: skip
+    return calls, sorted(problems), seconds
 
 
 # --- calls -> authorizations -----------------------------------------------------------------------
@@ -445,7 +499,10 @@ def requests_for(call: Call, role_arn: str) -> list[Request]:
             need("s3:GetObject", obj, "CloudFormation reads TemplateURL with the caller's credentials")
             kms(obj, "kms:Decrypt")
     elif svc == "lambda":
-        need(action, p.get("FunctionName") or p.get("Arn", "*"))
+        function = p.get("FunctionName") or p.get("Arn", "*")
+        if function != "*" and not function.startswith("arn:"):  # a name: AWS authorizes the function's ARN
+            function = arn.format("lambda", f"function:{function}")
+        need(action, function)
     elif svc == "sns":
         need(action, p["TopicArn"])
         kms(p["TopicArn"], "kms:GenerateDataKey", "kms:Decrypt")
@@ -600,6 +657,25 @@ def key_policy(names: Mapping[str, str]) -> Policy:
 def _key_policy(stack: str, region: str) -> Policy:
     doc = _root_template()["Resources"]["StackKey"]["Properties"]["KeyPolicy"]
     return Policy("StackKey key policy", resolve(doc, function_names({"STACK_NAME": stack}, region)))
+
+
+def without_statement(sid: str, role: str) -> Callable[[str, Mapping[str, str]], Principal]:
+    """The real policies of every principal, but `role` loses the statement `sid` (planted-defect controls)."""
+    from dataclasses import replace
+
+    def load(name: str, names: Mapping[str, str]) -> Principal:
+        principal = principal_policies(name, names)
+        if name != role:
+            return principal
+        policies = []
+        for policy in principal.policies:
+            kept = [s for s in policy.statements() if s.get("Sid") != sid]
+            policies.append(Policy(policy.name, {**policy.document, "Statement": kept}))
+        removed = sum(len(p.statements()) for p in principal.policies) - sum(len(p.statements()) for p in policies)
+        assert removed == 1, f"{role} has no statement {sid}"
+        return replace(principal, policies=tuple(policies))
+
+    return load
 
 
 # --- evaluation -----------------------------------------------------------------------------------------

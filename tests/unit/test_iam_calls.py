@@ -91,6 +91,13 @@ def test_a_secret_of_the_stack_needs_the_key_and_get_parameters_by_path_is_the_p
     ]
 
 
+def test_invoking_a_function_by_name_is_authorized_on_its_arn() -> None:
+    # PROBE_FUNCTION holds `!Ref SipProbeFunction`, a name; the policy names `!GetAtt SipProbeFunction.Arn`
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:trunk-SipProbeFunction-X1"
+    assert actions("lambda", "Invoke", FunctionName="trunk-SipProbeFunction-X1") == [("lambda:InvokeFunction", arn)]
+    assert actions("lambda", "Invoke", FunctionName=arn) == [("lambda:InvokeFunction", arn)]
+
+
 def test_an_operation_the_mapping_does_not_know_fails_loudly() -> None:
     with pytest.raises(AssertionError, match="teach requests_for"):
         needs("iam", "CreateUser", UserName="x")

@@ -81,14 +81,32 @@ def configure_moto() -> None:
 
 
 class MotoServer:
-    """moto's threaded server on 127.0.0.1 and a random port, in this process (so its backends can be patched)."""
+    """moto's threaded server on 127.0.0.1 and a random port, in this process (so its backends can be patched);
+    with `call_log`, every request is logged there first (`sip_trunk_local.principals.CallLog`)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        from moto.server import ThreadedMotoServer
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, call_log: Path | None = None) -> None:
+        from moto.moto_server import threaded_moto_server as tms
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        from sip_trunk_local.principals import CallLog
 
         configure_moto()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        owner = self
+        self.call_log: CallLog | None = None
+
+        class _Server(tms.ThreadedMotoServer):
+            def _server_entry(self) -> None:  # moto's own, with the call log in front of the application
+                app: Any = DomainDispatcherApplication(create_backend_app)
+                if call_log is not None:
+                    own = frozenset({AWS_CREDENTIALS["AWS_ACCESS_KEY_ID"]})  # local mode's own calls: not parsed
+                    app = owner.call_log = CallLog(app, call_log, ACCOUNT, own)
+                self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+                self._server_ready_event.set()
+                self._server.serve_forever()
+
+        self._server = _Server(ip_address=host, port=port, verbose=False)
         self.endpoint = ""
 
     def start(self) -> str:

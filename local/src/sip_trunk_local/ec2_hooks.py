@@ -5,8 +5,9 @@ moto records instances, Elastic IPs and Run Command invocations but runs nothing
   `HostManager.start_host(instance_id, private_ip, role)` (the role from the instance's `aws-sip-trunk:role`
   tag), then the agent part of its user data: the host's `/etc/sip-trunk/agent.env` written from the
   user data's heredoc (`HostManager.write_agent_env`, which adds local mode's lines: moto endpoint,
-  credentials, the host's paths), then `sip-trunk-agent bootstrap --env-file /etc/sip-trunk/agent.env` as a
-  shell command on the host; a terminated instance → `stop_host`;
+  the instance profile role's credentials from `credentials_for`, the host's paths), then
+  `sip-trunk-agent bootstrap --env-file /etc/sip-trunk/agent.env` as a shell command on the host;
+  a terminated instance → `stop_host`;
 - `ssm:SendCommand` to instances (only those named: moto would add every instance of the account when no
   Targets are given) → the document's `commands` run on that host as AWS-RunShellScript runs them
   (`HostManager.run_shell_script`: `_script.sh` run by `sh` as root with only the SSM agent's environment,
@@ -20,7 +21,9 @@ moto records instances, Elastic IPs and Run Command invocations but runs nothing
 
 moto gaps fixed for the host stack's instances (and nothing else): `AWS::EC2::Instance` created by moto's
 CloudFormation ignores `LaunchTemplate` (no ImageId: a KeyError) and `NetworkInterfaces` (the instance lands
-outside its subnet); both are folded into the properties moto reads before the instance is created.
+outside its subnet); both are folded into the properties moto reads before the instance is created. An
+`AWS::EC2::EIP`'s `Tags` (which moto's CloudFormation drops) are put on the address, where the functions'
+`aws:ResourceTag` conditions read them.
 
 Nothing of this process's environment reaches a host command: what the agent needs it reads from the
 host's own files, as on EC2.
@@ -62,7 +65,9 @@ class ScriptResult(Protocol):
 class HostManager(Protocol):
     """What local mode needs from the hosts (implemented by `sip_trunk_local.hosts.LocalHostManager`)."""
 
-    def start_host(self, instance_id: str, private_ip: str, role: str) -> Any: ...
+    def start_host(
+        self, instance_id: str, private_ip: str, role: str, *, credentials: Mapping[str, str] | None = None
+    ) -> Any: ...
 
     def stop_host(self, instance_id: str) -> None: ...
 
@@ -138,6 +143,13 @@ def _user_data(instance: Any) -> str:
     return str(data or "")
 
 
+def _profile_role(instance: Any) -> str:
+    """The ARN of the role in the instance's instance profile ("" without one)."""
+    association = instance.ec2_backend.iam_instance_profile_associations.get(instance.id)
+    roles = getattr(getattr(association, "iam_instance_profile", None), "roles", None) or []
+    return str(roles[0].arn) if roles else ""
+
+
 def _tag(instance: Any, key: str) -> str | None:
     for tag in instance.get_tags():
         if tag.get("key") == key:
@@ -157,8 +169,12 @@ class Ec2Hooks:
         state_dir: Path | None = None,
         run_user_data: bool = True,
         boot_timeout_s: float = 300.0,
+        credentials_for: Callable[[str, str], Mapping[str, str]] | None = None,
     ) -> None:
+        """`credentials_for(role_arn, instance_id)`: the credentials of the instance's instance profile role
+        (what IMDS serves on EC2), written to the host's agent.env; None: the hosts use the account's."""
         self._manager = manager
+        self.credentials_for = credentials_for
         self.state_dir = state_dir
         self.run_user_data = run_user_data
         self.boot_timeout_s = boot_timeout_s
@@ -209,7 +225,7 @@ class Ec2Hooks:
         role = _tag(instance, ROLE_TAG) or "primary"
         private_ip = str(instance.private_ip)
         with self.lock:
-            self.hosts[instance.id] = {"private_ip": private_ip, "role": role}
+            self.hosts[instance.id] = {"private_ip": private_ip, "role": role, "role_arn": _profile_role(instance)}
             self.agent_env[instance.id] = agent_env_from_user_data(_user_data(instance))
             self.booted[instance.id] = threading.Event()
         thread = threading.Thread(
@@ -221,7 +237,12 @@ class Ec2Hooks:
     def _boot(self, instance_id: str, private_ip: str, role: str) -> None:
         started = time.monotonic()
         try:
-            self.manager.start_host(instance_id, private_ip, role)
+            role_arn = self.hosts.get(instance_id, {}).get("role_arn", "")
+            if self.credentials_for is not None and role_arn:
+                credentials = self.credentials_for(role_arn, instance_id)
+                self.manager.start_host(instance_id, private_ip, role, credentials=credentials)
+            else:
+                self.manager.start_host(instance_id, private_ip, role)
             self._event(
                 HostEvent("host-started", instance_id, f"{role} at {private_ip}", round(time.monotonic() - started, 3))
             )
@@ -360,6 +381,22 @@ class Ec2Hooks:
         hooks = self
         original_random_ip = getattr(elastic_ip_addresses, "random_ip")  # noqa: B009 (not exported)
         self._patch(elastic_ip_addresses, "random_ip", lambda: hooks.next_public_ip(original_random_ip))
+        create_address = elastic_ip_addresses.ElasticAddress.__dict__["create_from_cloudformation_json"].__func__
+
+        def address_from_cloudformation_json(
+            cls: Any, /, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kw: Any
+        ) -> Any:
+            address = create_address(cls, resource_name, cloudformation_json, account_id, region_name, **kw)
+            tags = {t["Key"]: t["Value"] for t in cloudformation_json.get("Properties", {}).get("Tags", [])}
+            if tags:  # moto's CloudFormation drops an EIP's Tags; the policies' conditions read them
+                address.ec2_backend.create_tags([address.allocation_id], tags)
+            return address
+
+        self._patch(
+            elastic_ip_addresses.ElasticAddress,
+            "create_from_cloudformation_json",
+            classmethod(address_from_cloudformation_json),
+        )
 
         create_instance = instances.Instance.__dict__["create_from_cloudformation_json"].__func__
 

@@ -23,7 +23,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -104,10 +104,13 @@ class Dispatcher:
         resolve: Callable[[str], str] | None = None,
         environment: Callable[[str], Mapping[str, str] | None] | None = None,
         pacer: Pacer | None = None,
+        around: Callable[[str], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.handlers = dict(handlers)
         self.resolve = resolve or (lambda name: name)
         self.environment = environment or (lambda name: None)
+        self.around = around or (lambda name: contextlib.nullcontext())
+        """`around(function_name)`: a context the handler runs in (local mode: its role's credentials)."""
         self.pacer = pacer
         self.waits: list[float] = []
         self.retry_sleeps: list[float] = []
@@ -125,9 +128,14 @@ class Dispatcher:
 
     # --- the patched hooks -----------------------------------------------------------------------
     def invoke(self, function_name: str, body: Any, response_headers: dict[str, str]) -> bytes:
+        function = function_name.rsplit(":", 1)[-1]
+        self._use_environment(function)
+        with self.around(function):
+            return self._invoke(function_name, body, response_headers)
+
+    def _invoke(self, function_name: str, body: Any, response_headers: dict[str, str]) -> bytes:
         name = self.resolve(function_name.rsplit(":", 1)[-1])
         event = json.loads(body) if body else {}
-        self._use_environment(function_name.rsplit(":", 1)[-1])
         for hook in self.before:
             hook(name, event)
         started = time.monotonic()
@@ -152,7 +160,9 @@ class Dispatcher:
         env = self.environment(function_name)
         if env is None:
             return
-        key = json.dumps(dict(env), sort_keys=True)
+        # per function, as each Lambda function has its own processes: what one cached (a secret, a parameter)
+        # another must fetch with its own role
+        key = json.dumps([function_name, dict(env)], sort_keys=True)
         with self._invoke_lock:
             if key == self._env_key:
                 return

@@ -9,9 +9,9 @@ run the way SSM Run Command and systemd run it on EC2.
   bootstrap config in ``/etc/asterisk`` (a TCP transport on 5060 that answers probes, no endpoints) and
   ``/etc/hosts`` naming the stand-in ``sip.rtc.elevenlabs.io``;
 * AWS: the agent reaches the moto server through ``AWS_ENDPOINT_URL=http://127.0.0.1:<port>`` inside the host's
-  namespace, a line of the host's own ``/etc/sip-trunk/agent.env`` (with the emulated account's credentials, which
-  an instance profile gives on EC2); a socat pair carries that port over a Unix socket to the moto server on this
-  machine's loopback, so no namespace is attached to the host network;
+  namespace, a line of the host's own ``/etc/sip-trunk/agent.env`` (with its instance profile role's credentials,
+  which IMDS gives on EC2, or the account's for a host started without one); a socat pair carries that port over
+  a Unix socket to the moto server on this machine's loopback, so no namespace is attached to the host network;
 * processes on a host see the host's ``/etc/sip-trunk`` and ``/usr/local/bin`` at those paths (bind mounts in a
   private mount namespace per process; the machine gets an empty ``/etc/sip-trunk`` as the mount point), so the
   agent finds ``/etc/sip-trunk/agent.env`` and ``/usr/local/bin/sip-trunk-agent`` exactly where the image puts
@@ -237,6 +237,8 @@ class LocalHost:
     started_seconds: float | None = None
     agent_env_extra: dict[str, str] = field(default_factory=dict)
     """Lines added to this host's agent.env beyond the deployment's (see `LocalHostManager.write_agent_env`)."""
+    credentials: dict[str, str] = field(default_factory=dict)
+    """Its instance profile role's credentials (`AWS_ACCESS_KEY_ID` …); empty: the account's."""
 
     @property
     def root(self) -> Path:
@@ -581,13 +583,13 @@ class LocalHostManager:
 
     def host_env(self, host: LocalHost) -> dict[str, str]:
         """What local mode adds to a host's ``agent.env``: the paths of its root (the agent runs on this machine,
-        not chrooted), the moto endpoint and credentials (an instance profile on EC2), the instance id and the
+        not chrooted), the moto endpoint and its instance profile role's credentials (IMDS on EC2; the account's
+        when the host has none, as in the tests that start hosts without a host stack), the instance id and the
         launch role (IMDS on EC2, not emulated)."""
         r = host.root
         env = {
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.moto_port}",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
+            **(host.credentials or {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}),
             "AWS_REGION": self.region,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_EC2_METADATA_DISABLED": "true",
@@ -746,7 +748,15 @@ class LocalHostManager:
         )  # fmt: skip
         return proc.returncode, proc.stdout, proc.stderr
 
-    def start_host(self, instance_id: str, private_ip: str, role: str, *, peer_address: str | None = None) -> LocalHost:
+    def start_host(
+        self,
+        instance_id: str,
+        private_ip: str,
+        role: str,
+        *,
+        peer_address: str | None = None,
+        credentials: Mapping[str, str] | None = None,
+    ) -> LocalHost:
         """A new host: namespace with ``private_ip`` on the LAN, its own root with the bootstrap config, Asterisk
         fully booted, the moto bridge; on a standby, ``watch-peer`` against ``peer_address`` (default: the
         primary's private address, as soon as a primary exists)."""
@@ -770,6 +780,7 @@ class LocalHostManager:
                 maxload=self.asterisk_maxload,
             )  # fmt: skip
             host = LocalHost(instance_id, private_ip, role, label, netns, base, asterisk, peer_address)
+            host.credentials = dict(credentials or {})
             self.hosts[instance_id] = host
             self._save()  # recorded before anything exists, so a failure below is still torn down
         try:

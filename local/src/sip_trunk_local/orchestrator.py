@@ -55,6 +55,13 @@ from sip_trunk_local.executor import Dispatcher, ExecutionReport, load_handlers,
 from sip_trunk_local.firewall import HostFirewall
 from sip_trunk_local.hosts import HEARTBEAT_UNIT, STATE_FILE, LocalHostManager
 from sip_trunk_local.netns import run_in_namespace
+from sip_trunk_local.principals import (
+    CALLS,
+    Principals,
+    install_invocation_credentials,
+    install_state_machine_credentials,
+    role_resolver,
+)
 from sip_trunk_local.profiles import ParametersRefused
 from sip_trunk_local.standin import carrier_settings, credentials, place_call, start_standin
 from sip_trunk_local.topology import CLIENT_IP, PHONE_NUMBER, PROBE_FUNCTION_IP, PUBLIC_IP
@@ -188,7 +195,11 @@ class LocalDeployment:
     api: Any = None
     settings: dict[str, Any] = field(default_factory=dict)
     provision_reports: list[ExecutionReport] = field(default_factory=list)
+    principals: Principals | None = None
+    function_roles: dict[str, str] = field(default_factory=dict)
+    """Function name → its execution role's ARN (as created in moto)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
+    _undo_credentials: Any = field(default=lambda: None)
     stopping: threading.Event = field(default_factory=threading.Event)
 
     # --- events ----------------------------------------------------------------------------------
@@ -237,9 +248,12 @@ class LocalDeployment:
         if problem:
             raise RuntimeError(f"{problem} (run `make asterisk-root`)")
         with self.step("moto", "AWS stand-in (moto server)") as info:
-            self.moto = cp.MotoServer()
+            self.moto = cp.MotoServer(call_log=self.run_dir / CALLS)
             self.moto.start()
-            self.hooks = Ec2Hooks(None, on_event=self.on_host_event, state_dir=self.run_dir)
+            self.principals = Principals(self.run_dir, self.client("sts"), role_resolver(self.client("cloudformation")))
+            self.hooks = Ec2Hooks(
+                None, on_event=self.on_host_event, state_dir=self.run_dir, credentials_for=self.host_credentials
+            )
             self.hooks.install()
             info["detail"] = self.endpoint
         with self.step("control-plane", "control plane from template.yaml") as info:
@@ -389,6 +403,39 @@ class LocalDeployment:
             "PROBE_TIMEOUT_S": "2",
         }
 
+    def function_credentials(self, function: str) -> dict[str, str]:
+        """The function's execution role's credentials (what Lambda puts in its environment), bound to the
+        function's environment."""
+        assert self.principals is not None
+        assert self.plane is not None
+        role = self.function_roles.get(function)
+        if role is None:
+            role = self.client("lambda").get_function(FunctionName=function)["Configuration"]["Role"]
+            self.function_roles[function] = role
+        own = self.plane.functions.get(function, {})
+        return self.principals.credentials(role, function, {**self.binding_names(), **own})
+
+    def _with_role(self, credentials: Any) -> Any:
+        """`around` for the dispatcher: each invocation signs with its function's role's credentials."""
+
+        def around(function: str) -> Any:
+            return credentials.using(self.function_credentials(function))
+
+        return around
+
+    def binding_names(self) -> dict[str, str]:
+        """What the root stack's roles' policies are instantiated with: the functions' shared environment
+        and, as `ref:<logical id>`, the physical names of the functions (the state machines' roles name them)."""
+        assert self.plane is not None
+        refs = {f"ref:{k}": v for k, v in self.plane.physical.items() if k.endswith("Function")}
+        return {**self.plane.environment(), **refs}
+
+    def host_credentials(self, role_arn: str, instance_id: str) -> dict[str, str]:
+        """The instance profile role's credentials (IMDS on EC2), bound to the agent's settings."""
+        assert self.principals is not None
+        assert self.manager is not None
+        return self.principals.credentials(role_arn, instance_id, self.manager.agent_env)
+
     def _dispatcher(self) -> Dispatcher:
         if self.dispatcher is None:
             assert self.plane is not None
@@ -397,11 +444,18 @@ class LocalDeployment:
             handlers = load_handlers(self.project / "functions")
             if PROBE_HANDLER in handlers:
                 handlers[PROBE_HANDLER] = in_vpc(handlers[PROBE_HANDLER])
+            around = None
+            if self.principals is not None:
+                credentials, undo_session = install_invocation_credentials()
+                undo_machines = install_state_machine_credentials(self.principals, self.binding_names)
+                self._undo_credentials = lambda: (undo_machines(), undo_session())
+                around = self._with_role(credentials)
             self.dispatcher = Dispatcher(
                 handlers,
                 resolve=lambda name: names.get(name, name),
                 environment=self.function_environment,
                 pacer=real_time_pacer(scale=0.05, floor_s=0.1, ceiling_s=2.0),
+                around=around,
             )
             self.dispatcher.install()
         return self.dispatcher
@@ -435,11 +489,16 @@ class LocalDeployment:
     def drill(self, name: str, repeat: int = 1) -> dict[str, Any]:
 
         self.emit(kind="drill-start", drill=name, repeat=repeat)
+        if self.principals is not None:
+            self.principals.save()  # the roles of hosts a drill replaces, named while their stack exists
         try:
             result = run_drill(self, name, repeat=repeat)
         except Exception as exc:
             self.emit(kind="drill-end", drill=name, ok=False, error=f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            if self.principals is not None:
+                self.principals.save()
         self.emit(kind="drill-end", drill=name, ok=True)
         return result
 
@@ -512,6 +571,8 @@ class LocalDeployment:
         return out
 
     def _save_state(self) -> None:
+        if self.principals is not None and self.plane is not None:
+            self.principals.save()
         state = {
             "pid": os.getpid(),
             "endpoint": self.endpoint,
@@ -532,8 +593,12 @@ class LocalDeployment:
             removed = self.manager.teardown()
         if self.dispatcher is not None:
             self.dispatcher.uninstall()
+            self._undo_credentials()
         if self.hooks is not None:
             self.hooks.uninstall()
+        if self.principals is not None and self.moto is not None:
+            with contextlib.suppress(Exception):
+                self.principals.save()
         if self.moto is not None:
             with contextlib.suppress(Exception):
                 self.moto.stop()

@@ -26,6 +26,7 @@ ROLE_ENV_FILE = Path("/etc/sip-trunk/role.env")
 
 
 RECORDING_SPOOL_DIR = "/var/spool/sip-trunk/recordings"
+CALL_RECORDS_DIR = "/var/spool/sip-trunk/calls"
 """Where the dialplan's hangup handler (user asterisk) drops recording jobs: root:asterisk 0770, made by the
 image's install-agent.sh; ``sip-trunk-recordings.path`` starts the agent when a job appears."""
 RECORDINGS_DIR = "/var/spool/asterisk/recording"

@@ -53,6 +53,7 @@ class AgentConfig:
     voicemail_dir: Path = Path("/var/spool/asterisk/voicemail")
     recordings_dir: Path = Path(RECORDINGS_DIR)
     recording_spool_dir: Path = Path(RECORDING_SPOOL_DIR)
+    call_records_dir: Path = Path(CALL_RECORDS_DIR)
     keep_files: tuple[str, ...] = ("keys/*",)  # carried from the live config into each new release
     state_table: str | None = None
     backup_bucket: str | None = None
@@ -106,6 +107,7 @@ OPTIONS: dict[str, str] = {
     "voicemail_dir": "path",
     "recordings_dir": "path",
     "recording_spool_dir": "path",
+    "call_records_dir": "path",
     "keep_files": "argv",
     "state_table": "str",
     "backup_bucket": "str",

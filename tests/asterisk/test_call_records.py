@@ -269,6 +269,7 @@ def test_hostile_caller_id_cannot_break_the_record(
     assert len(lines) == 1, lines
     record = json.loads(lines[0])
     assert set(record) == RECORD_KEYS, record
+    print(f"hostile From user {hostile!r} -> caller {record['caller']!r}, {len(lines[0])} bytes")
     assert re.fullmatch(r"\+1555[0-9+]*", record["caller"]), record["caller"]
 
 

@@ -53,6 +53,7 @@ autofallthrough = yes
 [agent]
 exten => {{E164}},1,Log(NOTICE,STANDIN-AGENT-CALL ruri_user=${EXTEN} from=${CALLERID(num)})
  same => n,Answer()
+ same => n,Set(TIMEOUT(absolute)={{HOLD_S}})
  same => n(loop),Playback(demo-instruct)
  same => n,Goto(loop)
 """
@@ -92,6 +93,7 @@ def place_call(
     records: bool = True,
     drop: str | None = None,
     caller: str = CALLER,
+    agent_hangs_up: bool = False,
 ) -> Call:
     """carrier -> gateway -> holder, ~8 s; ``drop`` = "to-agent" / "from-agent" loses LOSS of that direction."""
     settings, secrets = load_example("minimal")
@@ -106,6 +108,8 @@ def place_call(
             "GATEWAY_OUT_USER": el["outbound_username"], "GATEWAY_OUT_PASSWORD": secrets[el["outbound_password"]],
             "GATEWAY_IN_USER": el["inbound_username"], "GATEWAY_IN_PASSWORD": secrets[el["inbound_password"]],
             "GATEWAY_IP": GATEWAY_IP, "GATEWAY_PORT": str(GATEWAY_SIP),
+            # the agent ends the call after 9 s, or never (the carrier hangs up first)
+            "HOLD_S": "9" if agent_hangs_up else "0",
         },
         extra_files={
             "extensions.conf": HOLDER_EXTENSIONS,
@@ -136,7 +140,8 @@ def place_call(
         in_ns(ns, "iptables", "-A", "OUTPUT", "-p", "udp", *match,
               "-m", "statistic", "--mode", "random", "--probability", str(LOSS), "-j", "DROP")  # fmt: skip
     scenario = tmp_path / "carrier.xml"
-    scenario.write_text(scenario_path("rec_carrier_call.xml").read_text().replace("@PCAP@", str(PCAP)))
+    name = "carrier_call_far_bye.xml" if agent_hangs_up else "rec_carrier_call.xml"
+    scenario.write_text(scenario_path(name).read_text().replace("@PCAP@", str(PCAP)))
     result = run_sipp(
         scenario,
         tmp_path / f"carrier-{ns}",
@@ -169,7 +174,7 @@ def loss(direction: dict[str, Any]) -> float:
     return float(lost) / (packets + lost) if packets + lost else 0.0
 
 
-def assert_complete(record: dict[str, Any], call: Call) -> None:
+def assert_complete(record: dict[str, Any], call: Call, *, hung_up_by: str = "carrier") -> None:
     assert set(record) == RECORD_KEYS, record
     expected = {
         "v": 1, "entry": "carrier", "carrier": "carrier", "caller": CALLER, "called": call.e164, "route": "agent",
@@ -177,16 +182,17 @@ def assert_complete(record: dict[str, Any], call: Call) -> None:
     }  # fmt: skip
     assert {k: record[k] for k in expected} == expected, record
     assert record["setup_ms"] <= record["answer_ms"] < record["end_ms"]
-    # the carrier played its ~4.7 s pcap, then held the call 8 s more
-    assert 11000 <= record["end_ms"] - record["answer_ms"] <= 16000, record
+    # the carrier played its ~4.7 s pcap, then held the call 8 s more; or the agent ended it after 9 s
+    low, high = (11000, 16000) if hung_up_by == "carrier" else (8500, 11000)
+    assert low <= record["end_ms"] - record["answer_ms"] <= high, record
     assert 0 <= record["pdd_ms"] <= record["answer_ms"] - record["setup_ms"] + 5
-    assert record["hangup_by"].startswith("PJSIP/carrier-")  # the carrier sent the BYE
+    assert record["hangup_by"].startswith(f"PJSIP/{'carrier' if hung_up_by == 'carrier' else 'elevenlabs'}-")
     caller_leg, callee_leg = record["caller_leg"], record["callee_leg"]
     assert (set(caller_leg), set(callee_leg)) == (LEG_KEYS, LEG_KEYS)
     assert (caller_leg["endpoint"], callee_leg["endpoint"]) == ("carrier", "elevenlabs")
     assert caller_leg["codec"] == "alaw"
     assert callee_leg["codec"] in {"ulaw", "alaw", "g722"}
-    assert (caller_leg["hangup_cause"], callee_leg["hangup_cause"]) == (16, 16)
+    assert (caller_leg["hangup_cause"], callee_leg["hangup_cause"]) == (16, 16)  # normal clearing
     # the SIP Call-IDs of both legs: the carrier's own, and the one the gateway chose toward the agent
     sipp_call_id = re.search(r"^Call-ID:\s*(\S+)", call.result.messages, re.MULTILINE | re.IGNORECASE)
     assert sipp_call_id is not None
@@ -254,6 +260,17 @@ def test_loss_on_one_direction_shows_on_that_direction_only(
     # and the other direction of that leg, and what the carrier sent, lost nothing
     assert clean["lost"] == 0, figures(record)
     assert caller["rx"]["lost"] == 0, figures(record)
+
+
+def test_agent_hanging_up_first_leaves_the_same_complete_record(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, namespace: str
+) -> None:
+    # Given the agent ends the call after 9 s (the two legs' handlers then finish in the other order)
+    call = place_call(asterisk_factory, tmp_path, namespace, agent_hangs_up=True)
+    # Then the carrier got the gateway's BYE, and one complete record names the agent's side as the one that hung up
+    record = one_record(call)
+    print(figures(record))
+    assert_complete(record, call, hung_up_by="agent")
 
 
 def test_hostile_caller_id_cannot_break_the_record(

@@ -89,6 +89,16 @@ def test_local_up_provisions_calls_and_tears_down(run_dir: Path) -> None:
     again = sip_trunk("local", "call", "--run-dir", str(run_dir), timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
     assert json.loads(again.stdout)["call"]["audio_both_ways"]
+    # and lists the last calls: the primary's Asterisk wrote one record per call, both legs with media
+    listed = sip_trunk("local", "calls", "--run-dir", str(run_dir), timeout=60)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    records = json.loads(listed.stdout)[primary]
+    assert len(records) == 2, records
+    assert len({r["call_id"] for r in records}) == 2
+    for record in records:
+        assert (record["route"], record["disposition"], record["entry"]) == ("agent", "ANSWER", "carrier"), record
+        assert record["callee_leg"]["endpoint"] == "elevenlabs", record
+        assert min(record["caller_leg"]["rx"]["packets"], record["callee_leg"]["rx"]["packets"]) > 50, record
     namespaces = [h["netns"] for h in state["hosts"]["hosts"].values()]
     prefix = namespaces[0].rsplit("-", 1)[0]
 

@@ -224,6 +224,8 @@ def test_primary_bootstrap_applies_the_desired_version_and_writes_the_first_hear
     assert ["systemctl", "enable", "--now", boot.HEARTBEAT_TIMER] in host.commands
     assert ["systemctl", "disable", "--now", boot.WATCH_PEER] in host.commands
     assert ["systemctl", "daemon-reload"] in host.commands
+    # without a log group to ship to, call records stay on disk: no shipping timer
+    assert ["systemctl", "enable", "--now", boot.CALLS_TIMER] not in host.commands
     ctl = [c for c in host.commands if c[0] == "amazon-cloudwatch-agent-ctl"]
     assert ctl == [["amazon-cloudwatch-agent-ctl", "-a", "fetch-config", "-m", "ec2", "-s", "-c",
                     f"file:{host.config.etc_dir / 'cloudwatch-agent.json'}"]]  # fmt: skip

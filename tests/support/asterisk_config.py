@@ -361,6 +361,8 @@ def _targets(step: Step) -> list[tuple[str | None, str | None]]:
         raw.append(step.args.split("=", 1)[1])
     out: list[tuple[str | None, str | None]] = []
     for target in raw:
+        if step.app in ("Gosub", "GosubIf"):
+            target = target.split("(", 1)[0]  # context,exten,priority(arguments): the arguments go nowhere
         parts = [p.strip() for p in target.split(",")]
         if len(parts) == 3:
             out.append((parts[0], parts[1]))

@@ -513,6 +513,10 @@ def requests_for(call: Call, role_arn: str) -> list[Request]:
         kms(resource, "kms:GenerateDataKey", "kms:Decrypt")
     elif svc == "cloudwatch" and op == "PutMetricData":
         need(action, "*", **{"cloudwatch:namespace": p["Namespace"]})
+    elif svc == "logs" and op == "CreateLogStream":
+        need(action, arn.format("logs", f"log-group:{p['logGroupName']}"))
+    elif svc == "logs" and op == "PutLogEvents":
+        need(action, arn.format("logs", f"log-group:{p['logGroupName']}:log-stream:{p['logStreamName']}"))
     else:
         raise AssertionError(f"{call.principal} calls {svc}:{op}: teach requests_for its resource and keys")
     return out

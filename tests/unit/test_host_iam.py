@@ -30,6 +30,9 @@ REQUIRED: dict[str, tuple[tuple[str, ...], str]] = {
     "get_object": (("s3:GetObject", "kms:Decrypt"), "Backups"),
     "head_object": (("s3:GetObject", "s3:ListBucket"), "Backups"),  # 404 rather than 403 needs ListBucket
     "start_execution": (("states:StartExecution",), "WatchPeerFailover"),
+    # call records, into the same log group the CloudWatch agent ships Asterisk's logs to
+    "create_log_stream": (("logs:CreateLogStream",), "ShipLogs"),
+    "put_log_events": (("logs:PutLogEvents",), "ShipLogs"),
 }
 KMS_SID = "DecryptConfigAndObjects"
 TABLE_KEY_SID = "DecryptStateTableKey"

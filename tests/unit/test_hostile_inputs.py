@@ -121,6 +121,7 @@ TARGETS = [
     Target("dialplan.agent_extension", "8" * 7),
     Target("dialplan.recordings_dir", "/" + "r" * 65),
     Target("dialplan.recording_spool_dir", "/a" * 200 + "/" + "b" * 65),
+    Target("dialplan.call_records_dir", "/a" * 200 + "/" + "b" * 65),
     Target("dialplan.ivr.prompt", "p" * 65),
     Target("dialplan.ivr.choices.{2}", "22"),
     Target("dialplan.ivr.choices.2.extension", "1" * 7),
@@ -132,6 +133,7 @@ ABSENT_FROM_EXAMPLE = {
     "network.bind_address": "0.0.0.0",
     "dialplan.recordings_dir": "/var/spool/asterisk/recording",
     "dialplan.recording_spool_dir": "/var/spool/sip-trunk/recordings",
+    "dialplan.call_records_dir": "/var/spool/sip-trunk/calls",
 }
 
 

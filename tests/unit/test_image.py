@@ -153,6 +153,8 @@ def test_systemd_units_present() -> None:
         "sip-trunk-recordings.service",
         "sip-trunk-recordings.timer",
         "sip-trunk-recordings.path",
+        "sip-trunk-calls.service",
+        "sip-trunk-calls.timer",
     }
     for unit in units:
         text = (AGENT_UNITS / unit).read_text()
@@ -174,6 +176,7 @@ def test_host_stack_and_units_name_only_units_that_exist() -> None:
         bootstrap.HEARTBEAT_TIMER,
         bootstrap.RECORDINGS_TIMER,
         bootstrap.RECORDINGS_PATH,
+        bootstrap.CALLS_TIMER,
         bootstrap.WATCH_PEER,
         bootstrap.BOOT_SERVICE,
     ):

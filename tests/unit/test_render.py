@@ -327,9 +327,12 @@ def test_isolation_check_catches_leaks(old: str, new: str) -> None:
 
 def test_from_carrier_routes_dids_and_bare_forms() -> None:
     steps = parse_dialplan(parsed("full", "extensions.conf")).extensions("from-carrier")
-    assert steps["+14155550101"][0].args == "ivr,s,1"
+    assert steps["+14155550101"][-1].args == "ivr,s,1"
     assert steps["14155550101"][0].args == "from-carrier,+14155550101,1"
-    assert steps["+442071838750"][0].args == "route-extension,1001,1"
+    assert steps["+442071838750"][-1].args == "route-extension,1001,1"
+    # every way in starts the call record first (the bare form through its E.164 entry)
+    for did in ("+14155550101", "+442071838750", "_+X.", "_X."):
+        assert (steps[did][0].app, steps[did][0].args.split("(")[0]) == ("Gosub", "call-record-start,s,1"), did
 
 
 # --- determinism and versions --------------------------------------------------------------

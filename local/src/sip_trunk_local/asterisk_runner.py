@@ -441,7 +441,9 @@ def user_ids(root: Path, name: str) -> tuple[int, int]:
     return uid, gid
 
 
-_WRITABLE = ("var/lib/asterisk", "var/spool/asterisk", "var/log/asterisk", "run/asterisk", "var/cache/asterisk")
+# plus the call records' spool, where the image's install-agent.sh makes it root:asterisk 0770
+_WRITABLE = ("var/lib/asterisk", "var/spool/asterisk", "var/log/asterisk", "run/asterisk", "var/cache/asterisk",
+             "var/spool/sip-trunk/calls")  # fmt: skip
 HOST_CONF = "/etc/asterisk/asterisk.conf"
 
 

@@ -251,6 +251,23 @@ def local_call(
         raise typer.Exit(1)
 
 
+@app.command("calls")
+def local_calls(
+    run_dir: RunDirOption = _DEFAULT_RUN_DIR,
+    count: Annotated[int, typer.Option(help="how many of the newest calls, per host")] = 20,
+) -> None:
+    """The last calls: the records each host's Asterisk wrote at hangup (JSON, newest last)."""
+    import json
+
+    from sip_trunk_local.orchestrator import send_request
+
+    _controller_or_exit(run_dir)
+    answer = send_request(run_dir, {"command": "calls", "count": count}, timeout_s=30)
+    out.print_json(json.dumps(answer.get("calls", answer), default=str))
+    if not answer.get("ok"):
+        raise typer.Exit(1)
+
+
 def _print_drill(result: dict[str, Any]) -> None:
     from rich.table import Table
 

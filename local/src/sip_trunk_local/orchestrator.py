@@ -526,6 +526,13 @@ class LocalDeployment:
                 summary["sipp"] = result.sipp.describe()[-2000:]
             return summary
 
+    def calls(self, count: int = 20) -> dict[str, list[dict[str, Any]]]:
+        """The last call records on each host's disk (what the host agent has not shipped yet)."""
+        from sip_trunk.agent.calls import last_calls
+        from sip_trunk.agent.config import CALL_RECORDS_DIR
+
+        return {iid: last_calls(host.path(CALL_RECORDS_DIR), count) for iid, host in self.manager.hosts.items()}
+
     def build_summary(self, call: dict[str, Any]) -> dict[str, Any]:
         report = self.provision_reports[-1]
         output = report.output if isinstance(report.output, dict) else {}
@@ -640,6 +647,8 @@ class _Handler(socketserver.StreamRequestHandler):
         if command == "call":
             result = dep.call(int(request.get("duration_ms", 3000)))
             return {"ok": bool(result.get("ok")), "call": result}
+        if command == "calls":
+            return {"ok": True, "calls": dep.calls(int(request.get("count", 20)))}
         if command == "provision":
             report = dep.provision(request.get("payload"))
             return {"ok": report.status == "SUCCEEDED", "status": report.status, "report": dep._state_durations(report),

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from sip_trunk.agent.config import RECORDING_SPOOL_DIR, RECORDINGS_DIR
+from sip_trunk.agent.config import CALL_RECORDS_DIR, RECORDING_SPOOL_DIR, RECORDINGS_DIR
 
 ELEVENLABS_SIP_HOST = "sip.rtc.elevenlabs.io"
 
@@ -361,6 +361,13 @@ class Dialplan(_Strict):
     recording_spool_dir: AbsolutePath = Field(
         default=RECORDING_SPOOL_DIR,
         description="where the hangup handler drops a recording's upload job for the host agent (the image's)",
+    )
+    call_records: bool = Field(
+        default=True, description="one JSON line per call (legs, causes, times, media quality), written at hangup"
+    )
+    call_records_dir: AbsolutePath = Field(
+        default=CALL_RECORDS_DIR,
+        description="where Asterisk appends the call records, one file per UTC day, until the host agent ships them",
     )
     ivr: IvrMenu = Field(default_factory=IvrMenu)
     dial_timeout_s: int = Field(default=45, ge=5, le=300)

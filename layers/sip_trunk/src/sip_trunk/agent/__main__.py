@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", default="")
     p.add_argument("--config-version", default=None)
     sub.add_parser("flush-recordings", help="queue the hangup handler's recording jobs, then upload every queued one")
+    sub.add_parser("ship-calls", help="send the spooled call records to CloudWatch Logs (EMF), then delete them")
+    p = sub.add_parser("calls", help="the last call records still on this host")
+    p.add_argument("--count", type=int, default=20)
 
     p = sub.add_parser("watch-peer", help="probe the primary; start the Failover state machine after N failures")
     p.add_argument("--target", required=True)
@@ -131,6 +134,14 @@ def run(args: argparse.Namespace, config: AgentConfig, session: Any) -> dict[str
 
         version = Releases(config.releases_dir, config.config_dir).current_version()
         return recordings.flush_recordings(config, session.client("s3"), config_version=version)
+    if command == "calls":
+        from sip_trunk.agent import calls as call_records
+
+        return {"calls": call_records.last_calls(config.call_records_dir, args.count)}
+    if command == "ship-calls":
+        from sip_trunk.agent import calls
+
+        return calls.ship_call_records(config, session.client("logs"))
     if command == "watch-peer":
         target = watch.parse_target(args.target, args.transport, args.port)
         state = watch.watch_peer(

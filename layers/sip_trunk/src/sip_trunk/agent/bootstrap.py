@@ -47,6 +47,7 @@ CLOUDWATCH_CONFIG = "cloudwatch-agent.json"
 HEARTBEAT_TIMER = "sip-trunk-agent.timer"
 RECORDINGS_TIMER = "sip-trunk-recordings.timer"
 RECORDINGS_PATH = "sip-trunk-recordings.path"
+CALLS_TIMER = "sip-trunk-calls.timer"
 WATCH_PEER = "sip-trunk-watch-peer.service"
 BOOT_SERVICE = "sip-trunk-boot.service"
 _STACK = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,127}")
@@ -121,6 +122,8 @@ def set_role(config: AgentConfig, role: str, peer_address: str | None, run: Runn
     if config.recordings_bucket:
         services[RECORDINGS_PATH] = True  # a recording is uploaded as soon as its call ends
         services[RECORDINGS_TIMER] = True  # and retried every two minutes while S3 is away
+    if config.asterisk_log_group:
+        services[CALLS_TIMER] = True  # call records to CloudWatch Logs every minute (kept on disk until then)
     if config.systemctl:
         for unit, wanted in services.items():
             if wanted:

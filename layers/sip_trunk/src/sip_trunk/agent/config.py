@@ -26,6 +26,7 @@ ROLE_ENV_FILE = Path("/etc/sip-trunk/role.env")
 
 
 RECORDING_SPOOL_DIR = "/var/spool/sip-trunk/recordings"
+CALL_RECORDS_DIR = "/var/spool/sip-trunk/calls"
 """Where the dialplan's hangup handler (user asterisk) drops recording jobs: root:asterisk 0770, made by the
 image's install-agent.sh; ``sip-trunk-recordings.path`` starts the agent when a job appears."""
 RECORDINGS_DIR = "/var/spool/asterisk/recording"
@@ -52,6 +53,7 @@ class AgentConfig:
     voicemail_dir: Path = Path("/var/spool/asterisk/voicemail")
     recordings_dir: Path = Path(RECORDINGS_DIR)
     recording_spool_dir: Path = Path(RECORDING_SPOOL_DIR)
+    call_records_dir: Path = Path(CALL_RECORDS_DIR)
     keep_files: tuple[str, ...] = ("keys/*",)  # carried from the live config into each new release
     state_table: str | None = None
     backup_bucket: str | None = None
@@ -105,6 +107,7 @@ OPTIONS: dict[str, str] = {
     "voicemail_dir": "path",
     "recordings_dir": "path",
     "recording_spool_dir": "path",
+    "call_records_dir": "path",
     "keep_files": "argv",
     "state_table": "str",
     "backup_bucket": "str",

@@ -39,6 +39,8 @@ install -d -o root -g asterisk -m 0750 /var/lib/sip-trunk/releases
 # The hangup handler (Asterisk's user) drops recording jobs here; only the agent (root) reads and removes them.
 install -d -m 0755 /var/spool/sip-trunk
 install -d -o root -g asterisk -m 0770 /var/spool/sip-trunk/recordings
+# Asterisk appends one call record per call here (calls-YYYYMMDD.jsonl); the agent ships and removes them.
+install -d -o root -g asterisk -m 0770 /var/spool/sip-trunk/calls
 # The units ship inside the package (both paths install the same copy): sip-trunk-boot.service runs
 # `sip-trunk-agent bootstrap` at every boot, which enables the heartbeat/recordings timers and, on the
 # standby only, watch-peer.

@@ -837,7 +837,8 @@ def test_provision_steps_in_order_log_no_secret_and_carry_the_execution_name(
     ex = state["execution"]
     step("validate_settings", "validate", {"execution": ex}, "provision_task_validate.json")
     step("render_config", "render", {"execution": ex}, "provision_task_render.json")
-    step("launch_host", "launch", {"execution": ex, "render": state["render"]}, "provision_task_launch.json")
+    launch = {"execution": ex, "request": state["request"], "render": state["render"]}
+    step("launch_host", "launch", launch, "provision_task_launch.json")
     stack = step(
         "check_host_stack", "stack", {"execution": ex, "launch": state["launch"]}, "provision_task_check_stack.json"
     )

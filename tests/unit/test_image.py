@@ -4,6 +4,7 @@ scripts is in `make lint`, cfn-lint of pipeline.yaml in `make validate`."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -338,15 +339,26 @@ def test_user_data_unpacks_a_layer_into_what_install_host_expects(
     script = user_data()["PrimaryInstance"]
     code = re.search(r'python3 - "\$IMAGE_DIR" <<\'PY\'\n(.*?)\nPY\n', script, re.DOTALL)
     assert code
-    source = code.group(1).replace("${LayerVersionArn}", "arn:aws:lambda:us-east-1:123456789012:layer:l:1")
+    # the layer's ARN is not in the user data: it is read at boot from the root stack's host-parameters document
+    assert "arn:aws:lambda" not in script
+    assert "LayerVersionArn}" not in script
+    source = code.group(1).replace("${HostParametersName}", "/sip-trunk/s/host-parameters")
     assert "${" not in source
+    latest = "arn:aws:lambda:us-east-1:123456789012:layer:s-sip-trunk:8"
+    asked: list[str] = []
+
+    class FakeSsm:
+        def get_parameter(self, Name: str) -> dict[str, Any]:
+            assert Name == "/sip-trunk/s/host-parameters"
+            return {"Parameter": {"Value": json.dumps({"LayerVersionArn": latest, "RootStackName": "s"})}}
 
     class FakeLambda:
         def get_layer_version_by_arn(self, Arn: str) -> dict[str, Any]:
-            assert Arn.startswith("arn:aws:lambda:")
+            asked.append(Arn)
             return {"Content": {"Location": "https://layer.example/l.zip"}}
 
-    monkeypatch.setattr(boto3, "client", lambda service: FakeLambda())
+    clients = {"ssm": FakeSsm(), "lambda": FakeLambda()}
+    monkeypatch.setattr(boto3, "client", lambda service: clients[service])
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(layer.read_bytes()))
     dest = tmp_path / "opt-sip-trunk-image"
     monkeypatch.setattr("sys.argv", ["-", str(dest)])
@@ -358,6 +370,7 @@ def test_user_data_unpacks_a_layer_into_what_install_host_expects(
     assert (dest / "dist/sip_trunk/agent/__main__.py").is_file()  # install-agent.sh's package-tree source
     assert (dest / "dist/sip_trunk/agent/host_files/systemd/sip-trunk-boot.service").is_file()
     assert not (dest / "dist/pydantic").exists()
+    assert asked == [latest]
 
 
 def test_user_data_passes_shellcheck(tmp_path: Path) -> None:

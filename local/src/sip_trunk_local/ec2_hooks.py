@@ -434,12 +434,13 @@ class Ec2Hooks:
 
 def fold_instance_properties(cloudformation_json: Any, account_id: str, region_name: str) -> None:
     """Give moto's `AWS::EC2::Instance` what it reads: ImageId/InstanceType/UserData from the launch template
-    when the instance names one, and SubnetId/PrivateIpAddress from its first network interface."""
+    when the instance names one and does not set them itself (stacks/host.yaml sets the image per instance),
+    and SubnetId/PrivateIpAddress from its first network interface."""
     from moto.ec2.models import ec2_backends
 
     props = cloudformation_json.setdefault("Properties", {})
     template_ref = props.get("LaunchTemplate")
-    if template_ref and "ImageId" not in props:
+    if template_ref and any(key not in props for key in ("ImageId", "InstanceType", "UserData")):
         backend = ec2_backends[account_id][region_name]
         ref = {k: v for k, v in template_ref.items() if k in {"LaunchTemplateId", "LaunchTemplateName", "Version"}}
         data = backend._get_template_from_args(ref).data

@@ -32,6 +32,9 @@ STACK = "trunk"
 SETTINGS_PARAMETER = f"/sip-trunk/{STACK}/settings"
 OPERATOR_SETTINGS_PARAMETER = f"/sip-trunk/{STACK}/operator-settings"
 HOST_PARAMETERS = f"/sip-trunk/{STACK}/host-parameters"
+IMAGE_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id"
+"""The root stack's default image reference (an AWS public parameter, as template.yaml names it)."""
+IMAGE_ID = "ami-0123456789abcdef0"
 CONFIG_PREFIX = f"/sip-trunk/{STACK}/asterisk"
 TABLE = f"{STACK}-state"
 BACKUPS = f"{STACK}-backups"
@@ -46,22 +49,24 @@ Parameters:
   RootStackName: {Type: String}
   ConfigPrefix: {Type: String}
   StateTable: {Type: String}
-  ImageId: {Type: String}
+  PrimaryImageId: {Type: String}
+  StandbyImageId: {Type: String, Default: ""}
   ConfigVersion: {Type: String, Default: none}
 Resources:
   # As in stacks/host.yaml, the user data names the config version: a stack update that changed it would
-  # stop and start the hosts, which is why LaunchHost keeps the previous value on updates.
+  # stop and start the hosts, which is why LaunchHost keeps the previous value on updates. Each slot has its
+  # image (a new one replaces that instance only).
   PrimaryInstance:
     Type: AWS::EC2::Instance
     Properties:
-      ImageId: !Ref ImageId
+      ImageId: !Ref PrimaryImageId
       InstanceType: t4g.small
       Tags: [{Key: aws-sip-trunk:stack, Value: !Ref RootStackName}, {Key: aws-sip-trunk:role, Value: primary}]
       UserData: {"Fn::Base64": !Sub "SIP_TRUNK_CONFIG_VERSION=${ConfigVersion}"}
   StandbyInstance:
     Type: AWS::EC2::Instance
     Properties:
-      ImageId: !Ref ImageId
+      ImageId: !Ref StandbyImageId
       InstanceType: t4g.small
       Tags: [{Key: aws-sip-trunk:stack, Value: !Ref RootStackName}, {Key: aws-sip-trunk:role, Value: standby}]
       UserData: {"Fn::Base64": !Sub "SIP_TRUNK_CONFIG_VERSION=${ConfigVersion}"}
@@ -258,6 +263,30 @@ class World:
         ssm.put_parameter(Name=HOST_PARAMETERS, Type="String", Value=json.dumps(document), Overwrite=True)
         _reset_caches()
 
+    @staticmethod
+    def publish_image(ami: str) -> None:
+        """A new value of the image's public parameter, as AWS (or the image pipeline) publishes one. Written
+        into moto's backend: callers may not write reserved `/aws/...` names, in moto as in AWS."""
+        import datetime
+
+        from moto.ssm.models import Parameter, ssm_backends
+
+        versions = ssm_backends[ACCOUNT][REGION]._parameters[IMAGE_PARAMETER]
+        versions.append(
+            Parameter(  # type: ignore[abstract]  # moto's own class, as moto instantiates it
+                account_id=ACCOUNT,
+                name=IMAGE_PARAMETER,
+                value=ami,
+                parameter_type="String",
+                description=None,
+                allowed_pattern=None,
+                keyid=None,
+                last_modified_date=datetime.datetime.now(tz=datetime.UTC),
+                version=len(versions) + 1,
+                data_type="aws:ec2:image",
+            )
+        )
+
     def put_api_key(self, value: str) -> None:
         sm = boto3.client("secretsmanager", region_name=REGION)
         sm.put_secret_value(SecretId=f"{STACK}/elevenlabs/api-key", SecretString=value)
@@ -431,7 +460,7 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
         Domain="vpc",
         TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": [{"Key": "aws-sip-trunk:stack", "Value": STACK}]}],
     )
-    image_id = "ami-0123456789abcdef0"
+    World.publish_image(IMAGE_ID)
     s3 = boto3.client("s3", region_name=REGION)
     s3.create_bucket(Bucket=BACKUPS)
     s3.put_object(Bucket=BACKUPS, Key="templates/host.yaml", Body=HOST_TEMPLATE.encode())
@@ -441,7 +470,14 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
         Name=HOST_PARAMETERS,
         Type="String",
         Value=json.dumps(
-            {"RootStackName": STACK, "ConfigPrefix": CONFIG_PREFIX, "StateTable": TABLE, "ImageId": image_id}
+            {
+                "RootStackName": STACK,
+                "ConfigPrefix": CONFIG_PREFIX,
+                "StateTable": TABLE,
+                "ImageSource": "ssm-parameter",
+                "Image": IMAGE_PARAMETER,
+                "LayerVersionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:{STACK}-sip-trunk:1",
+            }
         ),
     )
     ssm.put_parameter(Name=f"/sip-trunk/{STACK}/sip/outbound-password", Type="SecureString", Value=OUTBOUND_PASSWORD)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -271,3 +271,77 @@ def _canonical(value: Any) -> str:
         except (ValueError, UnicodeDecodeError):
             return value
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def load_template(text: str) -> dict[str, Any]:
+    """A YAML or JSON template with its short-form intrinsics (`!Sub`) in their long form, as cfn-lint reads it."""
+    from cfnlint.decode import decode_str
+
+    template, problems = decode_str(text)
+    if template is None:
+        raise ValueError(f"unreadable template: {problems}")
+    return dict(template)
+
+
+def plan_text_update(
+    old_template: str, old: Mapping[str, str], new_template: str, new: Mapping[str, str], stack_name: str = "stack"
+) -> list[Interruption]:
+    """The interruptions of an update given both templates as text (what moto's UpdateStack receives)."""
+    before = load_template(old_template)
+    after = before if new_template == old_template else load_template(new_template)
+    return interruptions(plan_update(before, old, new, new_template=after, stack_name=stack_name))
+
+
+Patch = Callable[[Any, str, Any], None]
+"""`setattr` that is undone later (pytest's `monkeypatch.setattr`, `Ec2Hooks._patch`)."""
+
+
+def emulate_updates(patch: Patch, record: Callable[[str, list[Interruption]], None]) -> None:
+    """Make moto's UpdateStack do what CloudFormation does to instances, and report what it interrupts.
+
+    moto has no update handler for `AWS::EC2::Instance`: a changed instance is dropped from the stack (its
+    `GetAtt`s then fail). Here each UpdateStack is planned first; an instance the plan replaces is created anew
+    and the old one terminated (CloudFormation creates the replacement, then deletes the old one), any other
+    changed instance stays as it is (moto models no stop/start). `record` gets (stack, interruptions) for each.
+    """
+    from moto.cloudformation.models import CloudFormationBackend
+    from moto.ec2.models import ec2_backends, instances
+
+    update_stack = CloudFormationBackend.update_stack
+    replacing: set[str] = set()
+
+    def planned_update_stack(backend: Any, name: str, template: str, *args: Any, **kwargs: Any) -> Any:
+        stack = backend.get_stack(name)
+        parameters = kwargs.get("parameters", args[1] if len(args) > 1 else [])
+        new = backend._resolve_update_parameters(instance=stack, incoming_params=parameters)
+        plan = plan_text_update(str(stack.template), dict(stack.parameters), str(template), dict(new), stack.name)
+        replacing.clear()
+        replacing.update(i.resource for i in plan if i.impact == "replacement")
+        try:
+            updated = update_stack(backend, name, template, *args, **kwargs)
+        finally:
+            replacing.clear()
+        record(updated.name, plan)
+        return updated
+
+    def update_instance(
+        cls: Any,
+        original_resource: Any,
+        new_resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+    ) -> Any:
+        logical = next(
+            (t["value"] for t in original_resource.get_tags() if t["key"] == "aws:cloudformation:logical-id"), ""
+        )
+        if logical not in replacing:
+            return original_resource
+        replacement = cls.create_from_cloudformation_json(
+            new_resource_name, cloudformation_json, account_id, region_name
+        )
+        ec2_backends[account_id][region_name].terminate_instances([original_resource.id])
+        return replacement
+
+    patch(CloudFormationBackend, "update_stack", planned_update_stack)
+    patch(instances.Instance, "update_from_cloudformation_json", classmethod(update_instance))

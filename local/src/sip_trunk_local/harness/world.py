@@ -5,6 +5,8 @@ SSM Run Command runs nothing (once `deliver_commands` is called, the emulated ag
 SSM accepts: `sip-trunk-agent apply` writes its heartbeat, as the real agent's `report` does, and
 `sip-trunk-agent set-role` is recorded), SSM accepts commands for any instance (an instance in
 `unregistered` is refused with `InvalidInstanceId`, as SSM refuses one whose agent is not registered),
+a stack update restarts and replaces nothing (each UpdateStack is planned with CloudFormation's rules and what it
+would stop/start or replace is recorded in `stack_updates`),
 CloudFormation's template parser raises a Python error on a template that is neither YAML nor JSON (it is
 refused with `ValidationError` "Template format error", as CloudFormation does), and public addresses are
 not local (the probe reaches a responder on 127.0.0.1 through the `PROBE_TARGETS` mapping).
@@ -27,6 +29,7 @@ from sip_trunk.workflows.common import API_KEY_UNSET
 from sip_trunk_local.controlplane import load_template
 from sip_trunk_local.executor import reset_handler_caches
 from sip_trunk_local.harness.moto_sfn import ACCOUNT, REGION, ROOT, SipResponder
+from sip_trunk_local.stack_updates import Interruption, emulate_updates
 
 STACK = "trunk"
 SETTINGS_PARAMETER = f"/sip-trunk/{STACK}/settings"
@@ -50,7 +53,7 @@ Parameters:
   ConfigPrefix: {Type: String}
   StateTable: {Type: String}
   PrimaryImageId: {Type: String}
-  StandbyImageId: {Type: String, Default: ""}
+  StandbyImageId: {Type: String}
   ConfigVersion: {Type: String, Default: none}
 Resources:
   # As in stacks/host.yaml, the user data names the config version: a stack update that changed it would
@@ -177,6 +180,21 @@ class World:
     """Instances whose SSM agent is not registered: Run Command refuses them."""
     delivered: Callable[[list[str], list[str]], None] | None = None
     """Called with (instance ids, commands) for every command SSM accepts (`deliver_commands`)."""
+    stack_updates: list[tuple[str, list[Interruption]]] = field(default_factory=list)
+    """(stack, what CloudFormation would stop/start or replace) for every UpdateStack moto applied; moto itself
+    restarts and replaces nothing (`sip_trunk_local.stack_updates`)."""
+    expected_interruptions: set[str] = field(default_factory=set)
+    """Resources a test means to stop/start or replace (an image rollout); any other fails the test."""
+
+    def interruptions(self) -> list[Interruption]:
+        return [i for _, plan in self.stack_updates for i in plan]
+
+    def check_interruptions(self) -> None:
+        """Fail when a stack update would have stopped/started or replaced a resource the test did not expect:
+        on AWS that is a dropped call (moto restarts nothing, so the test would not see it otherwise)."""
+        unexpected = [str(i) for i in self.interruptions() if i.resource not in self.expected_interruptions]
+        if unexpected:
+            raise AssertionError("a host stack update would interrupt: " + "; ".join(unexpected))
 
     # --- AWS views -----------------------------------------------------------------------------
     @property
@@ -301,6 +319,11 @@ class World:
         cfn = boto3.client("cloudformation", region_name=REGION)
         stack = cfn.describe_stacks(StackName=f"{STACK}-host")["Stacks"][0]
         return {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
+
+    def stack_outputs(self) -> dict[str, str]:
+        cfn = boto3.client("cloudformation", region_name=REGION)
+        stack = cfn.describe_stacks(StackName=f"{STACK}-host")["Stacks"][0]
+        return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
     def private_ip(self, instance_id: str) -> str:
         found = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
@@ -436,6 +459,7 @@ def _emulate_refusals(monkeypatch: Any, world: World) -> None:
 
     monkeypatch.setattr(SimpleSystemManagerBackend, "send_command", refusing_send_command)
     monkeypatch.setattr(MotoStack, "parse_template", staticmethod(refusing_parse_template))
+    emulate_updates(monkeypatch.setattr, lambda stack, plan: world.stack_updates.append((stack, plan)))
 
 
 @contextmanager
@@ -532,6 +556,7 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
     _reset_caches()
     try:
         yield world
+        world.check_interruptions()
     finally:
         responder.close()
         _reset_caches()

@@ -20,7 +20,9 @@ moto records instances, Elastic IPs and Run Command invocations but runs nothing
 
 moto gaps fixed for the host stack's instances (and nothing else): `AWS::EC2::Instance` created by moto's
 CloudFormation ignores `LaunchTemplate` (no ImageId: a KeyError) and `NetworkInterfaces` (the instance lands
-outside its subnet); both are folded into the properties moto reads before the instance is created.
+outside its subnet); both are folded into the properties moto reads before the instance is created. A stack
+update is planned with CloudFormation's rules (`sip_trunk_local.stack_updates`): an instance it replaces is
+replaced (its host stopped, a new one booted), one it would stop and start is reported (`host-interrupted`).
 
 Nothing of this process's environment reaches a host command: what the agent needs it reads from the
 host's own files, as on EC2.
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from sip_trunk_local.stack_updates import Interruption, emulate_updates
 from sip_trunk_local.topology import PUBLIC_ADDRESSES
 
 log = logging.getLogger(__name__)
@@ -100,7 +103,8 @@ class CommandRun:
 class HostEvent:
     """Something the hooks did, for the progress display and the summary."""
 
-    kind: str  # host-started | host-stopped | address-mapped | command-done | host-failed
+    kind: str
+    # host-started | host-stopped | address-mapped | command-done | host-failed | host-replaced | host-interrupted
     instance_id: str
     detail: str
     duration_s: float = 0.0
@@ -349,6 +353,10 @@ class Ec2Hooks:
 
     # --- patching moto ---------------------------------------------------------------------------
     def _patch(self, owner: Any, name: str, value: Any) -> None:
+        if name not in owner.__dict__:  # inherited: undone by removing the class's own attribute
+            setattr(owner, name, value)
+            self._undo.append(lambda: delattr(owner, name))
+            return
         original = owner.__dict__[name]
         setattr(owner, name, value)
         self._undo.append(lambda: setattr(owner, name, original))
@@ -418,6 +426,15 @@ class Ec2Hooks:
             return hooks.invocation(command.command_id, instance_id, dict(base))
 
         self._patch(ssm_models.Command, "get_invocation", invocation)
+
+        # What a host stack update would do on AWS: instances it replaces are replaced (the hooks above stop the
+        # old host and boot the new one); what it would stop and start is reported, as moto models no stop.
+        emulate_updates(self._patch, self.stack_updated)
+
+    def stack_updated(self, stack: str, plan: list[Interruption]) -> None:
+        for item in plan:
+            kind = "host-replaced" if item.impact == "replacement" else "host-interrupted"
+            self._event(HostEvent(kind, item.resource, f"{stack}: {item}"))
 
     def uninstall(self) -> None:
         while self._undo:

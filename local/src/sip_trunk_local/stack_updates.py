@@ -278,7 +278,7 @@ def load_template(text: str) -> dict[str, Any]:
     from cfnlint.decode import decode_str
 
     template, problems = decode_str(text)
-    if template is None:
+    if not isinstance(template, dict) or not isinstance(template.get("Resources"), dict):
         raise ValueError(f"unreadable template: {problems}")
     return dict(template)
 
@@ -314,7 +314,10 @@ def emulate_updates(patch: Patch, record: Callable[[str, list[Interruption]], No
         stack = backend.get_stack(name)
         parameters = kwargs.get("parameters", args[1] if len(args) > 1 else [])
         new = backend._resolve_update_parameters(instance=stack, incoming_params=parameters)
-        plan = plan_text_update(str(stack.template), dict(stack.parameters), str(template), dict(new), stack.name)
+        try:
+            plan = plan_text_update(str(stack.template), dict(stack.parameters), str(template), dict(new), stack.name)
+        except ValueError:  # not a template: moto refuses it as CloudFormation does ("Template format error")
+            return update_stack(backend, name, template, *args, **kwargs)
         replacing.clear()
         replacing.update(i.resource for i in plan if i.impact == "replacement")
         try:

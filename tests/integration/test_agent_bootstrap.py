@@ -257,6 +257,33 @@ def test_standby_bootstrap_starts_watch_peer_and_survives_a_missing_version(
     assert "running_version" not in heartbeat(host, imds[0].instance_id)  # None values are not stored
 
 
+def test_a_standby_boots_without_the_primarys_address_and_watches_once_set_role_names_it(
+    host: Host, imds: tuple[FakeImds, str]
+) -> None:
+    # Given a standby (tag) whose user data names no peer (the host stack never puts the other host in it)
+    imds[0].tags["aws-sip-trunk:role"] = "standby"
+    config = dataclasses.replace(host.config, peer_address=None)
+
+    # When it boots
+    first = boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+
+    # Then it is the standby, serving nothing and watching nothing yet (a boot that failed here would fail the
+    # host stack; watch-peer without an address would probe nothing)
+    assert (first["role"], first["peer_address"]) == ("standby", None)
+    assert ["systemctl", "disable", "--now", boot.WATCH_PEER] in host.commands
+    assert ["systemctl", "enable", "--now", boot.WATCH_PEER] not in host.commands
+    assert read_env_file(config.etc_dir / boot.ROLE_ENV) == {"SIP_TRUNK_ROLE": "standby"}
+
+    # When the control plane's set-role names the primary (CheckHostStack after the stack is ready)
+    host.commands.clear()
+    boot.set_role(config, "standby", "10.0.1.10", run=host.run)
+
+    # Then watch-peer starts against it, and a reboot keeps it
+    assert ["systemctl", "enable", "--now", boot.WATCH_PEER] in host.commands
+    again = boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+    assert (again["role"], again["role_source"], again["peer_address"]) == ("standby", "role.env", "10.0.1.10")
+
+
 def test_a_version_asterisk_refuses_is_recorded_but_the_host_still_boots(
     host: Host, imds: tuple[FakeImds, str]
 ) -> None:
@@ -296,7 +323,6 @@ def test_cli_bootstrap_reads_the_env_file_the_host_stack_writes(
         "${AWS::Region}": REGION, "${RootStackName}": STACK, "${ConfigPrefix}": PREFIX, "${StateTable}": TABLE,
         "${BackupBucket}": "b", "${RecordingsBucket}": "", "${FailoverStateMachineArn}": "arn:x",
         "${AsteriskLogGroup}": f"/aws-sip-trunk/{STACK}/asterisk", "${ConfigVersion}": "none",
-        "${PeerAddress}": "",
     }  # fmt: skip
     text = "\n".join(line.strip() for line in block.splitlines())
     for key, value in values.items():

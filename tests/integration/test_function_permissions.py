@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import pytest
 from cfnlint.decode import decode
+from sip_trunk_local.harness.world import IMAGE_PARAMETER
 from support.reach import reach
 from support.sam import sam_transform
 
@@ -48,7 +49,9 @@ TOPIC = f"{STACK}-notifications"
 
 
 def parameter(name: str) -> str:
-    return f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{name}"
+    """A parameter's ARN; AWS's public parameters (`/aws/service/...`) have no account in theirs."""
+    owner = "" if name.startswith("/aws/service/") else ACCOUNT
+    return f"arn:aws:ssm:{REGION}:{owner}:parameter{name}"
 
 
 def secret(name: str) -> str:
@@ -92,6 +95,8 @@ ADAPTER_NEEDS: dict[tuple[str, str], list[Need]] = {
     ("settings", "settings_document"): [("ssm:GetParameter", parameter(f"/sip-trunk/{STACK}/settings"))],
     ("settings", "operator_document"): [("ssm:GetParameter", parameter(f"/sip-trunk/{STACK}/operator-settings"))],
     ("parameters", "get_json"): [("ssm:GetParameter", parameter(f"/sip-trunk/{STACK}/host-parameters"))],
+    # the image's SSM parameter: Ubuntu's public one by default (AWS-owned, no account in its ARN)
+    ("parameters", "get_text"): [("ssm:GetParameter", parameter(IMAGE_PARAMETER))],
     ("secrets", "resolve"): [
         # `secretsmanager:<name>` (the template's references; encrypted with the stack key) ...
         ("secretsmanager:GetSecretValue", secret(f"{STACK}/sip/inbound-password")),
@@ -224,6 +229,8 @@ FUNCTION_USES: dict[str, list[tuple[str, str]]] = {
         ("observability", "run_idempotent"),
         ("objects", "put_if_changed"),
         ("parameters", "get_json"),
+        ("parameters", "get_text"),
+        ("state", "get_deployment"),
         ("stacks", "describe"),
         ("stacks", "create"),
         ("stacks", "update"),

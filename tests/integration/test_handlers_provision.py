@@ -34,9 +34,11 @@ from support.moto_sfn import ACCOUNT, REGION
 from support.world import (
     API_KEY,
     CONFIG_PREFIX,
+    IMAGE_ID,
     INBOUND_PASSWORD,
     OUTBOUND_PASSWORD,
     STACK,
+    World,
     _reset_caches,
     build_world,
     settings_document,
@@ -345,6 +347,59 @@ def test_launch_host_update_keeps_the_launch_config_version(world, handlers, eve
     params = world.stack_parameters()
     assert (params["StateTable"], params["ConfigVersion"]) == ("trunk-state-2", first_version)
     assert world.stack_events() > events_before
+
+
+def test_a_code_deploy_and_a_new_image_update_the_host_stack_without_interrupting_a_host(
+    world, handlers, event, lambda_context
+):
+    # Given a host stack created from the image the public parameter named then
+    rendered = render(handlers, event, lambda_context)
+    launch_event = {**event("provision_task_launch.json"), "render": rendered}
+    handlers["launch_host"]({**launch_event, "execution": {"name": "first"}}, lambda_context.fresh())
+    params = world.stack_parameters()
+    assert (params["PrimaryImageId"], params["StandbyImageId"]) == (IMAGE_ID, IMAGE_ID)
+    # When a code deploy publishes a new layer version and a new image is published under the same name
+    world.put_host_parameters(LayerVersionArn=f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:{STACK}-sip-trunk:2")
+    World.publish_image("ami-0bbbbbbbbbbbbbbbb")
+    # and a Provision runs without asking for a rollout
+    result = handlers["launch_host"]({**launch_event, "execution": {"name": "second"}}, lambda_context.fresh())
+    # Then nothing changes on the stack, and the new image is reported as pending for both slots
+    assert result["operation"] == "unchanged"
+    assert result["image"]["target"] == "ami-0bbbbbbbbbbbbbbbb"
+    assert result["image"]["pending"] == ["primary", "standby"]
+    assert world.stack_parameters() == params
+
+    # When a Provision asks for the image rollout
+    before = world.stack_outputs()
+    rollout = {**launch_event, "execution": {"name": "third"}, "request": {"rollout_image": True}}
+    world.expected_interruptions = {"StandbyInstance"}
+    result = handlers["launch_host"](rollout, lambda_context.fresh())
+    # Then the new AMI reaches the stack for the standby's slot only: CloudFormation replaces that instance
+    # and nothing else (the world plans the update with CloudFormation's rules)
+    assert result["operation"] == "updated"
+    params = world.stack_parameters()
+    assert (params["PrimaryImageId"], params["StandbyImageId"]) == (IMAGE_ID, "ami-0bbbbbbbbbbbbbbbb")
+    assert [(i.resource, i.impact) for i in world.interruptions()] == [("StandbyInstance", "replacement")]
+    after = world.stack_outputs()
+    assert after["PrimaryInstanceId"] == before["PrimaryInstanceId"]
+    assert after["StandbyInstanceId"] != before["StandbyInstanceId"]
+    old_standby = world.ec2.describe_instances(InstanceIds=[before["StandbyInstanceId"]])["Reservations"][0]
+    assert old_standby["Instances"][0]["State"]["Name"] == "terminated"
+
+
+def test_the_world_fails_a_test_whose_stack_update_would_stop_a_host(world, handlers, event, lambda_context):
+    """The negative control of the world's check: a ConfigVersion change (in the hosts' user data) is noticed."""
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    rendered = render(handlers, event, lambda_context)
+    handlers["launch_host"]({**event("provision_task_launch.json"), "render": rendered}, lambda_context.fresh())
+    parameters = [{"ParameterKey": k, "ParameterValue": v} for k, v in world.stack_parameters().items()]
+    for p in parameters:
+        if p["ParameterKey"] == "ConfigVersion":
+            p["ParameterValue"] = "v-other"
+    cfn.update_stack(StackName=HOST_STACK, UsePreviousTemplate=True, Parameters=parameters)
+    with pytest.raises(AssertionError, match=r"PrimaryInstance \(AWS::EC2::Instance\): interruption, UserData"):
+        world.check_interruptions()
+    world.stack_updates.clear()
 
 
 def test_launch_host_refuses_a_rolled_back_stack(world, handlers, event, lambda_context):
@@ -837,7 +892,8 @@ def test_provision_steps_in_order_log_no_secret_and_carry_the_execution_name(
     ex = state["execution"]
     step("validate_settings", "validate", {"execution": ex}, "provision_task_validate.json")
     step("render_config", "render", {"execution": ex}, "provision_task_render.json")
-    step("launch_host", "launch", {"execution": ex, "render": state["render"]}, "provision_task_launch.json")
+    launch = {"execution": ex, "request": state["request"], "render": state["render"]}
+    step("launch_host", "launch", launch, "provision_task_launch.json")
     stack = step(
         "check_host_stack", "stack", {"execution": ex, "launch": state["launch"]}, "provision_task_check_stack.json"
     )

@@ -186,9 +186,9 @@ def test_every_timeout_covers_its_worst_case() -> None:
 
 
 def test_stack_timeout_covers_the_host_stacks_creation_policies() -> None:
-    """LaunchHost's deadline outlasts the host stack's own: in high availability the standby boots after the
-    primary (its user data needs the primary's private IP), each within its CreationPolicy timeout. (That the
-    deadline is LaunchHost's start plus STACK_TIMEOUT_S, and that CheckHostStack keeps it, is
+    """LaunchHost's deadline outlasts the host stack's own, even if the two hosts booted one after the other
+    (they boot side by side: the standby's user data names no other host), each within its CreationPolicy
+    timeout. (That the deadline is LaunchHost's start plus STACK_TIMEOUT_S, and that CheckHostStack keeps it, is
     tests/unit/test_workflow_provision.py's.)"""
     template = load()
     value = functions(template)["launch_host"]["Environment"]["Variables"]["STACK_TIMEOUT_S"]

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from cfnlint.decode import decode
+from sip_trunk.workflows.provision import launch
 from support.sam import sam_transform
 
 pytestmark = pytest.mark.integration
@@ -293,12 +294,18 @@ def test_host_parameters_document_matches_the_host_template(scenario: str) -> No
     text = Evaluator(template, SCENARIOS[scenario]).value(
         template["Resources"]["HostParametersParameter"]["Properties"]["Value"]
     )
-    values = json.loads(text)
+    document = json.loads(text)
+    # LaunchHost takes out what the host stack does not take: the image reference (it passes the resolved AMI
+    # id per slot instead) and what a host reads itself at boot (the layer's ARN)
+    resolved = {launch.IMAGE_SOURCE, launch.IMAGE, *launch.BOOT_ONLY}
+    assert resolved <= set(document)
+    values = {k: v for k, v in document.items() if k not in resolved}
     host_params = load(HOST_TEMPLATE)["Parameters"]
     assert set(values) <= set(host_params), set(values) - set(host_params)
     required = {name for name, spec in host_params.items() if "Default" not in spec}
-    assert required <= set(values), f"LaunchHost would miss {required - set(values)}"
-    assert set(host_params) - set(values) <= {"ConfigVersion", "VolumeSizeGiB"}
+    added = {launch.CONFIG_VERSION, *launch.SLOT_IMAGES.values()}
+    assert required <= set(values) | added, f"LaunchHost would miss {required - set(values) - added}"
+    assert set(host_params) - set(values) <= {"VolumeSizeGiB", *added}
     for name, value in values.items():
         pattern = host_params[name].get("AllowedPattern")
         if pattern and not value.startswith("<"):

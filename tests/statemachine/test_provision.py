@@ -6,6 +6,7 @@ import json
 
 import pytest
 from support.moto_sfn import run, states_entered
+from support.world import World
 
 pytestmark = pytest.mark.statemachine
 
@@ -80,6 +81,32 @@ def test_config_only_change_does_not_touch_the_host_stack(machines):
     assert applied == hosts
     assert world.desired_version() == out["version"]
     assert world.item("deployment", "current")["active_version"] == out["version"]
+
+
+def test_an_image_rollout_replaces_the_standby_which_then_watches_the_primary(machines):
+    # Given a deployment, and a new image published under the image parameter's name
+    world = machines.world
+    first = json.loads(run(machines.sfn, machines.provision, {})["output"])["stack"]
+    primary, old_standby = first["primary_instance_id"], first["standby_instance_id"]
+    World.publish_image("ami-0bbbbbbbbbbbbbbbb")
+    # When a Provision runs without asking for the rollout, then one that asks for it
+    plain = run(machines.sfn, machines.provision, {"reason": "after an image build"})
+    assert machines.harness.calls("launch_host")[-1].result["image"]["pending"] == ["primary", "standby"]
+    world.expected_interruptions = {"StandbyInstance"}
+    result = run(machines.sfn, machines.provision, {"reason": "new image", "rollout_image": True})
+    # Then the first changed nothing; the second replaced the standby only, which got its role with the
+    # primary's address (its user data names none), the current version, and passed verification
+    assert plain["status"] == "SUCCEEDED", plain
+    assert result["status"] == "SUCCEEDED", result
+    out = json.loads(result["output"])
+    assert out["stack"]["primary_instance_id"] == primary
+    new_standby = out["stack"]["standby_instance_id"]
+    assert new_standby != old_standby
+    assert world.roles[new_standby] == ("standby", world.private_ip(primary))
+    assert f"sip-trunk-agent apply --version {out['version']}" in [c for i, c in world.sent if i == new_standby]
+    assert world.holder() == primary
+    assert machines.harness.calls("launch_host")[-1].result["image"]["pending"] == ["primary"]
+    assert [(i.resource, i.impact) for i in world.interruptions()] == [("StandbyInstance", "replacement")]
 
 
 def _failure(machines, result):

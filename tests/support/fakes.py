@@ -116,6 +116,9 @@ class FakeParameters:
     def get_json(self, name: str) -> Any:
         return json.loads(json.dumps(self.values[name]))
 
+    def get_text(self, name: str) -> str:
+        return str(self.values[name])
+
 
 @dataclass
 class FakeSecrets:

@@ -174,7 +174,7 @@ def host_names(config: Any, region: str) -> dict[str, str]:
             "RecordingsBucket": config.recordings_bucket or names["RecordingsBucket"],
             "FailoverStateMachineArn": config.failover_state_machine_arn or names["FailoverStateMachine"],
             "AsteriskLogGroup": config.asterisk_log_group or f"/sip-trunk/{stack}/asterisk",
-            "LayerVersionArn": f"arn:aws:lambda:{region}:{ACCOUNT}:layer:{stack}-sip-trunk:1",
+            "HostParametersName": f"/sip-trunk/{stack}/host-parameters",
             "AWS::StackName": f"{stack}-host",
             "AWS::StackId": f"arn:aws:cloudformation:{region}:{ACCOUNT}:stack/{stack}-host/0a1b2c3d",
         }
@@ -436,7 +436,10 @@ def requests_for(call: Call, role_arn: str) -> list[Request]:
 
     if svc == "ssm" and op in ("GetParameter", "PutParameter", "DeleteParameter", "GetParameters"):
         for name in p.get("Names", [p.get("Name")]):
-            need(action, arn.format("ssm", f"parameter{name}"))
+            if name.startswith("/aws/service/"):  # an AWS public parameter: its ARN has no account
+                need(action, f"arn:aws:ssm:{region}::parameter{name}")
+            else:
+                need(action, arn.format("ssm", f"parameter{name}"))
     elif svc == "ssm" and op == "GetParametersByPath":
         need(action, arn.format("ssm", f"parameter{p['Path'].rstrip('/')}"))
     elif svc == "ssm" and op == "SendCommand":

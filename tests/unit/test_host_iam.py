@@ -213,3 +213,19 @@ def test_keys_the_agent_writes_fit_the_scoped_prefixes(tmp_path: Path) -> None:
     leading = by_sid["Heartbeat"]["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
     assert any(fnmatch.fnmatchcase(item["pk"], pattern) for pattern in leading), item["pk"]
     assert by_sid["HostMetrics"]["Condition"]["StringEquals"]["cloudwatch:namespace"] == report.NAMESPACE
+
+
+def test_the_boot_reads_the_layer_from_the_host_parameters_and_may_install_any_version_of_it() -> None:
+    """The stock-image boot reads the layer's ARN from the root stack's document (not its user data) and
+    installs it: the statements name the document and every version of the stack's layer, so the policy is
+    the same after a code deploy and a host booting just after one may install the newer version."""
+    by_sid = statements()
+    assert by_sid["ReadLayerVersion"]["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${HostParametersName}"
+    }
+    assert by_sid["InstallAgentFromLayer"]["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:layer:${RootStackName}-sip-trunk:*"
+    }
+    # the root stack names its layer so
+    layer = cfn_load(REPO / "template.yaml")["Resources"]["SipTrunkLayer"]["Properties"]["LayerName"]
+    assert layer == {"Fn::Sub": "${AWS::StackName}-sip-trunk"}

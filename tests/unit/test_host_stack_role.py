@@ -54,9 +54,9 @@ UNUSED_PROPERTY_ACTIONS: dict[tuple[str, str], set[str]] = {
     ("AWS::IAM::Role", "PermissionsBoundary"): {"iam:PutRolePermissionsBoundary", "iam:DeleteRolePermissionsBoundary"},
 }
 
-# Not resource handlers: CloudFormation itself resolves the image's `{{resolve:ssm:...}}` reference (an AWS public
-# parameter or one of the operator's) and reads the host template (SSE-KMS with the stack key) from the bucket.
-TEMPLATE_ACTIONS = {"ssm:GetParameter", "ssm:GetParameters", "s3:GetObject", "kms:Decrypt"}
+# Not resource handlers: CloudFormation itself reads the host template (SSE-KMS with the stack key) from the bucket.
+# (The template holds no `{{resolve:ssm:...}}` reference: LaunchHost passes the image as an AMI id.)
+TEMPLATE_ACTIONS = {"s3:GetObject", "kms:Decrypt"}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -114,11 +114,6 @@ class HostStack:
         actions = [str(value(action)) for a in alarms for action in a.get("AlarmActions", [])]
         self.alarm_ec2_actions = any(":automate:" in a and a.endswith((":recover", ":stop", ":terminate", ":reboot"))
                                      for a in actions)  # fmt: skip
-        image = host["Parameters"]["Image"]["Default"]
-        self.image_parameters = [
-            f"arn:aws:ssm:{REGION}::parameter{image}",  # the default: an AWS public parameter (no account)
-            f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/images/asterisk",  # an operator's own image parameter
-        ]
 
     def targets(self) -> dict[str, list[tuple[str, dict[str, str]]]]:
         """IAM action -> the (resource ARN, condition keys) it is authorized on for this stack."""
@@ -160,8 +155,6 @@ class HostStack:
             # check hands it to no service, so iam:PassedToService is absent there.
             "iam:PassRole": [(self.role, {"iam:PassedToService": "ec2.amazonaws.com"}), (self.role, {})],
             "ssm:DescribeAssociation": instances,
-            "ssm:GetParameter": [(p, {}) for p in self.image_parameters],
-            "ssm:GetParameters": [(p, {}) for p in self.image_parameters],
         }
         for action in INSTANCE_ACTIONS:
             found.setdefault(action, instances)
@@ -259,7 +252,7 @@ def required_actions(host: dict[str, Any]) -> dict[str, dict[str, set[str]]]:
     if HostStack(host).alarm_ec2_actions:
         need("iam:CreateServiceLinkedRole", "AWS::CloudWatch::Alarm", "EC2 action, first alarm of the account")
     for action in TEMPLATE_ACTIONS:
-        need(action, "template", "image parameter, host template")
+        need(action, "template", "host template")
     return why
 
 

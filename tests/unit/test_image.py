@@ -4,6 +4,7 @@ scripts is in `make lint`, cfn-lint of pipeline.yaml in `make validate`."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -231,6 +232,82 @@ def test_pipeline_writes_ami_ids_to_ssm_for_both_architectures() -> None:
     assert all(p["Properties"]["ImageTestsConfiguration"]["ImageTestsEnabled"] for p in pipelines)
 
 
+def pipeline_template() -> dict[str, Any]:
+    """pipeline.yaml with each intrinsic's argument kept as is (`!Sub "x-${A}"` is the string "x-${A}")."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            return loader.construct_scalar(node)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node, deep=True)
+        return loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+
+    Loader.add_multi_constructor("!", tag)
+    document: dict[str, Any] = yaml.load((IMAGE / "pipeline.yaml").read_text(), Loader=Loader)  # noqa: S506
+    return document
+
+
+def of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {n: r for n, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def test_each_pipeline_schedule_can_fire() -> None:
+    """EXPRESSION_MATCH_AND_DEPENDENCY_UPDATES_AVAILABLE builds only when a semantic version filter (x.x.x) on
+    the parent image or a component matches a newer version (AWS::ImageBuilder::ImagePipeline Schedule): with
+    a pinned AMI and an exact component version the schedule never fires."""
+    template = pipeline_template()
+    recipes = of_type(template, "AWS::ImageBuilder::ImageRecipe")
+    pipelines = of_type(template, "AWS::ImageBuilder::ImagePipeline")
+    assert pipelines
+    for name, pipeline in pipelines.items():
+        schedule = pipeline["Properties"]["Schedule"]
+        assert schedule["ScheduleExpression"], name
+        if schedule.get("PipelineExecutionStartCondition") == "EXPRESSION_MATCH_ONLY":
+            continue
+        recipe = recipes[pipeline["Properties"]["ImageRecipeArn"]]["Properties"]
+        filters = [recipe["ParentImage"], *(c["ComponentArn"] for c in recipe["Components"])]
+        assert any(str(f).endswith("/x.x.x") for f in filters), f"{name}: waits for updates nothing can announce"
+
+
+def test_each_build_starts_from_the_parent_image_current_at_build_time() -> None:
+    """A `{{resolve:ssm:…}}` parent is resolved once, when the stack is deployed (and again only when its text
+    changes): every later build would start from that old Ubuntu image. `ssm:<name>` is resolved by Image
+    Builder at each build."""
+    for name, recipe in of_type(pipeline_template(), "AWS::ImageBuilder::ImageRecipe").items():
+        parent = recipe["Properties"]["ParentImage"]
+        assert "{{resolve:" not in parent, name
+        assert parent.startswith("ssm:/aws/service/canonical/ubuntu/server/24.04/"), name
+
+
+def test_builds_need_no_default_vpc() -> None:
+    """Without a subnet Image Builder launches the build instance in the default VPC, which an account may not
+    have: each infrastructure configuration names the subnet and the template's own security group."""
+    template = pipeline_template()
+    assert template["Parameters"]["SubnetId"]["Type"] == "AWS::EC2::Subnet::Id"
+    groups = of_type(template, "AWS::EC2::SecurityGroup")
+    assert groups
+    for name, infra in of_type(template, "AWS::ImageBuilder::InfrastructureConfiguration").items():
+        props = infra["Properties"]
+        assert props["SubnetId"] == "SubnetId", name
+        assert set(props["SecurityGroupIds"]) <= set(groups), name
+    for name, group in groups.items():
+        assert not group["Properties"].get("SecurityGroupIngress"), f"{name}: a build instance accepts nothing"
+
+
+def test_build_log_groups_are_the_ones_image_builder_writes() -> None:
+    """Image Builder writes a build's log to /aws/imagebuilder/<image name>, the image named after its recipe:
+    a group with retention must exist under exactly that name, or the logs go to one kept forever."""
+    template = pipeline_template()
+    recipe_names = sorted(r["Properties"]["Name"] for r in of_type(template, "AWS::ImageBuilder::ImageRecipe").values())
+    groups = sorted(g["Properties"]["LogGroupName"] for g in of_type(template, "AWS::Logs::LogGroup").values())
+    assert [f"/aws/imagebuilder/{n}" for n in recipe_names] == [g for g in groups if g.startswith("/aws/imagebuilder/")]
+    for group in of_type(template, "AWS::Logs::LogGroup").values():
+        assert group["Properties"]["RetentionInDays"]
+
+
 # --- the stock-Ubuntu path: stacks/host.yaml's user data ------------------------------------------------------
 
 
@@ -341,15 +418,26 @@ def test_user_data_unpacks_a_layer_into_what_install_host_expects(
     script = user_data()["PrimaryInstance"]
     code = re.search(r'python3 - "\$IMAGE_DIR" <<\'PY\'\n(.*?)\nPY\n', script, re.DOTALL)
     assert code
-    source = code.group(1).replace("${LayerVersionArn}", "arn:aws:lambda:us-east-1:123456789012:layer:l:1")
+    # the layer's ARN is not in the user data: it is read at boot from the root stack's host-parameters document
+    assert "arn:aws:lambda" not in script
+    assert "LayerVersionArn}" not in script
+    source = code.group(1).replace("${HostParametersName}", "/sip-trunk/s/host-parameters")
     assert "${" not in source
+    latest = "arn:aws:lambda:us-east-1:123456789012:layer:s-sip-trunk:8"
+    asked: list[str] = []
+
+    class FakeSsm:
+        def get_parameter(self, Name: str) -> dict[str, Any]:
+            assert Name == "/sip-trunk/s/host-parameters"
+            return {"Parameter": {"Value": json.dumps({"LayerVersionArn": latest, "RootStackName": "s"})}}
 
     class FakeLambda:
         def get_layer_version_by_arn(self, Arn: str) -> dict[str, Any]:
-            assert Arn.startswith("arn:aws:lambda:")
+            asked.append(Arn)
             return {"Content": {"Location": "https://layer.example/l.zip"}}
 
-    monkeypatch.setattr(boto3, "client", lambda service: FakeLambda())
+    clients = {"ssm": FakeSsm(), "lambda": FakeLambda()}
+    monkeypatch.setattr(boto3, "client", lambda service: clients[service])
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(layer.read_bytes()))
     dest = tmp_path / "opt-sip-trunk-image"
     monkeypatch.setattr("sys.argv", ["-", str(dest)])
@@ -361,6 +449,7 @@ def test_user_data_unpacks_a_layer_into_what_install_host_expects(
     assert (dest / "dist/sip_trunk/agent/__main__.py").is_file()  # install-agent.sh's package-tree source
     assert (dest / "dist/sip_trunk/agent/host_files/systemd/sip-trunk-boot.service").is_file()
     assert not (dest / "dist/pydantic").exists()
+    assert asked == [latest]
 
 
 def test_user_data_passes_shellcheck(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from sip_trunk.workflows import clock as workflow_clock
 from sip_trunk.workflows import provision
 from sip_trunk.workflows.common import ExecutionRef
 from sip_trunk.workflows.ports import StackInfo
+from sip_trunk.workflows.state import Deployment
 from support.fakes import (
     ALLOCATION,
     API_KEY,
@@ -131,6 +132,132 @@ def test_launch_keeps_the_deployed_config_version_on_update() -> None:
     # Then the update keeps the previous value, so nothing changes and no host restarts
     assert result.operation == "unchanged"
     assert world.stacks.calls == [("update", HOST_STACK, {}, ("ConfigVersion",))]
+
+
+# --- LaunchHost: the image ----------------------------------------------------------------------------
+
+IMAGE_PARAMETER = "/images/asterisk"
+OLD_AMI, NEW_AMI = "ami-0aaaaaaaaaaaaaaaa", "ami-0bbbbbbbbbbbbbbbb"
+HOST_PARAMETERS = "/sip-test/host-parameters"
+
+
+def image_world(ami: str = OLD_AMI) -> FakeWorld:
+    """The root stack's document names the image pipeline's parameter, which holds `ami` now."""
+    world = FakeWorld()
+    world.config = world.config.model_copy(update={"host_parameters_parameter": HOST_PARAMETERS})
+    world.parameters.values[HOST_PARAMETERS] = {
+        "RootStackName": "sip-test",
+        "ImageSource": "ssm-parameter",
+        "Image": IMAGE_PARAMETER,
+        "LayerVersionArn": "arn:aws:lambda:us-east-1:123456789012:layer:sip-test-sip-trunk:7",
+    }
+    world.parameters.values[IMAGE_PARAMETER] = ami
+    return world
+
+
+def deployed(world: FakeWorld, primary_image: str, standby_image: str, serving: str = PRIMARY) -> None:
+    """A ready high-availability host stack with these slot images; `serving` holds the primary role."""
+    world.stacks.stacks[HOST_STACK] = StackInfo(
+        name=HOST_STACK,
+        status="UPDATE_COMPLETE",
+        outputs=host_outputs(),
+        parameters={
+            "RootStackName": "sip-test",
+            "ConfigVersion": PREVIOUS,
+            "PrimaryImageId": primary_image,
+            "StandbyImageId": standby_image,
+        },
+    )
+    other = STANDBY if serving == PRIMARY else PRIMARY
+    world.state.deployment = Deployment(primary_instance_id=serving, standby_instance_id=other)
+
+
+def launch(world: FakeWorld, **request: Any) -> provision.LaunchResult:
+    return provision.launch_host(
+        world.deps,
+        provision.LaunchInput(execution=EXECUTION, render=render(), request=provision.ProvisionRequest(**request)),
+    )
+
+
+def test_a_create_resolves_the_image_parameter_and_puts_the_ami_on_both_slots() -> None:
+    world = image_world()
+    result = launch(world)
+    ((operation, _, params, _),) = world.stacks.calls
+    assert operation == "create"
+    assert (params["PrimaryImageId"], params["StandbyImageId"]) == (OLD_AMI, OLD_AMI)
+    # the reference and the layer's ARN are not host stack parameters (a code deploy changes no parameter)
+    assert not {"ImageSource", "Image", "LayerVersionArn"} & set(params)
+    assert result.image is not None
+    assert result.image.target == OLD_AMI
+
+
+def test_a_new_image_under_the_same_parameter_replaces_nothing_without_a_rollout() -> None:
+    # Given both slots on the old image, and the pipeline has since written a new one to the same parameter
+    world = image_world(NEW_AMI)
+    deployed(world, OLD_AMI, OLD_AMI)
+    # When a Provision runs without asking for a rollout
+    result = launch(world)
+    # Then each slot keeps its image (an image change replaces an instance) and the new one is pending
+    ((_, _, params, _),) = world.stacks.calls
+    assert (params["PrimaryImageId"], params["StandbyImageId"]) == (OLD_AMI, OLD_AMI)
+    assert result.operation == "unchanged"
+    assert result.image is not None
+    assert (result.image.target, result.image.replaced, result.image.pending) == (NEW_AMI, [], ["primary", "standby"])
+
+
+def test_a_rollout_replaces_the_standbys_slot_then_after_a_failover_the_other() -> None:
+    # Given both slots on the old image, the primary slot serving, and a new image in the parameter
+    world = image_world(NEW_AMI)
+    deployed(world, OLD_AMI, OLD_AMI, serving=PRIMARY)
+    # When a Provision asks for the rollout
+    first = launch(world, rollout_image=True)
+    # Then only the standby's slot gets the new image: the serving host keeps running
+    assert world.stacks.calls[-1][2]["StandbyImageId"] == NEW_AMI
+    assert world.stacks.calls[-1][2]["PrimaryImageId"] == OLD_AMI
+    assert first.image is not None
+    assert (first.image.replaced, first.image.pending) == (["standby"], ["primary"])
+
+    # Given a failover made the standby slot's (new) host the primary
+    deployed(world, OLD_AMI, NEW_AMI, serving=STANDBY)
+    # When the rollout is asked for again
+    second = launch(world, rollout_image=True)
+    # Then the primary slot, now the standby, gets it, and nothing is left
+    params = world.stacks.calls[-1][2]
+    assert (params["PrimaryImageId"], params["StandbyImageId"]) == (NEW_AMI, NEW_AMI)
+    assert second.image is not None
+    assert (second.image.replaced, second.image.pending) == (["primary"], [])
+
+
+def test_a_rollout_never_replaces_the_serving_host_while_there_is_a_standby() -> None:
+    # Given the standby slot already on the new image and the primary slot still serving the old one
+    world = image_world(NEW_AMI)
+    deployed(world, OLD_AMI, NEW_AMI, serving=PRIMARY)
+    result = launch(world, rollout_image=True)
+    # Then nothing is replaced: the primary slot waits for a failover
+    assert result.operation == "unchanged"
+    assert result.image is not None
+    assert (result.image.replaced, result.image.pending) == ([], ["primary"])
+
+
+def test_a_rollout_on_a_single_host_replaces_it() -> None:
+    world = image_world(NEW_AMI)
+    world.stacks.stacks[HOST_STACK] = StackInfo(
+        name=HOST_STACK,
+        status="UPDATE_COMPLETE",
+        outputs=host_outputs(standby=None),
+        parameters={"ConfigVersion": PREVIOUS, "PrimaryImageId": OLD_AMI, "StandbyImageId": OLD_AMI},
+    )
+    result = launch(world, rollout_image=True)
+    assert world.stacks.calls[-1][2]["PrimaryImageId"] == NEW_AMI
+    assert result.image is not None
+    assert (result.image.replaced, result.image.pending) == (["primary"], [])
+
+
+def test_an_image_parameter_that_holds_no_ami_id_is_refused() -> None:
+    world = image_world("not-an-image")
+    with pytest.raises(SettingsInvalid, match="not an AMI id"):
+        launch(world)
+    assert world.stacks.calls == []
 
 
 def test_launch_while_the_stack_is_busy_waits() -> None:

@@ -23,7 +23,9 @@ moto gaps fixed for the host stack's instances (and nothing else): `AWS::EC2::In
 CloudFormation ignores `LaunchTemplate` (no ImageId: a KeyError) and `NetworkInterfaces` (the instance lands
 outside its subnet); both are folded into the properties moto reads before the instance is created. An
 `AWS::EC2::EIP`'s `Tags` (which moto's CloudFormation drops) are put on the address, where the functions'
-`aws:ResourceTag` conditions read them.
+`aws:ResourceTag` conditions read them. A stack update is planned with CloudFormation's rules
+(`sip_trunk_local.stack_updates`): an instance it replaces is replaced (its host stopped, a new one booted),
+one it would stop and start is reported (`host-interrupted`).
 
 Nothing of this process's environment reaches a host command: what the agent needs it reads from the
 host's own files, as on EC2.
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from sip_trunk_local.stack_updates import Interruption, emulate_updates
 from sip_trunk_local.topology import PUBLIC_ADDRESSES
 
 log = logging.getLogger(__name__)
@@ -105,7 +108,8 @@ class CommandRun:
 class HostEvent:
     """Something the hooks did, for the progress display and the summary."""
 
-    kind: str  # host-started | host-stopped | address-mapped | command-done | host-failed
+    kind: str
+    # host-started | host-stopped | address-mapped | command-done | host-failed | host-replaced | host-interrupted
     instance_id: str
     detail: str
     duration_s: float = 0.0
@@ -370,6 +374,10 @@ class Ec2Hooks:
 
     # --- patching moto ---------------------------------------------------------------------------
     def _patch(self, owner: Any, name: str, value: Any) -> None:
+        if name not in owner.__dict__:  # inherited: undone by removing the class's own attribute
+            setattr(owner, name, value)
+            self._undo.append(lambda: delattr(owner, name))
+            return
         original = owner.__dict__[name]
         setattr(owner, name, value)
         self._undo.append(lambda: setattr(owner, name, original))
@@ -456,6 +464,15 @@ class Ec2Hooks:
 
         self._patch(ssm_models.Command, "get_invocation", invocation)
 
+        # What a host stack update would do on AWS: instances it replaces are replaced (the hooks above stop the
+        # old host and boot the new one); what it would stop and start is reported, as moto models no stop.
+        emulate_updates(self._patch, self.stack_updated)
+
+    def stack_updated(self, stack: str, plan: list[Interruption]) -> None:
+        for item in plan:
+            kind = "host-replaced" if item.impact == "replacement" else "host-interrupted"
+            self._event(HostEvent(kind, item.resource, f"{stack}: {item}"))
+
     def uninstall(self) -> None:
         while self._undo:
             self._undo.pop()()
@@ -471,12 +488,13 @@ class Ec2Hooks:
 
 def fold_instance_properties(cloudformation_json: Any, account_id: str, region_name: str) -> None:
     """Give moto's `AWS::EC2::Instance` what it reads: ImageId/InstanceType/UserData from the launch template
-    when the instance names one, and SubnetId/PrivateIpAddress from its first network interface."""
+    when the instance names one and does not set them itself (stacks/host.yaml sets the image per instance),
+    and SubnetId/PrivateIpAddress from its first network interface."""
     from moto.ec2.models import ec2_backends
 
     props = cloudformation_json.setdefault("Properties", {})
     template_ref = props.get("LaunchTemplate")
-    if template_ref and "ImageId" not in props:
+    if template_ref and any(key not in props for key in ("ImageId", "InstanceType", "UserData")):
         backend = ec2_backends[account_id][region_name]
         ref = {k: v for k, v in template_ref.items() if k in {"LaunchTemplateId", "LaunchTemplateName", "Version"}}
         data = backend._get_template_from_args(ref).data

@@ -5,6 +5,8 @@ SSM Run Command runs nothing (once `deliver_commands` is called, the emulated ag
 SSM accepts: `sip-trunk-agent apply` writes its heartbeat, as the real agent's `report` does, and
 `sip-trunk-agent set-role` is recorded), SSM accepts commands for any instance (an instance in
 `unregistered` is refused with `InvalidInstanceId`, as SSM refuses one whose agent is not registered),
+a stack update restarts and replaces nothing (each UpdateStack is planned with CloudFormation's rules and what it
+would stop/start or replace is recorded in `stack_updates`),
 CloudFormation's template parser raises a Python error on a template that is neither YAML nor JSON (it is
 refused with `ValidationError` "Template format error", as CloudFormation does), and public addresses are
 not local (the probe reaches a responder on 127.0.0.1 through the `PROBE_TARGETS` mapping).
@@ -27,11 +29,15 @@ from sip_trunk.workflows.common import API_KEY_UNSET
 from sip_trunk_local.controlplane import load_template
 from sip_trunk_local.executor import reset_handler_caches
 from sip_trunk_local.harness.moto_sfn import ACCOUNT, REGION, ROOT, SipResponder
+from sip_trunk_local.stack_updates import Interruption, emulate_updates
 
 STACK = "trunk"
 SETTINGS_PARAMETER = f"/sip-trunk/{STACK}/settings"
 OPERATOR_SETTINGS_PARAMETER = f"/sip-trunk/{STACK}/operator-settings"
 HOST_PARAMETERS = f"/sip-trunk/{STACK}/host-parameters"
+IMAGE_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id"
+"""The root stack's default image reference (an AWS public parameter, as template.yaml names it)."""
+IMAGE_ID = "ami-0123456789abcdef0"
 CONFIG_PREFIX = f"/sip-trunk/{STACK}/asterisk"
 TABLE = f"{STACK}-state"
 BACKUPS = f"{STACK}-backups"
@@ -46,22 +52,24 @@ Parameters:
   RootStackName: {Type: String}
   ConfigPrefix: {Type: String}
   StateTable: {Type: String}
-  ImageId: {Type: String}
+  PrimaryImageId: {Type: String}
+  StandbyImageId: {Type: String}
   ConfigVersion: {Type: String, Default: none}
 Resources:
   # As in stacks/host.yaml, the user data names the config version: a stack update that changed it would
-  # stop and start the hosts, which is why LaunchHost keeps the previous value on updates.
+  # stop and start the hosts, which is why LaunchHost keeps the previous value on updates. Each slot has its
+  # image (a new one replaces that instance only).
   PrimaryInstance:
     Type: AWS::EC2::Instance
     Properties:
-      ImageId: !Ref ImageId
+      ImageId: !Ref PrimaryImageId
       InstanceType: t4g.small
       Tags: [{Key: aws-sip-trunk:stack, Value: !Ref RootStackName}, {Key: aws-sip-trunk:role, Value: primary}]
       UserData: {"Fn::Base64": !Sub "SIP_TRUNK_CONFIG_VERSION=${ConfigVersion}"}
   StandbyInstance:
     Type: AWS::EC2::Instance
     Properties:
-      ImageId: !Ref ImageId
+      ImageId: !Ref StandbyImageId
       InstanceType: t4g.small
       Tags: [{Key: aws-sip-trunk:stack, Value: !Ref RootStackName}, {Key: aws-sip-trunk:role, Value: standby}]
       UserData: {"Fn::Base64": !Sub "SIP_TRUNK_CONFIG_VERSION=${ConfigVersion}"}
@@ -172,6 +180,21 @@ class World:
     """Instances whose SSM agent is not registered: Run Command refuses them."""
     delivered: Callable[[list[str], list[str]], None] | None = None
     """Called with (instance ids, commands) for every command SSM accepts (`deliver_commands`)."""
+    stack_updates: list[tuple[str, list[Interruption]]] = field(default_factory=list)
+    """(stack, what CloudFormation would stop/start or replace) for every UpdateStack moto applied; moto itself
+    restarts and replaces nothing (`sip_trunk_local.stack_updates`)."""
+    expected_interruptions: set[str] = field(default_factory=set)
+    """Resources a test means to stop/start or replace (an image rollout); any other fails the test."""
+
+    def interruptions(self) -> list[Interruption]:
+        return [i for _, plan in self.stack_updates for i in plan]
+
+    def check_interruptions(self) -> None:
+        """Fail when a stack update would have stopped/started or replaced a resource the test did not expect:
+        on AWS that is a dropped call (moto restarts nothing, so the test would not see it otherwise)."""
+        unexpected = [str(i) for i in self.interruptions() if i.resource not in self.expected_interruptions]
+        if unexpected:
+            raise AssertionError("a host stack update would interrupt: " + "; ".join(unexpected))
 
     # --- AWS views -----------------------------------------------------------------------------
     @property
@@ -258,6 +281,30 @@ class World:
         ssm.put_parameter(Name=HOST_PARAMETERS, Type="String", Value=json.dumps(document), Overwrite=True)
         _reset_caches()
 
+    @staticmethod
+    def publish_image(ami: str) -> None:
+        """A new value of the image's public parameter, as AWS (or the image pipeline) publishes one. Written
+        into moto's backend: callers may not write reserved `/aws/...` names, in moto as in AWS."""
+        import datetime
+
+        from moto.ssm.models import Parameter, ssm_backends
+
+        versions = ssm_backends[ACCOUNT][REGION]._parameters[IMAGE_PARAMETER]
+        versions.append(
+            Parameter(  # type: ignore[abstract]  # moto's own class, as moto instantiates it
+                account_id=ACCOUNT,
+                name=IMAGE_PARAMETER,
+                value=ami,
+                parameter_type="String",
+                description=None,
+                allowed_pattern=None,
+                keyid=None,
+                last_modified_date=datetime.datetime.now(tz=datetime.UTC),
+                version=len(versions) + 1,
+                data_type="aws:ec2:image",
+            )
+        )
+
     def put_api_key(self, value: str) -> None:
         sm = boto3.client("secretsmanager", region_name=REGION)
         sm.put_secret_value(SecretId=f"{STACK}/elevenlabs/api-key", SecretString=value)
@@ -272,6 +319,11 @@ class World:
         cfn = boto3.client("cloudformation", region_name=REGION)
         stack = cfn.describe_stacks(StackName=f"{STACK}-host")["Stacks"][0]
         return {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
+
+    def stack_outputs(self) -> dict[str, str]:
+        cfn = boto3.client("cloudformation", region_name=REGION)
+        stack = cfn.describe_stacks(StackName=f"{STACK}-host")["Stacks"][0]
+        return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
     def private_ip(self, instance_id: str) -> str:
         found = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
@@ -407,6 +459,7 @@ def _emulate_refusals(monkeypatch: Any, world: World) -> None:
 
     monkeypatch.setattr(SimpleSystemManagerBackend, "send_command", refusing_send_command)
     monkeypatch.setattr(MotoStack, "parse_template", staticmethod(refusing_parse_template))
+    emulate_updates(monkeypatch.setattr, lambda stack, plan: world.stack_updates.append((stack, plan)))
 
 
 @contextmanager
@@ -431,7 +484,7 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
         Domain="vpc",
         TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": [{"Key": "aws-sip-trunk:stack", "Value": STACK}]}],
     )
-    image_id = "ami-0123456789abcdef0"
+    World.publish_image(IMAGE_ID)
     s3 = boto3.client("s3", region_name=REGION)
     s3.create_bucket(Bucket=BACKUPS)
     s3.put_object(Bucket=BACKUPS, Key="templates/host.yaml", Body=HOST_TEMPLATE.encode())
@@ -441,7 +494,14 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
         Name=HOST_PARAMETERS,
         Type="String",
         Value=json.dumps(
-            {"RootStackName": STACK, "ConfigPrefix": CONFIG_PREFIX, "StateTable": TABLE, "ImageId": image_id}
+            {
+                "RootStackName": STACK,
+                "ConfigPrefix": CONFIG_PREFIX,
+                "StateTable": TABLE,
+                "ImageSource": "ssm-parameter",
+                "Image": IMAGE_PARAMETER,
+                "LayerVersionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:{STACK}-sip-trunk:1",
+            }
         ),
     )
     ssm.put_parameter(Name=f"/sip-trunk/{STACK}/sip/outbound-password", Type="SecureString", Value=OUTBOUND_PASSWORD)
@@ -496,6 +556,7 @@ def build_world(monkeypatch: Any, *, api_key: bool = False, api_url: str = "http
     _reset_caches()
     try:
         yield world
+        world.check_interruptions()
     finally:
         responder.close()
         _reset_caches()

@@ -107,18 +107,24 @@ def configure_cloudwatch(config: AgentConfig, run: Runner = run_command) -> str:
 
 
 def set_role(config: AgentConfig, role: str, peer_address: str | None, run: Runner = run_command) -> dict[str, Any]:
-    """Record the role in ``role.env`` and start/stop the role's services (watch-peer on the standby only)."""
+    """Record the role in ``role.env`` and start/stop the role's services (watch-peer on the standby only).
+
+    A standby without the primary's address (its first boot: the user data names no other host, so replacing
+    one slot never rewrites the other's) serves as a standby without watch-peer until the control plane's
+    ``set-role`` names the peer; CheckHostStack sends it after every host stack create or update.
+    """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
     if role == "standby" and not peer_address:
-        raise ValueError("the standby needs the primary's address (SIP_TRUNK_PEER_ADDRESS / --peer-address)")
+        log.warning("standby without the primary's address: watch-peer waits for set-role --peer-address")
     if peer_address and not _ADDRESS.fullmatch(peer_address):
         raise ValueError(f"bad peer address: {peer_address!r}")
     lines = [f"SIP_TRUNK_ROLE={role}"]
     if peer_address:
         lines.append(f"SIP_TRUNK_PEER_ADDRESS={peer_address}")
     atomic_write(config.etc_dir / ROLE_ENV, ("\n".join(lines) + "\n").encode(), 0o644)
-    services = {HEARTBEAT_TIMER: True, WATCH_PEER: role == "standby"}
+    watching = role == "standby" and bool(peer_address)
+    services = {HEARTBEAT_TIMER: True, WATCH_PEER: watching}
     if config.recordings_bucket:
         services[RECORDINGS_PATH] = True  # a recording is uploaded as soon as its call ends
         services[RECORDINGS_TIMER] = True  # and retried every two minutes while S3 is away
@@ -130,7 +136,7 @@ def set_role(config: AgentConfig, role: str, peer_address: str | None, run: Runn
                 run([*config.systemctl, "enable", "--now", unit])
             else:
                 run([*config.systemctl, "disable", "--now", unit])
-        if role == "standby":  # pick up a changed peer address
+        if watching:  # pick up a changed peer address
             run([*config.systemctl, "restart", WATCH_PEER])
     return {"role": role, "peer_address": peer_address, "services": services}
 

@@ -92,6 +92,9 @@ class JsonParameterReader:
             )
         return _powertools_call("GetParameter", lambda: provider.get(name, transform="json", max_age=self.max_age_s))
 
+    def get_text(self, name: str) -> str:
+        return str(parameters.get_parameter(name, force_fetch=True))
+
 
 class ParameterSecretResolver:
     """`ssm:/name` (SecureString, decrypted) or `secretsmanager:name`, cached by the Parameters utility.

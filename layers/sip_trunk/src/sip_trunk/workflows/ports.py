@@ -62,6 +62,10 @@ class SettingsSource(Protocol):
 
 
 class JsonParameters(Protocol):
+    def get_text(self, name: str) -> str:
+        """A String parameter's current value, never cached (an image id the pipeline just replaced)."""
+        ...
+
     def get_json(self, name: str) -> Any:
         """A String parameter holding a JSON document, decoded."""
 

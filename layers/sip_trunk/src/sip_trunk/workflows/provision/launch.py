@@ -3,6 +3,7 @@ primary and send the hosts their roles."""
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,9 +17,19 @@ from sip_trunk.workflows import clock
 from sip_trunk.workflows.common import Model, RoleCommand, StepInput, send_role
 from sip_trunk.workflows.deps import Deps
 from sip_trunk.workflows.provision.render import RenderResult
+from sip_trunk.workflows.provision.validate import ProvisionRequest
 
 CONFIG_VERSION = "ConfigVersion"
 """The host stack parameter naming the version a host applies at its first boot (stacks/host.yaml)."""
+IMAGE_SOURCE, IMAGE = "ImageSource", "Image"
+"""The root stack's image reference in the host-parameters document: `ssm-parameter` and a parameter name (its
+current value is the image), or `ami-id` and an AMI id. LaunchHost resolves it; the host stack never sees it."""
+SLOT_IMAGES: dict[str, str] = {"primary": "PrimaryImageId", "standby": "StandbyImageId"}
+"""The host stack's per-slot image parameters (stacks/host.yaml), keyed by slot."""
+BOOT_ONLY = ("LayerVersionArn",)
+"""Document entries a host reads itself at its first boot and the host stack does not take (a code deploy
+changes them; in the user data they would stop and start both hosts)."""
+_AMI = re.compile(r"ami-[0-9a-f]{8,17}")
 
 _STACK_DONE = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
 _STACK_FAILED = {
@@ -34,14 +45,30 @@ _STACK_FAILED = {
 }
 
 
+class ImageRollout(Model):
+    """Which image each slot runs after this launch, and what is left for an explicit rollout."""
+
+    target: str
+    """The image the root stack names now (an SSM parameter's current value, resolved by this step)."""
+    slots: dict[str, str] = Field(default_factory=dict)
+    """Slot (`primary`, `standby`: the host stack's instances, not their roles) → image passed to the stack."""
+    replaced: list[str] = Field(default_factory=list)
+    """Slots this launch gives a new image (CloudFormation replaces their instances)."""
+    pending: list[str] = Field(default_factory=list)
+    """Slots still on another image: `{"rollout_image": true}` replaces the standby's slot; the serving
+    host's slot follows after a failover (docs/OPERATIONS.md)."""
+
+
 class LaunchResult(Model):
     stack_name: str
     operation: Literal["created", "updated", "unchanged", "in_progress"]
     deadline: float
+    image: ImageRollout | None = None
 
 
 class LaunchInput(StepInput):
     render: RenderResult
+    request: ProvisionRequest = ProvisionRequest()
 
 
 def template_location(url: str) -> tuple[str, str]:
@@ -64,7 +91,58 @@ def host_stack_parameters(deps: Deps) -> dict[str, str]:
             raise SettingsInvalid(f"{cfg.host_parameters_parameter} must hold a JSON object")
         params = {str(k): str(v) for k, v in document.items()}
     params.pop(CONFIG_VERSION, None)
+    for name in BOOT_ONLY:
+        params.pop(name, None)
     return params
+
+
+def resolve_image(deps: Deps, params: dict[str, str]) -> str | None:
+    """Take the image reference out of the parameters and return the AMI id it names now (None: no reference).
+
+    Resolved here, on every launch, because CloudFormation re-resolves a `{{resolve:ssm:…}}` reference only when
+    its text changes: a new image published under the same parameter name would never reach the stack.
+    """
+    source, reference = params.pop(IMAGE_SOURCE, "ami-id"), params.pop(IMAGE, "")
+    if not reference:
+        return None
+    image = deps.parameters.get_text(reference).strip() if source == "ssm-parameter" else reference
+    if not _AMI.fullmatch(image):
+        raise SettingsInvalid(f"the image {reference!r} is not an AMI id ({image[:40]!r})")
+    return image
+
+
+def serving_slot(deps: Deps, outputs: Mapping[str, str]) -> str:
+    """The slot whose instance holds the primary role (the state table is the truth after a failover)."""
+    current = deps.state.get_deployment()
+    primary = current.primary_instance_id if current else None
+    if primary and primary == outputs.get("StandbyInstanceId"):
+        return "standby"
+    return "primary"
+
+
+def plan_images(
+    deps: Deps, target: str, previous: Mapping[str, str], outputs: Mapping[str, str], rollout: bool
+) -> ImageRollout:
+    """The image per slot for an update: each slot keeps its image unless this is an explicit rollout, which
+    replaces only the slot that does not serve (the standby's; the only host when there is no standby)."""
+    slots = {slot: previous.get(name, "") for slot, name in SLOT_IMAGES.items()}
+    has_standby = bool(outputs.get("StandbyInstanceId"))
+    used = [slot for slot in SLOT_IMAGES if slot == "primary" or has_standby]
+    replaced: list[str] = []
+    for slot in used:
+        if not slots[slot]:  # a stack from before per-slot images: it has no previous value to keep
+            slots[slot] = target
+            replaced.append(slot)
+    if rollout:
+        serving = serving_slot(deps, outputs)
+        candidate = next((s for s in used if s != serving), serving)  # a single host is its own standby
+        if slots[candidate] != target:
+            slots[candidate] = target
+            replaced.append(candidate)
+    if not has_standby and not slots["standby"]:
+        slots["standby"] = target  # no instance uses it; a later high-availability update starts from it
+    pending = [slot for slot in used if slots[slot] != target]
+    return ImageRollout(target=target, slots=slots, replaced=sorted(set(replaced)), pending=pending)
 
 
 class _TemplateLoader(yaml.SafeLoader):
@@ -111,7 +189,12 @@ def launch_host(deps: Deps, request: LaunchInput) -> LaunchResult:
     boot applies it), an update keeps the stack's previous value (`UsePreviousValue`). So a Provision whose
     only change is the configuration finds the stack unchanged ("No updates are to be performed") and the
     new version reaches the hosts through ApplyConfig; a ConfigVersion change would rewrite the instances'
-    user data, which stops and starts them.
+    user data, which stops and starts them. A code deploy changes no host stack parameter (the layer's ARN is
+    read by a host at its first boot, `BOOT_ONLY`).
+
+    The image is resolved to an AMI id on every launch (`resolve_image`). A create puts it on both slots; an
+    update keeps each slot's image (a new image replaces an instance) unless the execution input asks for
+    `rollout_image`, which replaces the standby's slot only (`plan_images`, ADR-33).
     """
     cfg = deps.config
     name = cfg.host_stack_name
@@ -122,10 +205,15 @@ def launch_host(deps: Deps, request: LaunchInput) -> LaunchResult:
     declared = template_parameters(body) if body is not None else None
     takes_version = declared is None or CONFIG_VERSION in declared
     params = host_stack_parameters(deps)
+    target = resolve_image(deps, params)
     role = cfg.host_stack_role_arn
     info = deps.stacks.describe(name)
     operation: Literal["created", "updated", "unchanged", "in_progress"]
+    image: ImageRollout | None = None
     if info is None:
+        if target is not None:
+            image = ImageRollout(target=target, slots=dict.fromkeys(SLOT_IMAGES, target), replaced=[])
+            params.update({SLOT_IMAGES[slot]: ami for slot, ami in image.slots.items()})
         if takes_version:
             params[CONFIG_VERSION] = request.render.version
         try:
@@ -139,6 +227,9 @@ def launch_host(deps: Deps, request: LaunchInput) -> LaunchResult:
         raise StackFailed(f"{name} is {info.status} ({info.reason}); delete it and provision again")
     else:
         keep: list[str] = []
+        if target is not None:
+            image = plan_images(deps, target, info.parameters, info.outputs, request.request.rollout_image)
+            params.update({SLOT_IMAGES[slot]: ami for slot, ami in image.slots.items()})
         if takes_version:
             if CONFIG_VERSION in info.parameters:
                 keep.append(CONFIG_VERSION)
@@ -149,7 +240,7 @@ def launch_host(deps: Deps, request: LaunchInput) -> LaunchResult:
         except StackRejected as exc:
             raise StackFailed(f"cannot update {name}: {exc}") from None
         operation = "updated" if changed else "unchanged"
-    return LaunchResult(stack_name=name, operation=operation, deadline=clock.now() + cfg.stack_timeout_s)
+    return LaunchResult(stack_name=name, operation=operation, deadline=clock.now() + cfg.stack_timeout_s, image=image)
 
 
 class StackCheckInput(StepInput):

@@ -13,6 +13,9 @@ class ProvisionRequest(Model):
     reason: str = ""
     rotate_credentials: bool = False
     """Push the trunk passwords to ElevenLabs even if they look unchanged."""
+    rollout_image: bool = False
+    """Give the standby's slot the image the root stack names now (LaunchHost; ADR-33). Never implied: a new
+    image replaces an instance, so a Provision without it keeps each slot's image."""
 
 
 class ValidateResult(Model):

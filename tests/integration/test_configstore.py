@@ -16,6 +16,8 @@ from sip_trunk.configstore import (
     get_desired_version,
     publish_config,
     set_desired_version,
+    split_value,
+    stored_names,
 )
 from sip_trunk.limits import SSM_VALUE_ADVANCED
 from sip_trunk.manifest import MANIFEST_NAME, Manifest, ManifestMismatch
@@ -65,7 +67,7 @@ def publish(ssm: Any, rendered: RenderedConfig) -> list[str]:
 def test_publish_fetch_round_trip(ssm: Any, rendered: RenderedConfig) -> None:
     names = publish(ssm, rendered)
     assert names[-1] == f"{PREFIX}/{rendered.version}/{MANIFEST_NAME}", "manifest must be written last"
-    assert len(names) == len(rendered.files)
+    assert len(names) == sum(len(stored_names(rel, data)) for rel, data in rendered.files.items())
     assert fetch_config(ssm, PREFIX, rendered.version) == rendered.files
 
 
@@ -112,13 +114,16 @@ def test_a_missing_or_stray_part_is_refused(ssm: Any, large: RenderedConfig) -> 
 def test_parameter_types_and_tiers(ssm: Any, rendered: RenderedConfig) -> None:
     publish(ssm, rendered)
     for rel, data in rendered.files.items():
-        param = ssm.get_parameter(Name=f"{PREFIX}/{rendered.version}/{rel}")["Parameter"]
-        expected = "SecureString" if rel == "asterisk/pjsip.conf" else "String"
-        assert param["Type"] == expected, rel
-        described = ssm.describe_parameters(
-            ParameterFilters=[{"Key": "Name", "Values": [f"{PREFIX}/{rendered.version}/{rel}"]}]
-        )["Parameters"][0]
-        assert described["Tier"] == ("Advanced" if len(data) > 4096 else "Standard"), rel
+        names = stored_names(rel, data)
+        pieces = split_value(data) if len(names) > 1 else [data]
+        for name, piece in zip(names, pieces, strict=True):
+            param = ssm.get_parameter(Name=f"{PREFIX}/{rendered.version}/{name}")["Parameter"]
+            expected = "SecureString" if rel == "asterisk/pjsip.conf" else "String"
+            assert param["Type"] == expected, name
+            described = ssm.describe_parameters(
+                ParameterFilters=[{"Key": "Name", "Values": [f"{PREFIX}/{rendered.version}/{name}"]}]
+            )["Parameters"][0]
+            assert described["Tier"] == ("Advanced" if len(piece) > 4096 else "Standard"), name
 
 
 def test_large_file_goes_to_advanced_tier(ssm: Any) -> None:

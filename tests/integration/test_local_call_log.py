@@ -9,7 +9,9 @@ their execution role's credentials instead of moto's fixed key.
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,12 @@ ROLE_STACK = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[cp.MotoServer, Path]]:
+    """Local mode's moto server, in this process: its process-wide moto settings are put back afterwards, so
+    later tests get moto as they configure it (e.g. its AMI catalogue)."""
+    from moto.core.config import default_user_config
+
+    saved_config = copy.deepcopy(default_user_config)
+    saved_amis = os.environ.get("MOTO_EC2_LOAD_DEFAULT_AMIS")
     run_dir = tmp_path_factory.mktemp("run")
     moto = cp.MotoServer(call_log=run_dir / CALLS)
     moto.start()
@@ -43,6 +51,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[cp.MotoSe
         yield moto, run_dir
     finally:
         moto.stop()
+        default_user_config.clear()
+        default_user_config.update(saved_config)
+        if saved_amis is None:
+            os.environ.pop("MOTO_EC2_LOAD_DEFAULT_AMIS", None)
+        else:
+            os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = saved_amis
 
 
 def _role(endpoint: str) -> str:

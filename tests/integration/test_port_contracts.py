@@ -57,7 +57,7 @@ def stubbed() -> Iterator[Callable[[str], tuple[Any, Stubber]]]:
 def test_adapter_leaves_out_instances_ec2_does_not_know() -> None:
     with mock_aws():
         ec2 = boto3.client("ec2", region_name=REGION)
-        image = ec2.describe_images()["Images"][0]["ImageId"]
+        image = ec2.register_image(Name="host", RootDeviceName="/dev/sda1")["ImageId"]
         known = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
         gone = "i-0123456789abcdef0"
         adapter = Ec2Addresses(ec2)

@@ -1,0 +1,373 @@
+"""Transfers the agent requests with SIP REFER, call context to the agent, and caller ID on calls out,
+through the product's rendered gateway with the stand-in of standin.py as ElevenLabs.
+
+The gateway is examples/minimal.yaml plus an IP-identified carrier (two sipps on CARRIER_IP: a UAS that
+answers every call, and the caller), softphone extension 1001 (never registered here) and the outbound
+allowlist ``+1415``/``+44``. The stand-in sends REFER the way ElevenLabs' "transfer to number" does
+(``Transfer()`` on its side of the call: Refer-To as given, progress read from the NOTIFYs).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from standin import ELEVENLABS_HOST, SHARED_IP, Standin, hosts_file, start_standin, use_private_hosts, wait_for
+from support.asterisk import AsteriskInstance
+from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
+from support.rtp import rtp_range
+from support.sipp import Sipp, free_port, free_sip_port, received_requests
+
+AsteriskFactory = Callable[..., AsteriskInstance]
+Edit = Callable[[str], str]
+
+pytestmark = pytest.mark.asterisk
+
+GATEWAY_IP = "127.0.0.1"
+CARRIER_IP = "127.0.0.5"
+EXTENSION = "1001"
+ALLOWLIST = ["+1415", "+44"]
+CALLER = "+442071838750"
+TARGET = "+14155550199"
+GATEWAY_HOST = "gw.example.com"  # the public host name: From / PAI must carry it, never an address of the host
+
+
+@dataclass
+class Gateway:
+    gateway: AsteriskInstance
+    standin: Standin
+    carrier: Sipp
+    settings: dict[str, Any]
+    sip_port: int
+    workdir: Path
+    callers: list[Sipp]
+
+    def carrier_invites(self) -> list[str]:
+        return received_requests(self.carrier.result().messages, "INVITE")
+
+    def carrier_from_headers(self) -> list[str]:
+        """From header of each INVITE the carrier received."""
+        messages = self.carrier.result().messages
+        blocks = re.split(r"\n(?=INVITE sip:)", messages)
+        return [m.group(1) for b in blocks if b.startswith("INVITE") and (m := re.search(r"^From: (.*)$", b, re.M))]
+
+    def channels(self) -> str:
+        return self.gateway.rx("core show channels concise")
+
+    def call_from_carrier(self, did: str, *, caller: str = CALLER) -> Sipp:
+        """A carrier caller calls ``did`` and holds the call ~12 s (answering re-INVITEs), then hangs up."""
+        sipp = Sipp(
+            "carrier_uac_hold.xml",
+            self.workdir / f"caller{len(self.callers)}",
+            remote=f"{GATEWAY_IP}:{self.sip_port}",
+            transport="t1",
+            local_ip=CARRIER_IP,
+            service=did,
+            keys={"from_user": caller},
+            media_port=free_port(CARRIER_IP, socket.SOCK_DGRAM),
+            extra_args=["-aa"],
+            global_timeout_s=40,
+        ).start()
+        self.callers.append(sipp)
+        assert wait_for(lambda: len(self.standin.agent_calls()) >= 1 and self.standin.channel_count() == 1, 15), (
+            sipp.result().describe() + self.gateway.diagnostics()
+        )
+        assert wait_for(lambda: "!Up!" in self.channels(), 10), self.channels()
+        return sipp
+
+
+def start_gateway(
+    asterisk_factory: AsteriskFactory,
+    tmp_path: Path,
+    started: list[Gateway],
+    *,
+    overrides: dict[str, Any] | None = None,
+    edit: Edit | None = None,
+) -> Gateway:
+    settings, secrets = load_example("minimal")
+    el = settings["elevenlabs"]
+    sip_port = free_sip_port(GATEWAY_IP)
+    carrier_port = free_port(CARRIER_IP)
+    rtp = rtp_range()
+    standin = start_standin(
+        asterisk_factory,
+        e164=el["phone_number"],
+        gateway_out=(el["outbound_username"], secrets[el["outbound_password"]]),
+        gateway_in=(el["inbound_username"], secrets[el["inbound_password"]]),
+        gateway_addr=(GATEWAY_IP, sip_port),
+    )
+    secrets["ssm:/demo/sip/ext-1001"] = "phone-1001-Secret"
+    network = loopback_network(GATEWAY_IP, sip_port, rtp, tls_port=free_port(GATEWAY_IP))
+    network["public_hostname"] = GATEWAY_HOST
+    settings = merge(
+        settings,
+        {
+            "elevenlabs": {"port": standin.shared_port},
+            "network": network,
+            "carriers": [ip_carrier(CARRIER_IP, carrier_port, [el["phone_number"]])],
+            "extensions": [{"number": EXTENSION, "password": "ssm:/demo/sip/ext-1001"}],
+            "dialplan": {"outbound_allowlist": ALLOWLIST, "outbound_carrier": "carrier"},
+        },
+    )
+    if overrides:
+        settings = merge(settings, overrides)
+    rendered = render_gateway(settings, secrets, tmp_path / "gateway")
+    if edit is not None:
+        for name in ("extensions.conf", "pjsip.conf"):
+            path = rendered.asterisk_dir / name
+            path.write_text(edit(path.read_text()))
+    carrier = Sipp(
+        "net_uas_answer.xml",
+        tmp_path / "carrier",
+        transport="t1",
+        local_ip=CARRIER_IP,
+        local_port=carrier_port,
+        media_port=free_port(CARRIER_IP, socket.SOCK_DGRAM),
+        rtp_echo=True,
+        global_timeout_s=120,
+        extra_args=["-aa"],
+    ).start()
+    gateway = asterisk_factory(
+        rendered.asterisk_dir, start=False, extra_files={"hosts": hosts_file({ELEVENLABS_HOST: SHARED_IP})}
+    )
+    started.append(Gateway(gateway, standin, carrier, settings, sip_port, tmp_path, []))
+    use_private_hosts(gateway)
+    gateway.start()
+    return started[-1]
+
+
+@pytest.fixture
+def started() -> Iterator[list[Gateway]]:
+    items: list[Gateway] = []
+    yield items
+    for item in items:
+        for caller in item.callers:
+            caller.kill()
+        item.carrier.kill()
+        item.standin.stop()
+
+
+@pytest.fixture
+def gw(asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]) -> Gateway:
+    return start_gateway(asterisk_factory, tmp_path, started)
+
+
+def e164(gw: Gateway) -> str:
+    return str(gw.settings["elevenlabs"]["phone_number"])
+
+
+def refer_answer(gw: Gateway) -> tuple[str, str]:
+    assert wait_for(gw.standin.refer_results, 20), gw.standin.inst.log_text("messages")
+    return gw.standin.refer_results()[0]
+
+
+def caller_kept_by_agent(gw: Gateway, caller: Sipp) -> None:
+    """The caller is still talking to the agent: both gateway legs up, the stand-in holds its call, and the
+    caller's sipp ends the call itself (a BYE from the gateway would fail it)."""
+    assert gw.standin.channel_count() == 1, gw.standin.inst.rx("core show channels")
+    assert len(re.findall(r"!Up!", gw.channels())) == 2, gw.channels()
+    result = caller.wait(timeout=30)
+    assert result.ok, result.describe()
+
+
+# ------------------------------------------------------------------------------- carrier caller -> agent
+@pytest.mark.parametrize(
+    "refer_to",
+    [
+        f"sip:{TARGET}@{GATEWAY_HOST}",
+        f"<sip:{TARGET}@{GATEWAY_HOST}:5060;transport=tcp;user=phone>",
+        f"sip:{TARGET.removeprefix('+')}@{GATEWAY_HOST}",
+    ],
+    ids=["e164", "e164-with-parameters", "without-plus"],
+)
+def test_refer_to_allowlisted_number_connects_the_caller_through_the_carrier(gw: Gateway, refer_to: str) -> None:
+    # Given a carrier caller talking to the agent
+    caller = gw.call_from_carrier(e164(gw))
+    # When the agent transfers the call to an allowlisted number
+    gw.standin.refer(refer_to)
+    # Then the carrier receives an INVITE for that number, presenting the original caller's number
+    assert wait_for(lambda: len(gw.carrier_invites()) == 1, 15), gw.carrier.result().describe() + gw.channels()
+    assert gw.carrier_invites()[0].startswith(f"INVITE sip:{TARGET}@{CARRIER_IP}:"), gw.carrier_invites()
+    assert f"sip:{CALLER}@{GATEWAY_HOST}" in gw.carrier_from_headers()[0], gw.carrier_from_headers()
+    # And the agent learns from the final NOTIFY that the target answered (sipfrag 200), and leaves
+    assert refer_answer(gw)[0] == "SUCCESS", gw.standin.inst.log_text("messages")
+    assert wait_for(lambda: gw.standin.channel_count() == 0, 10)
+    # And the caller stays connected to the target until it hangs up itself
+    assert re.search(rf"^PJSIP/carrier-\w+!transfer-number!{re.escape(TARGET)}!\d+!Up!Dial!", gw.channels(), re.M), (
+        gw.channels()
+    )
+    result = caller.wait(timeout=30)
+    assert result.ok, result.describe()
+
+
+@pytest.mark.parametrize(
+    "target", ["+33142685300", "+4420718387501234567", "support", "s"], ids=["not-allowlisted", "too-long", "name", "s"]
+)
+def test_refer_to_a_target_not_allowed_is_refused_and_the_caller_stays(gw: Gateway, target: str) -> None:
+    caller = gw.call_from_carrier(e164(gw))
+    # When the agent asks for a transfer to a target no rule allows
+    gw.standin.refer(f"sip:{target}@{GATEWAY_HOST}")
+    # Then Asterisk refuses the REFER before accepting it (404: no such extension in the transfer context)
+    assert refer_answer(gw) == ("FAILURE", "404"), gw.standin.inst.log_text("messages")
+    assert "transfer-from-agent" in gw.gateway.log_text("messages")
+    # And nothing is dialled, and the caller stays with the agent
+    assert gw.carrier_invites() == []
+    caller_kept_by_agent(gw, caller)
+
+
+def test_refer_to_tel_uri_is_refused_with_400_and_the_caller_stays(gw: Gateway) -> None:
+    """Asterisk 22's res_pjsip_refer accepts only sip:/sips: Refer-To URIs; ElevenLabs' transfer destinations
+    are configured in sip: form (docs/CONFIGURATION.md)."""
+    caller = gw.call_from_carrier(e164(gw))
+    gw.standin.refer(f"<tel:{TARGET}>")
+    assert refer_answer(gw) == ("FAILURE", "400"), gw.standin.inst.log_text("messages")
+    assert gw.carrier_invites() == []
+    caller_kept_by_agent(gw, caller)
+
+
+def without_transfer_context(text: str) -> str:
+    return re.sub(r"^ same => n,Set\(TRANSFER_CONTEXT=[a-z-]+\)\n", "", text, flags=re.M)
+
+
+def test_negative_control_without_transfer_context_the_refer_hangs_up_the_caller(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    # Given the gateway without its transfer context: the REFER runs in the endpoint's refuse-inbound
+    gw = start_gateway(asterisk_factory, tmp_path, started, edit=without_transfer_context)
+    caller = gw.call_from_carrier(e164(gw))
+    gw.standin.refer(f"sip:{TARGET}@{GATEWAY_HOST}")
+    # Then the carrier is never called, the agent hears a failure, and the caller is hung up
+    assert wait_for(gw.standin.refer_results, 20), gw.standin.inst.log_text("messages")
+    assert gw.standin.refer_results()[0][0] == "FAILURE", gw.standin.refer_results()
+    assert gw.carrier_invites() == []
+    result = caller.wait(timeout=30)
+    assert not result.ok, result.describe()
+
+
+def test_failed_transfer_target_gives_the_caller_back_to_the_agent(gw: Gateway) -> None:
+    # Given extension 1001 with no phone registered
+    caller = gw.call_from_carrier(e164(gw))
+    # When the agent transfers the caller to it
+    gw.standin.refer(f"sip:{EXTENSION}@{GATEWAY_HOST}")
+    # Then the REFER is accepted, and the caller is given back to the agent (a new call to it), never silence
+    assert wait_for(lambda: len(gw.standin.agent_calls()) == 2, 20), gw.gateway.log_text("messages")
+    assert wait_for(lambda: gw.standin.channel_count() == 1, 10)
+    assert gw.carrier_invites() == []
+    result = caller.wait(timeout=30)
+    assert result.ok, result.describe()
+
+
+# ------------------------------------------------------------------------------- agent-placed calls
+def agent_calls_number(gw: Gateway, number: str) -> None:
+    gw.standin.originate(number)
+    assert wait_for(lambda: len(gw.carrier_invites()) == 1, 15), gw.carrier.result().describe()
+    assert wait_for(lambda: "!Up!" in gw.channels() and gw.standin.channel_count() == 1, 10), gw.channels()
+
+
+def test_refer_on_an_agent_call_never_bridges_two_carrier_legs(gw: Gateway) -> None:
+    # Given the agent called an allowlisted number through the carrier
+    agent_calls_number(gw, "+14155550123")
+    # When it asks to transfer the called party to another allowlisted number
+    gw.standin.refer(f"sip:{TARGET}@{GATEWAY_HOST}")
+    # Then the REFER is refused (numbers_on_agent_calls is off) and the carrier gets no second INVITE
+    assert refer_answer(gw) == ("FAILURE", "404"), gw.standin.inst.log_text("messages")
+    assert "transfer-agent-call" in gw.gateway.log_text("messages")
+    assert len(gw.carrier_invites()) == 1, gw.carrier_invites()
+
+
+def test_negative_control_agent_call_without_transfer_context_bridges_two_carrier_legs(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    gw = start_gateway(asterisk_factory, tmp_path, started, edit=without_transfer_context)
+    agent_calls_number(gw, "+14155550123")
+    gw.standin.refer(f"sip:{TARGET}@{GATEWAY_HOST}")
+    # the REFER runs in from-elevenlabs, whose allowlist dials the carrier a second time
+    assert wait_for(lambda: len(gw.carrier_invites()) == 2, 15), gw.carrier.result().describe()
+    assert gw.carrier_invites()[1].startswith(f"INVITE sip:{TARGET}@{CARRIER_IP}:"), gw.carrier_invites()
+
+
+def test_agent_call_presents_the_carriers_number(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    gw = start_gateway(asterisk_factory, tmp_path, started)
+    did = e164(gw)
+    gw = start_gateway(
+        asterisk_factory,
+        tmp_path / "cid",
+        started,
+        overrides={"carriers": [{**gw.settings["carriers"][0], "caller_id": did}]},
+    )
+    agent_calls_number(gw, "+14155550123")
+    from_header = gw.carrier_from_headers()[0]
+    assert f"<sip:{did}@{GATEWAY_HOST}>" in from_header, from_header
+
+
+def test_agent_call_from_carries_the_public_host_not_an_address(gw: Gateway) -> None:
+    agent_calls_number(gw, "+14155550123")
+    from_header = gw.carrier_from_headers()[0]
+    assert f"@{GATEWAY_HOST}>" in from_header, from_header
+
+
+def test_negative_control_without_from_domain_the_host_address_leaks(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    gw = start_gateway(
+        asterisk_factory, tmp_path, started, edit=lambda t: re.sub(r"^from_domain = .*\n", "", t, flags=re.M)
+    )
+    agent_calls_number(gw, "+14155550123")
+    from_header = gw.carrier_from_headers()[0]
+    assert f"@{GATEWAY_IP}>" in from_header, from_header
+
+
+# ------------------------------------------------------------------------------- call context to the agent
+HEADERS = {"elevenlabs": {"headers": {"X-Called-DID": "called_did", "X-Route": "route"}}}
+
+
+def test_invite_to_agent_carries_call_id_caller_id_and_operator_headers(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    gw = start_gateway(asterisk_factory, tmp_path, started, overrides=HEADERS)
+    caller = gw.call_from_carrier(e164(gw))
+    headers = gw.standin.agent_headers()[0]
+    # X-CALL-ID is the caller's channel's unique id, the id its recording and call record carry
+    caller_leg = next(line for line in gw.channels().splitlines() if line.startswith("PJSIP/carrier-"))
+    assert caller_leg.split("!")[-1] == headers["call_id"], (caller_leg, headers)
+    assert headers["caller_id"] == CALLER, headers
+    assert headers["did"] == e164(gw), headers
+    assert headers["route"] == "default", headers
+    assert f"@{GATEWAY_HOST}>" in headers["from_header"], headers
+    caller.wait(timeout=30)
+
+
+def test_hostile_caller_data_is_reduced_to_the_safe_alphabet(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    gw = start_gateway(asterisk_factory, tmp_path, started, overrides=HEADERS)
+    # a number no DID route matches reaches the agent through the default route, as the carrier sent it
+    caller = gw.call_from_carrier("+4420abc%24x", caller="+1415%0d%0aX-Evil")
+    headers = gw.standin.agent_headers()[0]
+    assert headers["did"] == "+4420", headers
+    assert re.fullmatch(r"[0-9+]*", headers["caller_id"]), headers
+    assert "Evil" not in headers["names"], headers
+    caller.wait(timeout=30)
+
+
+def test_negative_control_unfiltered_header_passes_caller_data(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    def unfiltered(text: str) -> str:
+        return text.replace(
+            "Set(PJSIP_HEADER(add,X-Called-DID)=${FILTER(-A-Za-z0-9+._,${GW_DID}):0:64}",
+            "Set(PJSIP_HEADER(add,X-Called-DID)=${GW_RAW_DID}",
+        ).replace(" same => n,Set(__GW_DID=", " same => n,Set(__GW_RAW_DID=${EXTEN})\n same => n,Set(__GW_DID=")
+
+    gw = start_gateway(asterisk_factory, tmp_path, started, overrides=HEADERS, edit=unfiltered)
+    caller = gw.call_from_carrier("+4420abc%24x")
+    headers = gw.standin.agent_headers()[0]
+    assert headers["did"] != "+4420" and "abc" in headers["did"], headers
+    caller.wait(timeout=30)

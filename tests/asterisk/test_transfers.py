@@ -30,6 +30,7 @@ pytestmark = pytest.mark.asterisk
 
 GATEWAY_IP = "127.0.0.1"
 CARRIER_IP = "127.0.0.5"
+AGENT_IP = "127.0.0.9"  # a sipp agent that sends REFER with ElevenLabs' headers
 EXTENSION = "1001"
 ALLOWLIST = ["+1415", "+44"]
 CALLER = "+442071838750"
@@ -46,6 +47,17 @@ class Gateway:
     sip_port: int
     workdir: Path
     callers: list[Sipp]
+
+    def carrier_invite_headers(self, name: str) -> list[str]:
+        """Values of header ``name`` on the INVITEs the carrier received."""
+        blocks = re.split(r"\n(?=INVITE sip:)", self.carrier.result().messages)
+        return [
+            m.group(1)
+            for b in blocks
+            if b.startswith("INVITE")
+            for m in [re.search(rf"^{re.escape(name)}: (.*)$", b, re.M | re.I)]
+            if m
+        ]
 
     def carrier_invites(self) -> list[str]:
         return received_requests(self.carrier.result().messages, "INVITE")
@@ -88,11 +100,16 @@ def start_gateway(
     *,
     overrides: dict[str, Any] | None = None,
     edit: Edit | None = None,
+    agent_port: int | None = None,
 ) -> Gateway:
+    """The gateway, the stand-in, the carrier UAS; with ``agent_port`` the agent's host name resolves to a
+    sipp agent on AGENT_IP:agent_port instead of the stand-in."""
     settings, secrets = load_example("minimal")
     el = settings["elevenlabs"]
+    overrides = dict(overrides or {})
+    extra = {k: overrides.pop(k) for k in ("carrier_caller_id", "carrier_port") if k in overrides}
     sip_port = free_sip_port(GATEWAY_IP)
-    carrier_port = free_port(CARRIER_IP)
+    carrier_port = extra.pop("carrier_port", None) or free_port(CARRIER_IP)
     rtp = rtp_range()
     standin = start_standin(
         asterisk_factory,
@@ -107,15 +124,14 @@ def start_gateway(
     settings = merge(
         settings,
         {
-            "elevenlabs": {"port": standin.shared_port},
+            "elevenlabs": {"port": agent_port or standin.shared_port},
             "network": network,
             "carriers": [ip_carrier(CARRIER_IP, carrier_port, [el["phone_number"]])],
             "extensions": [{"number": EXTENSION, "password": "ssm:/demo/sip/ext-1001"}],
             "dialplan": {"outbound_allowlist": ALLOWLIST, "outbound_carrier": "carrier"},
         },
     )
-    overrides = dict(overrides or {})
-    if caller_id := overrides.pop("carrier_caller_id", None):
+    if caller_id := extra.pop("carrier_caller_id", None):
         settings["carriers"][0]["caller_id"] = caller_id
     if overrides:
         settings = merge(settings, overrides)
@@ -136,7 +152,9 @@ def start_gateway(
         extra_args=["-aa"],
     ).start()
     gateway = asterisk_factory(
-        rendered.asterisk_dir, start=False, extra_files={"hosts": hosts_file({ELEVENLABS_HOST: SHARED_IP})}
+        rendered.asterisk_dir,
+        start=False,
+        extra_files={"hosts": hosts_file({ELEVENLABS_HOST: AGENT_IP if agent_port else SHARED_IP})},
     )
     started.append(Gateway(gateway, standin, carrier, settings, sip_port, tmp_path, []))
     use_private_hosts(gateway)
@@ -370,5 +388,103 @@ def test_negative_control_unfiltered_header_passes_caller_data(
     gw = start_gateway(asterisk_factory, tmp_path, started, overrides=HEADERS, edit=unfiltered)
     caller = gw.call_from_carrier("+4420abc%24x")
     headers = gw.standin.agent_headers()[0]
-    assert headers["did"] != "+4420" and "abc" in headers["did"], headers
+    assert "abc" in headers["did"], headers
     caller.wait(timeout=30)
+
+
+# ------------------------------------------------------------------------------- SIP destinations, REFER headers
+def test_refer_to_an_allowed_sip_destination_dials_it(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    # Given a SIP destination 'support' (here: the carrier's sipp, as any SIP server would answer)
+    carrier_port = free_port(CARRIER_IP)
+    dest = {"support": {"host": CARRIER_IP, "port": carrier_port, "transport": "tcp", "user": "helpdesk"}}
+    gw = start_gateway(
+        asterisk_factory,
+        tmp_path,
+        started,
+        overrides={"dialplan": {"transfers": {"sip_destinations": dest}}, "carrier_port": carrier_port},
+    )
+    caller = gw.call_from_carrier(e164(gw))
+    # When the agent transfers to sip:support@…
+    gw.standin.refer(f"sip:support@{GATEWAY_HOST}")
+    # Then the destination's URI is dialled (the Refer-To host plays no part) and the transfer succeeds
+    assert wait_for(lambda: len(gw.carrier_invites()) == 1, 15), gw.carrier.result().describe()
+    assert gw.carrier_invites()[0].startswith(f"INVITE sip:helpdesk@{CARRIER_IP}:{carrier_port}"), gw.carrier_invites()
+    assert refer_answer(gw)[0] == "SUCCESS", gw.standin.refer_results()
+    assert caller.wait(timeout=30).ok
+
+
+def sipp_agent(gw_dir: Path, port: int, refer_to: str, conversation: str) -> Sipp:
+    return Sipp(
+        "el_uas_refer.xml",
+        gw_dir / "agent",
+        transport="t1",
+        local_ip=AGENT_IP,
+        local_port=port,
+        media_port=free_port(AGENT_IP, socket.SOCK_DGRAM),
+        keys={"refer_to": refer_to, "conversation": conversation},
+        extra_args=["-aa"],
+        global_timeout_s=40,
+    ).start()
+
+
+@pytest.mark.parametrize(
+    ("conversation", "kept"),
+    [("conv_7Hk2-x.y", "conv_7Hk2-x.y"), ("conv_1;x=<a>$(b)", "conv_1xab")],
+    ids=["plain", "hostile"],
+)
+def test_refer_headers_stay_with_the_transferred_call(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway], conversation: str, kept: str
+) -> None:
+    refer_headers_reach_the_target(asterisk_factory, tmp_path, started, conversation, kept)
+
+
+def test_negative_control_without_transferrer_data_the_refer_headers_are_lost(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    def without(text: str) -> str:
+        return text.replace(" same => n,Set(GET_TRANSFERRER_DATA=X-)\n", "")
+
+    with pytest.raises(AssertionError, match="X-Conversation-ID"):
+        refer_headers_reach_the_target(asterisk_factory, tmp_path, started, "conv_7Hk2", "conv_7Hk2", edit=without)
+
+
+def refer_headers_reach_the_target(
+    asterisk_factory: AsteriskFactory,
+    tmp_path: Path,
+    started: list[Gateway],
+    conversation: str,
+    kept: str,
+    *,
+    edit: Edit | None = None,
+) -> None:
+    # Given the agent is a sipp that sends REFER with X-Conversation-ID, as ElevenLabs does
+    agent_port = free_port(AGENT_IP)
+    agent = sipp_agent(tmp_path, agent_port, f"<sip:{TARGET}@{GATEWAY_HOST}>", conversation)
+    try:
+        gw = start_gateway(asterisk_factory, tmp_path, started, agent_port=agent_port, edit=edit)
+        caller = Sipp(
+            "carrier_uac_hold.xml",
+            tmp_path / "caller",
+            remote=f"{GATEWAY_IP}:{gw.sip_port}",
+            transport="t1",
+            local_ip=CARRIER_IP,
+            service=e164(gw),
+            keys={"from_user": CALLER},
+            media_port=free_port(CARRIER_IP, socket.SOCK_DGRAM),
+            extra_args=["-aa"],
+            global_timeout_s=40,
+        ).start()
+        gw.callers.append(caller)
+        # Then the transferred leg carries the conversation id (filtered) and the call's id
+        assert wait_for(lambda: len(gw.carrier_invites()) == 1, 20), agent.result().describe() + gw.channels()
+        assert gw.carrier_invite_headers("X-Conversation-ID") == [kept], (
+            "X-Conversation-ID: " + gw.carrier.result().messages
+        )
+        assert re.fullmatch(r"[-A-Za-z0-9._]+", gw.carrier_invite_headers("X-CALL-ID")[0])
+        # And the agent got 202 and, once the caller left, the BYE
+        assert agent.wait(timeout=20).ok, agent.result().describe()
+        assert caller.wait(timeout=30).ok
+    finally:
+        agent.kill()

@@ -21,7 +21,7 @@ from standin import ELEVENLABS_HOST, SHARED_IP, Standin, hosts_file, start_stand
 from support.asterisk import AsteriskInstance
 from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.rtp import rtp_range
-from support.sipp import Sipp, free_port, free_sip_port, received_requests
+from support.sipp import Sipp, auth_field, free_port, free_sip_port, received_requests, run_sipp, write_injection
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 Edit = Callable[[str], str]
@@ -30,6 +30,8 @@ pytestmark = pytest.mark.asterisk
 
 GATEWAY_IP = "127.0.0.1"
 CARRIER_IP = "127.0.0.5"
+PHONE_IP = "127.0.0.7"
+PHONE_PASSWORD = "phone-1001-Secret"
 AGENT_IP = "127.0.0.9"  # a sipp agent that sends REFER with ElevenLabs' headers
 EXTENSION = "1001"
 ALLOWLIST = ["+1415", "+44"]
@@ -60,7 +62,9 @@ class Gateway:
         ]
 
     def carrier_invites(self) -> list[str]:
-        return received_requests(self.carrier.result().messages, "INVITE")
+        """Request lines of the new calls the carrier received (re-INVITEs of a call, sent to its Contact
+        without a user, are not new calls)."""
+        return [r for r in received_requests(self.carrier.result().messages, "INVITE") if "@" in r.split()[1]]
 
     def carrier_from_headers(self) -> list[str]:
         """From header of each INVITE the carrier received."""
@@ -118,8 +122,8 @@ def start_gateway(
         gateway_in=(el["inbound_username"], secrets[el["inbound_password"]]),
         gateway_addr=(GATEWAY_IP, sip_port),
     )
-    secrets["ssm:/demo/sip/ext-1001"] = "phone-1001-Secret"
-    network = loopback_network(GATEWAY_IP, sip_port, rtp, tls_port=free_port(GATEWAY_IP))
+    secrets["ssm:/demo/sip/ext-1001"] = PHONE_PASSWORD
+    network = loopback_network(GATEWAY_IP, sip_port, rtp, tls_port=free_port(GATEWAY_IP), udp=True)
     network["public_hostname"] = GATEWAY_HOST
     settings = merge(
         settings,
@@ -270,6 +274,49 @@ def test_negative_control_without_transfer_context_the_refer_hangs_up_the_caller
     assert not result.ok, result.describe()
 
 
+def test_refer_to_an_extension_connects_the_caller_to_the_softphone(gw: Gateway) -> None:
+    # Given softphone 1001 registered
+    users = write_injection(gw.workdir / "phone.csv", [[EXTENSION, auth_field(EXTENSION, PHONE_PASSWORD)]])
+    phone_port = free_port(PHONE_IP, socket.SOCK_DGRAM)
+    registered = run_sipp(
+        "phone_register.xml",
+        gw.workdir / "phone-register",
+        remote=f"{GATEWAY_IP}:{gw.sip_port}",
+        transport="u1",
+        local_ip=PHONE_IP,
+        local_port=phone_port,
+        inject=users,
+        timeout=20,
+    )
+    assert registered.ok, registered.describe()
+    phone = Sipp(
+        "phone_uas.xml",
+        gw.workdir / "phone",
+        transport="u1",
+        local_ip=PHONE_IP,
+        local_port=phone_port,
+        media_port=free_port(PHONE_IP, socket.SOCK_DGRAM),
+        extra_args=["-aa"],
+        global_timeout_s=60,
+    ).start()
+    try:
+        caller = gw.call_from_carrier(e164(gw))
+        # When the agent transfers the caller to extension 1001
+        gw.standin.refer(f"sip:{EXTENSION}@{GATEWAY_HOST}")
+        # Then the phone rings with the caller's number, answers, and the agent is told (final NOTIFY 200)
+        assert wait_for(lambda: received_requests(phone.result().messages, "INVITE"), 15), gw.channels()
+        assert re.search(rf"^From: .*<sip:{re.escape(CALLER)}@", phone.result().messages, re.M | re.I), (
+            phone.result().messages
+        )
+        assert refer_answer(gw)[0] == "SUCCESS", gw.standin.refer_results()
+        assert wait_for(lambda: gw.standin.channel_count() == 0, 10)
+        # And caller and phone talk until the caller hangs up; the phone gets the BYE
+        assert caller.wait(timeout=30).ok
+        assert phone.wait(timeout=15).ok, phone.result().describe()
+    finally:
+        phone.kill()
+
+
 def test_failed_transfer_target_gives_the_caller_back_to_the_agent(gw: Gateway) -> None:
     # Given extension 1001 with no phone registered
     caller = gw.call_from_carrier(e164(gw))
@@ -301,18 +348,30 @@ def test_refer_on_an_agent_call_never_bridges_two_carrier_legs(gw: Gateway) -> N
     assert len(gw.carrier_invites()) == 1, gw.carrier_invites()
 
 
-def test_negative_control_agent_call_without_transfer_context_accepts_the_refer(
+def test_negative_control_agent_call_without_transfer_context_bridges_two_carrier_legs(
     asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
 ) -> None:
-    # Given the gateway without its transfer contexts: the REFER runs in from-elevenlabs, whose allowlist
-    # matches the target
+    # Given the gateway without its transfer contexts: the REFER runs in from-elevenlabs
     gw = start_gateway(asterisk_factory, tmp_path, started, edit=without_transfer_context)
     agent_calls_number(gw, "+14155550123")
     gw.standin.refer(f"sip:{TARGET}@{GATEWAY_HOST}")
-    # Then the REFER is accepted (202) and the called party is moved out of the call with the agent: the agent
-    # hears the outcome by NOTIFY instead of the refusal the proof above requires
-    assert wait_for(gw.standin.refer_results, 20), gw.standin.inst.log_text("messages")
-    assert gw.standin.refer_results()[0] != ("FAILURE", "404"), gw.standin.refer_results()
+    # Then its allowlist dials the carrier a second time for the called party: two carrier legs
+    assert wait_for(lambda: len(gw.carrier_invites()) == 2, 15), gw.carrier.result().describe()
+    assert gw.carrier_invites()[1].startswith(f"INVITE sip:{TARGET}@{CARRIER_IP}:"), gw.carrier_invites()
+
+
+def test_refer_on_an_agent_call_to_a_number_when_the_operator_allows_it(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    # Given numbers_on_agent_calls: the operator accepts two carrier legs
+    allow = {"dialplan": {"transfers": {"numbers_on_agent_calls": True}}}
+    gw = start_gateway(asterisk_factory, tmp_path, started, overrides=allow)
+    agent_calls_number(gw, "+14155550123")
+    gw.standin.refer(f"sip:{TARGET}@{GATEWAY_HOST}")
+    # Then the called party is connected to the target and the agent told so (final NOTIFY 200)
+    assert wait_for(lambda: len(gw.carrier_invites()) == 2, 15), gw.carrier.result().describe()
+    assert gw.carrier_invites()[1].startswith(f"INVITE sip:{TARGET}@{CARRIER_IP}:"), gw.carrier_invites()
+    assert refer_answer(gw)[0] == "SUCCESS", gw.standin.refer_results()
 
 
 def test_agent_call_presents_the_carriers_number(

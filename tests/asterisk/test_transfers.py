@@ -542,8 +542,13 @@ def refer_headers_reach_the_target(
             "X-Conversation-ID: " + gw.carrier.result().messages
         )
         assert re.fullmatch(r"[-A-Za-z0-9._]+", gw.carrier_invite_headers("X-CALL-ID")[0])
-        # And the agent got 202 and, once the caller left, the BYE
+        # And the agent got 202, then the progress as NOTIFY sipfrag: 100 Trying, and 200 once the target answered
         assert agent.wait(timeout=20).ok, agent.result().describe()
+        notifies = [b for b in re.split(r"\n(?=NOTIFY sip:)", agent.result().messages) if b.startswith("NOTIFY")]
+        frags = [m.group(1) for b in notifies for m in [re.search(r"^SIP/2\.0 (\d{3})", b, re.M)] if m]
+        assert frags[0] == "100", frags
+        assert frags[-1] == "200", frags
+        assert all("message/sipfrag" in b for b in notifies), notifies
         assert caller.wait(timeout=30).ok
     finally:
         agent.kill()

@@ -105,6 +105,7 @@ def start_gateway(
     overrides: dict[str, Any] | None = None,
     edit: Edit | None = None,
     agent_port: int | None = None,
+    carrier_scenario: str = "net_uas_answer.xml",
 ) -> Gateway:
     """The gateway, the stand-in, the carrier UAS; with ``agent_port`` the agent's host name resolves to a
     sipp agent on AGENT_IP:agent_port instead of the stand-in."""
@@ -145,7 +146,7 @@ def start_gateway(
             path = rendered.asterisk_dir / name
             path.write_text(edit(path.read_text()))
     carrier = Sipp(
-        "net_uas_answer.xml",
+        carrier_scenario,
         tmp_path / "carrier",
         transport="t1",
         local_ip=CARRIER_IP,
@@ -328,6 +329,22 @@ def test_failed_transfer_target_gives_the_caller_back_to_the_agent(gw: Gateway) 
     assert gw.carrier_invites() == []
     result = caller.wait(timeout=30)
     assert result.ok, result.describe()
+
+
+def test_busy_transfer_target_gives_the_caller_back_to_the_agent(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    # Given a carrier that answers the target number with 486 Busy Here
+    gw = start_gateway(asterisk_factory, tmp_path, started, carrier_scenario="net_uas_busy.xml")
+    caller = gw.call_from_carrier(e164(gw))
+    gw.standin.refer(f"sip:{TARGET}@{GATEWAY_HOST}")
+    # Then the target was tried, and the caller is given back to the agent (a new call to it) until the
+    # caller hangs up. Dial() consumes the busy signal, so Asterisk's progress monitor sees the caller enter
+    # the fallback's bridge and sends the transferring agent a final 200: its conversation ends there.
+    assert wait_for(lambda: len(gw.carrier_invites()) == 1, 15), gw.carrier.result().describe()
+    assert wait_for(lambda: len(gw.standin.agent_calls()) == 2, 20), gw.gateway.log_text("messages")
+    assert refer_answer(gw)[0] == "SUCCESS", gw.standin.refer_results()
+    assert caller.wait(timeout=30).ok
 
 
 # ------------------------------------------------------------------------------- agent-placed calls

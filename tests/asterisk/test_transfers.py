@@ -365,6 +365,43 @@ def test_refer_on_an_agent_call_never_bridges_two_carrier_legs(gw: Gateway) -> N
     assert len(gw.carrier_invites()) == 1, gw.carrier_invites()
 
 
+def test_called_party_given_back_to_the_agent_keeps_the_agent_call_rules(gw: Gateway) -> None:
+    given_back_then_referred_to_a_number(gw)
+    # Then that is refused too: two carrier legs stay impossible without numbers_on_agent_calls
+    assert wait_for(lambda: len(gw.standin.refer_results()) == 2, 20), gw.standin.inst.log_text("messages")
+    assert gw.standin.refer_results()[1] == ("FAILURE", "404"), gw.standin.refer_results()
+    assert len(gw.carrier_invites()) == 1, gw.carrier_invites()
+
+
+def test_negative_control_without_the_agent_call_mark_the_fallback_leaks_a_second_carrier_leg(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    gw = start_gateway(
+        asterisk_factory,
+        tmp_path,
+        started,
+        edit=lambda t: re.sub(r"^ same => n,Set\(__GW_AGENT_CALL=1\)\n", "", t, flags=re.M),
+    )
+    given_back_then_referred_to_a_number(gw)
+    # the REFER runs in transfer-from-agent, whose allowlist accepts the number (the carrier's sipp, which
+    # takes one call, has ended by then: the refusal the proof above requires is what is missing)
+    assert wait_for(lambda: len(gw.standin.refer_results()) == 2, 20), gw.standin.inst.log_text("messages")
+    assert gw.standin.refer_results()[1] != ("FAILURE", "404"), gw.standin.refer_results()
+
+
+def given_back_then_referred_to_a_number(gw: Gateway) -> None:
+    # Given the agent called a number, then transferred the called party to extension 1001, which has no
+    # phone: the called party is given back to the agent in a new call
+    agent_calls_number(gw, "+14155550123")
+    gw.standin.refer(f"sip:{EXTENSION}@{GATEWAY_HOST}")
+    assert wait_for(lambda: len(gw.standin.agent_calls()) == 1 and gw.standin.channel_count() == 1, 20), (
+        gw.gateway.log_text("messages")
+    )
+    assert wait_for(lambda: len(gw.standin.refer_results()) == 1, 10)
+    # When the agent now asks to transfer it to a number
+    gw.standin.refer(f"sip:{TARGET}@{GATEWAY_HOST}")
+
+
 def test_negative_control_agent_call_without_transfer_context_bridges_two_carrier_legs(
     asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
 ) -> None:

@@ -105,7 +105,7 @@ def start_gateway(
     overrides: dict[str, Any] | None = None,
     edit: Edit | None = None,
     agent_port: int | None = None,
-    carrier_scenario: str = "net_uas_answer.xml",
+    carrier_scenario: str = "net_uas_ring_answer.xml",
 ) -> Gateway:
     """The gateway, the stand-in, the carrier UAS; with ``agent_port`` the agent's host name resolves to a
     sipp agent on AGENT_IP:agent_port instead of the stand-in."""
@@ -596,11 +596,12 @@ def refer_headers_reach_the_target(
             "X-Conversation-ID: " + gw.carrier.result().messages
         )
         assert re.fullmatch(r"[-A-Za-z0-9._]+", gw.carrier_invite_headers("X-CALL-ID")[0])
-        # And the agent got 202, then the progress as NOTIFY sipfrag: 100 Trying, and 200 once the target answered
+        # And the agent got 202, then the progress as NOTIFY sipfrag: 100 Trying, 180 Ringing, 200 once answered
         assert agent.wait(timeout=20).ok, agent.result().describe()
         notifies = [b for b in re.split(r"\n(?=NOTIFY sip:)", agent.result().messages) if b.startswith("NOTIFY")]
         frags = [m.group(1) for b in notifies for m in [re.search(r"^SIP/2\.0 (\d{3})", b, re.M)] if m]
         assert frags[0] == "100", frags
+        assert "180" in frags, frags
         assert frags[-1] == "200", frags
         assert all("message/sipfrag" in b for b in notifies), notifies
         assert caller.wait(timeout=30).ok

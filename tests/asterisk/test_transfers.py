@@ -373,7 +373,7 @@ def test_called_party_given_back_to_the_agent_keeps_the_agent_call_rules(gw: Gat
     assert len(gw.carrier_invites()) == 1, gw.carrier_invites()
 
 
-def test_negative_control_without_the_agent_call_mark_the_fallback_leaks_a_second_carrier_leg(
+def test_negative_control_without_the_agent_call_mark_the_fallback_accepts_a_refer_to_a_number(
     asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
 ) -> None:
     gw = start_gateway(

@@ -286,6 +286,23 @@ class Standin:
             raise RuntimeError(out)
         return out
 
+    def agent_headers(self) -> list[dict[str, str]]:
+        """The X- headers (and From) of each call the agent took, as the stand-in logged them."""
+        found = re.findall(r"STANDIN-AGENT-HEADERS (.*)$", self.inst.log_text("messages"), re.M)
+        return [dict(re.findall(r"(\w+)=(.*?)(?= \w+=|$)", line)) for line in found]
+
+    def refer(self, target: str) -> None:
+        """The agent asks for a blind transfer: a REFER with ``Refer-To: target`` on its one call."""
+        self.inst.rx(f"dialplan set global REFER_TARGET {target}")
+        channels = re.findall(r"^(PJSIP/\S+?)!", self.inst.rx("core show channels concise"), re.M)
+        if len(channels) != 1:
+            raise RuntimeError(f"the agent should hold exactly one call, not {channels}")
+        self.inst.rx(f"channel redirect {channels[0]} agent-refer,s,1")
+
+    def refer_results(self) -> list[tuple[str, str]]:
+        """(TRANSFERSTATUS, SIP code) of each REFER the agent sent: the final NOTIFY's or the refusal's."""
+        return re.findall(r"STANDIN-REFER-RESULT status=(\S*) protocol=(\S*)", self.inst.log_text("messages"))
+
     def channel_count(self) -> int:
         out = self.inst.rx("core show channels count")
         m = re.search(r"(\d+) active channels?", out)

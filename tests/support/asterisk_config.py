@@ -410,11 +410,17 @@ def walk_dialplan(dialplan: Dialplan, start: str, *, max_depth: int = 64) -> Wal
             result.steps.append(Reached(step, exten, path))
             if step.app in _INPUT_APPS:
                 enter(context, None, Exten(None), path)
+            if step.app == "Set" and step.args.startswith("TRANSFER_CONTEXT="):
+                # a REFER on this channel enters that context with the Refer-To user: caller-chosen
+                enter(step.args.split("=", 1)[1], None, Exten(None), path)
+            if step.app == "Dial":
+                for handler in re.findall(r"\bb\(([^)^]+)\^([^)^]+)\^[^)]*\)", step.args):
+                    enter(handler[0], handler[1], Exten(handler[1]), path)  # a pre-dial handler
             for target_context, target in _targets(step):
                 ctx = target_context or context
                 if target is None:
                     continue  # a label or priority of the same extension
-                if target == "${EXTEN}":
+                if target in ("${EXTEN}", "+${EXTEN}"):  # '+' before digit-only text keeps it digit-only
                     if exten.untrusted:
                         enter(ctx, None, exten, path)
                     else:

@@ -109,6 +109,12 @@ TARGETS = [
     Target("carriers.1.match.0", "198.51.100.0/" + "2" * 30),
     Target("carriers.0.from_domain", "d" * 64 + ".example"),
     Target("carriers.0.transport", "udp" * 10),
+    Target("carriers.0.caller_id", "+1" + "5" * 40),
+    Target("elevenlabs.headers.{X-Called-DID}", "X-" + "a" * 50),
+    Target("elevenlabs.headers.X-Route", "route" * 10),
+    Target("dialplan.transfers.sip_destinations.{support}", "s" * 33),
+    Target("dialplan.transfers.sip_destinations.support.host", "h" * 64 + ".example"),
+    Target("dialplan.transfers.sip_destinations.support.user", "u" * 65),
     Target("extensions.0.number", "1" * 7),
     Target("extensions.0.display_name", "D" * 41),
     Target("extensions.0.password", "ssm:/" + "p" * 1001),
@@ -130,6 +136,7 @@ TARGETS = [
 
 ABSENT_FROM_EXAMPLE = {
     "carriers.0.from_domain": "sip.telco.example",
+    "dialplan.transfers.sip_destinations.support.user": "support",
     "network.bind_address": "0.0.0.0",
     "dialplan.recordings_dir": "/var/spool/asterisk/recording",
     "dialplan.recording_spool_dir": "/var/spool/sip-trunk/recordings",

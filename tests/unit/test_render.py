@@ -254,6 +254,11 @@ def test_dial_to_elevenlabs(example: str) -> None:
 # --- dialplan isolation --------------------------------------------------------------------
 
 
+ALLOWLIST_GATES = frozenset({"outbound-allowlisted", "transfer-from-agent", "transfer-agent-call"})
+"""Contexts whose digit-only allowlist patterns vet ${EXTEN} before a Dial (the transfer contexts also
+accept the number without '+')."""
+
+
 def _isolation_violations(pjsip: AsteriskConfig, extensions: AsteriskConfig, allowlist: list[str]) -> list[str]:
     dialplan = parse_dialplan(extensions)
     violations: list[str] = []
@@ -271,8 +276,11 @@ def _isolation_violations(pjsip: AsteriskConfig, extensions: AsteriskConfig, all
             chain = reached.exten.chain
             if not any(is_digit_only(pattern) for _, pattern in chain):
                 violations.append(f"{where}: ${{EXTEN}} only matched by wildcard patterns {chain}")
-            gate = [pattern for ctx, pattern in chain if ctx == "outbound-allowlisted"]
+            gate = [pattern for ctx, pattern in chain if ctx in ALLOWLIST_GATES]
             allowed = {f"_{prefix}{'X' * n}" for prefix in allowlist for n in range(1, 16)}
+            allowed |= {
+                p.replace("_+", "_", 1) for p in allowed if any(ctx.startswith("transfer-") for ctx, _ in chain)
+            }
             if not gate or not all(pattern in allowed for pattern in gate):
                 violations.append(f"{where}: not gated by [outbound-allowlisted] prefix+X patterns ({chain})")
     return violations
@@ -297,6 +305,19 @@ def test_allowlisted_outbound_dial_is_reachable_from_agent_and_softphones() -> N
     assert walk_dialplan(dialplan, "refuse-inbound").contexts == {"refuse-inbound"}
 
 
+def test_agent_transfers_reach_the_carrier_only_through_the_allowlist() -> None:
+    """A REFER's Refer-To user enters the transfer context the agent leg set: the walk follows the pre-dial
+    handler and TRANSFER_CONTEXT (path-insensitively: a fallback to the agent is followed into
+    transfer-from-agent, which the dialplan avoids at run time with GW_AGENT_CALL, proven on a real Asterisk)."""
+    dialplan = parse_dialplan(parsed("full", "extensions.conf"))
+    from_carrier = walk_dialplan(dialplan, "from-carrier")
+    assert {"agent-leg", "transfer-from-agent", "transfer-number", "transfer-sip"} <= from_carrier.contexts
+    agent_call = walk_dialplan(dialplan, "from-elevenlabs")
+    assert "transfer-agent-call" in agent_call.contexts
+    # the Refer-To users a REFER on an agent-placed call may name: extensions and SIP destinations only
+    assert set(dialplan.extensions("transfer-agent-call")) == {"1001", "1002", "support"}
+
+
 def test_allowlist_patterns_are_digit_only_and_cover_e164_lengths() -> None:
     extensions = parse_dialplan(parsed("full", "extensions.conf")).extensions("outbound-allowlisted")
     for prefix in ("+1415", "+44"):
@@ -313,8 +334,17 @@ def test_allowlist_patterns_are_digit_only_and_cover_e164_lengths() -> None:
         ("[from-carrier]\n", "[from-carrier]\nexten => _X.,1,Goto(outbound-allowlisted,${EXTEN},1)\n"),
         ("[from-elevenlabs]\n", "[from-elevenlabs]\nexten => _+X.,1,Goto(dial-carrier,${EXTEN},1)\n"),
         ("[from-extensions]\n", "[from-extensions]\nexten => _+44!,1,Goto(dial-carrier,${EXTEN},1)\n"),
+        ("exten => _+1415XXXXXXX,1,Goto(transfer-number", "exten => _+1415.,1,Goto(transfer-number"),
+        ("[transfer-agent-call]\n", "[transfer-agent-call]\nexten => _X.,1,Goto(transfer-number,+${EXTEN},1)\n"),
     ],
-    ids=["wildcard-in-allowlist", "carrier-reaches-allowlist", "agent-bypasses-allowlist", "bang-bypass"],
+    ids=[
+        "wildcard-in-allowlist",
+        "carrier-reaches-allowlist",
+        "agent-bypasses-allowlist",
+        "bang-bypass",
+        "wildcard-transfer",
+        "wildcard-transfer-on-agent-call",
+    ],
 )
 def test_isolation_check_catches_leaks(old: str, new: str) -> None:
     """The check itself: each of these edits must be reported."""
@@ -327,12 +357,17 @@ def test_isolation_check_catches_leaks(old: str, new: str) -> None:
 
 def test_from_carrier_routes_dids_and_bare_forms() -> None:
     steps = parse_dialplan(parsed("full", "extensions.conf")).extensions("from-carrier")
-    assert steps["+14155550101"][-1].args == "ivr,s,1"
-    assert steps["14155550101"][0].args == "from-carrier,+14155550101,1"
-    assert steps["+442071838750"][-1].args == "route-extension,1001,1"
-    # every way in starts the call record first (the bare form through its E.164 entry)
+
+    def goto(exten: str) -> str:
+        return next(s.args for s in steps[exten] if s.app == "Goto")
+
+    assert goto("+14155550101") == "ivr,s,1"
+    assert goto("14155550101") == "from-carrier,+14155550101,1"
+    assert goto("+442071838750") == "route-extension,1001,1"
+    # every way in starts the call record before it routes (the bare form through its E.164 entry)
     for did in ("+14155550101", "+442071838750", "_+X.", "_X."):
-        assert (steps[did][0].app, steps[did][0].args.split("(")[0]) == ("Gosub", "call-record-start,s,1"), did
+        gosubs = [s.args.split("(")[0] for s in steps[did] if s.app == "Gosub"]
+        assert gosubs[:1] == ["call-record-start,s,1"], did
 
 
 # --- determinism and versions --------------------------------------------------------------

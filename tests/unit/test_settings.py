@@ -384,3 +384,41 @@ def test_settings_are_frozen() -> None:
     settings = parse_settings(minimal())
     with pytest.raises(ValueError, match="frozen"):
         settings.name = "other"  # type: ignore[misc]
+
+
+# --- transfers, call context headers, caller ID ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("carriers.0.caller_id", "+14155559999", "caller_id must be one of the carrier's dids"),
+        ("elevenlabs.headers", {"X-Call-Id": "route"}, "always sent by the gateway"),
+        ("elevenlabs.headers", {"X-Route": "route", "X-ROUTE": "carrier"}, "must differ"),
+        ("elevenlabs.headers", {"X-Route": "caller_name"}, "elevenlabs.headers"),
+        ("dialplan.transfers.fallback", {"kind": "extension", "extension": "4242"}, "not defined"),
+        ("dialplan.transfers.sip_destinations", {"Support": {"host": "pbx.example.com"}}, "sip_destinations"),
+        (
+            "carriers",
+            [{"name": "transfer-out", "host": "198.51.100.9", "auth": "ip", "match": ["198.51.100.9/32"]}],
+            "collide",
+        ),
+    ],
+    ids=["caller-id-not-a-did", "reserved-header", "header-case", "unknown-fact", "fallback", "name", "endpoint"],
+)
+def test_transfer_and_header_rules(path: str, value: Any, message: str) -> None:
+    assert message in error_of(with_(full(), path, value))
+
+
+def test_transfer_defaults_keep_two_carrier_legs_off() -> None:
+    transfers = parse_settings(minimal()).dialplan.transfers
+    assert transfers.enabled
+    assert not transfers.numbers_on_agent_calls
+    assert transfers.fallback.kind == "agent"
+
+
+def test_tls_transfer_destination_needs_tls() -> None:
+    doc = with_(
+        minimal(), "dialplan.transfers", {"sip_destinations": {"pbx": {"host": "pbx.example.com", "transport": "tls"}}}
+    )
+    assert "needs tls.enabled" in error_of(doc)

@@ -26,6 +26,8 @@ from sip_trunk.manifest import MANIFEST_NAME, Manifest
 from sip_trunk.settings import (
     ELEVENLABS_OUTBOUND_ENDPOINT,
     PROBE_ENDPOINT,
+    TRANSFER_ENDPOINT,
+    CallFact,
     Carrier,
     CarrierAuth,
     Destination,
@@ -144,6 +146,21 @@ def _prefix_patterns(prefix: str) -> list[str]:
     return [f"_{prefix}{'X' * extra}" for extra in range(max(1, 7 - digits), 15 - digits + 1)]
 
 
+def _bare_patterns(prefix: str) -> list[str]:
+    """The allowlist patterns without the '+' (a Refer-To user such as 14155550199)."""
+    return [pattern.replace("_+", "_", 1) for pattern in _prefix_patterns(prefix)]
+
+
+FACT_VARIABLES = {
+    CallFact.CALLED_DID: "GW_DID",
+    CallFact.CARRIER: "GW_CARRIER",
+    CallFact.IVR_CHOICE: "GW_IVR",
+    CallFact.EXTENSION: "GW_EXTENSION",
+    CallFact.ROUTE: "GW_ROUTE",
+}
+"""The inherited channel variable that holds each call fact (set by the dialplan, never by a caller)."""
+
+
 def _context(settings: Settings, secrets: Secrets, public_address: str | None) -> dict[str, Any]:
     el = settings.elevenlabs
     net = settings.network
@@ -155,13 +172,19 @@ def _context(settings: Settings, secrets: Secrets, public_address: str | None) -
         transports.add(Transport.UDP)
     if settings.tls.enabled:
         transports.add(Transport.TLS)
+    public = public_address or net.public_address
     return {
         "s": settings,
+        "from_domain": net.public_hostname or public,
+        "transfers": settings.dialplan.transfers,
+        "transfer_endpoint": TRANSFER_ENDPOINT,
+        "bare_patterns": _bare_patterns,
+        "fact_variables": FACT_VARIABLES,
         "el": el,
         "net": net,
         "tls": settings.tls,
         "dialplan": settings.dialplan,
-        "public_address": public_address or net.public_address,
+        "public_address": public,
         "transports": sorted(transports, key=lambda t: t.value),
         "transport_name": _transport_name,
         "route_target": _route_target,

@@ -135,6 +135,26 @@ DisplayName = Annotated[
     ),
 ]
 DtmfKey = Annotated[str, _matching(r"^[0-9*#]$", "one DTMF key: 0-9, * or #")]
+HeaderName = Annotated[
+    str,
+    _matching(r"^X-[A-Za-z0-9][A-Za-z0-9-]{0,40}$", "an X- header name: 'X-' then 1-41 letters, digits and '-'"),
+]
+RESERVED_HEADERS = frozenset({"x-call-id", "x-caller-id"})
+"""Headers the gateway always sends to ElevenLabs (the call's id and the caller's number)."""
+
+
+class CallFact(StrEnum):
+    """Facts of a call the gateway itself establishes; the only values an operator header may carry.
+
+    Each is checked again at run time to ``[-A-Za-z0-9+._]`` (at most 64 characters), because the called
+    number is what the carrier sent and may hold anything.
+    """
+
+    CALLED_DID = "called_did"
+    CARRIER = "carrier"
+    IVR_CHOICE = "ivr_choice"
+    EXTENSION = "extension"
+    ROUTE = "route"
 
 
 class Transport(StrEnum):
@@ -198,10 +218,19 @@ class ElevenLabsTrunk(_Strict):
     )
     phone_number_id: ApiId | None = None
     agent_id: ApiId | None = None
+    headers: dict[HeaderName, CallFact] = Field(
+        default_factory=dict,
+        description="extra X- headers on every INVITE to ElevenLabs, each carrying one call fact",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ElevenLabsTrunk:
         _unique(list(self.codecs), "elevenlabs.codecs")
+        reserved = sorted(h for h in self.headers if h.lower() in RESERVED_HEADERS)
+        if reserved:
+            raise ValueError(f"elevenlabs.headers: {', '.join(reserved)} is always sent by the gateway")
+        if len({h.lower() for h in self.headers}) != len(self.headers):
+            raise ValueError("elevenlabs.headers: header names must differ (case-insensitively)")
         if self.transport is Transport.UDP and not self.allow_experimental_udp:
             raise ValueError(
                 "transport 'udp' is experimental at ElevenLabs; use tcp or tls, or set allow_experimental_udp: true"
@@ -281,12 +310,22 @@ class Carrier(_Strict):
     match: list[Cidr] = Field(default_factory=list, description="source networks (ip auth)")
     dids: list[E164] = Field(default_factory=list, description="numbers this carrier delivers to us")
     codecs: list[AudioCodec] = Field(default_factory=lambda: [AudioCodec.ULAW, AudioCodec.ALAW], min_length=1)
-    from_domain: Hostname | None = None
+    from_domain: Host | None = Field(
+        default=None, description="host of From/P-Asserted-Identity; default the public host name or address"
+    )
+    caller_id: E164 | None = Field(
+        default=None,
+        description="number presented on calls out through this carrier (one of its dids); none = pass-through",
+    )
+    send_pai: bool = Field(default=True, description="send P-Asserted-Identity on calls out")
+    privacy: bool = Field(default=False, description="withhold the number: Privacy: id (the number stays in PAI)")
 
     @model_validator(mode="after")
     def _check(self) -> Carrier:
         _unique(list(self.codecs), f"carrier {self.name}: codecs")
         _unique(list(self.dids), f"carrier {self.name}: dids")
+        if self.caller_id is not None and self.caller_id not in self.dids:
+            raise ValueError(f"carrier {self.name}: caller_id must be one of the carrier's dids")
         if self.auth is CarrierAuth.REGISTRATION and (self.username is None or self.password is None):
             raise ValueError(f"carrier {self.name}: registration needs username and password")
         if self.auth is CarrierAuth.IP and not self.match:
@@ -344,6 +383,33 @@ class IvrMenu(_Strict):
         return self
 
 
+class SipTransferTarget(_Strict):
+    """A SIP destination the agent may transfer a caller to (Refer-To user = its name)."""
+
+    host: Host
+    port: Port = 5060
+    transport: Literal[Transport.TCP, Transport.UDP, Transport.TLS] = Transport.TCP
+    user: SipUsername | None = Field(default=None, description="Request-URI user there; default the name")
+
+
+class Transfers(_Strict):
+    """Blind transfers (SIP REFER) the agent may request; anything else is refused and the caller stays."""
+
+    enabled: bool = Field(default=True, description="accept REFER from the agent at all")
+    extensions: bool = Field(default=True, description="Refer-To a softphone extension number")
+    numbers: bool = Field(default=True, description="Refer-To an allowlisted number, through the outbound carrier")
+    numbers_on_agent_calls: bool = Field(
+        default=False,
+        description="on calls the agent placed, allow transferring the called party to a number "
+        "(on a call to a carrier number this bridges two carrier legs)",
+    )
+    sip_destinations: dict[Name, SipTransferTarget] = Field(default_factory=dict)
+    fallback: Destination = Field(
+        default_factory=lambda: Destination(kind="agent"),
+        description="where a caller goes when the transfer target is busy, does not answer or fails",
+    )
+
+
 class Dialplan(_Strict):
     """Who may reach what. Trunk contexts can only dial out through the allowlist."""
 
@@ -371,6 +437,7 @@ class Dialplan(_Strict):
     )
     ivr: IvrMenu = Field(default_factory=IvrMenu)
     dial_timeout_s: int = Field(default=45, ge=5, le=300)
+    transfers: Transfers = Field(default_factory=Transfers)
 
     @model_validator(mode="after")
     def _check(self) -> Dialplan:
@@ -406,15 +473,23 @@ class Settings(_Strict):
                 raise ValueError(f"carrier {carrier.name}: transport 'tls' needs tls.enabled: true")
             if carrier.transport is Transport.UDP and not self.network.udp_enabled:
                 raise ValueError(f"carrier {carrier.name}: transport 'udp' needs network.udp_enabled: true")
+        for name, target in self.dialplan.transfers.sip_destinations.items():
+            if target.transport is Transport.TLS and not self.tls.enabled:
+                raise ValueError(f"transfer destination {name}: transport 'tls' needs tls.enabled: true")
+            if target.transport is Transport.UDP and not self.network.udp_enabled:
+                raise ValueError(f"transfer destination {name}: transport 'udp' needs network.udp_enabled: true")
         numbers = [e.number for e in self.extensions]
         _unique(numbers, "extension numbers")
         _unique([c.name for c in self.carriers], "carrier names")
         endpoint_names = [*numbers, *(c.name for c in self.carriers), el.inbound_username]
         endpoint_names += [ELEVENLABS_OUTBOUND_ENDPOINT, PROBE_ENDPOINT]
+        if self.dialplan.transfers.sip_destinations:
+            endpoint_names.append(TRANSFER_ENDPOINT)
         if len(set(endpoint_names)) != len(endpoint_names):
             raise ValueError(
                 "endpoint names collide: elevenlabs.inbound_username, carrier names, extension numbers, "
-                f"'{ELEVENLABS_OUTBOUND_ENDPOINT}' and '{PROBE_ENDPOINT}' must all differ"
+                f"'{ELEVENLABS_OUTBOUND_ENDPOINT}', '{PROBE_ENDPOINT}' (and '{TRANSFER_ENDPOINT}' with transfer "
+                "sip_destinations) must all differ"
             )
         if self.dialplan.agent_extension in numbers:
             raise ValueError("dialplan.agent_extension must not equal a softphone extension number")
@@ -423,6 +498,7 @@ class Settings(_Strict):
             raise ValueError(f"dialplan.outbound_carrier '{self.dialplan.outbound_carrier}' is not a carrier")
         destinations = [
             self.dialplan.default_route,
+            self.dialplan.transfers.fallback,
             *self.dialplan.did_routes.values(),
             *self.dialplan.ivr.choices.values(),
         ]
@@ -448,6 +524,9 @@ ELEVENLABS_OUTBOUND_ENDPOINT = "elevenlabs"
 PROBE_ENDPOINT = "probe"
 """The From user of the product's own SIP OPTIONS probes (`sip_trunk.sip.message.DEFAULT_FROM_USER`): an
 endpoint of that name identifies them, so they never count as a scanner's unidentified requests."""
+
+TRANSFER_ENDPOINT = "transfer-out"
+"""Outbound-only endpoint that places calls to the operator's SIP transfer destinations."""
 
 
 class Secrets(BaseModel):

@@ -37,7 +37,16 @@ from standin import (
 from support.asterisk import AsteriskInstance
 from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.rtp import rtp_range
-from support.sipp import Sipp, auth_field, free_port, free_sip_port, received_requests, run_sipp, write_injection
+from support.sipp import (
+    Sipp,
+    auth_field,
+    free_port,
+    free_sip_port,
+    received_requests,
+    registered_phone,
+    run_sipp,
+    write_injection,
+)
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 
@@ -178,29 +187,13 @@ def hang_up_agent(inbound: Inbound) -> None:
 # ---------------------------------------------------------------------------------------------- (a)
 def test_agent_call_reaches_a_registered_softphone(inbound: Inbound) -> None:
     # Given a softphone registered on extension 1001 (digest auth), answering one call
-    users = write_injection(inbound.workdir / "phone.csv", [[EXTENSION, auth_field(EXTENSION, PHONE_PASSWORD)]])
-    phone_port = free_port(PHONE_IP, socket.SOCK_DGRAM)
-    registered = run_sipp(
-        "phone_register.xml",
-        inbound.workdir / "phone-register",
+    phone, phone_port = registered_phone(
+        inbound.workdir,
         remote=f"{GATEWAY_IP}:{inbound.sip_port}",
-        transport="u1",
         local_ip=PHONE_IP,
-        local_port=phone_port,
-        inject=users,
-        timeout=20,
+        extension=EXTENSION,
+        password=PHONE_PASSWORD,
     )
-    assert registered.ok, registered.describe()
-    phone = Sipp(
-        "phone_uas.xml",
-        inbound.workdir / "phone",
-        transport="u1",
-        local_ip=PHONE_IP,
-        local_port=phone_port,
-        media_port=free_port(PHONE_IP, socket.SOCK_DGRAM),
-        extra_args=["-aa"],
-        global_timeout_s=60,
-    ).start()
     try:
         # When the agent calls extension 1001
         agent_calls(inbound, EXTENSION)

@@ -21,7 +21,13 @@ from standin import ELEVENLABS_HOST, SHARED_IP, Standin, hosts_file, start_stand
 from support.asterisk import AsteriskInstance
 from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.rtp import rtp_range
-from support.sipp import Sipp, auth_field, free_port, free_sip_port, received_requests, run_sipp, write_injection
+from support.sipp import (
+    Sipp,
+    free_port,
+    free_sip_port,
+    received_requests,
+    registered_phone,
+)
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 Edit = Callable[[str], str]
@@ -277,29 +283,13 @@ def test_negative_control_without_transfer_context_the_refer_hangs_up_the_caller
 
 def test_refer_to_an_extension_connects_the_caller_to_the_softphone(gw: Gateway) -> None:
     # Given softphone 1001 registered
-    users = write_injection(gw.workdir / "phone.csv", [[EXTENSION, auth_field(EXTENSION, PHONE_PASSWORD)]])
-    phone_port = free_port(PHONE_IP, socket.SOCK_DGRAM)
-    registered = run_sipp(
-        "phone_register.xml",
-        gw.workdir / "phone-register",
+    phone, _ = registered_phone(
+        gw.workdir,
         remote=f"{GATEWAY_IP}:{gw.sip_port}",
-        transport="u1",
         local_ip=PHONE_IP,
-        local_port=phone_port,
-        inject=users,
-        timeout=20,
+        extension=EXTENSION,
+        password=PHONE_PASSWORD,
     )
-    assert registered.ok, registered.describe()
-    phone = Sipp(
-        "phone_uas.xml",
-        gw.workdir / "phone",
-        transport="u1",
-        local_ip=PHONE_IP,
-        local_port=phone_port,
-        media_port=free_port(PHONE_IP, socket.SOCK_DGRAM),
-        extra_args=["-aa"],
-        global_timeout_s=60,
-    ).start()
     try:
         caller = gw.call_from_carrier(e164(gw))
         # When the agent transfers the caller to extension 1001

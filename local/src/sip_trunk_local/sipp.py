@@ -325,6 +325,38 @@ def run_sipp(scenario: str | Path, workdir: Path, *, timeout: float = 60.0, **op
     return sipp.wait(timeout=timeout)
 
 
+def registered_phone(
+    workdir: Path, *, remote: str, local_ip: str, extension: str, password: str, scenario: str = "phone_uas.xml"
+) -> tuple[Sipp, int]:
+    """A softphone that registers ``extension`` over UDP from ``local_ip`` (digest auth), then answers one call
+    on the same port with ``scenario`` (qualify OPTIONS too); returns the running UAS and its port."""
+    port = free_port(local_ip, socket.SOCK_DGRAM)
+    users = write_injection(workdir / f"{extension}-register.csv", [[extension, auth_field(extension, password)]])
+    registered = run_sipp(
+        "phone_register.xml",
+        workdir / f"{extension}-register",
+        remote=remote,
+        transport="u1",
+        local_ip=local_ip,
+        local_port=port,
+        inject=users,
+        timeout=20,
+    )
+    if not registered.ok:
+        raise SippError(f"extension {extension} did not register\n{registered.describe()}")
+    phone = Sipp(
+        scenario,
+        workdir / f"{extension}-phone",
+        transport="u1",
+        local_ip=local_ip,
+        local_port=port,
+        media_port=free_port(local_ip, socket.SOCK_DGRAM),
+        extra_args=["-aa"],
+        global_timeout_s=60,
+    ).start()
+    return phone, port
+
+
 def received_messages(messages: str) -> list[str]:
     """Every message sipp received, in order, from its message trace (which also holds what it sent)."""
     chunks = re.split(r"message received \[\d+\] bytes :", messages.replace("\r\n", "\n"))[1:]

@@ -42,6 +42,7 @@ GATEWAY_SIP, HOLDER_SIP, CARRIER_SIP, CARRIER_MEDIA = 5060, 5062, 5064, 6000
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")
 CALLER = "+442071838750"
 LOSS = 0.05  # induced on one direction
+PDD_TEARDOWN_MS = 100
 # 5 % of ~200-400 packets is 10-20 with a binomial spread of about 3-4: the measured fraction must lie within
 # 1.5 %..10 % (about 3.5 standard deviations either side); a clean direction must lose nothing.
 LOSS_RANGE = (0.015, 0.10)
@@ -185,7 +186,9 @@ def assert_complete(record: dict[str, Any], call: Call, *, hung_up_by: str = "ca
     # the carrier played its ~4.7 s pcap, then held the call 8 s more; or the agent ended it after 9 s
     low, high = (11000, 16000) if hung_up_by == "carrier" else (8500, 11000)
     assert low <= record["end_ms"] - record["answer_ms"] <= high, record
-    assert 0 <= record["pdd_ms"] <= record["answer_ms"] - record["setup_ms"] + 5
+    # post-dial delay is Dial's time less the talk time; Dial's time also holds the bridge's teardown, a few
+    # ms (tens under load) that setup_ms/answer_ms, read from clock times, do not
+    assert 0 <= record["pdd_ms"] <= record["answer_ms"] - record["setup_ms"] + PDD_TEARDOWN_MS
     assert record["hangup_by"].startswith(f"PJSIP/{'carrier' if hung_up_by == 'carrier' else 'elevenlabs'}-")
     caller_leg, callee_leg = record["caller_leg"], record["callee_leg"]
     assert (set(caller_leg), set(callee_leg)) == (LEG_KEYS, LEG_KEYS)

@@ -180,6 +180,10 @@ READS = {
         "ssm", "get_parameter", "ThrottlingException",
         call=lambda ssm: JsonParameterReader(ssm=ssm).get_json("/sip-trunk/s/host-parameters"), raises=AwsThrottled,
     ),
+    "throttled image parameter read raises the retryable error": ReadContract(
+        "ssm", "get_parameter", "ThrottlingException",
+        call=lambda ssm: JsonParameterReader(ssm=ssm).get_text("/sip-trunk/s/ami/arm64"), raises=AwsThrottled,
+    ),
     "throttled SecureString read raises the retryable error, not a missing secret": ReadContract(
         "ssm", "get_parameter", "ThrottlingException",
         call=lambda ssm: ParameterSecretResolver(ssm=ssm).resolve("ssm:/s/sip/outbound-password"), raises=AwsThrottled,

@@ -34,9 +34,20 @@ def _powertools_call(what: str, call: Callable[[], T]) -> T:
             raise wrapped from None
 
 
-def _provider(client: Any | None) -> Any:
-    """The utility's default provider (cached across warm invocations), or one over the given client."""
-    return None if client is None else parameters.SSMProvider(boto3_client=client)
+def _get_parameter(ssm: Any | None, name: str, **options: Any) -> Any:
+    """One parameter through the utility's default provider (cached across warm invocations), or through a
+    provider over the given client; every read of this module goes through here."""
+    if ssm is None:
+        return _powertools_call("GetParameter", lambda: parameters.get_parameter(name, **options))
+    provider = parameters.SSMProvider(boto3_client=ssm)
+    return _powertools_call("GetParameter", lambda: provider.get(name, **options))
+
+
+def _get_secret(secrets: Any | None, name: str, **options: Any) -> Any:
+    if secrets is None:
+        return _powertools_call("GetSecretValue", lambda: parameters.get_secret(name, **options))
+    provider = parameters.SecretsProvider(boto3_client=secrets)
+    return _powertools_call("GetSecretValue", lambda: provider.get(name, **options))
 
 
 class SsmSettingsSource:
@@ -53,12 +64,7 @@ class SsmSettingsSource:
         self._ssm = ssm
 
     def settings_document(self) -> Any:
-        provider = _provider(self._ssm)
-        if provider is None:
-            raw = _powertools_call("GetParameter", lambda: parameters.get_parameter(self.name, max_age=self.max_age_s))
-        else:
-            raw = _powertools_call("GetParameter", lambda: provider.get(self.name, max_age=self.max_age_s))
-        return json.loads(str(raw))
+        return json.loads(str(_get_parameter(self._ssm, self.name, max_age=self.max_age_s)))
 
     @property
     def ssm(self) -> Any:
@@ -85,15 +91,10 @@ class JsonParameterReader:
         self._ssm = ssm
 
     def get_json(self, name: str) -> Any:
-        provider = _provider(self._ssm)
-        if provider is None:
-            return _powertools_call(
-                "GetParameter", lambda: parameters.get_parameter(name, transform="json", max_age=self.max_age_s)
-            )
-        return _powertools_call("GetParameter", lambda: provider.get(name, transform="json", max_age=self.max_age_s))
+        return _get_parameter(self._ssm, name, transform="json", max_age=self.max_age_s)
 
     def get_text(self, name: str) -> str:
-        return str(parameters.get_parameter(name, force_fetch=True))
+        return str(_get_parameter(self._ssm, name, force_fetch=True))
 
 
 class ParameterSecretResolver:
@@ -107,28 +108,17 @@ class ParameterSecretResolver:
         self._ssm = ssm
         self._secrets = secrets
 
-    def _read(self, ref: str) -> str:
-        age = self.max_age_s
-        if ref.startswith("ssm:"):
-            name = ref[len("ssm:") :]
-            if self._ssm is None:
-                return str(parameters.get_parameter(name, decrypt=True, max_age=age))
-            return str(parameters.SSMProvider(boto3_client=self._ssm).get(name, decrypt=True, max_age=age))
-        if ref.startswith("secretsmanager:"):
-            name = ref[len("secretsmanager:") :]
-            if self._secrets is None:
-                return str(parameters.get_secret(name, max_age=age))
-            return str(parameters.SecretsProvider(boto3_client=self._secrets).get(name, max_age=age))
-        raise KeyError(ref)
-
     def resolve(self, ref: str) -> str:
-        operation = "GetSecretValue" if ref.startswith("secretsmanager:") else "GetParameter"
         try:
-            return _powertools_call(operation, lambda: self._read(ref))
+            if ref.startswith("ssm:"):
+                return str(_get_parameter(self._ssm, ref[len("ssm:") :], decrypt=True, max_age=self.max_age_s))
+            if ref.startswith("secretsmanager:"):
+                return str(_get_secret(self._secrets, ref[len("secretsmanager:") :], max_age=self.max_age_s))
         except ClientError as exc:
             if error_code(exc) in NOT_FOUND_CODES:
                 raise KeyError(ref) from None
             raise
+        raise KeyError(ref)
 
 
 class SsmConfigStore:

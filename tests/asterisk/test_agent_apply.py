@@ -4,7 +4,6 @@ Asterisk runs chrooted through the shared harness."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from sip_trunk.asterisk import parse_channel_count, parse_endpoints
 from sip_trunk.manifest import MANIFEST_NAME, Manifest
 from support.asterisk import AsteriskInstance
 from support.rtp import RtpCounter, RtpCounts, rtp_range
-from support.sipp import Sipp, auth_field, free_port, free_sip_port, scenario_path, write_injection
+from support.sipp import Sipp, auth_field, free_media_port, free_port, free_sip_port, scenario_path, write_injection
 
 pytestmark = pytest.mark.asterisk
 
@@ -229,8 +228,8 @@ def test_corrupt_and_invalid_versions_roll_back_while_a_call_stays_up(
 
     # A real call through the gateway: sipp UAC (alice, digest auth, A-law audio) → Asterisk → sipp UAS that
     # echoes the RTP back; the UAC's media port is counted both ways.
-    uac_media = free_port(kind=socket.SOCK_DGRAM)
-    uas_media = free_port(kind=socket.SOCK_DGRAM)
+    uac_media = free_media_port()
+    uas_media = free_media_port()
     counter = rtp_counter((uac_media, uac_media))
     uas = Sipp(
         "net_uas_answer.xml",

@@ -13,7 +13,6 @@ config post-edited to carry one of the origin project's bugs, and require it to 
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from standin import (
 from support.asterisk import AsteriskInstance
 from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.rtp import RtpCounter, rtp_range
-from support.sipp import free_port, free_sip_port, run_sipp
+from support.sipp import free_media_port, free_port, free_sip_port, run_sipp
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 RtpCounterFactory = Callable[..., RtpCounter]
@@ -129,7 +128,7 @@ def carrier_calls_agent(pair: Pair, workdir: Path, *, duration_ms: int) -> None:
         local_ip=CARRIER_IP,
         service=pair.e164,
         duration_ms=duration_ms,
-        media_port=free_port(CARRIER_IP, socket.SOCK_DGRAM),
+        media_port=free_media_port(CARRIER_IP),
         timeout=25,
     )
     assert result.ok, result.describe()
@@ -353,7 +352,7 @@ def test_unauthenticated_invite_as_elevenlabs_is_challenged(
         local_ip=INTRUDER_IP,
         service="+442071838750",
         keys={"from_user": "elevenlabs"},
-        media_port=free_port(INTRUDER_IP, socket.SOCK_DGRAM),
+        media_port=free_media_port(INTRUDER_IP),
         timeout=15,
     )
     # Then it is challenged, never identified: no context, no channel, no call to the agent

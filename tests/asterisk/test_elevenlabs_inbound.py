@@ -18,7 +18,6 @@ The stand-in itself refuses REGISTER, as ElevenLabs' INVITE-only trunks do.
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from support.rtp import rtp_range
 from support.sipp import (
     Sipp,
     auth_field,
+    free_media_port,
     free_port,
     free_sip_port,
     received_requests,
@@ -131,7 +131,7 @@ def start_inbound(
         transport="t1",
         local_ip=CARRIER_IP,
         local_port=carrier_port,
-        media_port=free_port(CARRIER_IP, socket.SOCK_DGRAM),
+        media_port=free_media_port(CARRIER_IP),
         rtp_echo=True,
         global_timeout_s=120,
         extra_args=["-aa"],
@@ -279,7 +279,7 @@ def smuggle_is_refused(inbound: Inbound, number: str) -> None:
         service=number,
         inject=users,
         keys={"from_user": inbound.inbound_user},
-        media_port=free_port(INTRUDER_IP, socket.SOCK_DGRAM),
+        media_port=free_media_port(INTRUDER_IP),
         timeout=20,
     )
     assert inbound.carrier_invites() == []
@@ -349,7 +349,7 @@ def test_unauthenticated_callers_never_reach_a_context_that_dials_out(
         "transport": "t1",
         "local_ip": INTRUDER_IP,
         "service": ALLOWED_NUMBER,
-        "media_port": free_port(INTRUDER_IP, socket.SOCK_DGRAM),
+        "media_port": free_media_port(INTRUDER_IP),
         "timeout": 20,
     }
     if credentials is None:

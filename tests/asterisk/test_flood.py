@@ -11,7 +11,6 @@ the machine's cores.
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from support.asterisk import AsteriskInstance
 from support.gateway import load_example, merge, render_gateway
 from support.rtp import RtpCounter, rtp_range
-from support.sipp import Sipp, auth_field, free_port, write_injection
+from support.sipp import Sipp, auth_field, free_media_port, free_port, write_injection
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 RtpCounterFactory = Callable[..., RtpCounter]
@@ -63,8 +62,8 @@ def test_calls_keep_their_media_through_a_flood_of_unauthenticated_invites(
     asterisk_factory: AsteriskFactory, rtp_counter: RtpCounterFactory, tmp_path: Path
 ) -> None:
     sip_port, tls_port = free_port(), free_port()
-    uas_port, uas_media = free_port(), free_port(kind=socket.SOCK_DGRAM)
-    uac_media = free_port(kind=socket.SOCK_DGRAM)
+    uas_port, uas_media = free_port(), free_media_port()
+    uac_media = free_media_port()
     gw_rtp = rtp_range(200)
     settings, secrets = load_example("minimal")
     overrides: dict[str, Any] = {

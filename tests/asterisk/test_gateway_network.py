@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from support.asterisk import AsteriskInstance
 from support.gateway import load_example, merge, render_gateway
 from support.netns import ElasticIpTopology, in_ns
 from support.rtp import RtpCounter, rtp_range
-from support.sipp import Sipp, SippResult, auth_field, free_port, run_sipp, write_injection
+from support.sipp import Sipp, SippResult, auth_field, free_media_port, free_port, run_sipp, write_injection
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 RtpCounterFactory = Callable[..., RtpCounter]
@@ -195,8 +194,8 @@ def test_reload_with_calls_up_drops_none(
 ) -> None:
     calls = 20
     sip_port, tls_port = free_port(), free_port()
-    uas_port, uas_media = free_port(), free_port(kind=socket.SOCK_DGRAM)
-    uac_media = free_port(kind=socket.SOCK_DGRAM)
+    uas_port, uas_media = free_port(), free_media_port()
+    uac_media = free_media_port()
     gw_rtp = rtp_range(200)
     overrides: dict[str, Any] = {
         "network": {

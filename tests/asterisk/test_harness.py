@@ -8,8 +8,8 @@ The minimal config (tests/asterisk/configs/minimal) loads exactly the modules of
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +17,17 @@ import pytest
 from support.asterisk import AsteriskInstance, available_modules, module_load_lines, module_names
 from support.netns import ElasticIpTopology
 from support.rtp import RtpCounter, rtp_range
-from support.sipp import TlsTunnel, auth_field, free_port, free_sip_port, run_sipp, write_injection
+from support.sipp import (
+    Sipp,
+    TlsTunnel,
+    auth_field,
+    free_media_port,
+    free_port,
+    free_sip_port,
+    received_requests,
+    run_sipp,
+    write_injection,
+)
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 RtpCounterFactory = Callable[..., RtpCounter]
@@ -42,6 +52,15 @@ def minimal_variables(**overrides: str) -> dict[str, str]:
     }
     values.update(overrides)
     return values
+
+
+def wait_until(condition: Callable[[], object], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def rtp_ports(variables: dict[str, str]) -> tuple[int, int]:
@@ -93,7 +112,7 @@ def test_tcp_call_with_digest_auth_carries_rtp(
         service=service,
         inject=users,
         duration_ms=3000,
-        media_port=free_port(kind=socket.SOCK_DGRAM),
+        media_port=free_media_port(),
         timeout=40,
     )
     # Then the call succeeded, after a challenge, and RTP flowed both ways (≈ 50 packets/s)
@@ -306,7 +325,7 @@ def test_tls_call_through_tunnel(
             service="echo",
             inject=users,
             duration_ms=2000,
-            media_port=free_port(kind=socket.SOCK_DGRAM),
+            media_port=free_media_port(),
             timeout=40,
         )
     # Then the call succeeds over TLS with RTP both ways
@@ -315,3 +334,73 @@ def test_tls_call_through_tunnel(
     assert counts.to_range >= 50, counts
     assert counts.from_range >= 50, counts
     assert f"IPV4/TLS/127.0.0.1/{tls_port}" in ast.log_text("security")
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_a_sipp_far_end_probed_before_its_call_still_takes_the_call(tmp_path: Path, transport: str) -> None:
+    # Given a sipp far end that is to take one call and answers keep-alive probes (-aa), as the stand-ins do
+    uas = Sipp(
+        "net_uas_answer.xml", tmp_path / "uas", transport=transport, extra_args=["-aa"], global_timeout_s=30
+    ).start()
+    try:
+        remote = f"127.0.0.1:{uas.local_port}"
+        # When a qualify OPTIONS reaches it before the INVITE (sipp 3.6.1 makes a call of the probe)
+        probe = run_sipp(
+            "options.xml",
+            tmp_path / "probe",
+            remote=remote,
+            transport=transport,
+            inject=write_injection(tmp_path / "probe.csv", [["gateway", "[authentication]"]]),
+            timeout=15,
+        )
+        assert probe.ok, probe.describe()
+        call = run_sipp(
+            "carrier_uac_pcap.xml",
+            tmp_path / "call",
+            remote=remote,
+            transport=transport,
+            service="+14155550100",
+            duration_ms=500,
+            timeout=20,
+        )
+        # Then the call is still taken, and the far end counts one good call and no failure
+        assert call.ok, call.describe()
+        result = uas.wait(timeout=15)
+    finally:
+        uas.kill()
+    assert result.ok, result.describe()
+    assert (result.successful, result.failed, result.probes) == (1, 0, 1), result.describe()
+
+
+def test_stopping_a_far_end_lets_the_call_it_is_ending_end(tmp_path: Path) -> None:
+    # Given a far end in a call that the caller ends (its BYE takes a moment to be answered)
+    uas = Sipp("net_uas_answer.xml", tmp_path / "uas", transport="t1", global_timeout_s=30).start()
+    try:
+        caller = Sipp(
+            "carrier_uac_pcap.xml",
+            tmp_path / "call",
+            remote=f"127.0.0.1:{uas.local_port}",
+            transport="t1",
+            service="+14155550100",
+            duration_ms=1500,
+            global_timeout_s=20,
+        ).start()
+        assert wait_until(lambda: received_requests(uas.result().messages, "ACK"), 10), uas.result().describe()
+        # When the test stops the far end while the call is still up
+        result = uas.stop(settle_s=10)
+        assert caller.wait(timeout=10).ok
+    finally:
+        uas.kill()
+    # Then the far end was stopped only after the call ended, and counted it
+    assert (result.successful, result.failed) == (1, 0), result.describe()
+
+
+def test_sipp_media_ports_never_meet_another_test_port() -> None:
+    # Given the ports a test hands out: SIP ports (any, from the kernel) and sipp media bases (four ports each)
+    sip_ports = {free_port() for _ in range(50)}
+    media_bases = [free_media_port() for _ in range(5)]
+    media = {base + offset for base in media_bases for offset in range(4)}
+    # Then none is handed out twice, and no media port is a SIP port
+    assert len(sip_ports) == 50
+    assert len(media) == 20
+    assert not sip_ports & media

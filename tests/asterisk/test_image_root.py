@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import shlex
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from standin import ELEVENLABS_HOST, SHARED_IP, Standin, start_standin, wait_for
 from support.asterisk import AsteriskInstance
 from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.rtp import RtpCounter, rtp_range
-from support.sipp import free_port, run_sipp
+from support.sipp import free_media_port, free_port, run_sipp
 
 pytestmark = pytest.mark.image
 
@@ -284,7 +283,7 @@ def carrier_call(world: World, rtp_counter: Callable[..., RtpCounter], workdir: 
         local_ip=CARRIER_IP,
         service=world.e164,
         duration_ms=3000,
-        media_port=free_port(CARRIER_IP, socket.SOCK_DGRAM),
+        media_port=free_media_port(CARRIER_IP),
         timeout=25,
     )
     assert result.ok, result.describe() + "\n" + world.gateway.diagnostics()

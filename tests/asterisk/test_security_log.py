@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from support.asterisk import AsteriskInstance, module_load_lines
 from support.gateway import load_example, merge, render_gateway
 from support.rtp import RtpCounter, rtp_range
-from support.sipp import Sipp, TlsTunnel, auth_field, free_port, run_sipp, write_injection
+from support.sipp import Sipp, TlsTunnel, auth_field, free_media_port, free_port, run_sipp, write_injection
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 
@@ -261,7 +260,7 @@ def test_tls_call_media_encryption(
         transport="t1",
         local_ip="127.0.0.2",
         local_port=uas_port,
-        media_port=free_port("127.0.0.2", socket.SOCK_DGRAM),
+        media_port=free_media_port("127.0.0.2"),
         rtp_echo=True,
         global_timeout_s=60,
         # answer the gateway's qualify OPTIONS, so the carrier counts as reachable

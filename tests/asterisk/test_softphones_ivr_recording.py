@@ -30,6 +30,7 @@ from support.sipp import (
     Sipp,
     SippResult,
     auth_field,
+    free_media_port,
     free_port,
     free_sip_port,
     received_messages,
@@ -139,7 +140,7 @@ def phone(tmp_path: Path, label: str, sip_port: int, extension: str, scenario: s
         tmp_path / label,
         transport="u1",
         local_port=port,
-        media_port=udp_port(),
+        media_port=free_media_port(),
         extra_args=["-aa"],
         global_timeout_s=60,
     )
@@ -181,7 +182,7 @@ def carrier_call(
         service=did,
         keys={"caller": caller},
         duration_ms=hold_ms,
-        media_port=free_port(CARRIER_IP, socket.SOCK_DGRAM),
+        media_port=free_media_port(CARRIER_IP),
         timeout=40,
     )
 
@@ -192,7 +193,7 @@ def agent_stand_in(tmp_path: Path, label: str, port: int) -> Sipp:
         tmp_path / label,
         transport="t1",
         local_port=port,
-        media_port=udp_port(),
+        media_port=free_media_port(),
         rtp_echo=True,
         global_timeout_s=60,
     ).start()
@@ -253,7 +254,7 @@ def test_video_call_between_extensions_passes_video_through(asterisk_factory: As
             service="1002",
             inject=users,
             duration_ms=3000,
-            media_port=udp_port(),
+            media_port=free_media_port(),
             global_timeout_s=30,
         ).start()
         # Then while the call is up both channels carry H.264 natively and nothing is transcoded

@@ -10,7 +10,6 @@ allowlist ``+1415``/``+44``. The stand-in sends REFER the way ElevenLabs' "trans
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,10 @@ from support.gateway import ip_carrier, load_example, loopback_network, merge, r
 from support.rtp import rtp_range
 from support.sipp import (
     Sipp,
+    free_media_port,
     free_port,
     free_sip_port,
+    received_messages,
     received_requests,
     registered_phone,
 )
@@ -58,10 +59,9 @@ class Gateway:
 
     def carrier_invite_headers(self, name: str) -> list[str]:
         """Values of header ``name`` on the INVITEs the carrier received."""
-        blocks = re.split(r"\n(?=INVITE sip:)", self.carrier.result().messages)
         return [
             m.group(1)
-            for b in blocks
+            for b in received_messages(self.carrier.result().messages)
             if b.startswith("INVITE")
             for m in [re.search(rf"^{re.escape(name)}: (.*)$", b, re.M | re.I)]
             if m
@@ -74,8 +74,7 @@ class Gateway:
 
     def carrier_from_headers(self) -> list[str]:
         """From header of each INVITE the carrier received."""
-        messages = self.carrier.result().messages
-        blocks = re.split(r"\n(?=INVITE sip:)", messages)
+        blocks = received_messages(self.carrier.result().messages)
         return [m.group(1) for b in blocks if b.startswith("INVITE") and (m := re.search(r"^From: (.*)$", b, re.M))]
 
     def channels(self) -> str:
@@ -91,7 +90,7 @@ class Gateway:
             local_ip=CARRIER_IP,
             service=did,
             keys={"from_user": caller},
-            media_port=free_port(CARRIER_IP, socket.SOCK_DGRAM),
+            media_port=free_media_port(CARRIER_IP),
             extra_args=["-aa"],
             global_timeout_s=40,
         ).start()
@@ -157,7 +156,7 @@ def start_gateway(
         transport="t1",
         local_ip=CARRIER_IP,
         local_port=carrier_port,
-        media_port=free_port(CARRIER_IP, socket.SOCK_DGRAM),
+        media_port=free_media_port(CARRIER_IP),
         rtp_echo=True,
         global_timeout_s=120,
         extra_args=["-aa"],
@@ -525,7 +524,7 @@ def sipp_agent(gw_dir: Path, port: int, refer_to: str, conversation: str) -> Sip
         transport="t1",
         local_ip=AGENT_IP,
         local_port=port,
-        media_port=free_port(AGENT_IP, socket.SOCK_DGRAM),
+        media_port=free_media_port(AGENT_IP),
         keys={"refer_to": refer_to, "conversation": conversation},
         extra_args=["-aa"],
         global_timeout_s=40,
@@ -575,7 +574,7 @@ def refer_headers_reach_the_target(
             local_ip=CARRIER_IP,
             service=e164(gw),
             keys={"from_user": CALLER},
-            media_port=free_port(CARRIER_IP, socket.SOCK_DGRAM),
+            media_port=free_media_port(CARRIER_IP),
             extra_args=["-aa"],
             global_timeout_s=40,
         ).start()
@@ -588,7 +587,7 @@ def refer_headers_reach_the_target(
         assert re.fullmatch(r"[-A-Za-z0-9._]+", gw.carrier_invite_headers("X-CALL-ID")[0])
         # And the agent got 202, then the progress as NOTIFY sipfrag: 100 Trying, 180 Ringing, 200 once answered
         assert agent.wait(timeout=20).ok, agent.result().describe()
-        notifies = [b for b in re.split(r"\n(?=NOTIFY sip:)", agent.result().messages) if b.startswith("NOTIFY")]
+        notifies = [b for b in received_messages(agent.result().messages) if b.startswith("NOTIFY")]
         frags = [m.group(1) for b in notifies for m in [re.search(r"^SIP/2\.0 (\d{3})", b, re.M)] if m]
         assert frags[0] == "100", frags
         assert "180" in frags, frags

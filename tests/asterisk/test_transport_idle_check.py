@@ -19,7 +19,6 @@ each other, so checks left by the calls' own (closed) connections cannot fire du
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from sip_trunk.agent import watch
 from sip_trunk.agent.watch import Prober, watch_peer
 from sip_trunk.sip import OptionsSession, ProbeResult, ProbeTarget, Transport, probe_options
 from support.asterisk import AsteriskInstance
-from support.sipp import auth_field, free_port, run_sipp, write_injection
+from support.sipp import auth_field, free_media_port, run_sipp, write_injection
 from test_harness import MINIMAL, PASSWORD, minimal_variables
 
 AsteriskFactory = Callable[..., AsteriskInstance]
@@ -119,7 +118,7 @@ def place_calls(port: int, tmp_path: Path) -> list[bool]:
             service="echo",
             inject=users,
             duration_ms=200,
-            media_port=free_port(kind=socket.SOCK_DGRAM),
+            media_port=free_media_port(),
             timeout=20,
         )
         outcomes.append(result.ok)

@@ -15,6 +15,7 @@ from sip_trunk_local.sipp import (
     SippResult,
     TlsTunnel,
     auth_field,
+    free_media_port,
     free_port,
     free_sip_port,
     parse_screen,
@@ -24,6 +25,7 @@ from sip_trunk_local.sipp import (
     registered_phone,
     run_sipp,
     scenario_path,
+    traced_messages,
     write_injection,
 )
 
@@ -41,6 +43,7 @@ __all__ = [
     "SippResult",
     "TlsTunnel",
     "auth_field",
+    "free_media_port",
     "free_port",
     "free_sip_port",
     "parse_screen",
@@ -50,5 +53,6 @@ __all__ = [
     "registered_phone",
     "run_sipp",
     "scenario_path",
+    "traced_messages",
     "write_injection",
 ]

@@ -153,6 +153,8 @@ class RtpRange:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds.clear()
+        if self in _RESERVED:
+            _RESERVED.remove(self)
 
 
 _RESERVED: list[RtpRange] = []

@@ -19,12 +19,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sip_trunk_local.rtp import RtpRange, reserve_rtp_range
+
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 # Where scenario names are looked up, first match wins (the test suite puts its own directory first).
 SCENARIO_DIRS: list[Path] = [SCENARIO_DIR]
 SIPP_SHARE = Path("/usr/share/sip-tester")
 G711A_PCAP = SIPP_SHARE / "g711a.pcap"
 TRANSPORTS = {"u1", "un", "t1", "tn", "l1", "ln"}
+MEDIA_PORTS = 4  # sipp's -mp base: audio RTP, RTCP, video RTP, video RTCP
 
 
 class SippError(RuntimeError):
@@ -72,11 +75,16 @@ class SippResult:
     errors: str
     messages: str
     elapsed: float
+    expected_calls: int | None = None
+    probes: int = 0
 
     @property
     def ok(self) -> bool:
-        """sipp exits 0 only when every call succeeded."""
-        return self.returncode == 0
+        """Every call succeeded: sipp exited 0 or, for a UAS (which the harness ends), the calls it was
+        to take all succeeded and none failed."""
+        if self.expected_calls is None:
+            return self.returncode == 0
+        return (self.successful or 0) >= self.expected_calls and not self.failed
 
     def describe(self) -> str:
         """Everything useful for an assertion message."""
@@ -126,6 +134,10 @@ def _int(value: str | None) -> int | None:
 class Sipp:
     """One sipp process. :meth:`start` then :meth:`wait`, or :func:`run_sipp` for both.
 
+    A UAS (no ``remote``) takes ``calls`` calls but gets no ``-m``: Debian's sipp 3.6.1 makes a call of
+    each out-of-dialog request it answers with ``-aa`` (the gateway's qualify OPTIONS), counts it against
+    ``-m`` and then drops the INVITEs beyond. The harness counts the calls instead (:meth:`wait`).
+
     ``transport``: u1/un (UDP), t1/tn (TCP; tn gets ``-max_socket``), l1/ln (TLS: needs a sipp built with
     OpenSSL and ``tls_cert``/``tls_key``; Debian's is not, see :class:`TlsTunnel`).
     ``remote`` is ``host:port`` (omit for a UAS). ``inject`` is an injection CSV (see
@@ -158,6 +170,7 @@ class Sipp:
     trace_messages: bool = True
     process: subprocess.Popen[str] | None = field(default=None, init=False, repr=False)
     _started: float = field(default=0.0, init=False, repr=False)
+    _media_ports: RtpRange | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -169,6 +182,10 @@ class Sipp:
             # would fight over it, and one would get the other's requests
             kind = socket.SOCK_DGRAM if self.transport.startswith("u") else socket.SOCK_STREAM
             self.local_port = free_port(self.local_ip, kind)
+        if self.media_port is None and self.netns is None:
+            # sipp's default is 6000 (the same clash as 5060); this block is held until sipp ends
+            self._media_ports = reserve_rtp_range(MEDIA_PORTS)
+            self.media_port = self._media_ports.low
         self.scenario = scenario_path(self.scenario)
 
     @property
@@ -188,7 +205,7 @@ class Sipp:
             cmd += ["-p", str(self.local_port)]
         if self.service is not None:
             cmd += ["-s", self.service]
-        if self.calls is not None:
+        if self.calls is not None and self.remote:
             cmd += ["-m", str(self.calls)]
         if self.rate is not None:
             cmd += ["-r", f"{self.rate:g}"]
@@ -263,16 +280,35 @@ class Sipp:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        if self._media_ports is not None:
+            self._media_ports.release()
+
+    @property
+    def _counts_calls(self) -> bool:
+        return self.remote is None and self.calls is not None
+
+    def _calls_done(self) -> bool:
+        result = self.result()
+        return (result.successful or 0) + (result.failed or 0) >= (self.calls or 0)
+
+    def _calls_pending(self) -> bool:
+        """A call came in (its INVITE is in the trace) and has not ended yet (by the statistics)."""
+        result = self.result()
+        started = sum(1 for method in call_ids_by_first_request(result.messages).values() if method == "INVITE")
+        return started > (result.successful or 0) + (result.failed or 0)
 
     def wait(self, timeout: float = 60.0) -> SippResult:
-        """Wait for sipp to finish (kill it after ``timeout``) and collect its results."""
+        """Wait for sipp to finish, or a UAS for its calls to end (kill it after ``timeout``), and collect
+        its results."""
         if self.process is None:
             raise SippError("sipp was not started")
-        timed_out = False
+        deadline = time.monotonic() + timeout
         try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            while self.process.poll() is None and time.monotonic() < deadline:
+                if self._counts_calls and self._calls_done():
+                    break
+                time.sleep(0.1)
+            timed_out = self.process.poll() is None and not (self._counts_calls and self._calls_done())
         finally:
             self.kill()
         result = self.result()
@@ -280,8 +316,12 @@ class Sipp:
             raise SippError(f"sipp did not finish within {timeout} s\n{result.describe()}")
         return result
 
-    def stop(self) -> SippResult:
-        """End a long-running sipp (a UAS) and collect its results."""
+    def stop(self, settle_s: float = 5.0) -> SippResult:
+        """End a long-running sipp (a UAS) and collect its results; a call still ending (the far end's BYE
+        on its way) gets up to ``settle_s`` to end first."""
+        deadline = time.monotonic() + settle_s
+        while self.running and time.monotonic() < deadline and self._calls_pending():
+            time.sleep(0.1)
         self.kill()
         return self.result()
 
@@ -301,6 +341,13 @@ class Sipp:
             successful = screen_counts.get("successful")
         if failed is None:
             failed = screen_counts.get("failed")
+        messages = read("messages.log")
+        probes = 0
+        if self._counts_calls:
+            # the calls sipp made of answered out-of-dialog requests (see the class notes) are not calls
+            probes = sum(1 for method in call_ids_by_first_request(messages).values() if method != "INVITE")
+            if failed is not None:
+                failed = max(0, failed - probes)
         return SippResult(
             command=self.command(),
             returncode=self.process.returncode if self.process.returncode is not None else -1,
@@ -311,8 +358,10 @@ class Sipp:
             failed=failed,
             screen=screen,
             errors=read("errors.log"),
-            messages=read("messages.log"),
+            messages=messages,
             elapsed=time.monotonic() - self._started,
+            expected_calls=self.calls if self._counts_calls else None,
+            probes=probes,
         )
 
 
@@ -350,29 +399,98 @@ def registered_phone(
         transport="u1",
         local_ip=local_ip,
         local_port=port,
-        media_port=free_port(local_ip, socket.SOCK_DGRAM),
+        media_port=free_media_port(local_ip),
         extra_args=["-aa"],
         global_timeout_s=60,
     ).start()
     return phone, port
 
 
+_TRACE_HEADER = re.compile(
+    r"^-{20,} [^\n]*\n(?:\w+ )?(?:\w+ )?message (received \[(\d+)\] bytes :|sent \((\d+) bytes\):)\n\n",
+    re.MULTILINE,
+)
+
+
+@dataclass(frozen=True)
+class TracedMessage:
+    """One message of a sipp message trace (``-trace_msg``)."""
+
+    received: bool
+    text: str
+
+
+def traced_messages(messages: str) -> list[TracedMessage]:
+    """The complete messages of a sipp message trace, in order.
+
+    Each entry announces its size in bytes; the message is that many bytes (sipp may log more after it,
+    such as a note on an unexpected message). A trace read while sipp runs may end inside the last message
+    (sipp writes through a stdio buffer): it is left out until it is whole. SIP lines end in CRLF, which
+    reading the trace as text turned into one newline, so a newline counts two bytes.
+    """
+    found: list[TracedMessage] = []
+    entries = list(_TRACE_HEADER.finditer(messages))
+    for index, match in enumerate(entries):
+        stop = entries[index + 1].start() if index + 1 < len(entries) else len(messages)
+        size, length = int(match.group(2) or match.group(3)), 0
+        for length, char in enumerate(messages[match.end() : stop], start=1):  # noqa: B007 - used below
+            size -= len(char.encode("utf-8", "surrogateescape")) + (char == "\n")
+            if size <= 0:
+                break
+        if size > 0 and stop == len(messages):
+            break  # the last message is not all there yet
+        body = messages[match.end() : match.end() + length]
+        found.append(TracedMessage(received=match.group(2) is not None, text=body.strip()))
+    return found
+
+
 def received_messages(messages: str) -> list[str]:
-    """Every message sipp received, in order, from its message trace (which also holds what it sent)."""
-    chunks = re.split(r"message received \[\d+\] bytes :", messages.replace("\r\n", "\n"))[1:]
-    return [chunk.split("-----------------------------------------------", 1)[0].strip() for chunk in chunks]
+    """Every complete message sipp received, in order, from its message trace (which also holds what it sent)."""
+    return [m.text for m in traced_messages(messages) if m.received]
 
 
 def received_requests(messages: str, method: str) -> list[str]:
-    """Request lines of ``method`` in a sipp message trace (the received ones start their own line)."""
-    return re.findall(rf"^({method} sip:\S+ SIP/2\.0)", messages, re.MULTILINE)
+    """Request lines of the complete ``method`` requests sipp received, from its message trace."""
+    lines = (m.split("\n", 1)[0] for m in received_messages(messages))
+    return [line for line in lines if re.fullmatch(rf"{method} sip:\S+ SIP/2\.0", line)]
+
+
+def call_ids_by_first_request(messages: str) -> dict[str, str]:
+    """For each Call-ID sipp received a request on, the method of the first one (a UAS's calls start with
+    INVITE; a dialog that starts with OPTIONS is a keep-alive probe sipp answered, not a call)."""
+    first: dict[str, str] = {}
+    for message in received_messages(messages):
+        method = message.split(" ", 1)[0]
+        if method.startswith("SIP/"):
+            continue
+        call_id = re.search(r"^(?:Call-ID|i): *(\S+)", message, re.MULTILINE | re.IGNORECASE)
+        if call_id:
+            first.setdefault(call_id.group(1), method)
+    return first
+
+
+_HANDED_OUT: set[int] = set()
 
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    """A port that is free now on ``host`` (for loopback tests; races are unlikely but possible)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port that is free now on ``host`` and was not handed out before in this process (for loopback
+    tests; another program may still take it before it is bound, which is unlikely)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise SippError(f"no new free port on {host}")
+
+
+def free_media_port(host: str = "127.0.0.1") -> int:
+    """sipp's media base port (``-mp``): sipp binds it and the three above it (RTCP, video, video RTCP), so
+    it comes from the reserved RTP pool below the kernel's ephemeral range, where no :func:`free_port`
+    port can fall (released after the test, with the RTP ranges)."""
+    del host  # the pool is reserved and checked free on every address
+    return reserve_rtp_range(MEDIA_PORTS).low
 
 
 def free_sip_port(host: str = "127.0.0.1") -> int:

@@ -422,3 +422,47 @@ def test_tls_transfer_destination_needs_tls() -> None:
         minimal(), "dialplan.transfers", {"sip_destinations": {"pbx": {"host": "pbx.example.com", "transport": "tls"}}}
     )
     assert "needs tls.enabled" in error_of(doc)
+
+
+# --- when the agent cannot answer -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"kind": "extension", "extension": "4242"}, "extension 4242 is not defined"),
+        ({"kind": "extension"}, "'extension' is required"),
+        ({"kind": "announcement", "extension": "1001"}, "only there"),
+        ({"kind": "ivr"}, "dialplan.ivr.enabled is false"),
+        ({"kind": "announcement", "prompt": "x;Hangup()"}, "elevenlabs.fallback.prompt"),
+        ({"kind": "announcement", "hangup_cause": 0}, "hangup_cause"),
+        ({"kind": "agent"}, "elevenlabs.fallback.kind"),
+    ],
+    ids=[
+        "undefined-extension",
+        "extension-missing",
+        "extension-not-needed",
+        "ivr-off",
+        "prompt-injection",
+        "cause",
+        "agent",
+    ],
+)
+def test_agent_fallback_rules(value: dict[str, Any], message: str) -> None:
+    doc = with_(minimal(), "dialplan.ivr", {"enabled": False})
+    assert message in error_of(with_(doc, "elevenlabs.fallback", value))
+
+
+@pytest.mark.parametrize("value", [0, 10001, "many"])
+def test_agent_call_cap_is_a_sane_count(value: Any) -> None:
+    assert "elevenlabs.max_calls" in error_of(with_(minimal(), "elevenlabs.max_calls", value))
+
+
+def test_without_settings_the_agent_has_no_cap_and_an_announcement_ends_refused_calls() -> None:
+    el = parse_settings(minimal()).elevenlabs
+    assert el.max_calls is None
+    assert (el.fallback.kind, el.fallback.prompt, el.fallback.hangup_cause) == (
+        "announcement",
+        "all-circuits-busy-now",
+        34,
+    )

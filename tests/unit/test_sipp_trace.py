@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from sip_trunk_local.sipp import call_ids_by_first_request, received_messages, received_requests, traced_messages
 
@@ -32,6 +34,7 @@ def test_every_whole_message_is_read_in_order_with_its_direction() -> None:
         (True, "INVITE sip:+14155550100@127.0.0.5:5060 SIP/2.0"),
     ]
     assert received_requests(trace, "INVITE") == ["INVITE sip:+14155550100@127.0.0.5:5060 SIP/2.0"]
+    assert messages[0].logged_at == datetime(2026, 12, 3, 15, 31, 10, 318596)
 
 
 def test_a_message_sipp_is_still_writing_is_not_read_until_it_is_whole() -> None:

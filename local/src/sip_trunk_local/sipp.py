@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sip_trunk_local.rtp import RtpRange, reserve_rtp_range
@@ -407,7 +408,7 @@ def registered_phone(
 
 
 _TRACE_HEADER = re.compile(
-    r"^-{20,} [^\n]*\n(?:\w+ )?(?:\w+ )?message (received \[(\d+)\] bytes :|sent \((\d+) bytes\):)\n\n",
+    r"^-{20,} ([^\n]*)\n(?:\w+ )?(?:\w+ )?message (received \[(\d+)\] bytes :|sent \((\d+) bytes\):)\n\n",
     re.MULTILINE,
 )
 
@@ -418,6 +419,8 @@ class TracedMessage:
 
     received: bool
     text: str
+    logged_at: datetime | None = None
+    """When sipp logged it (just after sending or reading it; sipp's local time, microseconds)."""
 
 
 def traced_messages(messages: str) -> list[TracedMessage]:
@@ -432,7 +435,7 @@ def traced_messages(messages: str) -> list[TracedMessage]:
     entries = list(_TRACE_HEADER.finditer(messages))
     for index, match in enumerate(entries):
         stop = entries[index + 1].start() if index + 1 < len(entries) else len(messages)
-        size, length = int(match.group(2) or match.group(3)), 0
+        size, length = int(match.group(3) or match.group(4)), 0
         for length, char in enumerate(messages[match.end() : stop], start=1):  # noqa: B007 - used below
             size -= len(char.encode("utf-8", "surrogateescape")) + (char == "\n")
             if size <= 0:
@@ -440,7 +443,11 @@ def traced_messages(messages: str) -> list[TracedMessage]:
         if size > 0 and stop == len(messages):
             break  # the last message is not all there yet
         body = messages[match.end() : match.end() + length]
-        found.append(TracedMessage(received=match.group(2) is not None, text=body.strip()))
+        try:
+            logged_at: datetime | None = datetime.strptime(match.group(1).strip(), "%Y-%m-%d %H:%M:%S.%f")
+        except ValueError:
+            logged_at = None
+        found.append(TracedMessage(received=match.group(3) is not None, text=body.strip(), logged_at=logged_at))
     return found
 
 

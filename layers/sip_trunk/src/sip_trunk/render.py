@@ -27,6 +27,7 @@ from sip_trunk.settings import (
     ELEVENLABS_OUTBOUND_ENDPOINT,
     PROBE_ENDPOINT,
     TRANSFER_ENDPOINT,
+    AgentFallback,
     CallFact,
     Carrier,
     CarrierAuth,
@@ -135,6 +136,13 @@ def _route_target(dest: Destination) -> ConfigList:
     return _csv(["route-extension", dest.extension, 1])
 
 
+def _fallback_target(fallback: AgentFallback) -> ConfigList:
+    """Goto() arguments for an agent fallback that leads somewhere (an announcement is played in place)."""
+    if fallback.kind == "announcement":
+        raise ValueError("an announcement has no Goto() target")
+    return _route_target(Destination(kind=fallback.kind, extension=fallback.extension))
+
+
 def _prefix_patterns(prefix: str) -> list[str]:
     """Digit-only patterns for every E.164 length (7-15 digits) that starts with the prefix.
 
@@ -188,6 +196,7 @@ def _context(settings: Settings, secrets: Secrets, public_address: str | None) -
         "transports": sorted(transports, key=lambda t: t.value),
         "transport_name": _transport_name,
         "route_target": _route_target,
+        "fallback_target": _fallback_target,
         "prefix_patterns": _prefix_patterns,
         "outbound_endpoint": ELEVENLABS_OUTBOUND_ENDPOINT,
         "probe_endpoint": PROBE_ENDPOINT,

@@ -193,6 +193,29 @@ def _unique(values: list[T], what: str) -> list[T]:
 # --- the ElevenLabs trunk -----------------------------------------------------------------
 
 
+class AgentFallback(_Strict):
+    """Where a caller goes when the agent cannot take the call: busy, no answer, unreachable, a refusal
+    (ElevenLabs refuses new calls at the plan's concurrency limit) or the gateway's own cap."""
+
+    kind: Literal["announcement", "extension", "ivr"] = Field(
+        default="announcement", description="announcement: play `prompt` as early media, then end the call"
+    )
+    extension: ExtensionNumber | None = None
+    prompt: PromptName = Field(default="all-circuits-busy-now", description="the announcement (an Asterisk sound)")
+    hangup_cause: int = Field(
+        default=34,
+        ge=1,
+        le=127,
+        description="Q.850 cause that ends a call with nowhere to go (34: no circuit available, 17: user busy)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AgentFallback:
+        if (self.kind == "extension") != (self.extension is not None):
+            raise ValueError("'extension' is required for fallback kind 'extension' and only there")
+        return self
+
+
 class ElevenLabsTrunk(_Strict):
     """The ElevenLabs Agents SIP trunk: static (INVITE only, no REGISTER), digest auth both ways."""
 
@@ -222,6 +245,14 @@ class ElevenLabsTrunk(_Strict):
         default_factory=dict,
         description="extra X- headers on every INVITE to ElevenLabs, each carrying one call fact",
     )
+    max_calls: int | None = Field(
+        default=None,
+        ge=1,
+        le=10000,
+        description="at most this many calls to the agent at once (your plan's concurrency); "
+        "the next caller goes to the fallback instead of a refused INVITE",
+    )
+    fallback: AgentFallback = Field(default_factory=AgentFallback)
 
     @model_validator(mode="after")
     def _check(self) -> ElevenLabsTrunk:
@@ -507,6 +538,11 @@ class Settings(_Strict):
                 raise ValueError(f"route to extension {dest.extension}, which is not defined")
             if dest.kind == "ivr" and not self.dialplan.ivr.enabled:
                 raise ValueError("a route leads to the IVR, but dialplan.ivr.enabled is false")
+        fallback = el.fallback
+        if fallback.kind == "extension" and fallback.extension not in numbers:
+            raise ValueError(f"elevenlabs.fallback: extension {fallback.extension} is not defined")
+        if fallback.kind == "ivr" and not self.dialplan.ivr.enabled:
+            raise ValueError("elevenlabs.fallback leads to the IVR, but dialplan.ivr.enabled is false")
         return self
 
     def secret_refs(self) -> list[str]:

@@ -466,6 +466,7 @@ def live_number(want: DesiredTrunk, phone_number_id: str = "phnum_1", **changes:
             media_encryption=want.media_encryption,
             has_auth_credentials=want.inbound_password is not None,
             username=want.inbound_username,
+            remote_domains=list(want.remote_domains) or None,
         ),
     }
     data.update(changes)

@@ -515,6 +515,62 @@ def test_sync_pushes_a_changed_password() -> None:
     assert password.get_secret_value() == "a-new-inbound-password"
 
 
+GATEWAY_HOST = "sip.gateway.example"
+
+
+def tls_world(tls_port: int = 5061) -> FakeWorld:
+    """ElevenLabs over TLS to the gateway's host name (settings require the name with tls)."""
+    document = settings_document(api_key=True, transport="tls")
+    document["network"] |= {"public_hostname": GATEWAY_HOST, "tls_port": tls_port}
+    document["tls"] = {"enabled": True}
+    return FakeWorld(settings=FakeSettings(document))
+
+
+def test_sync_over_tls_imports_the_host_name_and_lists_it_in_remote_domains() -> None:
+    world = tls_world()
+    first = provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    created = world.elevenlabs.created[0]
+    # ElevenLabs dials the name on the certificate, never the Elastic IP, and accepts BYE/REFER from it
+    assert (created.address, created.transport) == (GATEWAY_HOST, "tls")
+    assert created.remote_domains == (GATEWAY_HOST,)
+    assert created.request_body()["inbound_trunk_config"]["remote_domains"] == [GATEWAY_HOST]
+    again = provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    assert (first.action, again.action) == ("created", "unchanged")
+
+
+def test_sync_over_tls_on_another_port_names_it() -> None:
+    world = tls_world(tls_port=5071)
+    provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    assert world.elevenlabs.created[0].address == f"{GATEWAY_HOST}:5071"
+
+
+def test_sync_over_tcp_keeps_the_elastic_ip_and_sends_no_remote_domains() -> None:
+    world = with_api_key()
+    world.settings.document["network"]["public_hostname"] = GATEWAY_HOST
+    provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    created = world.elevenlabs.created[0]
+    assert (created.address, created.transport, created.remote_domains) == (PUBLIC_IP, "tcp", ())
+    assert "remote_domains" not in created.request_body()["inbound_trunk_config"]
+
+
+def test_sync_switching_to_tls_repoints_the_number_and_adds_the_domain() -> None:
+    # Given a number synced over TCP to the Elastic IP
+    world = tls_world()
+    tcp = with_api_key()
+    provision.sync_elevenlabs(tcp.deps, provision.SyncInput(render=render()))
+    world.elevenlabs = tcp.elevenlabs
+    # When synced with transport tls
+    result = provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    # Then address, transport and remote domains converge in one update
+    assert result.action == "updated"
+    assert set(result.changed_fields) == {
+        "outbound_trunk.address",
+        "outbound_trunk.transport",
+        "inbound_trunk.remote_domains",
+    }
+    assert provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render())).action == "unchanged"
+
+
 # --- RecordDeployment ------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ the steps from here.
 
 from __future__ import annotations
 
+from sip_trunk.workflows.certificate import CertificateCheck
 from sip_trunk.workflows.provision.apply import (
     ApplyCheck,
     ApplyCheckInput,
@@ -50,7 +51,6 @@ from sip_trunk.workflows.provision.render import VERSION_PATTERN, RenderResult, 
 from sip_trunk.workflows.provision.sync import SyncInput, SyncOutcome, desired_trunk, sync_elevenlabs
 from sip_trunk.workflows.provision.validate import ProvisionRequest, ValidateResult, validate_settings
 from sip_trunk.workflows.provision.verify import (
-    CertificateCheck,
     ElevenLabsCheck,
     HostCheck,
     VerifyInput,

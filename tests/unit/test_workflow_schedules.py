@@ -6,8 +6,8 @@ import json
 
 import pytest
 from sip_trunk.errors import BackupFailed
-from sip_trunk.workflows import backup, health
 from sip_trunk.sip import CertificateReport, CertificateTarget
+from sip_trunk.workflows import backup, health
 from support.fakes import (
     PRIMARY,
     PUBLIC_IP,

@@ -29,7 +29,8 @@ def desired_trunk(loaded: LoadedSettings, public_address: str) -> DesiredTrunk:
     transport, port = sip_transport(settings)
     if el.transport is Transport.UDP:
         raise SettingsInvalid("ElevenLabs numbers cannot be synced over the experimental UDP transport")
-    host, remote_domains = public_address, ()
+    host = public_address
+    remote_domains: tuple[str, ...] = ()
     if el.transport is Transport.TLS:
         hostname = settings.network.public_hostname
         if hostname is None:  # refused by the settings model; kept so no IP address is ever sent for TLS

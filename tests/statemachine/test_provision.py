@@ -346,7 +346,9 @@ def test_provision_over_tls_checks_the_certificate_and_points_the_number_at_its_
     )
     assert cert["days_left"] in (59, 60)
     number = ElevenLabsClient(API_KEY, elevenlabs.url).find_by_number("+14155550100")
-    assert number is not None and number.outbound is not None and number.inbound_trunk is not None
+    assert number is not None
+    assert number.outbound is not None
+    assert number.inbound_trunk is not None
     assert (number.outbound.address, number.outbound.transport) == (CERT_HOST, "tls")
     assert number.inbound_trunk.remote_domains == [CERT_HOST]
 

@@ -48,7 +48,7 @@ def build_deps(config: WorkflowConfig) -> Deps:
         objects=S3Objects(),
         prober=VpcProber(config.probe_function) if config.probe_function else sip_probe,
         elevenlabs=elevenlabs,
-        certificates=check_certificate,  # the system trust store, as ElevenLabs; tests pass a CA file
+        certificates=check_certificate,  # the system trust store, as ElevenLabs; no CA setting exists
     )
 
 

@@ -20,6 +20,8 @@ from sip_trunk.sip.probe import tls_context
 __all__ = ["CertificateReport", "CertificateTarget", "check_certificate"]
 
 _DAY_S = 86_400
+_HOSTNAME_MISMATCH = 62
+"""OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH: the chain was trusted, only the name was wrong."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,7 @@ def check_certificate(target: CertificateTarget, timeout_s: float, *, ca_file: s
         cert, version = _handshake(target, timeout_s, strict)
     except ssl.SSLCertVerificationError as exc:
         error = f"certificate rejected: {exc.verify_message}"
-        if exc.verify_code != 62:  # X509_V_ERR_HOSTNAME_MISMATCH: every other failure distrusts the chain
+        if exc.verify_code != _HOSTNAME_MISMATCH:  # every other failure distrusts the chain
             return CertificateReport(target=target, verified=False, error=error)
         lenient = tls_context(True, ca_file)
         lenient.check_hostname = False

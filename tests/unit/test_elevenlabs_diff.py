@@ -342,6 +342,17 @@ def test_ensure_converges_remote_domains_and_keeps_the_operators() -> None:
     assert len(api.updated) == 1
 
 
+def test_an_update_keeps_a_listed_domain_in_its_own_case_and_adds_no_twin() -> None:
+    # Given a number listing the gateway's name in capitals, whose label drifted
+    want = tls_desired()
+    inbound = InboundTrunk(media_encryption="disabled", remote_domains=[GATEWAY_HOST.upper()])
+    api = FakeElevenLabs(live_number(want, label="old", inbound_trunk=inbound))
+    # When ensured, Then the domain counts as listed and the update sends it once
+    result = ensure_trunk(api, want)
+    assert [m.field for m in result.mismatches] == ["label"]
+    assert api.updated[0][1].request_body()["inbound_trunk_config"]["remote_domains"] == [GATEWAY_HOST.upper()]
+
+
 def test_request_body_sends_remote_domains_only_when_desired() -> None:
     assert tls_desired().request_body()["inbound_trunk_config"]["remote_domains"] == [GATEWAY_HOST]
     assert "remote_domains" not in desired().request_body()["inbound_trunk_config"]

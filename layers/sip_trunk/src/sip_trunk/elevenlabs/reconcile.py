@@ -70,7 +70,8 @@ def _keeping_remote_domains(desired: DesiredTrunk, actual: PhoneNumber) -> Desir
     """The desired trunk plus the remote domains the number already lists: an update sends the whole inbound
     trunk, and domains the operator added for other peers must survive it (they are ElevenLabs' to judge)."""
     listed = (actual.inbound_trunk.remote_domains if actual.inbound_trunk else None) or []
-    merged = tuple(dict.fromkeys([*listed, *desired.remote_domains]))
+    known = {d.lower() for d in listed}
+    merged = tuple(dict.fromkeys([*listed, *(d for d in desired.remote_domains if d.lower() not in known)]))
     if merged == desired.remote_domains:
         return desired
     return desired.model_copy(update={"remote_domains": merged})

@@ -1,5 +1,6 @@
 """Schedule · health check (every minute): probe the Elastic IP and each host, publish SipProbeSuccess,
-SipProbeLatencyMs, TrunkVerified and ConfigDrift, and start Failover after K consecutive failures.
+SipProbeLatencyMs, TrunkVerified and ConfigDrift (and, with transport tls, GatewayCertificateDaysLeft once an
+hour), and start Failover after K consecutive failures.
 Before the first Provision it publishes nothing and logs "health check: not provisioned yet"."""
 
 from __future__ import annotations

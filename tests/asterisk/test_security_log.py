@@ -234,6 +234,7 @@ def test_tls_call_media_encryption(
             "tls": {"enabled": True, "cert_file": f"{keys}/gw.crt", "key_file": f"{keys}/gw.key"},
             "network": {
                 "bind_address": "127.0.0.1",
+                "public_hostname": "sip.gateway.example",  # required with transport tls
                 "sip_port": sip_port,
                 "tls_port": tls_port,
                 "rtp_port_start": gw_rtp[0],

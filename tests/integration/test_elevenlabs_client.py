@@ -326,3 +326,40 @@ def test_stand_in_rejects_duplicate_numbers(client: ElevenLabsClient) -> None:
     with pytest.raises(ElevenLabsError) as caught:
         client.create_sip_trunk_phone_number(desired())
     assert caught.value.status == 400
+
+
+# --------------------------------------------------------------------- remote domains (TLS contract)
+def test_remote_domains_round_trip_and_converge(api: ElevenLabsStandIn, client: ElevenLabsClient) -> None:
+    # Given a TLS number imported by host name with the host in its remote domains
+    want = desired(address="sip.gateway.example", transport="tls", remote_domains=("sip.gateway.example",))
+    number_id = ensure_trunk(client, want).phone_number_id
+    # Then GET returns the domain on the inbound trunk and nothing differs
+    got = client.get_phone_number(number_id)
+    assert got.inbound_trunk is not None
+    assert got.inbound_trunk.remote_domains == ["sip.gateway.example"]
+    assert diff_trunk(want, got) == []
+    # When the domain is dropped on the number (another client PATCHed it away), one sync restores it
+    client.update_phone_number(number_id, desired(address="sip.gateway.example", transport="tls"))
+    assert client.get_phone_number(number_id).inbound_trunk.remote_domains is None  # type: ignore[union-attr]
+    fixed = ensure_trunk(client, want)
+    assert [m.field for m in fixed.mismatches] == ["inbound_trunk.remote_domains"]
+    assert ensure_trunk(client, want).action == "unchanged"
+
+
+class _DomainAsText(DesiredTrunk):
+    """A body the API must reject: `remote_domains` is a list of strings, not one string."""
+
+    def request_body(self) -> dict[str, Any]:
+        body = super().request_body()
+        body["inbound_trunk_config"]["remote_domains"] = "sip.gateway.example"
+        return body
+
+
+def test_stand_in_refuses_remote_domains_that_are_not_a_list_of_strings(client: ElevenLabsClient) -> None:
+    bad = _DomainAsText.model_validate(
+        desired().model_dump() | {"password": PASSWORD, "inbound_password": INBOUND_PASSWORD}
+    )
+    with pytest.raises(ElevenLabsValidationError) as caught:
+        client.create_sip_trunk_phone_number(bad)
+    assert caught.value.status == 422
+    assert "body.inbound_trunk_config.remote_domains: Input should be a valid list" in caught.value.detail

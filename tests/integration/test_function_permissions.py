@@ -191,7 +191,7 @@ PORT_ADAPTERS = {
     "executions": "SfnExecutions",
     "objects": "S3Objects",
 }
-NOT_AWS_PORTS = {"config", "prober", "elevenlabs"}
+NOT_AWS_PORTS = {"config", "prober", "elevenlabs", "certificates"}
 
 # --- 1. what each handler calls ------------------------------------------------------------------
 # function → the state machine that invokes it (None: scheduled)

@@ -1017,6 +1017,36 @@ def test_sync_configured_phone_number_id_not_found(world_api, api_handlers, logs
     assert mutations(standin) == []
 
 
+def test_sync_over_tls_points_the_number_at_the_host_name(
+    world_api, api_handlers, logs, event, lambda_context, standin
+):
+    # Given settings with ElevenLabs over TLS to the gateway's host name
+    world_api.put_settings(transport="tls", network={"public_hostname": "sip.gateway.example"}, tls={"enabled": True})
+    # When SyncElevenLabs runs
+    result = api_handlers["sync_elevenlabs"](_sync_event(event, world_api), lambda_context)
+    # Then ElevenLabs holds the host name (not the Elastic IP), transport tls, and the name as a remote domain
+    assert result["action"] == "created"
+    number = _get_number(standin, result["phone_number_id"])
+    assert (number["outbound_trunk"]["address"], number["outbound_trunk"]["transport"]) == (
+        "sip.gateway.example",
+        "tls",
+    )
+    assert number["inbound_trunk"]["remote_domains"] == ["sip.gateway.example"]
+    # And a later execution finds it unchanged
+    later = _sync_event(event, world_api)
+    later["execution"]["name"] = "console-2026-01-02"
+    assert api_handlers["sync_elevenlabs"](later, lambda_context.fresh())["action"] == "unchanged"
+    logs.assert_no(*SECRETS)
+
+
+def _get_number(standin: ElevenLabsStandIn, phone_number_id: str) -> dict[str, Any]:
+    request = urllib.request.Request(  # noqa: S310 -- the stand-in on 127.0.0.1
+        f"{standin.url}/v1/convai/phone-numbers/{phone_number_id}", headers={"xi-api-key": API_KEY}
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310
+        return dict(json.loads(answer.read()))
+
+
 def test_sync_number_deleted_at_elevenlabs_is_recreated_by_number(
     world_api, api_handlers, logs, event, lambda_context, standin
 ):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import boto3
 import pytest
 from moto import mock_aws
+from sip_trunk.aws.wiring import reset
+from sip_trunk.workflows import clock
+from support.certificates import TestCa, TlsServer
 from support.moto_sfn import FakeContext, load_handlers
 from support.world import BACKUPS, REGION, STACK, build_world
 
@@ -205,3 +209,38 @@ def test_a_failed_host_backup_is_reported_as_a_failed_backup(world, handlers, mo
     assert type(failed.value).__name__ == "BackupFailed"
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"BackupSucceeded"' in line]
     assert [doc["BackupSucceeded"] for doc in out] in ([0], [0.0], [[0.0]])
+
+
+# --- the gateway certificate's days left (transport tls) ---------------------------------------------
+CERT_HOST = "sip.gateway.example"
+
+
+@pytest.mark.parametrize(("trusted", "published"), [(True, 44.0), (False, 0.0)])
+def test_health_check_publishes_the_gateway_certificate_days_left(
+    world, handlers, monkeypatch, tmp_path, capsys, trusted, published
+):
+    # Given a TLS deployment whose host name presents a certificate with 44.5 days left, issued by a CA the
+    # system trust store holds (OpenSSL's SSL_CERT_FILE) or by one it does not
+    ca = TestCa(tmp_path / "ca")
+    if trusted:
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca.ca_file))
+    _deploy(world)
+    world.put_settings(transport="tls", network={"public_hostname": CERT_HOST}, tls={"enabled": True})
+    with TlsServer(*ca.issue(CERT_HOST, days=44.5)) as server:
+        targets = json.loads(world.env["PROBE_TARGETS"]) | {CERT_HOST: f"127.0.0.1:{server.port}"}
+        monkeypatch.setenv("PROBE_TARGETS", json.dumps(targets))
+        reset()
+        # When the schedule fires in the first minute of an hour
+        hour = time.time() - time.time() % 3600
+        clock.set_source(lambda: hour + 1)
+        try:
+            report = handlers["health_check"](event("schedule_event.json"), FakeContext("health_check"))
+        finally:
+            clock.set_source(None)
+    # Then the report names the certificate and the metric carries its whole days left (0 when refused)
+    assert report["certificate"]["server_name"] == CERT_HOST
+    assert report["certificate"]["verified"] is trusted
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    values = [doc["GatewayCertificateDaysLeft"] for doc in emf if "GatewayCertificateDaysLeft" in doc]
+    assert values == [[published]]
+    assert server.server_names == [CERT_HOST]  # one handshake, with the name ElevenLabs dials

@@ -590,6 +590,19 @@ def test_alarms_cover_host_probe_trunk_failover_and_backup() -> None:
     assert host_cpu["MetricName"] == "CPUUtilization"
 
 
+def test_the_gateway_certificate_alarms_three_weeks_before_it_expires() -> None:
+    # The health check publishes GatewayCertificateDaysLeft hourly with transport tls (0 once ElevenLabs would
+    # refuse the certificate); VerifyTrunk refuses below CERTIFICATE_MIN_DAYS (14), so 21 leaves a week to renew.
+    alarm = resources(load(ROOT_TEMPLATE), "AWS::CloudWatch::Alarm")["GatewayCertificateAlarm"]
+    props = alarm["Properties"]
+    assert alarm["Condition"] == "TlsOn"
+    assert (props["Namespace"], props["MetricName"]) == ("AwsSipTrunk", "GatewayCertificateDaysLeft")
+    assert props["Dimensions"] == [{"Name": "service", "Value": {"Ref": "AWS::StackName"}}]
+    assert (props["Statistic"], props["ComparisonOperator"], props["Threshold"]) == ("Minimum", "LessThanThreshold", 21)
+    assert props["Period"] >= 3600, "one value an hour"
+    assert props["AlarmActions"] == [{"Ref": "NotificationTopic"}]
+
+
 # --- functions, state machines, substitutions --------------------------------------------------------
 
 

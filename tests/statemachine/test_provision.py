@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import ssl
 
 import pytest
-from support.moto_sfn import run, states_entered
-from support.world import World
+from sip_trunk.elevenlabs import ElevenLabsClient
+from support.certificates import TestCa
+from support.moto_sfn import SipResponder, run, states_entered
+from support.world import API_KEY, World
 
 pytestmark = pytest.mark.statemachine
 
@@ -301,3 +304,69 @@ def test_elevenlabs_rejected_key_is_fatal(machines_with_api, elevenlabs, monkeyp
     # Then the failure is not retried and the notification names the auth error
     note = _failure(machines, result)
     assert "ElevenLabsAuthError" in note["message"]
+
+
+# --- TLS: the certificate ElevenLabs checks, and the number pointed at its name ----------------------
+CERT_HOST = "sip.gateway.example"
+
+
+def _tls_gateway(machines, monkeypatch, cert) -> SipResponder:
+    """The Elastic IP and CERT_HOST both reach a SIP responder on 127.0.0.1 that speaks TLS with `cert`."""
+    world = machines.world
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*cert)
+    responder = SipResponder(world.answering, tls=context)
+    monkeypatch.setenv("PROBE_TARGETS", json.dumps({world.address: responder.target, CERT_HOST: responder.target}))
+    world.put_settings(transport="tls", network={"public_hostname": CERT_HOST}, tls={"enabled": True})
+    return responder
+
+
+def test_provision_over_tls_checks_the_certificate_and_points_the_number_at_its_name(
+    machines_with_api, elevenlabs, monkeypatch, tmp_path
+):
+    # Given transport tls, and a gateway certificate for its host name from a CA the system store trusts
+    machines = machines_with_api
+    ca = TestCa(tmp_path / "ca")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.ca_file))
+    responder = _tls_gateway(machines, monkeypatch, ca.issue(CERT_HOST, days=60))
+    # When Provision runs
+    try:
+        result = run(machines.sfn, machines.provision, {})
+    finally:
+        responder.close()
+    # Then VerifyTrunk reports the certificate, and the number dials its name with the name as a remote domain
+    assert result["status"] == "SUCCEEDED", result
+    output = json.loads(result["output"])
+    cert = output["verify"]["certificate"]
+    assert (cert["checked"], cert["verified"], cert["subject_names"], cert["issuer"]) == (
+        True,
+        True,
+        [CERT_HOST],
+        "Test Root CA",
+    )
+    assert cert["days_left"] in (59, 60)
+    number = ElevenLabsClient(API_KEY, elevenlabs.url).find_by_number("+14155550100")
+    assert number is not None
+    assert number.outbound is not None
+    assert number.inbound_trunk is not None
+    assert (number.outbound.address, number.outbound.transport) == (CERT_HOST, "tls")
+    assert number.inbound_trunk.remote_domains == [CERT_HOST]
+
+
+def test_provision_over_tls_with_an_untrusted_certificate_fails_verification(
+    machines_with_api, elevenlabs, monkeypatch, tmp_path
+):
+    # Given a gateway certificate from a CA nobody trusts
+    machines = machines_with_api
+    responder = _tls_gateway(machines, monkeypatch, TestCa(tmp_path / "impostor", name="Impostor CA").issue(CERT_HOST))
+    # When Provision runs
+    try:
+        result = run(machines.sfn, machines.provision, {})
+    finally:
+        responder.close()
+    # Then VerifyTrunk retries, gives up, and the notification says why; the number is never touched
+    note = _failure(machines, result)
+    assert "VerificationTimedOut" in note["message"]
+    assert f"the certificate on {CERT_HOST}:5061 is refused" in note["message"]
+    assert {c.error for c in machines.harness.calls("verify_trunk")} == {"TrunkNotVerified", "VerificationTimedOut"}
+    assert [r for r in elevenlabs.requests if r.method in {"POST", "PATCH"}] == []

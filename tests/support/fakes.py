@@ -26,10 +26,17 @@ from sip_trunk.elevenlabs import (
     PhoneNumberApi,
 )
 from sip_trunk.errors import AddressRefused, AwsThrottled, HostUnreachable, StackRejected
-from sip_trunk.sip import ProbeResult, ProbeTarget
+from sip_trunk.sip import CertificateReport, CertificateTarget, ProbeResult, ProbeTarget
 from sip_trunk.workflows.config import WorkflowConfig
 from sip_trunk.workflows.deps import Deps
-from sip_trunk.workflows.ports import CommandResult, CommandStatus, ElasticAddress, Instance, StackInfo
+from sip_trunk.workflows.ports import (
+    CertificateChecker,
+    CommandResult,
+    CommandStatus,
+    ElasticAddress,
+    Instance,
+    StackInfo,
+)
 from sip_trunk.workflows.state import Deployment, HealthCounter, HostHeartbeat
 
 STACK = "sip-test"
@@ -444,6 +451,21 @@ class FakeProber:
         return ProbeResult(target=target, reachable=True, status_code=code, rtt_ms=1.5)
 
 
+@dataclass
+class FakeCertificates:
+    """Presents `reports[server_name]` for a checked name; no entry: nothing listens there."""
+
+    reports: dict[str, CertificateReport] = field(default_factory=dict)
+    checked: list[CertificateTarget] = field(default_factory=list)
+
+    def __call__(self, target: CertificateTarget, timeout_s: float) -> CertificateReport:
+        self.checked.append(target)
+        found = self.reports.get(target.server_name)
+        if found is None:
+            return CertificateReport(target=target, verified=False, error="connection refused")
+        return replace(found, target=target)
+
+
 # --- ElevenLabs --------------------------------------------------------------------------------------
 
 
@@ -466,6 +488,7 @@ def live_number(want: DesiredTrunk, phone_number_id: str = "phnum_1", **changes:
             media_encryption=want.media_encryption,
             has_auth_credentials=want.inbound_password is not None,
             username=want.inbound_username,
+            remote_domains=list(want.remote_domains) or None,
         ),
     }
     data.update(changes)
@@ -542,6 +565,7 @@ class FakeWorld:
     objects: FakeObjects = field(default_factory=FakeObjects)
     prober: FakeProber = field(default_factory=FakeProber)
     elevenlabs: FakeElevenLabs = field(default_factory=FakeElevenLabs)
+    certificates: CertificateChecker = field(default_factory=lambda: FakeCertificates())
 
     @property
     def deps(self) -> Deps:
@@ -559,6 +583,7 @@ class FakeWorld:
             objects=self.objects,
             prober=self.prober,
             elevenlabs=self.elevenlabs,
+            certificates=self.certificates,
         )
 
     def deployed(

@@ -298,3 +298,67 @@ def test_ensure_with_a_configured_id_of_another_number_is_a_conflict() -> None:
     api = FakeElevenLabs(other)
     with pytest.raises(TrunkConflictError, match="phnum_other"):
         ensure_trunk(api, want, phone_number_id="phnum_other")
+
+
+# ---------------------------------------------------------------------- remote domains (TLS contract)
+GATEWAY_HOST = "sip.gateway.example"
+
+
+def tls_desired(**changes: object) -> DesiredTrunk:
+    return desired(address=GATEWAY_HOST, transport="tls", remote_domains=(GATEWAY_HOST,), **changes)
+
+
+def test_diff_reports_a_missing_remote_domain() -> None:
+    # Given a number whose inbound trunk lists no remote domain (BYE/REFER from the Via host would be refused)
+    want = tls_desired()
+    actual = live_number(want, inbound_trunk=InboundTrunk(has_auth_credentials=False, media_encryption="disabled"))
+    # When compared, Then the missing domain is reported by name
+    mismatches = diff_trunk(want, actual)
+    assert [(m.field, m.desired, m.actual) for m in mismatches] == [
+        ("inbound_trunk.remote_domains", GATEWAY_HOST, None)
+    ]
+
+
+def test_diff_accepts_remote_domains_the_operator_added() -> None:
+    want = tls_desired()
+    inbound = InboundTrunk(media_encryption="disabled", remote_domains=["other.example", GATEWAY_HOST])
+    assert diff_trunk(want, live_number(want, inbound_trunk=inbound)) == []
+
+
+def test_ensure_converges_remote_domains_and_keeps_the_operators() -> None:
+    # Given a number that lists another domain but not the gateway's host name
+    want = tls_desired()
+    inbound = InboundTrunk(media_encryption="disabled", remote_domains=["other.example"])
+    api = FakeElevenLabs(live_number(want, inbound_trunk=inbound))
+    # When ensured twice
+    first = ensure_trunk(api, want)
+    second = ensure_trunk(api, want)
+    # Then one PATCH sent both domains, and the second run changed nothing
+    assert first.action == "updated"
+    assert [m.field for m in first.mismatches] == ["inbound_trunk.remote_domains"]
+    sent = api.updated[0][1].request_body()["inbound_trunk_config"]["remote_domains"]
+    assert sent == ["other.example", GATEWAY_HOST]
+    assert second.action == "unchanged"
+    assert len(api.updated) == 1
+
+
+def test_an_update_keeps_a_listed_domain_in_its_own_case_and_adds_no_twin() -> None:
+    # Given a number listing the gateway's name in capitals, whose label drifted
+    want = tls_desired()
+    inbound = InboundTrunk(media_encryption="disabled", remote_domains=[GATEWAY_HOST.upper()])
+    api = FakeElevenLabs(live_number(want, label="old", inbound_trunk=inbound))
+    # When ensured, Then the domain counts as listed and the update sends it once
+    result = ensure_trunk(api, want)
+    assert [m.field for m in result.mismatches] == ["label"]
+    assert api.updated[0][1].request_body()["inbound_trunk_config"]["remote_domains"] == [GATEWAY_HOST.upper()]
+
+
+def test_request_body_sends_remote_domains_only_when_desired() -> None:
+    assert tls_desired().request_body()["inbound_trunk_config"]["remote_domains"] == [GATEWAY_HOST]
+    assert "remote_domains" not in desired().request_body()["inbound_trunk_config"]
+
+
+@pytest.mark.parametrize("domain", ["sip:gw.example", "gw.example;transport=tls", "gw example", "", "gw.example:5061"])
+def test_desired_rejects_remote_domains_that_are_not_host_names(domain: str) -> None:
+    with pytest.raises(ValidationError):
+        desired(remote_domains=(domain,))

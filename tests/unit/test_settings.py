@@ -134,6 +134,20 @@ def test_tls_transport_without_tls_enabled_refused() -> None:
     assert "tls.enabled" in error_of(doc)
 
 
+def test_tls_transport_needs_the_public_hostname() -> None:
+    # ElevenLabs checks the gateway's certificate against the host name it dials: an Elastic IP cannot carry it
+    doc = with_(full(), "network.public_hostname", None)
+    message = error_of(doc)
+    assert "network.public_hostname is required" in message
+    assert "elevenlabs.transport 'tls'" in message
+    assert "certificate" in message
+
+
+def test_tcp_transport_needs_no_public_hostname() -> None:
+    doc = with_(minimal(), "network.public_hostname", None)
+    assert parse_settings(doc).network.public_hostname is None
+
+
 def test_carrier_tls_without_tls_enabled_refused() -> None:
     doc = with_(full(), "tls.enabled", False)
     doc = with_(doc, "elevenlabs.transport", "tcp")

@@ -13,6 +13,7 @@ from sip_trunk.errors import (
     TrunkNotVerified,
     VerificationTimedOut,
 )
+from sip_trunk.sip import CertificateReport, CertificateTarget
 from sip_trunk.workflows import clock as workflow_clock
 from sip_trunk.workflows import provision
 from sip_trunk.workflows.common import ExecutionRef
@@ -25,11 +26,13 @@ from support.fakes import (
     PRIVATE_IPS,
     PUBLIC_IP,
     STANDBY,
+    FakeCertificates,
     FakeSettings,
     FakeWorld,
     ManualClock,
     host_outputs,
     settings_document,
+    workflow_config,
 )
 
 pytestmark = pytest.mark.unit
@@ -473,6 +476,111 @@ def test_verify_gates_on_the_address_answering_sip(clock: ManualClock) -> None:
         provision.verify_trunk(world.deps, verify_input(clock.now()))
 
 
+# --- VerifyTrunk: the certificate ElevenLabs checks (transport tls) --------------------------------------
+CERT_HOST = "sip.gateway.example"
+DAY = 86_400
+
+
+def tls_verify_world(clock: ManualClock, *, days_left: float = 90, verified: bool = True, **config: Any) -> FakeWorld:
+    """Both hosts run the version, the address answers, and CERT_HOST presents a certificate `days_left` valid."""
+    document = settings_document(transport="tls")
+    document["network"] |= {"public_hostname": CERT_HOST}
+    document["tls"] = {"enabled": True}
+    mapping = {PUBLIC_IP: "127.0.0.1:5099", CERT_HOST: "127.0.0.1:5098"}
+    world = FakeWorld(config=workflow_config(PROBE_TARGETS=mapping, **config), settings=FakeSettings(document))
+    for host in (PRIMARY, STANDBY):
+        world.state.beat(host, clock.now(), VERSION)
+    world.prober.answers[PROBED] = 200
+    target = CertificateTarget(server_name=CERT_HOST, host="127.0.0.1", port=5098)
+    world.certificates = FakeCertificates(
+        {
+            CERT_HOST: CertificateReport(
+                target=target,
+                verified=verified,
+                subject_names=(CERT_HOST,) if verified else ("other.example",),
+                issuer="Test CA",
+                not_after=clock.now() + days_left * DAY,
+                tls_version="TLSv1.3",
+                error=None if verified else "certificate rejected: Hostname mismatch",
+            )
+        }
+    )
+    return world
+
+
+def test_verify_over_tls_reports_the_certificate_it_checked(clock: ManualClock) -> None:
+    world = tls_verify_world(clock, days_left=90.5)
+    cert = provision.verify_trunk(world.deps, verify_input(clock.now())).certificate
+    assert (cert.checked, cert.verified, cert.server_name, cert.port, cert.days_left) == (
+        True,
+        True,
+        CERT_HOST,
+        5061,
+        90,
+    )
+    assert (cert.subject_names, cert.issuer, cert.tls_version) == ([CERT_HOST], "Test CA", "TLSv1.3")
+    assert cert.not_after == workflow_clock.iso(clock.now() + 90.5 * DAY)
+    # The handshake named the host ElevenLabs dials, at the address the test mapped it to
+    assert world.certificates.checked == [CertificateTarget(server_name=CERT_HOST, host="127.0.0.1", port=5098)]  # type: ignore[attr-defined]
+
+
+def test_verify_over_tls_refuses_a_certificate_elevenlabs_would_refuse(clock: ManualClock) -> None:
+    world = tls_verify_world(clock, verified=False)
+    with pytest.raises(TrunkNotVerified) as caught:
+        provision.verify_trunk(world.deps, verify_input(clock.now()))
+    assert str(caught.value) == (
+        f"version {VERSION} not verified: the certificate on {CERT_HOST}:5061 is refused: "
+        "certificate rejected: Hostname mismatch (it names other.example)"
+    )
+
+
+@pytest.mark.parametrize(("days_left", "min_days", "passes"), [(13.9, 14, False), (14.0, 14, True), (20, 30, False)])
+def test_verify_over_tls_refuses_a_certificate_about_to_expire(
+    clock: ManualClock, days_left: float, min_days: int, passes: bool
+) -> None:
+    world = tls_verify_world(clock, days_left=days_left, CERTIFICATE_MIN_DAYS=min_days)
+    if passes:
+        assert provision.verify_trunk(world.deps, verify_input(clock.now())).certificate.verified
+        return
+    with pytest.raises(TrunkNotVerified, match=rf"expires in {int(days_left)} days .*at least {min_days} days"):
+        provision.verify_trunk(world.deps, verify_input(clock.now()))
+
+
+def test_verify_over_tls_with_nothing_listening_names_the_host(clock: ManualClock) -> None:
+    world = tls_verify_world(clock)
+    world.certificates = FakeCertificates()
+    with pytest.raises(TrunkNotVerified, match=f"the certificate on {CERT_HOST}:5061 is refused: connection refused"):
+        provision.verify_trunk(world.deps, verify_input(clock.now()))
+
+
+def test_verify_over_tcp_checks_no_certificate(clock: ManualClock) -> None:
+    world = FakeWorld()
+    for host in (PRIMARY, STANDBY):
+        world.state.beat(host, clock.now(), VERSION)
+    world.prober.answers[PROBED] = 200
+    cert = provision.verify_trunk(world.deps, verify_input(clock.now())).certificate
+    assert (cert.checked, cert.note) == (False, "transport is tcp, not tls")
+    assert world.certificates.checked == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("config", "note"),
+    [
+        ({"PROBE_FUNCTION": "sip-test-probe"}, "not checked: the hosts admit SIP only from named networks"),
+        ({"PROBE_TARGETS": {PUBLIC_IP: "127.0.0.1:5099"}}, "not mapped"),
+    ],
+)
+def test_verify_over_tls_contacts_no_host_it_cannot_or_must_not_reach(
+    clock: ManualClock, config: dict[str, Any], note: str
+) -> None:
+    world = tls_verify_world(clock, verified=False)
+    world.config = workflow_config(**{"PROBE_TARGETS": world.config.probe_targets, **config})
+    cert = provision.verify_trunk(world.deps, verify_input(clock.now())).certificate
+    assert not cert.checked
+    assert cert.note.startswith(note)
+    assert world.certificates.checked == []  # type: ignore[attr-defined]
+
+
 # --- SyncElevenLabs --------------------------------------------------------------------------------
 
 
@@ -513,6 +621,62 @@ def test_sync_pushes_a_changed_password() -> None:
     assert result.action == "updated"
     password = world.elevenlabs.updated[-1][1].password
     assert password.get_secret_value() == "a-new-inbound-password"
+
+
+GATEWAY_HOST = "sip.gateway.example"
+
+
+def tls_world(tls_port: int = 5061) -> FakeWorld:
+    """ElevenLabs over TLS to the gateway's host name (settings require the name with tls)."""
+    document = settings_document(api_key=True, transport="tls")
+    document["network"] |= {"public_hostname": GATEWAY_HOST, "tls_port": tls_port}
+    document["tls"] = {"enabled": True}
+    return FakeWorld(settings=FakeSettings(document))
+
+
+def test_sync_over_tls_imports_the_host_name_and_lists_it_in_remote_domains() -> None:
+    world = tls_world()
+    first = provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    created = world.elevenlabs.created[0]
+    # ElevenLabs dials the name on the certificate, never the Elastic IP, and accepts BYE/REFER from it
+    assert (created.address, created.transport) == (GATEWAY_HOST, "tls")
+    assert created.remote_domains == (GATEWAY_HOST,)
+    assert created.request_body()["inbound_trunk_config"]["remote_domains"] == [GATEWAY_HOST]
+    again = provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    assert (first.action, again.action) == ("created", "unchanged")
+
+
+def test_sync_over_tls_on_another_port_names_it() -> None:
+    world = tls_world(tls_port=5071)
+    provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    assert world.elevenlabs.created[0].address == f"{GATEWAY_HOST}:5071"
+
+
+def test_sync_over_tcp_keeps_the_elastic_ip_and_sends_no_remote_domains() -> None:
+    world = with_api_key()
+    world.settings.document["network"]["public_hostname"] = GATEWAY_HOST
+    provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    created = world.elevenlabs.created[0]
+    assert (created.address, created.transport, created.remote_domains) == (PUBLIC_IP, "tcp", ())
+    assert "remote_domains" not in created.request_body()["inbound_trunk_config"]
+
+
+def test_sync_switching_to_tls_repoints_the_number_and_adds_the_domain() -> None:
+    # Given a number synced over TCP to the Elastic IP
+    world = tls_world()
+    tcp = with_api_key()
+    provision.sync_elevenlabs(tcp.deps, provision.SyncInput(render=render()))
+    world.elevenlabs = tcp.elevenlabs
+    # When synced with transport tls
+    result = provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    # Then address, transport and remote domains converge in one update
+    assert result.action == "updated"
+    assert set(result.changed_fields) == {
+        "outbound_trunk.address",
+        "outbound_trunk.transport",
+        "inbound_trunk.remote_domains",
+    }
+    assert provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render())).action == "unchanged"
 
 
 # --- RecordDeployment ------------------------------------------------------------------------------

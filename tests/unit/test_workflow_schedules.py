@@ -6,8 +6,19 @@ import json
 
 import pytest
 from sip_trunk.errors import BackupFailed
+from sip_trunk.sip import CertificateReport, CertificateTarget
 from sip_trunk.workflows import backup, health
-from support.fakes import PRIMARY, STANDBY, FakeWorld, ManualClock
+from support.fakes import (
+    PRIMARY,
+    PUBLIC_IP,
+    STANDBY,
+    FakeCertificates,
+    FakeSettings,
+    FakeWorld,
+    ManualClock,
+    settings_document,
+    workflow_config,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -48,6 +59,77 @@ def test_health_resets_the_count_when_the_address_answers(clock: ManualClock) ->
     names = {(m.name, tuple(m.dimensions.items())): m.value for m in health.metrics(report)}
     assert names[("SipProbeSuccess", ())] == 1.0
     assert names[("ConfigDrift", ())] == 1.0
+
+
+# --- the gateway certificate's days left (transport tls) ------------------------------------------
+CERT_HOST = "sip.gateway.example"
+DAY = 86_400
+
+
+def tls_world(clock: ManualClock, days_left: float = 30.5, *, verified: bool = True) -> FakeWorld:
+    document = settings_document(transport="tls")
+    document["network"] |= {"public_hostname": CERT_HOST}
+    document["tls"] = {"enabled": True}
+    mapping = {PUBLIC_IP: "127.0.0.1:5099", CERT_HOST: "127.0.0.1:5098"}
+    world = FakeWorld(config=workflow_config(PROBE_TARGETS=mapping), settings=FakeSettings(document))
+    world.deployed()
+    world.prober.answers[PROBED] = 200
+    target = CertificateTarget(server_name=CERT_HOST, host="127.0.0.1", port=5098)
+    report = CertificateReport(
+        target=target,
+        verified=verified,
+        subject_names=(CERT_HOST,),
+        issuer="Test CA",
+        not_after=clock.now() + days_left * DAY,
+        error=None if verified else "certificate rejected: certificate has expired",
+    )
+    world.certificates = FakeCertificates({CERT_HOST: report})
+    return world
+
+
+def certificate_metric(report: health.HealthReport) -> float | None:
+    return next((m.value for m in health.metrics(report) if m.name == "GatewayCertificateDaysLeft"), None)
+
+
+def test_health_publishes_the_certificate_days_left_once_an_hour(clock: ManualClock) -> None:
+    # Given a TLS deployment whose certificate has 30.5 days left, checked at the top of the hour
+    clock.value = 1_800_000_000.0 - 1_800_000_000.0 % 3600 + 5
+    world = tls_world(clock)
+    # When the health check runs that minute, Then it publishes 30 whole days
+    first = health.health_check(world.deps, "run-0")
+    assert first.certificate is not None
+    assert (first.certificate.server_name, first.certificate.days_left) == (CERT_HOST, 30)
+    assert certificate_metric(first) == 30.0
+    # And the rest of the hour it makes no handshake (each is a connection Asterisk counts, ADR-31)
+    later = []
+    for _ in range(59):
+        clock.advance(60)
+        later.append(health.health_check(world.deps, "run-n"))
+    assert all(r.certificate is None and certificate_metric(r) is None for r in later)
+    assert len(world.certificates.checked) == 1  # type: ignore[attr-defined]
+    clock.advance(60)
+    assert certificate_metric(health.health_check(world.deps, "run-60")) == 30.0  # the next hour checks again
+    assert len(world.certificates.checked) == 2  # type: ignore[attr-defined]
+
+
+def test_health_counts_a_refused_certificate_as_no_days_left_and_never_fails_over(clock: ManualClock) -> None:
+    clock.value = 1_800_000_000.0 - 1_800_000_000.0 % 3600
+    world = tls_world(clock, days_left=-1, verified=False)
+    report = health.health_check(world.deps, "run-0")
+    assert certificate_metric(report) == 0.0
+    assert report.consecutive_failures == 0
+    assert world.executions.started == {}
+
+
+def test_health_over_tcp_checks_no_certificate(clock: ManualClock) -> None:
+    clock.value = 1_800_000_000.0 - 1_800_000_000.0 % 3600
+    world = FakeWorld()
+    world.deployed()
+    world.prober.answers[PROBED] = 200
+    report = health.health_check(world.deps, "run-0")
+    assert report.certificate is None
+    assert certificate_metric(report) is None
+    assert world.certificates.checked == []  # type: ignore[attr-defined]
 
 
 def test_backup_asks_the_primary_and_snapshots_the_config_store(clock: ManualClock) -> None:

@@ -88,6 +88,19 @@ def _check_enum(body: dict[str, Any], key: str, allowed: set[str], loc: list[str
         errors.append(_error([*loc, key], f"Input should be {options}", "enum", body[key]))
 
 
+def _check_string_list(body: dict[str, Any], key: str, loc: list[str | int], errors: list[dict[str, Any]]) -> None:
+    """`list[str] | None`, as the API declares `allowed_addresses` and `remote_domains`."""
+    value = body.get(key)
+    if value is None:
+        return
+    if not isinstance(value, list):
+        errors.append(_error([*loc, key], "Input should be a valid list", "list_type", value))
+        return
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            errors.append(_error([*loc, key, index], "Input should be a valid string", "string_type", item))
+
+
 def _check_credentials(config: dict[str, Any], loc: list[str | int], errors: list[dict[str, Any]]) -> None:
     creds = config.get("credentials")
     if creds is None:
@@ -119,6 +132,8 @@ def _validate_trunk_configs(body: dict[str, Any], errors: list[dict[str, Any]]) 
             errors.append(_error(["inbound_trunk_config"], "Input should be an object", "dict_type", inbound))
         else:
             _check_enum(inbound, "media_encryption", _ENCRYPTION, ["inbound_trunk_config"], errors)
+            for key in ("allowed_addresses", "remote_domains"):
+                _check_string_list(inbound, key, ["inbound_trunk_config"], errors)
             _check_credentials(inbound, ["inbound_trunk_config"], errors)
 
 

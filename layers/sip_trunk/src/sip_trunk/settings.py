@@ -497,6 +497,12 @@ class Settings(_Strict):
         el = self.elevenlabs
         if el.transport is Transport.TLS and not self.tls.enabled:
             raise ValueError("elevenlabs.transport 'tls' needs tls.enabled: true")
+        if el.transport is Transport.TLS and self.network.public_hostname is None:
+            raise ValueError(
+                "network.public_hostname is required with elevenlabs.transport 'tls': ElevenLabs dials that "
+                "host name and checks the gateway's certificate against it (an IP address cannot carry the "
+                "certificate's name)"
+            )
         if el.transport is Transport.UDP and not self.network.udp_enabled:
             raise ValueError("elevenlabs.transport 'udp' needs network.udp_enabled: true")
         for carrier in self.carriers:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -139,11 +140,13 @@ def states_entered(sfn: Any, execution_arn: str) -> list[str]:
 
 
 class SipResponder:
-    """Answers SIP OPTIONS over TCP on 127.0.0.1 with 200 OK while `answering()` is true; otherwise it
-    closes the connection without a response (a dead host, as the probe sees it)."""
+    """Answers SIP OPTIONS over TCP (or TLS, with a server context) on 127.0.0.1 with 200 OK while
+    `answering()` is true; otherwise it closes the connection without a response (a dead host, as the probe
+    sees it)."""
 
-    def __init__(self, answering: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, answering: Callable[[], bool] = lambda: True, *, tls: ssl.SSLContext | None = None) -> None:
         self.answering = answering
+        self.tls = tls
         self.requests = 0
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -168,8 +171,14 @@ class SipResponder:
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(2)
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:  # ssl.SSLError included: a client that refused the certificate
+                conn.close()
+                return
         with conn:
-            conn.settimeout(2)
             data = b""
             try:
                 while b"\r\n\r\n" not in data:

@@ -266,9 +266,15 @@ class World:
         return holder is not None and holder not in self.down and "*" not in self.down
 
     # --- changes an operator (or a fault) makes ------------------------------------------------
-    def put_settings(self, **elevenlabs: Any) -> None:
+    def put_settings(
+        self, *, network: dict[str, Any] | None = None, tls: dict[str, Any] | None = None, **elevenlabs: Any
+    ) -> None:
+        """The template's settings document with these `elevenlabs` fields (and `network`/`tls` sections)."""
         document = settings_document()
         document["elevenlabs"].update(elevenlabs)
+        document["network"].update(network or {})
+        if tls is not None:
+            document["tls"] = tls
         ssm = boto3.client("ssm", region_name=REGION)
         ssm.put_parameter(Name=SETTINGS_PARAMETER, Type="String", Value=json.dumps(document), Overwrite=True)
         _reset_caches()

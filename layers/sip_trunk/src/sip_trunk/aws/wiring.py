@@ -17,7 +17,7 @@ from sip_trunk.aws.stepfunctions import SfnExecutions
 from sip_trunk.aws.vpcprobe import VpcProber
 from sip_trunk.elevenlabs import ElevenLabsClient, PhoneNumberApi
 from sip_trunk.environment import load_config
-from sip_trunk.sip import ProbeResult, ProbeTarget, probe_options
+from sip_trunk.sip import ProbeResult, ProbeTarget, check_certificate, probe_options
 from sip_trunk.workflows import clock
 from sip_trunk.workflows.config import WorkflowConfig
 from sip_trunk.workflows.deps import Deps
@@ -48,6 +48,7 @@ def build_deps(config: WorkflowConfig) -> Deps:
         objects=S3Objects(),
         prober=VpcProber(config.probe_function) if config.probe_function else sip_probe,
         elevenlabs=elevenlabs,
+        certificates=check_certificate,  # the system trust store, as ElevenLabs; no CA setting exists
     )
 
 

@@ -33,6 +33,7 @@ _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 # builds the SIP URI itself and anything else would end up in the Request-URI.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _ADDRESS = re.compile(rf"^(?=[^:]{{1,253}}(?::|$)){_LABEL}(?:\.{_LABEL})*(?::\d{{1,5}})?$")
+_DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 REDACTED = "***"
 """What a secret reads as wherever one would otherwise appear (diffs, reprs, error messages)."""
 
@@ -58,13 +59,15 @@ class OutboundTrunk(_ApiModel):
 class InboundTrunk(_ApiModel):
     """`inbound_trunk` of a phone number: how ElevenLabs accepts our INVITEs.
 
-    Relied on: media_encryption, has_auth_credentials, username.
+    Relied on: media_encryption, has_auth_credentials, username, remote_domains (the hosts whose
+    in-dialog requests ElevenLabs accepts over TLS).
     """
 
     media_encryption: str = "allowed"
     has_auth_credentials: bool = False
     username: str | None = None
     allowed_addresses: list[str] | None = None
+    remote_domains: list[str] | None = None
 
 
 class AssignedAgent(_ApiModel):
@@ -115,7 +118,9 @@ class DesiredTrunk(BaseModel):
     """What the ElevenLabs phone number must look like for calls to reach our gateway and back.
 
     `username`/`password` are what ElevenLabs presents to Asterisk (outbound trunk digest); the optional
-    inbound pair is what Asterisk presents to ElevenLabs.
+    inbound pair is what Asterisk presents to ElevenLabs. `remote_domains` must appear among the number's
+    inbound remote domains (others the operator added stay): over TLS, ElevenLabs sends BYE and REFER on a new
+    connection to the top Via host and accepts only the domains listed there.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -130,6 +135,7 @@ class DesiredTrunk(BaseModel):
     inbound_username: str | None = Field(default=None, min_length=1, max_length=128)
     inbound_password: SecretStr | None = None
     agent_id: str | None = Field(default=None, min_length=1)
+    remote_domains: tuple[str, ...] = ()
 
     @field_validator("phone_number")
     @classmethod
@@ -146,6 +152,14 @@ class DesiredTrunk(BaseModel):
         if ":" in value and not 0 < int(value.rsplit(":", 1)[1]) < 65536:
             raise ValueError("address port must be 1-65535")
         return value
+
+    @field_validator("remote_domains")
+    @classmethod
+    def _domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for domain in value:
+            if not _DOMAIN.fullmatch(domain):
+                raise ValueError("remote_domains must be host names (no scheme, port or parameters)")
+        return tuple(dict.fromkeys(value))
 
     @field_validator("password", "inbound_password")
     @classmethod
@@ -175,6 +189,8 @@ class DesiredTrunk(BaseModel):
                 "username": self.inbound_username,
                 "password": self.inbound_password.get_secret_value(),
             }
+        if self.remote_domains:
+            inbound["remote_domains"] = list(self.remote_domains)
         body: dict[str, Any] = {
             "label": self.label,
             "inbound_trunk_config": inbound,

@@ -56,10 +56,25 @@ def diff_trunk(
 
     inbound = actual.inbound_trunk
     check("inbound_trunk.media_encryption", desired.media_encryption, inbound.media_encryption if inbound else None)
+    listed = (inbound.remote_domains if inbound else None) or []
+    missing = [d for d in desired.remote_domains if d.lower() not in {x.lower() for x in listed}]
+    if missing:
+        check("inbound_trunk.remote_domains", ",".join(missing), ",".join(listed) or None)
     if desired.inbound_username is not None:
         check("inbound_trunk.username", desired.inbound_username, inbound.username if inbound else None)
         check_password("inbound_trunk.password", bool(inbound and inbound.has_auth_credentials))
     return out
+
+
+def _keeping_remote_domains(desired: DesiredTrunk, actual: PhoneNumber) -> DesiredTrunk:
+    """The desired trunk plus the remote domains the number already lists: an update sends the whole inbound
+    trunk, and domains the operator added for other peers must survive it (they are ElevenLabs' to judge)."""
+    listed = (actual.inbound_trunk.remote_domains if actual.inbound_trunk else None) or []
+    known = {d.lower() for d in listed}
+    merged = tuple(dict.fromkeys([*listed, *(d for d in desired.remote_domains if d.lower() not in known)]))
+    if merged == desired.remote_domains:
+        return desired
+    return desired.model_copy(update={"remote_domains": merged})
 
 
 class PhoneNumberApi(Protocol):
@@ -114,7 +129,7 @@ def ensure_trunk(
     mismatches = diff_trunk(desired, actual, assume_password_changed=assume_password_changed)
     if not mismatches:
         return SyncResult(action="unchanged", phone_number_id=actual.phone_number_id)
-    api.update_phone_number(actual.phone_number_id, desired)
+    api.update_phone_number(actual.phone_number_id, _keeping_remote_domains(desired, actual))
     logger.info(
         "updated ElevenLabs SIP trunk number %s: %s",
         desired.phone_number,

@@ -4,11 +4,13 @@ Standard library only: this runs in Lambda and in the host agent, where a full S
 dead weight for a single request type. `message` validates caller values and builds the request,
 `parse` turns bytes from a datagram or a stream into a `SipResponse` (raising only `SipParseError`),
 and `probe` sends the request and turns whatever happens on the network into a `ProbeResult`
-(`OptionsSession` keeps one connection for a peer probed again and again).
+(`OptionsSession` keeps one connection for a peer probed again and again). `certificate` checks the
+certificate a TLS peer presents the way ElevenLabs checks the gateway's.
 """
 
 from __future__ import annotations
 
+from sip_trunk.sip.certificate import CertificateReport, CertificateTarget, check_certificate
 from sip_trunk.sip.message import (
     DEFAULT_FROM_USER,
     DEFAULT_USER_AGENT,
@@ -39,6 +41,8 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "T1_S",
     "T2_S",
+    "CertificateReport",
+    "CertificateTarget",
     "OptionsRequest",
     "OptionsSession",
     "ProbeErrorKind",
@@ -52,6 +56,7 @@ __all__ = [
     "Transport",
     "Via",
     "build_options",
+    "check_certificate",
     "parse_response",
     "probe_options",
     "response_matches",

@@ -199,7 +199,9 @@ def _resolve_ipv4(host: str, port: int, run: _Run) -> str:
     return box[0]
 
 
-def _tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+def tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    """A client context as ElevenLabs' side holds one: TLS 1.2 at least; verifying against the system store
+    (or `ca_file`, which tests and local mode set) with the host name checked, unless `verify` is False."""
     if verify:
         context = ssl.create_default_context(cafile=ca_file)
     else:
@@ -378,7 +380,7 @@ def probe_options(
     the system store.
     """
     _check_arguments(timeout_s, from_user, user_agent, local_port, local_host)
-    context = _tls_context(verify, ca_file) if target.transport is Transport.TLS else None
+    context = tls_context(verify, ca_file) if target.transport is Transport.TLS else None
 
     start = time.monotonic()
     run = _Run(target, start, start + timeout_s, local_host, local_port, from_user, user_agent)
@@ -421,7 +423,7 @@ class OptionsSession:
         self.target = target
         self._verify, self._ca_file = verify, ca_file
         self._from_user, self._user_agent = from_user, user_agent
-        self._context = _tls_context(verify, ca_file) if target.transport is Transport.TLS else None
+        self._context = tls_context(verify, ca_file) if target.transport is Transport.TLS else None
         self._conn: socket.socket | None = None
         self._framer = SipStreamFramer()
         self._address: str | None = None

@@ -133,20 +133,28 @@ def sip_transport(settings: Settings) -> tuple[Transport, int]:
     return Transport.TCP, settings.network.sip_port
 
 
-def probe_target(address: str, transport: Transport, port: int, mapping: Mapping[str, str]) -> ProbeTarget | None:
-    """The target to probe for `address`.
+def mapped_address(address: str, port: int, mapping: Mapping[str, str]) -> tuple[str, int] | None:
+    """Where to connect for `address`:`port`.
 
-    Production has no mapping: the address itself is probed. Local mode and tests map addresses to
-    responders (`"203.0.113.10": "127.0.0.1:5099"`); with a mapping, unmapped addresses are not probed at
-    all (None), so a test can never send packets to an address moto made up.
+    Production has no mapping: the address itself. Local mode and tests map addresses (and host names) to
+    responders (`"203.0.113.10": "127.0.0.1:5099"`); with a mapping, unmapped addresses are not contacted at
+    all (None), so a test can never send packets to an address moto made up or a name DNS would resolve.
     """
     if not mapping:
-        return ProbeTarget(host=address, port=port, transport=transport)
+        return address, port
     mapped = mapping.get(address)
     if mapped is None:
         return None
     host, _, mapped_port = mapped.rpartition(":")
-    return ProbeTarget(host=host, port=int(mapped_port), transport=transport)
+    return host, int(mapped_port)
+
+
+def probe_target(address: str, transport: Transport, port: int, mapping: Mapping[str, str]) -> ProbeTarget | None:
+    """The target to probe for `address` (see `mapped_address`)."""
+    where = mapped_address(address, port, mapping)
+    if where is None:
+        return None
+    return ProbeTarget(host=where[0], port=where[1], transport=transport)
 
 
 class ProbeReport(Model):

@@ -50,6 +50,8 @@ class WorkflowConfig(BaseModel):
     heartbeat_max_age_s: Annotated[int, Field(alias="HEARTBEAT_MAX_AGE_S", ge=30)] = 180
     failure_threshold: Annotated[int, Field(alias="FAILOVER_AFTER_FAILURES", ge=1, le=60)] = 3
     lock_ttl_s: Annotated[int, Field(alias="FAILOVER_LOCK_TTL_S", ge=60)] = 900
+    certificate_min_days: Annotated[int, Field(alias="CERTIFICATE_MIN_DAYS", ge=1, le=365)] = 14
+    """VerifyTrunk refuses a gateway certificate (transport tls) with fewer whole days left than this."""
     probe_function: Annotated[str, Field(alias="PROBE_FUNCTION")] = ""
     """The in-VPC probe function (ADR-27): set when the hosts admit SIP only from named networks, so probes
     go to the Elastic IP holder's private address from inside the VPC. Empty: probe the address itself."""

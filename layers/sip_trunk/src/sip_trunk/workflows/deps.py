@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sip_trunk.workflows.config import WorkflowConfig
 from sip_trunk.workflows.ports import (
     Addresses,
+    CertificateChecker,
     Commands,
     ConfigStore,
     ElevenLabsFactory,
@@ -36,3 +37,4 @@ class Deps:
     objects: ObjectStore
     prober: Prober
     elevenlabs: ElevenLabsFactory
+    certificates: CertificateChecker

@@ -3,14 +3,21 @@ and start the Failover workflow after K consecutive failed probes of the Elastic
 
 Until a Provision has recorded a deployment (a primary host in the state table) there is nothing to
 probe: the Elastic IP is on no instance yet, so a probe would fail, count, and start a failover.
-The check then does nothing and says so (`status` "not provisioned yet")."""
+The check then does nothing and says so (`status` "not provisioned yet").
+
+With transport tls it also checks the gateway's certificate as ElevenLabs does, in the first minute of each hour
+only (`CERTIFICATE_CHECK_INTERVAL_S`): each handshake is a connection that sends no request, which Asterisk's
+idle-connection check counts against a later caller (ADR-31), and days left change slowly. A certificate never
+counts as a failed probe: it is a metric and an alarm, not a failover."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sip_trunk.settings import Transport as SettingsTransport
 from sip_trunk.workflows import clock
+from sip_trunk.workflows.certificate import CertificateCheck, check_gateway_certificate
 from sip_trunk.workflows.common import Model, ProbeReport, load_settings, probe_address, sip_transport
 from sip_trunk.workflows.deps import Deps
 
@@ -25,6 +32,9 @@ class HostHealth(Model):
 
 
 NOT_PROVISIONED = "not provisioned yet"
+CERTIFICATE_CHECK_INTERVAL_S = 3600
+SCHEDULE_S = 60
+"""The health check's schedule (template.yaml HealthCheckSchedule): one run lands in each interval's first minute."""
 
 
 class HealthReport(Model):
@@ -36,6 +46,8 @@ class HealthReport(Model):
     config_drift: int
     consecutive_failures: int
     failover_execution: str | None = None
+    certificate: CertificateCheck | None = None
+    """Transport tls, first minute of the hour: the gateway's certificate as ElevenLabs sees it."""
 
     @property
     def answering(self) -> bool:
@@ -115,6 +127,12 @@ def health_check(deps: Deps, invocation: str) -> HealthReport:
             )
             execution = name
             counter = counter.model_copy(update={"failover_started": name})
+    certificate = None
+    if (
+        loaded.settings.elevenlabs.transport is SettingsTransport.TLS
+        and now % CERTIFICATE_CHECK_INTERVAL_S < SCHEDULE_S
+    ):
+        certificate = check_gateway_certificate(deps, loaded.settings)
     deps.state.put_health(counter.model_copy(update={"last_probe_at": now}))
     return HealthReport(
         address=eip,
@@ -124,6 +142,7 @@ def health_check(deps: Deps, invocation: str) -> HealthReport:
         config_drift=sum(1 for h in hosts if h.drift),
         consecutive_failures=counter.consecutive_failures,
         failover_execution=execution,
+        certificate=certificate,
     )
 
 
@@ -138,6 +157,11 @@ def metrics(report: HealthReport) -> list[Metric]:
     ]
     if report.address.rtt_ms is not None:
         out.append(Metric("SipProbeLatencyMs", "Milliseconds", report.address.rtt_ms))
+    cert = report.certificate
+    if cert is not None and cert.checked:
+        # A certificate ElevenLabs refuses has no days left, whatever its dates say.
+        days = float(cert.days_left) if cert.verified and cert.days_left is not None else 0.0
+        out.append(Metric("GatewayCertificateDaysLeft", "Count", max(days, 0.0)))
     for host in report.hosts:
         if host.probe is not None and host.probe.probed:
             dims = {"InstanceId": host.instance_id}

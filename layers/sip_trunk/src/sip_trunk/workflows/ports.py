@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from sip_trunk.elevenlabs import PhoneNumberApi
-from sip_trunk.sip import ProbeResult, ProbeTarget
+from sip_trunk.sip import CertificateReport, CertificateTarget, ProbeResult, ProbeTarget
 from sip_trunk.workflows.state import Deployment, HealthCounter, HostHeartbeat
 
 
@@ -138,5 +138,7 @@ class ObjectStore(Protocol):
 
 
 Prober = Callable[[ProbeTarget, float], ProbeResult]
+CertificateChecker = Callable[[CertificateTarget, float], CertificateReport]
+"""(target, timeout) → what the TLS handshake showed, checked against the trust store ElevenLabs would use."""
 ElevenLabsFactory = Callable[[str], PhoneNumberApi]
 """API key → client."""

@@ -14,6 +14,7 @@ the steps from here.
 
 from __future__ import annotations
 
+from sip_trunk.workflows.certificate import CertificateCheck
 from sip_trunk.workflows.provision.apply import (
     ApplyCheck,
     ApplyCheckInput,
@@ -49,7 +50,13 @@ from sip_trunk.workflows.provision.record import (
 from sip_trunk.workflows.provision.render import VERSION_PATTERN, RenderResult, render_config
 from sip_trunk.workflows.provision.sync import SyncInput, SyncOutcome, desired_trunk, sync_elevenlabs
 from sip_trunk.workflows.provision.validate import ProvisionRequest, ValidateResult, validate_settings
-from sip_trunk.workflows.provision.verify import ElevenLabsCheck, HostCheck, VerifyInput, VerifyResult, verify_trunk
+from sip_trunk.workflows.provision.verify import (
+    ElevenLabsCheck,
+    HostCheck,
+    VerifyInput,
+    VerifyResult,
+    verify_trunk,
+)
 
 __all__ = [
     "CONFIG_VERSION",
@@ -60,6 +67,7 @@ __all__ = [
     "ApplyCheckInput",
     "ApplyInput",
     "ApplyStarted",
+    "CertificateCheck",
     "ElevenLabsCheck",
     "HostCheck",
     "LaunchInput",

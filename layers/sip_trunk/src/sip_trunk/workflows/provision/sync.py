@@ -17,14 +17,26 @@ from sip_trunk.workflows.provision.validate import ProvisionRequest
 
 def desired_trunk(loaded: LoadedSettings, public_address: str) -> DesiredTrunk:
     """The ElevenLabs number's trunk: ElevenLabs calls our address with the inbound digest user, and
-    authenticates our calls with the outbound one."""
+    authenticates our calls with the outbound one.
+
+    Over TLS ElevenLabs is the TLS client and checks our certificate against the host it dials, so the
+    address is `network.public_hostname` (the certificate's name), not the Elastic IP, and that name is one
+    of the number's remote domains: ElevenLabs sends BYE and REFER on a new connection to the top Via host
+    and accepts them only from a listed domain (docs/ARCHITECTURE.md, "TLS contract").
+    """
     settings: Settings = loaded.settings
     el = settings.elevenlabs
     transport, port = sip_transport(settings)
     if el.transport is Transport.UDP:
         raise SettingsInvalid("ElevenLabs numbers cannot be synced over the experimental UDP transport")
-    default = 5061 if el.transport is Transport.TLS else 5060
-    address = public_address if port == default else f"{public_address}:{port}"
+    host = public_address
+    remote_domains: tuple[str, ...] = ()
+    if el.transport is Transport.TLS:
+        hostname = settings.network.public_hostname
+        if hostname is None:  # refused by the settings model; kept so no IP address is ever sent for TLS
+            raise SettingsInvalid("network.public_hostname is required with elevenlabs.transport 'tls'")
+        host, remote_domains = hostname, (hostname,)
+    address = host if port == transport.default_port else f"{host}:{port}"
     return DesiredTrunk(
         phone_number=el.phone_number,
         label=f"{settings.name} (aws-sip-trunk)",
@@ -36,6 +48,7 @@ def desired_trunk(loaded: LoadedSettings, public_address: str) -> DesiredTrunk:
         inbound_username=el.outbound_username,
         inbound_password=loaded.secrets.reveal(el.outbound_password),
         agent_id=el.agent_id,
+        remote_domains=remote_domains,
     )
 
 

@@ -1,4 +1,5 @@
-"""VerifyTrunk: gate on what proves calls can flow (every host runs the version, the Elastic IP answers SIP)."""
+"""VerifyTrunk: gate on what proves calls can flow (every host runs the version, the Elastic IP answers SIP, and
+over TLS the gateway presents a certificate ElevenLabs accepts)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pydantic import Field
 from sip_trunk.elevenlabs import ElevenLabsError, diff_trunk, find_trunk
 from sip_trunk.errors import TrunkNotVerified, VerificationTimedOut
 from sip_trunk.workflows import clock
+from sip_trunk.workflows.certificate import CertificateCheck, check_gateway_certificate
 from sip_trunk.workflows.common import (
     LoadedSettings,
     Model,
@@ -52,6 +54,7 @@ class VerifyResult(Model):
     probe: ProbeReport
     elevenlabs: ElevenLabsCheck
     qualify: dict[str, str | None]
+    certificate: CertificateCheck = CertificateCheck(checked=False, note="transport is not tls")
 
 
 def _elevenlabs_check(deps: Deps, loaded: LoadedSettings, public_address: str) -> ElevenLabsCheck:
@@ -70,9 +73,11 @@ def _elevenlabs_check(deps: Deps, loaded: LoadedSettings, public_address: str) -
 
 
 def verify_trunk(deps: Deps, request: VerifyInput) -> VerifyResult:
-    """Gate on what proves calls can flow: every host runs the version with the endpoint loaded, and the
-    Elastic IP answers SIP OPTIONS. The ElevenLabs number is reported (SyncElevenLabs converges it) and
-    qualify results are reported, never gating (they are unreliable against ElevenLabs)."""
+    """Gate on what proves calls can flow: every host runs the version with the endpoint loaded, the
+    Elastic IP answers SIP OPTIONS, and over TLS the certificate on the public host name is one ElevenLabs
+    accepts (trusted chain, the name, TLS 1.2+) with `certificate_min_days` left. The ElevenLabs number is
+    reported (SyncElevenLabs converges it) and qualify results are reported, never gating (they are unreliable
+    against ElevenLabs)."""
     cfg = deps.config
     deadline = clock.parse_iso(request.entered_at) + cfg.verify_timeout_s
     version = request.render.version
@@ -107,6 +112,10 @@ def verify_trunk(deps: Deps, request: VerifyInput) -> VerifyResult:
     ]
     if probe.probed and not probe.answers:
         problems.append(f"{probe.address} does not answer SIP OPTIONS ({probe.error or probe.status_code})")
+    certificate = check_gateway_certificate(deps, loaded.settings)
+    certificate_problem = certificate.problem(cfg.certificate_min_days)
+    if certificate_problem is not None:
+        problems.append(certificate_problem)
     if problems:
         message = f"version {version} not verified: " + "; ".join(problems)
         if clock.now() >= deadline:
@@ -118,4 +127,5 @@ def verify_trunk(deps: Deps, request: VerifyInput) -> VerifyResult:
         probe=probe,
         elevenlabs=_elevenlabs_check(deps, loaded, request.render.public_address),
         qualify={c.instance_id: c.qualify for c in host_checks},
+        certificate=certificate,
     )

@@ -1,4 +1,4 @@
-"""Call records to CloudWatch Logs: EMF per route, and an outage that loses nothing."""
+"""Call records to S3 (for Athena) and CloudWatch Logs (EMF per route), and an outage that loses nothing."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from moto import mock_aws
 from sip_trunk.agent import calls
 from sip_trunk.agent.__main__ import main
 from sip_trunk.agent.config import AgentConfig
+from sip_trunk.callrecords import S3_PREFIX
 
 pytestmark = pytest.mark.integration
 
 REGION = "us-east-1"
 GROUP = "/teststack/asterisk"
+BUCKET = "teststack-backups"
 
 
 def record(n: int, *, lost: int = 0, answered: bool = True) -> dict[str, Any]:
@@ -48,7 +50,13 @@ def logs() -> Iterator[Any]:
     with mock_aws():
         client = boto3.client("logs", region_name=REGION)
         client.create_log_group(logGroupName=GROUP)
+        boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
         yield client
+
+
+@pytest.fixture
+def s3(logs: Any) -> Any:
+    return boto3.client("s3", region_name=REGION)
 
 
 @pytest.fixture
@@ -56,7 +64,12 @@ def config(tmp_path: Path) -> AgentConfig:
     spool = tmp_path / "calls"
     spool.mkdir()
     return AgentConfig(
-        stack="teststack", region=REGION, call_records_dir=spool, asterisk_log_group=GROUP, instance_id="i-0abc"
+        stack="teststack",
+        region=REGION,
+        call_records_dir=spool,
+        asterisk_log_group=GROUP,
+        backup_bucket=BUCKET,
+        instance_id="i-0abc",
     )
 
 
@@ -87,11 +100,20 @@ def delivered(logs: Any) -> list[dict[str, Any]]:
     return [json.loads(e["message"]) for e in events]
 
 
+def in_s3(s3: Any) -> dict[str, list[dict[str, Any]]]:
+    """Every object under the call records' prefix: key -> its records."""
+    out = {}
+    for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{S3_PREFIX}/").get("Contents", []):
+        body = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read().decode()
+        out[item["Key"]] = [json.loads(line) for line in body.splitlines()]
+    return out
+
+
 def no_sleep(_: float) -> None:
     return None
 
 
-def test_an_outage_loses_nothing_and_delivery_deletes_the_spool(logs: Any, config: AgentConfig) -> None:
+def test_an_outage_loses_nothing_and_delivery_deletes_the_spool(logs: Any, s3: Any, config: AgentConfig) -> None:
     # Given two days of records in the spool, one of them with loss on the agent leg
     spool_lines(config, "20261202", [json.dumps(record(1)), json.dumps(record(2, lost=30))])
     spool_lines(config, "20261203", [json.dumps(record(3, answered=False))])
@@ -99,7 +121,7 @@ def test_an_outage_loses_nothing_and_delivery_deletes_the_spool(logs: Any, confi
     flaky.down = True
     # When CloudWatch Logs is unreachable, the run fails and every record stays on disk
     with pytest.raises(calls.CallRecordsUnavailable):
-        calls.ship_call_records(config, flaky, sleep=no_sleep)
+        calls.ship_call_records(config, flaky, s3, sleep=no_sleep)
     on_disk = sorted(p.name.split(".")[0] for p in config.call_records_dir.iterdir())
     assert on_disk == ["calls-20261202", "calls-20261203"]
     assert all(p.name.endswith(".shipping") for p in config.call_records_dir.iterdir())
@@ -107,7 +129,7 @@ def test_an_outage_loses_nothing_and_delivery_deletes_the_spool(logs: Any, confi
     spool_lines(config, "20261203", [json.dumps(record(4))])
     # When it is back, everything is delivered once and the spool is empty
     flaky.down = False
-    result = calls.ship_call_records(config, flaky, sleep=no_sleep)
+    result = calls.ship_call_records(config, flaky, s3, sleep=no_sleep)
     assert result == {"shipped": 4, "files": 3, "pending": 0}
     assert list(config.call_records_dir.iterdir()) == []
     events = delivered(logs)
@@ -126,18 +148,26 @@ def test_an_outage_loses_nothing_and_delivery_deletes_the_spool(logs: Any, confi
     unanswered = next(e for e in events if e["call_id"].endswith(".3"))
     assert unanswered["Answered"] == 0.0
     assert "PostDialDelay" not in unanswered
+    # and S3 holds each record once, one object per shipped file, under its UTC day's partition
+    objects = in_s3(s3)
+    assert sorted(k.rsplit("/", 2)[1] for k in objects) == ["dt=2026-12-02", "dt=2026-12-03", "dt=2026-12-03"]
+    assert all(k.split("/")[-1].startswith("i-0abc-") and k.endswith(".jsonl") for k in objects)
+    stored = [r for records in objects.values() for r in records]
+    assert sorted(r["call_id"] for r in stored) == [f"gw-1796303919.{n}" for n in (1, 2, 3, 4)]
+    assert next(r for r in stored if r["call_id"].endswith(".2")) == record(2, lost=30)  # the record, unchanged
 
 
-def test_a_broken_line_is_set_aside_not_retried(logs: Any, config: AgentConfig) -> None:
+def test_a_broken_line_is_set_aside_not_retried(logs: Any, s3: Any, config: AgentConfig) -> None:
     # Given a day file whose middle line is not a record (a torn write, or tampering)
     spool_lines(config, "20261203", [json.dumps(record(1)), '{"v":1,"call_id":', json.dumps(record(2))])
     # When the records are shipped
-    result = calls.ship_call_records(config, logs, sleep=no_sleep)
+    result = calls.ship_call_records(config, logs, s3, sleep=no_sleep)
     # Then the two records are delivered and the broken line waits in rejected.jsonl for an operator
     assert result["shipped"] == 2
     assert [p.name for p in config.call_records_dir.iterdir()] == [calls.REJECTED]
     assert (config.call_records_dir / calls.REJECTED).read_text() == '{"v":1,"call_id":\n'
     assert [e["call_id"] for e in delivered(logs)] == ["gw-1796303919.1", "gw-1796303919.2"]
+    assert [[r["call_id"] for r in rs] for rs in in_s3(s3).values()] == [["gw-1796303919.1", "gw-1796303919.2"]]
 
 
 def test_last_calls_lists_the_newest_records(config: AgentConfig) -> None:

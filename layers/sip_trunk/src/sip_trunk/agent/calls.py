@@ -1,10 +1,12 @@
-"""Call records: ship the lines Asterisk appends at hangup to CloudWatch Logs, with EMF metrics per route.
+"""Call records: ship the lines Asterisk appends at hangup to S3 (for Athena) and CloudWatch Logs (EMF metrics).
 
 Asterisk's hangup handlers append one JSON line per call to ``<call_records_dir>/calls-YYYYMMDD.jsonl`` (``FILE()``
 opens, appends and closes for every record). :func:`ship_call_records` first renames each day's file to
 ``*.jsonl.<ns>.shipping`` (atomic, never over an earlier claim; the next record opens a fresh day file), waits
-``settle_s`` so a handler that opened the old name before the rename has finished its one write, then sends every
-complete line as one log event and deletes the renamed file only after CloudWatch Logs accepted all of its events.
+``settle_s`` so a handler that opened the old name before the rename has finished its one write, then writes the
+file's records as one object under ``calls/dt=YYYY-MM-DD/`` of the backup bucket (:mod:`sip_trunk.callrecords`;
+the key is derived from the claimed name, so a second attempt overwrites the same object), sends every record as
+one log event, and deletes the renamed file only after S3 and CloudWatch Logs accepted all of it.
 Anything that fails leaves the file for the next run: records are delivered at least once, never lost (a crash
 between delivery and delete sends them again). A line that is not a JSON object is moved to ``rejected.jsonl`` for
 an operator, never retried in a loop.
@@ -16,6 +18,8 @@ Each event is the record itself plus an ``_aws`` Embedded Metric Format block, s
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import time
@@ -25,6 +29,7 @@ from typing import Any
 
 from sip_trunk.agent.config import AgentConfig
 from sip_trunk.agent.runtime import AgentError
+from sip_trunk.callrecords import object_key
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,7 @@ _BATCH = 500  # well under PutLogEvents' 10,000 events / 1 MiB
 
 
 class CallRecordsUnavailable(AgentError):
-    """CloudWatch Logs could not take the records now; they stay spooled for the next run."""
+    """S3 or CloudWatch Logs could not take the records now; they stay spooled for the next run."""
 
 
 def _directions(record: dict[str, Any]) -> Iterable[dict[str, Any]]:
@@ -135,19 +140,45 @@ def _end_ms(record: dict[str, Any], default: int) -> int:
     return value if isinstance(value, int) else default
 
 
+def s3_body(records: list[dict[str, Any]]) -> bytes:
+    """The object's content: one JSON record per line (what the Athena table reads)."""
+    return "".join(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in records).encode()
+
+
+def _batch(path: Path) -> tuple[str, str]:
+    """``calls-20261203.jsonl.<ns>.shipping`` -> (``20261203``, ``<ns>``)."""
+    name = path.name.removesuffix(SHIPPING)
+    day_file, _, batch = name.partition(".jsonl.")
+    return day_file.removeprefix("calls-"), batch
+
+
+def _put_records(s3: Any, bucket: str, key: str, body: bytes) -> None:
+    s3.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=body,
+        ContentType="application/x-ndjson",
+        ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),  # noqa: S324 - S3's integrity check
+    )
+
+
 def ship_call_records(
     config: AgentConfig,
     logs: Any,
+    s3: Any,
     *,
     settle_s: float = 2.0,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Send every spooled record to ``config.asterisk_log_group`` (stream ``calls-<instance>``); delete a
-    file only after all its events were accepted."""
+    """Write every spooled record to ``s3://<backup bucket>/calls/…`` and send it to
+    ``config.asterisk_log_group`` (stream ``calls-<instance>``); delete a file only after both accepted it."""
     group = config.asterisk_log_group
     if not group:
         raise AgentError("set --asterisk-log-group (SIP_TRUNK_ASTERISK_LOG_GROUP) to ship call records")
+    bucket = config.backup_bucket
+    if not bucket:
+        raise AgentError("set --backup-bucket (SIP_TRUNK_BACKUP_BUCKET) to ship call records")
     spool = config.call_records_dir
     if not spool.is_dir():
         return {"shipped": 0, "files": 0, "pending": 0}
@@ -155,7 +186,8 @@ def ship_call_records(
     if not files:
         return {"shipped": 0, "files": 0, "pending": 0}
     sleep(settle_s)
-    stream = f"calls-{config.instance_id or 'host'}"
+    host = config.instance_id or "host"
+    stream = f"calls-{host}"
     shipped = 0
     try:
         _ensure_stream(logs, group, stream)
@@ -163,6 +195,9 @@ def ship_call_records(
             records = _records(path, spool / REJECTED)
             now_ms = int(clock() * 1000)
             ordered = sorted(records, key=lambda r: _end_ms(r, now_ms))  # PutLogEvents wants time order
+            if ordered:
+                day, batch = _batch(path)
+                _put_records(s3, bucket, object_key(day, host, batch), s3_body(ordered))
             events = [
                 {"timestamp": _end_ms(r, now_ms), "message": emf_event(r, stack=config.stack, timestamp_ms=now_ms)}
                 for r in ordered

@@ -158,8 +158,10 @@ def test_an_outage_loses_nothing_and_delivery_deletes_the_spool(logs: Any, s3: A
     lossy = next(e for e in events if e["call_id"].endswith(".2"))
     emf = lossy["_aws"]["CloudWatchMetrics"][0]
     assert emf["Namespace"] == calls.NAMESPACE
-    assert emf["Dimensions"] == [["Stack", "Route"]]
-    assert {m["Name"] for m in emf["Metrics"]} == {"Calls", "Answered", "PostDialDelay", "Loss", "Jitter", "MES"}
+    assert emf["Dimensions"] == [["Stack", "Route"], ["Stack"]]
+    names = {"Calls", "Answered", "PostDialDelay", "Loss", "Jitter", "MES", "MediaProblem"}
+    assert {m["Name"] for m in emf["Metrics"]} == names
+    assert (lossy["media"], lossy["MediaProblem"]) == ("ok", 0.0)
     assert (lossy["Stack"], lossy["Route"], lossy["Calls"], lossy["Answered"]) == ("teststack", "agent", 1.0, 1.0)
     assert lossy["Loss"] == pytest.approx(100 * 30 / 630)
     assert lossy["MES"] == pytest.approx(70.0)
@@ -168,13 +170,16 @@ def test_an_outage_loses_nothing_and_delivery_deletes_the_spool(logs: Any, s3: A
     unanswered = next(e for e in events if e["call_id"].endswith(".3"))
     assert unanswered["Answered"] == 0.0
     assert "PostDialDelay" not in unanswered
+    assert unanswered["media"] is None
+    assert "MediaProblem" not in unanswered  # nothing to judge: no sample either way
     # and S3 holds each record once, one object per shipped file, under its UTC day's partition
     objects = in_s3(s3)
     assert sorted(k.rsplit("/", 2)[1] for k in objects) == ["dt=2026-12-02", "dt=2026-12-03", "dt=2026-12-03"]
     assert all(k.split("/")[-1].startswith("i-0abc-") and k.endswith(".jsonl") for k in objects)
     stored = [r for records in objects.values() for r in records]
     assert sorted(r["call_id"] for r in stored) == [f"gw-1796303919.{n}" for n in (1, 2, 3, 4)]
-    assert next(r for r in stored if r["call_id"].endswith(".2")) == record(2, lost=30)  # the record, unchanged
+    # the record unchanged, plus the media verdict
+    assert next(r for r in stored if r["call_id"].endswith(".2")) == {**record(2, lost=30), "media": "ok"}
 
 
 def test_a_broken_line_is_set_aside_not_retried(logs: Any, s3: Any, config: AgentConfig) -> None:

@@ -33,3 +33,62 @@ def object_key(day: str, host: str, batch: str) -> str:
     """The key of one shipped batch: derived from the host and the batch's own name, so shipping the same batch
     again (after a crash or an outage) overwrites the same object instead of adding a copy."""
     return f"{day_prefix(day)}{_SAFE.sub('_', host) or 'host'}-{_SAFE.sub('_', batch)}.jsonl"
+
+
+# --- media: did audio flow both ways? ------------------------------------------------------------------------
+MEDIA_OK = "ok"
+ONE_WAY_IN = "one_way_in"
+"""Audio flowed only from the caller (the inbound leg) toward the called party: the called side's audio is missing."""
+ONE_WAY_OUT = "one_way_out"
+"""Audio flowed only from the called party toward the caller: the caller's audio is missing."""
+SILENT = "silent"
+"""Neither direction carried audio."""
+MEDIA_PROBLEMS = frozenset({ONE_WAY_IN, ONE_WAY_OUT, SILENT})
+
+PACKETS_PER_S = 50
+"""RTP packets a direction carries per second at the codecs' 20 ms packetisation (ulaw, alaw, g722)."""
+MIN_TALK_S = 3.0
+"""Answered time below which no verdict is given (ringing-off, a hang-up at answer: too few packets to judge)."""
+MIN_SHARE = 0.05
+"""A direction counts as carrying audio with at least 5 % of the packets its answered time should bring. Low
+enough that comfort noise or silence suppression by a peer is still "audio"; a dead direction carries ~0 %."""
+
+
+def _packets(leg: object, way: str) -> float | None:
+    if not isinstance(leg, dict):
+        return None
+    direction = leg.get(way)
+    if not isinstance(direction, dict):
+        return None
+    value = direction.get("packets")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def media_state(record: dict[str, object]) -> str | None:
+    """``ok``, ``one_way_in``, ``one_way_out`` or ``silent`` for an answered call of at least
+    :data:`MIN_TALK_S` with both legs' figures; ``None`` when there is nothing to judge.
+
+    A direction's audio must have reached the gateway and left it: caller → called is the fewer of what the
+    inbound leg received and what the outbound leg sent (and the reverse for called → caller), so a peer that
+    sends nothing and a gateway that forwards nothing both show."""
+    answer, end = record.get("answer_ms"), record.get("end_ms")
+    if record.get("disposition") != "ANSWER" or not isinstance(answer, int) or not isinstance(end, int):
+        return None
+    talk_s = (end - answer) / 1000.0
+    if talk_s < MIN_TALK_S:
+        return None
+    caller, callee = record.get("caller_leg"), record.get("callee_leg")
+    figures = [_packets(caller, "rx"), _packets(callee, "tx"), _packets(callee, "rx"), _packets(caller, "tx")]
+    if any(f is None for f in figures):
+        return None
+    caller_rx, callee_tx, callee_rx, caller_tx = (f or 0.0 for f in figures)
+    floor = MIN_SHARE * PACKETS_PER_S * talk_s
+    forward = min(caller_rx, callee_tx) >= floor
+    back = min(callee_rx, caller_tx) >= floor
+    if forward and back:
+        return MEDIA_OK
+    if forward:
+        return ONE_WAY_IN
+    if back:
+        return ONE_WAY_OUT
+    return SILENT

@@ -14,9 +14,11 @@ events accepted so far), for the next run, which resumes where this one stopped:
 written twice to S3 (same key) or sent twice to the log stream, except the one batch in flight when the host died.
 A line that is not a JSON object is moved to ``rejected.jsonl`` for an operator, once, never retried in a loop.
 
-Each event is the record itself plus an ``_aws`` Embedded Metric Format block, so CloudWatch extracts metrics by
-``Route`` without a metric filter: ``Calls``, ``Answered``, ``PostDialDelay`` and, per call, the worst ``Loss``
-(percent), ``Jitter`` (ms) and lowest ``MES`` over the legs and directions that carried media.
+Both destinations get the record plus ``media``, the verdict of :func:`sip_trunk.callrecords.media_state` (ok,
+one way, silent). Each log event also carries an ``_aws`` Embedded Metric Format block, so CloudWatch extracts
+metrics by ``Stack`` + ``Route`` and by ``Stack`` without a metric filter: ``Calls``, ``Answered``,
+``PostDialDelay``, ``MediaProblem`` (1 one-way or silent, 0 ok, absent when not judged) and, per call, the worst
+``Loss`` (percent), ``Jitter`` (ms) and lowest ``MES`` over the legs and directions that carried media.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 from sip_trunk.agent.config import AgentConfig
 from sip_trunk.agent.runtime import AgentError, atomic_write, fsync_dir
-from sip_trunk.callrecords import object_key
+from sip_trunk.callrecords import MEDIA_PROBLEMS, media_state, object_key
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +59,21 @@ def _directions(record: dict[str, Any]) -> Iterable[dict[str, Any]]:
                     yield d
 
 
+def with_media(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as shipped: plus ``media``, the verdict on its packet counts (:func:`media_state`). Computed here,
+    not in the dialplan: the record keeps Asterisk's own figures, and the threshold can change with the agent
+    (and be recomputed from the figures in Athena) without a new Asterisk config."""
+    return {**record, "media": media_state(record)}
+
+
 def metrics(record: dict[str, Any]) -> dict[str, float]:
-    """The EMF values of one call (only those the record has)."""
+    """The EMF values of one call (only those the record has). ``MediaProblem`` is 1 for a call whose audio
+    was one-way or silent, 0 for one judged ``ok``, absent when there was nothing to judge: its Sum counts bad
+    calls, its Average is their share."""
     values: dict[str, float] = {"Calls": 1.0, "Answered": 1.0 if record.get("disposition") == "ANSWER" else 0.0}
+    media = media_state(record)
+    if media is not None:
+        values["MediaProblem"] = 1.0 if media in MEDIA_PROBLEMS else 0.0
     if isinstance(record.get("pdd_ms"), int | float):
         values["PostDialDelay"] = float(record["pdd_ms"])
     losses, jitters, scores = [], [], []
@@ -80,15 +94,18 @@ def metrics(record: dict[str, Any]) -> dict[str, float]:
 
 
 _UNITS = {"Calls": "Count", "Answered": "Count", "PostDialDelay": "Milliseconds", "Loss": "Percent",
-          "Jitter": "Milliseconds", "MES": "None"}  # fmt: skip
+          "Jitter": "Milliseconds", "MES": "None", "MediaProblem": "Count"}  # fmt: skip
+DIMENSIONS = [["Stack", "Route"], ["Stack"]]
+"""Per route, and per stack (what the alarms watch: an alarm cannot sum over a dimension)."""
 
 
 def emf_event(record: dict[str, Any], *, stack: str, timestamp_ms: int) -> str:
-    """The log event: the record, plus the EMF metadata and metric values under dimension Route."""
+    """The log event: the record (with its media verdict), plus the EMF metadata and metric values by stack and
+    route."""
     values = metrics(record)
     route = record.get("route") if isinstance(record.get("route"), str) and record["route"] else "none"
     event = {
-        **record,
+        **with_media(record),
         "Stack": stack,
         "Route": route,
         **values,
@@ -97,7 +114,7 @@ def emf_event(record: dict[str, Any], *, stack: str, timestamp_ms: int) -> str:
             "CloudWatchMetrics": [
                 {
                     "Namespace": NAMESPACE,
-                    "Dimensions": [["Stack", "Route"]],
+                    "Dimensions": DIMENSIONS,
                     "Metrics": [{"Name": name, "Unit": _UNITS[name]} for name in values],
                 }
             ],
@@ -189,7 +206,8 @@ def _time_order(record: dict[str, Any]) -> tuple[bool, int]:
 
 def s3_body(records: list[dict[str, Any]]) -> bytes:
     """The object's content: one JSON record per line (what the Athena table reads)."""
-    return "".join(json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n" for r in records).encode()
+    lines = (json.dumps(with_media(r), separators=(",", ":"), sort_keys=True) + "\n" for r in records)
+    return "".join(lines).encode()
 
 
 def _batch(path: Path) -> tuple[str, str]:

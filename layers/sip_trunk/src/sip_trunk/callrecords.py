@@ -10,7 +10,10 @@ partition being the UTC day the record was written (the day file's name; the cal
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 S3_PREFIX = "calls"
 """Top-level prefix of the call records in the backup bucket (template.yaml's Glue table reads it)."""
@@ -92,3 +95,100 @@ def media_state(record: dict[str, object]) -> str | None:
     if back:
         return ONE_WAY_OUT
     return SILENT
+
+
+# --- reading them back (the operator CLI) ------------------------------------------------------------------
+_SINCE = re.compile(r"(\d+)\s*([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_EPOCH_IN_ID = re.compile(r"(?:^|-)(\d{9,11})\.\d+$")
+MAX_DAYS = 31
+"""How far back a listing reads: one object listing per day."""
+
+
+def parse_since(text: str, now_s: float) -> float:
+    """``90m``, ``2h``, ``7d`` (before ``now_s``) or an ISO 8601 time (UTC unless it says otherwise): epoch seconds."""
+    match = _SINCE.fullmatch(text.strip())
+    if match:
+        return now_s - int(match[1]) * _UNIT_S[match[2]]
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--since {text!r}: give a duration (30m, 2h, 7d) or a time (2026-12-03T09:00Z)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def days_back(since_s: float, now_s: float) -> list[str]:
+    """The UTC days (``YYYYMMDD``) from ``now_s`` back to ``since_s``, newest first, at most :data:`MAX_DAYS`."""
+    day = datetime.fromtimestamp(now_s, UTC).date()
+    first = datetime.fromtimestamp(min(since_s, now_s), UTC).date()
+    days: list[str] = []
+    while day >= first and len(days) < MAX_DAYS:
+        days.append(day.strftime("%Y%m%d"))
+        day -= timedelta(days=1)
+    return days
+
+
+def days_of_call(call_id: str) -> list[str] | None:
+    """Where a call's record can be: the UTC day its id's epoch (Asterisk's ``UNIQUEID``, taken at setup) falls on
+    and the next one (a call ends on the day it was set up or, past midnight, later). None: no epoch in the id."""
+    match = _EPOCH_IN_ID.search(call_id)
+    if match is None:
+        return None
+    start = datetime.fromtimestamp(int(match[1]), UTC).date()
+    return [(start + timedelta(days=n)).strftime("%Y%m%d") for n in (1, 0)]
+
+
+def parse_batch(body: bytes) -> list[dict[str, object]]:
+    """The records of one shipped object (lines that are not a JSON object are skipped)."""
+    records = []
+    for line in body.decode(errors="replace").splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            records.append(value)
+    return records
+
+
+def end_ms(record: dict[str, object]) -> int:
+    value = record.get("end_ms")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class RecordObjects(Protocol):
+    """Read access to the bucket the records are shipped to."""
+
+    def keys(self, bucket: str, prefix: str) -> list[str]: ...
+
+    def read(self, bucket: str, key: str) -> bytes: ...
+
+
+def recent_calls(
+    store: RecordObjects, bucket: str, *, since_s: float, now_s: float, limit: int
+) -> list[dict[str, object]]:
+    """The newest ``limit`` records of calls that ended since ``since_s``, newest first. Reads day by day from
+    today back and stops after the day that completed ``limit``: an older day holds only calls that ended earlier."""
+    found: list[dict[str, object]] = []
+    for day in days_back(since_s, now_s):
+        for key in store.keys(bucket, day_prefix(day)):
+            found.extend(r for r in parse_batch(store.read(bucket, key)) if end_ms(r) >= since_s * 1000)
+        if len(found) >= limit:
+            break
+    found.sort(key=end_ms, reverse=True)
+    return found[:limit]
+
+
+def find_call(
+    store: RecordObjects, bucket: str, call_id: str, *, since_s: float, now_s: float
+) -> list[dict[str, object]]:
+    """Every record with this call id (one, unless two hosts reused an id): looked up on the days its id's epoch
+    allows, else on the days back to ``since_s``."""
+    days = days_of_call(call_id) or days_back(since_s, now_s)
+    matches: list[dict[str, object]] = []
+    for day in days:
+        for key in store.keys(bucket, day_prefix(day)):
+            matches.extend(r for r in parse_batch(store.read(bucket, key)) if r.get("call_id") == call_id)
+    return matches

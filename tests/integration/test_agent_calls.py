@@ -158,7 +158,9 @@ def test_an_outage_loses_nothing_and_delivery_deletes_the_spool(logs: Any, s3: A
     lossy = next(e for e in events if e["call_id"].endswith(".2"))
     emf = lossy["_aws"]["CloudWatchMetrics"][0]
     assert emf["Namespace"] == calls.NAMESPACE
-    assert emf["Dimensions"] == [["Stack", "Route"], ["Stack"]]
+    assert emf["Dimensions"] == [["Stack", "Route"]]
+    rollup = lossy["_aws"]["CloudWatchMetrics"][1]  # the one stack-wide metric, for the alarm
+    assert (rollup["Dimensions"], [m["Name"] for m in rollup["Metrics"]]) == ([["Stack"]], ["MediaProblem"])
     names = {"Calls", "Answered", "PostDialDelay", "Loss", "Jitter", "MES", "MediaProblem"}
     assert {m["Name"] for m in emf["Metrics"]} == names
     assert (lossy["media"], lossy["MediaProblem"]) == ("ok", 0.0)

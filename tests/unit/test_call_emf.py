@@ -35,6 +35,8 @@ def test_the_event_is_emf_with_the_media_metric(caller_rx: int, callee_rx: int, 
     assert points[(calls.NAMESPACE, (("Stack", "st"), ("Route", "agent")), "MediaProblem")] == problem
     assert points[(calls.NAMESPACE, (("Stack", "st"),), "MediaProblem")] == problem
     assert points[(calls.NAMESPACE, (("Stack", "st"), ("Route", "agent")), "Calls")] == 1.0
+    # only MediaProblem is rolled up per stack (each metric and dimension set is a billed custom metric)
+    assert {name for (_, dims, name) in points if dims == (("Stack", "st"),)} == {"MediaProblem"}
     assert '"media":"' + media + '"' in message
 
 
@@ -42,7 +44,7 @@ def test_a_call_too_short_to_judge_gives_no_media_sample() -> None:
     message = calls.emf_event(record(caller_rx=0, callee_rx=0, talk_ms=1500), stack="st", timestamp_ms=1)
     points = metrics_of(message)
     assert not any(name == "MediaProblem" for (_, _, name) in points)
-    assert points[(calls.NAMESPACE, (("Stack", "st"),), "Answered")] == 1.0
+    assert points[(calls.NAMESPACE, (("Stack", "st"), ("Route", "agent")), "Answered")] == 1.0
 
 
 def test_the_validator_refuses_what_cloudwatch_would_not_extract() -> None:

@@ -16,9 +16,10 @@ A line that is not a JSON object is moved to ``rejected.jsonl`` for an operator,
 
 Both destinations get the record plus ``media``, the verdict of :func:`sip_trunk.callrecords.media_state` (ok,
 one way, silent). Each log event also carries an ``_aws`` Embedded Metric Format block, so CloudWatch extracts
-metrics by ``Stack`` + ``Route`` and by ``Stack`` without a metric filter: ``Calls``, ``Answered``,
-``PostDialDelay``, ``MediaProblem`` (1 one-way or silent, 0 ok, absent when not judged) and, per call, the worst
-``Loss`` (percent), ``Jitter`` (ms) and lowest ``MES`` over the legs and directions that carried media.
+metrics by ``Stack`` + ``Route`` without a metric filter: ``Calls``, ``Answered``, ``PostDialDelay``,
+``MediaProblem`` (1 one-way or silent, 0 ok, absent when not judged; also by ``Stack`` alone, for the alarm) and,
+per call, the worst ``Loss`` (percent), ``Jitter`` (ms) and lowest ``MES`` over the legs and directions that
+carried media.
 """
 
 from __future__ import annotations
@@ -95,8 +96,11 @@ def metrics(record: dict[str, Any]) -> dict[str, float]:
 
 _UNITS = {"Calls": "Count", "Answered": "Count", "PostDialDelay": "Milliseconds", "Loss": "Percent",
           "Jitter": "Milliseconds", "MES": "None", "MediaProblem": "Count"}  # fmt: skip
-DIMENSIONS = [["Stack", "Route"], ["Stack"]]
-"""Per route, and per stack (what the alarms watch: an alarm cannot sum over a dimension)."""
+ROUTE_DIMENSIONS = [["Stack", "Route"]]
+"""Every metric, per route."""
+STACK_WIDE = {"MediaProblem": [["Stack"]]}
+"""Metrics also rolled up per stack, for an alarm (an alarm cannot sum over a dimension); only those, since each
+metric and dimension set is a custom metric that costs money."""
 
 
 def emf_event(record: dict[str, Any], *, stack: str, timestamp_ms: int) -> str:
@@ -114,9 +118,14 @@ def emf_event(record: dict[str, Any], *, stack: str, timestamp_ms: int) -> str:
             "CloudWatchMetrics": [
                 {
                     "Namespace": NAMESPACE,
-                    "Dimensions": DIMENSIONS,
+                    "Dimensions": ROUTE_DIMENSIONS,
                     "Metrics": [{"Name": name, "Unit": _UNITS[name]} for name in values],
-                }
+                },
+                *(
+                    {"Namespace": NAMESPACE, "Dimensions": dims, "Metrics": [{"Name": name, "Unit": _UNITS[name]}]}
+                    for name, dims in STACK_WIDE.items()
+                    if name in values
+                ),
             ],
         },
     }

@@ -28,6 +28,7 @@ from sip_trunk.callrecords import MEDIA_OK, ONE_WAY_IN, media_state
 from standin import CONFIG_DIR as STANDIN_CONFIG_DIR
 from standin import ELEVENLABS_HOST, hosts_file, use_private_hosts, wait_for
 from support.asterisk import AsteriskInstance
+from support.deploy import load_template
 from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.netns import NamespaceSet, in_ns
 from support.rtp import rtp_range
@@ -246,6 +247,9 @@ def test_clean_call_leaves_one_complete_record(
     assert max(callee["tx"]["jitter_s"], callee["rx"]["jitter_s"]) < 0.01, callee
     # and the host agent's media verdict on these figures is ok (the control of the one-way proof below)
     assert media_state(record) == MEDIA_OK
+    # and what the agent ships of this real record has exactly the Athena table's columns
+    table = load_template()["Resources"]["CallRecordsTable"]["Properties"]["TableInput"]
+    assert set(calls.with_media(record)) == {c["Name"] for c in table["StorageDescriptor"]["Columns"]}
 
 
 def test_audio_lost_one_way_is_judged_one_way(

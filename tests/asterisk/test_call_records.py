@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sip_trunk.agent import calls
+from sip_trunk.callrecords import MEDIA_OK, ONE_WAY_IN, media_state
 from standin import CONFIG_DIR as STANDIN_CONFIG_DIR
 from standin import ELEVENLABS_HOST, hosts_file, use_private_hosts, wait_for
 from support.asterisk import AsteriskInstance
+from support.deploy import load_template
 from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.netns import NamespaceSet, in_ns
 from support.rtp import rtp_range
@@ -95,8 +98,9 @@ def place_call(
     drop: str | None = None,
     caller: str = CALLER,
     agent_hangs_up: bool = False,
+    loss: float = LOSS,
 ) -> Call:
-    """carrier -> gateway -> holder, ~8 s; ``drop`` = "to-agent" / "from-agent" loses LOSS of that direction."""
+    """carrier -> gateway -> holder, ~8 s; ``drop`` = "to-agent" / "from-agent" loses ``loss`` of that direction."""
     settings, secrets = load_example("minimal")
     el = settings["elevenlabs"]
     gw_rtp, holder_rtp = rtp_range(), rtp_range()
@@ -139,7 +143,7 @@ def place_call(
     if drop is not None:
         match = {"to-agent": ["--dport", holder_ports], "from-agent": ["--sport", holder_ports]}[drop]
         in_ns(ns, "iptables", "-A", "OUTPUT", "-p", "udp", *match,
-              "-m", "statistic", "--mode", "random", "--probability", str(LOSS), "-j", "DROP")  # fmt: skip
+              "-m", "statistic", "--mode", "random", "--probability", str(loss), "-j", "DROP")  # fmt: skip
     scenario = tmp_path / "carrier.xml"
     name = "carrier_call_far_bye.xml" if agent_hangs_up else "rec_carrier_call.xml"
     scenario.write_text(scenario_path(name).read_text().replace("@PCAP@", str(PCAP)))
@@ -241,6 +245,28 @@ def test_clean_call_leaves_one_complete_record(
     assert 0 < callee["rtt_s"] < 0.05, callee
     assert min(callee["tx"]["mes"], callee["rx"]["mes"]) > 85, callee
     assert max(callee["tx"]["jitter_s"], callee["rx"]["jitter_s"]) < 0.01, callee
+    # and the host agent's media verdict on these figures is ok (the control of the one-way proof below)
+    assert media_state(record) == MEDIA_OK
+    # and what the agent ships of this real record has exactly the Athena table's columns
+    table = load_template()["Resources"]["CallRecordsTable"]["Properties"]["TableInput"]
+    assert set(calls.with_media(record)) == {c["Name"] for c in table["StorageDescriptor"]["Columns"]}
+
+
+def test_audio_lost_one_way_is_judged_one_way(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, namespace: str
+) -> None:
+    # Given every packet from the agent to the gateway dropped (a NAT or firewall that blocks one direction)
+    # When the carrier calls the agent's number for ~8 s
+    call = place_call(asterisk_factory, tmp_path, namespace, drop="from-agent", loss=1.0)
+    record = one_record(call)
+    print(figures(record))
+    # Then the record shows nothing received from the agent, while the caller's audio reached it
+    callee = record["callee_leg"]
+    assert callee["rx"]["packets"] == 0, figures(record)
+    assert record["caller_leg"]["rx"]["packets"] >= 150, figures(record)
+    # and the host agent judges the call one-way (audio only from the caller), which its alarm counts
+    assert media_state(record) == ONE_WAY_IN
+    assert calls.metrics(record)["MediaProblem"] == 1.0
 
 
 @pytest.mark.parametrize("direction", ["to-agent", "from-agent"])

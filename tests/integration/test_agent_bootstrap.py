@@ -224,7 +224,7 @@ def test_primary_bootstrap_applies_the_desired_version_and_writes_the_first_hear
     assert ["systemctl", "enable", "--now", boot.HEARTBEAT_TIMER] in host.commands
     assert ["systemctl", "disable", "--now", boot.WATCH_PEER] in host.commands
     assert ["systemctl", "daemon-reload"] in host.commands
-    # without a log group to ship to, call records stay on disk: no shipping timer
+    # without a log group and a bucket to ship to, call records stay on disk: no shipping timer
     assert ["systemctl", "enable", "--now", boot.CALLS_TIMER] not in host.commands
     ctl = [c for c in host.commands if c[0] == "amazon-cloudwatch-agent-ctl"]
     assert ctl == [["amazon-cloudwatch-agent-ctl", "-a", "fetch-config", "-m", "ec2", "-s", "-c",
@@ -234,6 +234,18 @@ def test_primary_bootstrap_applies_the_desired_version_and_writes_the_first_hear
     assert item["running_version"] == version
     assert item["asterisk_up"] is True
     assert (host.config.etc_dir / "role.env").read_text() == "SIP_TRUNK_ROLE=primary\n"
+
+
+@pytest.mark.parametrize(("group", "bucket", "ships"), [("/g", "b", True), ("/g", None, False), (None, "b", False)])
+def test_the_call_records_timer_runs_only_with_both_destinations(
+    host: Host, imds: tuple[FakeImds, str], group: str | None, bucket: str | None, ships: bool
+) -> None:
+    # Given a host whose environment names these destinations (ship-calls needs the log group and the bucket)
+    config = dataclasses.replace(host.config, asterisk_log_group=group, backup_bucket=bucket)
+    # When it bootstraps
+    boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+    # Then the shipping timer runs only when both are there
+    assert (["systemctl", "enable", "--now", boot.CALLS_TIMER] in host.commands) is ships
 
 
 def test_standby_bootstrap_starts_watch_peer_and_survives_a_missing_version(

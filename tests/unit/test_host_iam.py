@@ -189,6 +189,7 @@ def _prefix_allows(resource: str, key: str) -> bool:
 
 
 def test_keys_the_agent_writes_fit_the_scoped_prefixes(tmp_path: Path) -> None:
+    from sip_trunk import callrecords
     from sip_trunk.agent import backup, recordings, report
     from sip_trunk.agent.config import AgentConfig
 
@@ -208,6 +209,10 @@ def test_keys_the_agent_writes_fit_the_scoped_prefixes(tmp_path: Path) -> None:
     # a recording
     key = recordings.object_key("trunk", "call/../1", 0.0, ".wav")
     assert _prefix_allows(by_sid["Recordings"]["Resource"]["Fn::Sub"], key), key
+    # a batch of call records
+    key = callrecords.object_key("20261203", "i-0123456789abcdef0", "1796303932206000000")
+    assert _prefix_allows(by_sid["CallRecords"]["Resource"]["Fn::Sub"], key), key
+    assert not _prefix_allows(by_sid["Backups"]["Resource"]["Fn::Sub"], key)
     # a heartbeat and the host's metrics
     item = report.heartbeat_item({"instance_id": "i-0123456789abcdef0", "reported_at": 0})
     leading = by_sid["Heartbeat"]["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]

@@ -1,4 +1,5 @@
-"""`sip-trunk push` and `sip-trunk pull`: the operator's settings document on a deployed stack (ADR-16)."""
+"""`sip-trunk push` and `sip-trunk pull`: the operator's settings document on a deployed stack (ADR-16);
+`sip-trunk calls`: the stack's call records in S3 (ADR-37)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
+from sip_trunk import callrecords
 from sip_trunk.aws.operator import OperatorAws, operator_aws
 from sip_trunk.push import (
     Plan,
@@ -182,6 +186,144 @@ def pull(
         out.print(f"wrote {escape(str(out_file))} (v{found[1]})")
 
 
+OUTPUT_BACKUP_BUCKET = "BackupBucketName"
+"""The stack output naming the bucket the hosts ship call records to (template.yaml)."""
+
+calls_app = typer.Typer(
+    help="The deployed stack's call records (from S3): recent calls, or one call in full.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+def _records_bucket(aws: OperatorAws, stack: str) -> str:
+    info = aws.stacks.describe(stack)
+    if info is None:
+        raise PushError(f"stack {stack} does not exist in {aws.region}")
+    bucket = info.outputs.get(OUTPUT_BACKUP_BUCKET)
+    if not bucket:
+        raise PushError(f"stack {stack} ({info.status}) has no output {OUTPUT_BACKUP_BUCKET}: deploy template.yaml")
+    return bucket
+
+
+def _text(value: object) -> Text:
+    """A cell shown as it is: record values never become rich markup."""
+    return Text("" if value is None else str(value))
+
+
+def _talk_s(record: dict[str, Any]) -> str:
+    answer, end = record.get("answer_ms"), record.get("end_ms")
+    return f"{(end - answer) / 1000:.1f}" if isinstance(answer, int) and isinstance(end, int) else ""
+
+
+def _ended(record: dict[str, Any]) -> str:
+    end = callrecords.end_ms(record)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(end / 1000)) if end else ""
+
+
+def _calls_table(records: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{len(records)} call(s), newest first (UTC)", title_justify="left")
+    for column in ("ended", "call id", "entry", "caller", "called", "route", "disposition", "talk s", "pdd ms",
+                   "media", "hung up by"):  # fmt: skip
+        table.add_column(column, overflow="fold")
+    for r in records:
+        media = r.get("media")
+        table.add_row(
+            _text(_ended(r)), _text(r.get("call_id")), _text(r.get("entry")), _text(r.get("caller")),
+            _text(r.get("called")), _text(r.get("route")), _text(r.get("disposition")), _text(_talk_s(r)),
+            _text(r.get("pdd_ms")),
+            Text(str(media), style="green" if media == callrecords.MEDIA_OK else "bold red") if media else Text(""),
+            _text(r.get("hangup_by")),
+        )  # fmt: skip
+    return table
+
+
+def _legs_table(record: dict[str, Any]) -> Table:
+    table = Table(title="media per leg and direction (rx: received by the gateway, tx: sent)", title_justify="left")
+    for column in ("leg", "endpoint", "codec", "dir", "packets", "lost", "jitter ms", "mes", "cause"):
+        table.add_column(column)
+    for name in ("caller_leg", "callee_leg"):
+        leg = record.get(name)
+        if not isinstance(leg, dict):
+            continue
+        for way in ("rx", "tx"):
+            found = leg.get(way)
+            d: dict[str, Any] = found if isinstance(found, dict) else {}
+            jitter = d.get("jitter_s")
+            table.add_row(
+                _text(name), _text(leg.get("endpoint")), _text(leg.get("codec")), _text(way), _text(d.get("packets")),
+                _text(d.get("lost")), _text(f"{1000 * jitter:.1f}" if isinstance(jitter, int | float) else ""),
+                _text(d.get("mes")), _text(leg.get("hangup_cause")),
+            )  # fmt: skip
+    return table
+
+
+SinceOption = Annotated[
+    str, typer.Option("--since", help="calls that ended since: a duration (30m, 2h, 7d) or a UTC time")
+]
+
+
+@calls_app.callback()
+def calls(
+    ctx: typer.Context,
+    stack: Annotated[str | None, typer.Option("--stack", help="the deployed stack's name", show_default=False)] = None,
+    region: RegionOption = None,
+    since: SinceOption = "24h",
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10000, help="at most this many calls")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON record per line instead of a table")] = False,
+) -> None:
+    """List the stack's recent calls from its call records in S3, newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not stack:
+        raise _error("give --stack (the deployed stack's name)", EXIT_INVALID)
+    now = time.time()
+    try:
+        since_s = callrecords.parse_since(since, now)
+    except ValueError as exc:
+        raise _error(str(exc), EXIT_INVALID) from None
+    aws = _aws(region)
+    try:
+        bucket = _records_bucket(aws, stack)
+        records = callrecords.recent_calls(aws.objects, bucket, since_s=since_s, now_s=now, limit=limit)
+    except (PushError, ClientError, BotoCoreError) as exc:
+        raise _error(str(exc), EXIT_FAILED) from None
+    if as_json:
+        for record in records:
+            typer.echo(json.dumps(record, sort_keys=True))
+        return
+    out.print(_calls_table(records))
+
+
+@calls_app.command("show")
+def show_call(
+    call_id: Annotated[str, typer.Argument(help="the call's id (call_id, the gateway's CALL_ID)", show_default=False)],
+    stack: StackOption,
+    region: RegionOption = None,
+    since: Annotated[
+        str, typer.Option("--since", help="where to look when the id carries no time: a duration or a UTC time")
+    ] = "7d",
+) -> None:
+    """Print one call's record in full (exit 1 when no record has this id)."""
+    now = time.time()
+    try:
+        since_s = callrecords.parse_since(since, now)
+    except ValueError as exc:
+        raise _error(str(exc), EXIT_INVALID) from None
+    aws = _aws(region)
+    try:
+        bucket = _records_bucket(aws, stack)
+        found = callrecords.find_call(aws.objects, bucket, call_id, since_s=since_s, now_s=now)
+    except (PushError, ClientError, BotoCoreError) as exc:
+        raise _error(str(exc), EXIT_FAILED) from None
+    if not found:
+        raise _error(f"no call record with id {call_id} in s3://{bucket}/{callrecords.S3_PREFIX}/", EXIT_FAILED)
+    for record in found:
+        out.print_json(json.dumps(record, sort_keys=True))
+        out.print(_legs_table(record))
+
+
 def register(app: typer.Typer) -> None:
     app.command()(push)
     app.command()(pull)
+    app.add_typer(calls_app, name="calls")

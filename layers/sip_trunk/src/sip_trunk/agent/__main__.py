@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", default="")
     p.add_argument("--config-version", default=None)
     sub.add_parser("flush-recordings", help="queue the hangup handler's recording jobs, then upload every queued one")
-    sub.add_parser("ship-calls", help="send the spooled call records to CloudWatch Logs (EMF), then delete them")
+    sub.add_parser("ship-calls", help="send the spooled call records to S3 and CloudWatch Logs (EMF), then delete them")
     p = sub.add_parser("calls", help="the last call records still on this host")
     p.add_argument("--count", type=int, default=20)
 
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace, config: AgentConfig, session: Any) -> dict[str
     if command == "ship-calls":
         from sip_trunk.agent import calls
 
-        return calls.ship_call_records(config, session.client("logs"))
+        return calls.ship_call_records(config, session.client("logs"), session.client("s3"))
     if command == "watch-peer":
         target = watch.parse_target(args.target, args.transport, args.port)
         state = watch.watch_peer(

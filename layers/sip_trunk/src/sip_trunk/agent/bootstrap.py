@@ -128,8 +128,8 @@ def set_role(config: AgentConfig, role: str, peer_address: str | None, run: Runn
     if config.recordings_bucket:
         services[RECORDINGS_PATH] = True  # a recording is uploaded as soon as its call ends
         services[RECORDINGS_TIMER] = True  # and retried every two minutes while S3 is away
-    if config.asterisk_log_group:
-        services[CALLS_TIMER] = True  # call records to CloudWatch Logs every minute (kept on disk until then)
+    if config.asterisk_log_group and config.backup_bucket:
+        services[CALLS_TIMER] = True  # call records to S3 and CloudWatch Logs every minute (kept on disk until then)
     if config.systemctl:
         for unit, wanted in services.items():
             if wanted:

@@ -1,4 +1,4 @@
-"""What `sip-trunk push`/`pull` need from an account, with the operator's own credentials and region.
+"""What `sip-trunk push`/`pull`/`calls` need from an account, with the operator's own credentials and region.
 
 boto3 only (no Powertools): the CLI installs without the Lambda extras."""
 
@@ -105,6 +105,23 @@ class ProvisionExecutions:
         return names
 
 
+class BucketObjects:
+    """Listing and reading objects (the call records in the backup bucket: ``sip_trunk.callrecords``)."""
+
+    def __init__(self, s3: Any) -> None:
+        self.s3 = s3
+
+    def keys(self, bucket: str, prefix: str) -> list[str]:
+        keys: list[str] = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys.extend(str(item["Key"]) for item in page.get("Contents", []))
+        return keys
+
+    def read(self, bucket: str, key: str) -> bytes:
+        body: bytes = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body
+
+
 @dataclass(frozen=True)
 class OperatorAws:
     region: str
@@ -112,6 +129,7 @@ class OperatorAws:
     parameters: SettingsParameters
     secrets: SecretChecks
     executions: ProvisionExecutions
+    objects: BucketObjects
 
 
 def operator_aws(region: str | None) -> OperatorAws:
@@ -130,4 +148,5 @@ def operator_aws(region: str | None) -> OperatorAws:
         parameters=SettingsParameters(ssm),
         secrets=SecretChecks(ssm, make("secretsmanager")),
         executions=ProvisionExecutions(make("stepfunctions")),
+        objects=BucketObjects(make("s3")),
     )

@@ -1,6 +1,6 @@
-"""``python -m bench.run [--only capacity,reload,lambda,local,image] [--quick]``: run the benchmarks, merge their
-results into bench/results/latest.json (sections not run keep their last numbers), write the plots, and regenerate
-the results of docs/PERFORMANCE.md.
+"""``python -m bench.run [--only capacity,reload,post_dial,lambda,local,image] [--quick]``: run the benchmarks,
+merge their results into bench/results/latest.json (sections not run keep their last numbers), write the plots,
+and regenerate the results of docs/PERFORMANCE.md.
 
 Needs root (chroot, iptables, network namespaces). Prints numbers. Exit status: 0 when every section that ran
 produced its numbers or recorded a failure of the product (a missed goal, or a local-mode command that fails,
@@ -22,9 +22,10 @@ from typing import Any
 
 from bench.common import RESULTS, CpuWindow, loadavg, machine, now_iso
 
-SECTIONS = ("capacity", "reload", "lambda", "local", "image")
+SECTIONS = ("capacity", "reload", "post_dial", "lambda", "local", "image")
 # image (the host install path's Asterisk compile, `make image-check`) takes 30+ minutes uncached: only on request
-DEFAULT_SECTIONS = ("capacity", "reload", "lambda", "local")
+DEFAULT_SECTIONS = ("capacity", "reload", "post_dial", "lambda", "local")
+NEEDS_ROOT = {"capacity", "reload", "post_dial"}
 FULL_LEVELS = (50, 100, 200, 300, 400)
 QUICK_LEVELS = (10, 30)
 GOAL_LOSS = 1.0
@@ -177,6 +178,12 @@ def run_section(section: str, *, root: Path | None, work: Path, quick: bool, lev
         assert root is not None
         print("reload under load")
         return run_reload(root, work / "reload", calls=10 if quick else 60, call_s=15 if quick else 40)
+    if section == "post_dial":
+        from bench.post_dial import run as run_post_dial
+
+        assert root is not None
+        print("post-dial delay: carrier INVITE → agent (digest challenge) → 200 back, calls per second ramped")
+        return run_post_dial(root, work / "post_dial", quick=quick)
     if section == "lambda":
         from bench.lambda_cost import run as run_lambda
 
@@ -235,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     root: Path | None = None
     try:
         try:
-            if {"capacity", "reload"} & set(only):
+            if NEEDS_ROOT & set(only):
                 root = _root()
         except Exception:
-            # without the Asterisk root neither capacity nor reload can run: both broke; the others still run
-            for section in {"capacity", "reload"} & set(only):
+            # without the Asterisk root none of these can run: they broke; the others still run
+            for section in NEEDS_ROOT & set(only):
                 broken.append(section)
                 results[section] = {"error": traceback.format_exc()[-3000:]}
             print(f"Asterisk root: BROKEN\n{traceback.format_exc()}", file=sys.stderr)

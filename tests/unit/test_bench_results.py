@@ -25,6 +25,8 @@ FIGURES = (
     "capacity.asterisk_cpu_pct_per_call",
     "reload.dropped_calls",
     "reload.apply_s",
+    "post_dial.invite_hop_p99_ms",
+    "post_dial.answer_hop_p99_ms",
     "provision_s.median",
     "failover_rto_s.median",
     "failover_rto_s.p95",

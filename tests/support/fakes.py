@@ -489,6 +489,7 @@ def live_number(want: DesiredTrunk, phone_number_id: str = "phnum_1", **changes:
             has_auth_credentials=want.inbound_password is not None,
             username=want.inbound_username,
             remote_domains=list(want.remote_domains) or None,
+            allowed_addresses=None if want.allowed_addresses is None else list(want.allowed_addresses),
         ),
     }
     data.update(changes)
@@ -502,6 +503,7 @@ class FakeElevenLabs:
         self.numbers = {n.phone_number_id: n for n in numbers}
         self.created: list[DesiredTrunk] = []
         self.updated: list[tuple[str, DesiredTrunk]] = []
+        self.update_bodies: list[dict[str, Any]] = []
         self.keys: list[str] = []
 
     def __call__(self, api_key: str) -> PhoneNumberApi:
@@ -523,8 +525,11 @@ class FakeElevenLabs:
         self.numbers[phone_number_id] = live_number(want, phone_number_id)
         return phone_number_id
 
-    def update_phone_number(self, phone_number_id: str, want: DesiredTrunk) -> PhoneNumber:
+    def update_phone_number(
+        self, phone_number_id: str, want: DesiredTrunk, current: PhoneNumber | None = None
+    ) -> PhoneNumber:
         self.updated.append((phone_number_id, want))
+        self.update_bodies.append(want.request_body() if current is None else want.update_body(current))
         self.numbers[phone_number_id] = live_number(want, phone_number_id)
         return self.numbers[phone_number_id]
 

@@ -2,7 +2,14 @@
 
 Tests and the local demo need the client's real HTTP path (headers, status codes, retries) without ever
 contacting ElevenLabs, and they need failures on demand (429 with Retry-After, 503, slow answers).
-Response shapes follow the public API reference; passwords are stored but never returned, like the real API.
+Response shapes follow the public API reference and the official SDK's models (tests hold them to it);
+passwords are stored but never returned, like the real API.
+
+A PATCH replaces a nested `inbound_trunk_config`/`outbound_trunk_config` as a whole: a field the body leaves
+out is gone afterwards. ElevenLabs does not document whether it merges or replaces, so the stand-in emulates
+the destructive answer, and a client that keeps what it does not own must send it back. The one documented
+exception is kept: credentials with a null or missing password leave the stored password unchanged.
+`edit` changes a stored number directly, as an operator would in the ElevenLabs dashboard.
 """
 
 from __future__ import annotations
@@ -26,13 +33,18 @@ _OUTBOUND_CALL = "/v1/convai/sip-trunk/outbound-call"
 _ONE_NUMBER = re.compile(r"^/v1/convai/phone-numbers/([^/]+)$")
 _TRANSPORTS = {"auto", "udp", "tcp", "tls"}
 _ENCRYPTION = {"disabled", "allowed", "required"}
+_CODECS = {"G722/8000", "PCMU/8000", "PCMA/8000"}
 
 
 @dataclass(frozen=True)
 class RecordedRequest:
+    """One request as answered; `body` is the parsed JSON sent (None without one), so tests can hold what a
+    client sends to the API's declared shapes."""
+
     method: str
     path: str
     status: int
+    body: Any = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,19 @@ def _check_string_list(body: dict[str, Any], key: str, loc: list[str | int], err
             errors.append(_error([*loc, key, index], "Input should be a valid string", "string_type", item))
 
 
+def _check_string_map(body: dict[str, Any], key: str, loc: list[str | int], errors: list[dict[str, Any]]) -> None:
+    """`dict[str, str] | None`, as the API declares `headers` and `attributes_to_headers`."""
+    value = body.get(key)
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        errors.append(_error([*loc, key], "Input should be a valid dictionary", "dict_type", value))
+        return
+    for name, item in value.items():
+        if not isinstance(item, str):
+            errors.append(_error([*loc, key, name], "Input should be a valid string", "string_type", item))
+
+
 def _check_credentials(config: dict[str, Any], loc: list[str | int], errors: list[dict[str, Any]]) -> None:
     creds = config.get("credentials")
     if creds is None:
@@ -126,14 +151,22 @@ def _validate_trunk_configs(body: dict[str, Any], errors: list[dict[str, Any]]) 
             _check_enum(outbound, "transport", _TRANSPORTS, ["outbound_trunk_config"], errors)
             _check_enum(outbound, "media_encryption", _ENCRYPTION, ["outbound_trunk_config"], errors)
             _check_credentials(outbound, ["outbound_trunk_config"], errors)
+            for key in ("headers", "attributes_to_headers"):
+                _check_string_map(outbound, key, ["outbound_trunk_config"], errors)
+            _check_string_list(outbound, "enabled_codecs", ["outbound_trunk_config"], errors)
+            for index, codec in enumerate(outbound.get("enabled_codecs") or []):
+                if isinstance(codec, str) and codec not in _CODECS:
+                    loc: list[str | int] = ["outbound_trunk_config", "enabled_codecs", index]
+                    errors.append(_error(loc, "Input should be a known codec", "enum", codec))
     inbound = body.get("inbound_trunk_config")
     if inbound is not None:
         if not isinstance(inbound, dict):
             errors.append(_error(["inbound_trunk_config"], "Input should be an object", "dict_type", inbound))
         else:
             _check_enum(inbound, "media_encryption", _ENCRYPTION, ["inbound_trunk_config"], errors)
-            for key in ("allowed_addresses", "remote_domains"):
+            for key in ("allowed_addresses", "allowed_numbers", "remote_domains"):
                 _check_string_list(inbound, key, ["inbound_trunk_config"], errors)
+            _check_string_map(inbound, "attributes_to_headers", ["inbound_trunk_config"], errors)
             _check_credentials(inbound, ["inbound_trunk_config"], errors)
 
 
@@ -154,6 +187,8 @@ def _stored_outbound(config: dict[str, Any], old: dict[str, Any] | None) -> dict
         "transport": config.get("transport", "auto"),
         "media_encryption": config.get("media_encryption", "allowed"),
         "headers": dict(config.get("headers") or {}),
+        "attributes_to_headers": config.get("attributes_to_headers"),
+        "enabled_codecs": config.get("enabled_codecs"),
         "credentials": _merge_credentials(config, (old or {}).get("credentials")),
     }
 
@@ -164,6 +199,7 @@ def _stored_inbound(config: dict[str, Any], old: dict[str, Any] | None) -> dict[
         "allowed_numbers": config.get("allowed_numbers"),
         "media_encryption": config.get("media_encryption", "allowed"),
         "remote_domains": config.get("remote_domains"),
+        "attributes_to_headers": config.get("attributes_to_headers"),
         "credentials": _merge_credentials(config, (old or {}).get("credentials")),
     }
 
@@ -238,7 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = self._route(method, path, body)
         except _Invalid as exc:
             status, payload = 422, {"detail": exc.errors}
-        self._send(method, path, status, payload)
+        self._send(method, path, status, payload, body=body)
 
     def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         state = self.server.state
@@ -340,10 +376,20 @@ class _Handler(BaseHTTPRequestHandler):
             "sip_call_id": record.sip_call_id,
         }
 
-    def _send(self, method: str, path: str, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        payload: Any,
+        headers: dict[str, str] | None = None,
+        *,
+        body: Any = None,
+    ) -> None:
         # Recorded before answering, so a client that has its answer always finds the request logged.
+        record = RecordedRequest(method=method, path=path, status=status, body=body)
         with self.server.state.lock:
-            self.server.state.requests.append(RecordedRequest(method=method, path=path, status=status))
+            self.server.state.requests.append(record)
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -447,6 +493,21 @@ class ElevenLabsStandIn:
     def outbound_calls(self) -> list[OutboundCallRecord]:
         with self._state.lock:
             return list(self._state.outbound_calls)
+
+    def number(self, phone_number_id: str) -> dict[str, Any]:
+        """The GET view of a stored number, read without going through HTTP."""
+        with self._state.lock:
+            return _public(self._state.numbers[phone_number_id])
+
+    def edit(
+        self, phone_number_id: str, *, inbound: dict[str, Any] | None = None, outbound: dict[str, Any] | None = None
+    ) -> None:
+        """Change stored trunk fields directly, as an operator does in the dashboard (no validation, no HTTP)."""
+        with self._state.lock:
+            record = self._state.numbers[phone_number_id]
+            for key, changes in (("inbound", inbound), ("outbound", outbound)):
+                if changes:
+                    record[key].update(changes)
 
     def stored_password(self, phone_number_id: str, direction: str = "outbound") -> str | None:
         """What the API would hold but never return, so tests can prove a rotation reached it."""

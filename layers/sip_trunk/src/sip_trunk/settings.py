@@ -241,6 +241,11 @@ class ElevenLabsTrunk(_Strict):
     )
     phone_number_id: ApiId | None = None
     agent_id: ApiId | None = None
+    restrict_inbound_to_gateway: bool = Field(
+        default=False,
+        description="sync sets the number's inbound allowed_addresses to the gateway's Elastic IP (/32), so only "
+        "the gateway can place calls on it; when false the sync leaves allowed_addresses as the operator set them",
+    )
     headers: dict[HeaderName, CallFact] = Field(
         default_factory=dict,
         description="extra X- headers on every INVITE to ElevenLabs, each carrying one call fact",

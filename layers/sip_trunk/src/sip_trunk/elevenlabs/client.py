@@ -104,9 +104,13 @@ class ElevenLabsClient:
         data = self._request("POST", PHONE_NUMBERS_PATH, body=body, secrets=desired.secrets())
         return _parse(CreatedPhoneNumber, data).phone_number_id
 
-    def update_phone_number(self, phone_number_id: str, desired: DesiredTrunk) -> PhoneNumber:
+    def update_phone_number(
+        self, phone_number_id: str, desired: DesiredTrunk, current: PhoneNumber | None = None
+    ) -> PhoneNumber:
+        """PATCH the number: with `current` (the number as read) a read-merge-write, else the whole trunk."""
         path = f"{PHONE_NUMBERS_PATH}/{_segment(phone_number_id)}"
-        data = self._request("PATCH", path, body=desired.request_body(), secrets=desired.secrets())
+        body = desired.request_body() if current is None else desired.update_body(current)
+        data = self._request("PATCH", path, body=body, secrets=desired.secrets())
         return _parse(PhoneNumber, data)
 
     def outbound_call(self, agent_id: str, agent_phone_number_id: str, to_number: str) -> OutboundCallResult:

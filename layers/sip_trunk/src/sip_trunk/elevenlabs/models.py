@@ -7,6 +7,7 @@ them as `inbound_trunk`/`outbound_trunk` and never return passwords, only `has_a
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Literal
 
@@ -46,7 +47,8 @@ class _ApiModel(BaseModel):
 class OutboundTrunk(_ApiModel):
     """`outbound_trunk` of a phone number: where ElevenLabs sends INVITEs (our gateway).
 
-    Relied on: address, transport, media_encryption, has_auth_credentials, username.
+    Relied on: address, transport, media_encryption, has_auth_credentials, username. Carried over unchanged
+    on update (the operator's, set in the dashboard): headers, attributes_to_headers, enabled_codecs.
     """
 
     address: str
@@ -54,20 +56,27 @@ class OutboundTrunk(_ApiModel):
     media_encryption: str = "allowed"
     has_auth_credentials: bool = False
     username: str | None = None
+    headers: dict[str, str] | None = None
+    attributes_to_headers: dict[str, str] | None = None
+    enabled_codecs: list[str] | None = None
 
 
 class InboundTrunk(_ApiModel):
     """`inbound_trunk` of a phone number: how ElevenLabs accepts our INVITEs.
 
     Relied on: media_encryption, has_auth_credentials, username, remote_domains (the hosts whose
-    in-dialog requests ElevenLabs accepts over TLS).
+    in-dialog requests ElevenLabs accepts over TLS), allowed_addresses (who may place calls on the number).
+    Carried over unchanged on update: allowed_numbers, attributes_to_headers, and every field above that the
+    gateway's settings do not own.
     """
 
     media_encryption: str = "allowed"
     has_auth_credentials: bool = False
     username: str | None = None
     allowed_addresses: list[str] | None = None
+    allowed_numbers: list[str] | None = None
     remote_domains: list[str] | None = None
+    attributes_to_headers: dict[str, str] | None = None
 
 
 class AssignedAgent(_ApiModel):
@@ -120,7 +129,8 @@ class DesiredTrunk(BaseModel):
     `username`/`password` are what ElevenLabs presents to Asterisk (outbound trunk digest); the optional
     inbound pair is what Asterisk presents to ElevenLabs. `remote_domains` must appear among the number's
     inbound remote domains (others the operator added stay): over TLS, ElevenLabs sends BYE and REFER on a new
-    connection to the top Via host and accepts only the domains listed there.
+    connection to the top Via host and accepts only the domains listed there. `allowed_addresses`, when set,
+    replaces the number's inbound source-address allowlist (IPs or CIDR blocks); None leaves it as it is.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -136,6 +146,17 @@ class DesiredTrunk(BaseModel):
     inbound_password: SecretStr | None = None
     agent_id: str | None = Field(default=None, min_length=1)
     remote_domains: tuple[str, ...] = ()
+    allowed_addresses: tuple[str, ...] | None = None
+
+    @field_validator("allowed_addresses")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        try:
+            return tuple(dict.fromkeys(str(ipaddress.ip_network(v, strict=True)) for v in value))
+        except ValueError:
+            raise ValueError("allowed_addresses must be IP addresses or CIDR blocks") from None
 
     @field_validator("phone_number")
     @classmethod
@@ -182,7 +203,7 @@ class DesiredTrunk(BaseModel):
         return found
 
     def request_body(self) -> dict[str, Any]:
-        """Body shared by create and update: the whole trunk, so an update converges every field."""
+        """The create body (and the product's fields of an update): every field the gateway owns."""
         inbound: dict[str, Any] = {"media_encryption": self.media_encryption}
         if self.inbound_username is not None and self.inbound_password is not None:
             inbound["credentials"] = {
@@ -191,6 +212,8 @@ class DesiredTrunk(BaseModel):
             }
         if self.remote_domains:
             inbound["remote_domains"] = list(self.remote_domains)
+        if self.allowed_addresses is not None:
+            inbound["allowed_addresses"] = list(self.allowed_addresses)
         body: dict[str, Any] = {
             "label": self.label,
             "inbound_trunk_config": inbound,
@@ -203,6 +226,44 @@ class DesiredTrunk(BaseModel):
         }
         if self.agent_id is not None:
             body["agent_id"] = self.agent_id
+        return body
+
+    def update_body(self, current: PhoneNumber) -> dict[str, Any]:
+        """The PATCH body: the number as read, with the gateway's fields laid over it.
+
+        ElevenLabs does not document whether a PATCH merges or replaces a nested trunk config, so this
+        assumes the destructive answer (replace) and sends every field it read back: what an operator set
+        in the dashboard (allowed numbers, headers, codecs, ...) survives an update the gateway makes.
+        A credential pair the gateway does not own goes back as its username alone, which the API documents
+        as leaving the stored password unchanged.
+        """
+        body = self.request_body()
+        inbound, outbound = current.inbound_trunk, current.outbound
+        if inbound is not None:
+            carried: dict[str, Any] = {
+                k: v
+                for k, v in {
+                    "allowed_addresses": inbound.allowed_addresses,
+                    "allowed_numbers": inbound.allowed_numbers,
+                    "remote_domains": inbound.remote_domains,
+                    "attributes_to_headers": inbound.attributes_to_headers,
+                }.items()
+                if v is not None
+            }
+            if inbound.has_auth_credentials and inbound.username is not None:
+                carried["credentials"] = {"username": inbound.username}
+            body["inbound_trunk_config"] = {**carried, **body["inbound_trunk_config"]}
+        if outbound is not None:
+            kept = {
+                k: v
+                for k, v in {
+                    "headers": outbound.headers,
+                    "attributes_to_headers": outbound.attributes_to_headers,
+                    "enabled_codecs": outbound.enabled_codecs,
+                }.items()
+                if v is not None
+            }
+            body["outbound_trunk_config"] = {**kept, **body["outbound_trunk_config"]}
         return body
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Protocol
 
@@ -60,9 +61,25 @@ def diff_trunk(
     missing = [d for d in desired.remote_domains if d.lower() not in {x.lower() for x in listed}]
     if missing:
         check("inbound_trunk.remote_domains", ",".join(missing), ",".join(listed) or None)
+    if desired.allowed_addresses is not None:
+        have = (inbound.allowed_addresses if inbound else None) or []
+        if _networks(desired.allowed_addresses) != _networks(have):
+            check("inbound_trunk.allowed_addresses", ",".join(desired.allowed_addresses), ",".join(have) or None)
     if desired.inbound_username is not None:
         check("inbound_trunk.username", desired.inbound_username, inbound.username if inbound else None)
         check_password("inbound_trunk.password", bool(inbound and inbound.has_auth_credentials))
+    return out
+
+
+def _networks(addresses: tuple[str, ...] | list[str]) -> set[str]:
+    """Addresses as networks, so `203.0.113.10` and `203.0.113.10/32` compare equal; an entry that is no
+    IP address (the API may hold anything) compares as itself."""
+    out = set()
+    for address in addresses:
+        try:
+            out.add(str(ipaddress.ip_network(address, strict=False)))
+        except ValueError:
+            out.add(address)
     return out
 
 
@@ -86,7 +103,12 @@ class PhoneNumberApi(Protocol):
 
     def create_sip_trunk_phone_number(self, desired: DesiredTrunk) -> str: ...
 
-    def update_phone_number(self, phone_number_id: str, desired: DesiredTrunk) -> PhoneNumber: ...
+    def update_phone_number(
+        self, phone_number_id: str, desired: DesiredTrunk, current: PhoneNumber | None = None
+    ) -> PhoneNumber:
+        """PATCH the number; with `current` (the number as read) every field the gateway does not own is
+        sent back as it was (DesiredTrunk.update_body)."""
+        ...
 
 
 def find_trunk(api: PhoneNumberApi, desired: DesiredTrunk, phone_number_id: str | None = None) -> PhoneNumber | None:
@@ -129,7 +151,7 @@ def ensure_trunk(
     mismatches = diff_trunk(desired, actual, assume_password_changed=assume_password_changed)
     if not mismatches:
         return SyncResult(action="unchanged", phone_number_id=actual.phone_number_id)
-    api.update_phone_number(actual.phone_number_id, _keeping_remote_domains(desired, actual))
+    api.update_phone_number(actual.phone_number_id, _keeping_remote_domains(desired, actual), actual)
     logger.info(
         "updated ElevenLabs SIP trunk number %s: %s",
         desired.phone_number,

@@ -22,7 +22,9 @@ def desired_trunk(loaded: LoadedSettings, public_address: str) -> DesiredTrunk:
     Over TLS ElevenLabs is the TLS client and checks our certificate against the host it dials, so the
     address is `network.public_hostname` (the certificate's name), not the Elastic IP, and that name is one
     of the number's remote domains: ElevenLabs sends BYE and REFER on a new connection to the top Via host
-    and accepts them only from a listed domain (docs/ARCHITECTURE.md, "TLS contract").
+    and accepts them only from a listed domain (docs/ARCHITECTURE.md, "TLS contract"). With
+    `elevenlabs.restrict_inbound_to_gateway` the number accepts calls only from the Elastic IP; the gateway's
+    INVITEs leave from it whatever the transport.
     """
     settings: Settings = loaded.settings
     el = settings.elevenlabs
@@ -49,6 +51,7 @@ def desired_trunk(loaded: LoadedSettings, public_address: str) -> DesiredTrunk:
         inbound_password=loaded.secrets.reveal(el.outbound_password),
         agent_id=el.agent_id,
         remote_domains=remote_domains,
+        allowed_addresses=(f"{public_address}/32",) if el.restrict_inbound_to_gateway else None,
     )
 
 

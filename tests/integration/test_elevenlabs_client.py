@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +24,15 @@ from sip_trunk.elevenlabs import (
     ensure_trunk,
 )
 from sip_trunk_local.elevenlabs_api import ElevenLabsStandIn
+from support.sdk_conformance import (
+    CREATE_REQUEST,
+    CREATE_RESPONSE,
+    GET_RESPONSE,
+    LIST_ITEM,
+    UPDATE_REQUEST,
+    UPDATE_RESPONSE,
+    conformance_errors,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -363,3 +375,135 @@ def test_stand_in_refuses_remote_domains_that_are_not_a_list_of_strings(client: 
         client.create_sip_trunk_phone_number(bad)
     assert caught.value.status == 422
     assert "body.inbound_trunk_config.remote_domains: Input should be a valid list" in caught.value.detail
+
+
+# --- the stand-in and the client held to the official SDK models -------------------------------------
+SDK_VARIANTS: dict[str, dict[str, Any]] = {
+    "tcp-no-inbound-credentials-no-agent": {"inbound_username": None, "inbound_password": None, "agent_id": None},
+    "tcp-with-credentials-and-agent": {},
+    "tls": {"address": "sip.gateway.example", "transport": "tls", "remote_domains": ("sip.gateway.example",)},
+    "tls-srtp-allowlist": {
+        "address": "sip.gateway.example:5061",
+        "transport": "tls",
+        "media_encryption": "required",
+        "remote_domains": ("sip.gateway.example",),
+        "allowed_addresses": ("203.0.113.10/32",),
+    },
+}
+
+
+@pytest.mark.parametrize("variant", SDK_VARIANTS)
+def test_every_request_and_response_conforms_to_the_sdk_models(
+    api: ElevenLabsStandIn, client: ElevenLabsClient, variant: str
+) -> None:
+    # Given a number created, read, listed, then updated (drifted label) through the real client
+    want = desired(**SDK_VARIANTS[variant])
+    number_id = client.create_sip_trunk_phone_number(want)
+    current = client.get_phone_number(number_id)
+    client.update_phone_number(number_id, want.model_copy(update={"label": "renamed"}), current)
+    client.update_phone_number(number_id, want)  # the whole-trunk form, without a read
+    client.list_phone_numbers()
+    # Then every body the client sent and every answer the stand-in gave is what the SDK declares
+    sent = {(r.method, r.path.count("/")): r.body for r in api.requests if r.body is not None}
+    assert conformance_errors(CREATE_REQUEST, sent[("POST", 3)]) == []
+    for request in api.requests:
+        if request.method == "PATCH":
+            assert conformance_errors(UPDATE_REQUEST, request.body) == []
+    with api_session(api) as raw:
+        assert conformance_errors(CREATE_RESPONSE, {"phone_number_id": number_id}) == []
+        assert conformance_errors(GET_RESPONSE, raw("GET", f"/v1/convai/phone-numbers/{number_id}")) == []
+        for item in raw("GET", "/v1/convai/phone-numbers"):
+            assert conformance_errors(LIST_ITEM, item) == []
+        patched = raw("PATCH", f"/v1/convai/phone-numbers/{number_id}", {"label": "again"})
+        assert conformance_errors(UPDATE_RESPONSE, patched) == []
+
+
+def test_the_create_answer_conforms_to_the_sdk_model(api: ElevenLabsStandIn) -> None:
+    with api_session(api) as raw:
+        body = {"provider": "sip_trunk", **desired().request_body(), "phone_number": "+14155550111"}
+        assert conformance_errors(CREATE_RESPONSE, raw("POST", "/v1/convai/phone-numbers", body)) == []
+
+
+@contextlib.contextmanager
+def api_session(api: ElevenLabsStandIn) -> Iterator[Callable[..., Any]]:
+    """Raw JSON calls to the stand-in, to see its answers as sent (the client parses them away)."""
+
+    def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"xi-api-key": API_KEY, "Content-Type": "application/json"}
+        request = urllib.request.Request(api.url + path, data=data, headers=headers, method=method)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 -- loopback stand-in
+            return json.loads(response.read())
+
+    yield call
+
+
+# --- read, merge, write ---------------------------------------------------------------------------------
+OPERATOR_INBOUND = {
+    "allowed_addresses": ["198.51.100.0/24"],
+    "allowed_numbers": ["+14155550199"],
+    "attributes_to_headers": {"caller_id": "X-Caller"},
+    "remote_domains": ["other.example"],
+}
+OPERATOR_OUTBOUND = {
+    "headers": {"X-Team": "support"},
+    "attributes_to_headers": {"ticket": "X-Ticket"},
+    "enabled_codecs": ["PCMU/8000", "G722/8000"],
+}
+
+
+def test_a_patch_replaces_a_nested_trunk_config_as_a_whole(api: ElevenLabsStandIn, client: ElevenLabsClient) -> None:
+    # Given operator fields set in the dashboard, When a PATCH sends the trunk without them (no read first)
+    number_id = client.create_sip_trunk_phone_number(desired())
+    api.edit(number_id, inbound=OPERATOR_INBOUND, outbound=OPERATOR_OUTBOUND)
+    client.update_phone_number(number_id, desired(address="203.0.113.20:5060"))
+    # Then the stand-in, emulating the destructive reading of the API, dropped them
+    number = api.number(number_id)
+    assert number["inbound_trunk"]["allowed_numbers"] is None
+    assert number["outbound_trunk"]["enabled_codecs"] is None
+
+
+def test_sync_keeps_every_operator_field_and_converges_the_products(
+    api: ElevenLabsStandIn, client: ElevenLabsClient
+) -> None:
+    # Given a number synced once, then edited by an operator, and whose address drifted
+    want = desired(inbound_username=None, inbound_password=None)
+    number_id = ensure_trunk(client, want).phone_number_id
+    api.edit(
+        number_id,
+        inbound={**OPERATOR_INBOUND, "credentials": {"username": "op-in", "password": "op-in-pw"}},
+        outbound={**OPERATOR_OUTBOUND, "address": "198.51.100.9:5060"},
+    )
+    # When the sync runs
+    result = ensure_trunk(client, want)
+    # Then only the drifted field was named, it converged, and every operator field is as it was
+    assert result.action == "updated"
+    assert [m.field for m in result.mismatches] == ["outbound_trunk.address"]
+    number = api.number(number_id)
+    assert number["outbound_trunk"]["address"] == want.address
+    for key, value in OPERATOR_INBOUND.items():
+        assert number["inbound_trunk"][key] == value
+    for key, value in OPERATOR_OUTBOUND.items():
+        assert number["outbound_trunk"][key] == value
+    assert number["inbound_trunk"]["username"] == "op-in"
+    assert api.stored_password(number_id, "inbound") == "op-in-pw"
+    assert api.stored_password(number_id) == PASSWORD
+    assert diff_trunk(want, client.get_phone_number(number_id)) == []
+
+
+def test_sync_sets_the_allowlist_when_owned_and_leaves_it_otherwise(
+    api: ElevenLabsStandIn, client: ElevenLabsClient
+) -> None:
+    # Given a number whose operator allowlisted another network
+    number_id = ensure_trunk(client, desired()).phone_number_id
+    api.edit(number_id, inbound={"allowed_addresses": ["198.51.100.0/24"]})
+    # When synced without owning the allowlist, Then it is left exactly as the operator set it
+    assert ensure_trunk(client, desired()).action == "unchanged"
+    assert ensure_trunk(client, desired(label="renamed")).action == "updated"
+    assert api.number(number_id)["inbound_trunk"]["allowed_addresses"] == ["198.51.100.0/24"]
+    # When synced owning it, Then the diff names it and the number accepts only the gateway
+    owned = desired(label="renamed", allowed_addresses=("203.0.113.10/32",))
+    result = ensure_trunk(client, owned)
+    assert [m.field for m in result.mismatches] == ["inbound_trunk.allowed_addresses"]
+    assert api.number(number_id)["inbound_trunk"]["allowed_addresses"] == ["203.0.113.10/32"]
+    assert ensure_trunk(client, owned).action == "unchanged"

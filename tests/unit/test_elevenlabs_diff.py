@@ -362,3 +362,26 @@ def test_request_body_sends_remote_domains_only_when_desired() -> None:
 def test_desired_rejects_remote_domains_that_are_not_host_names(domain: str) -> None:
     with pytest.raises(ValidationError):
         desired(remote_domains=(domain,))
+
+
+def test_diff_reports_allowed_addresses_only_when_owned_and_compares_them_as_networks() -> None:
+    owned = desired(allowed_addresses=("203.0.113.10/32",))
+    operator = InboundTrunk(media_encryption="disabled", allowed_addresses=["198.51.100.0/24"])
+    assert [(m.field, m.desired, m.actual) for m in diff_trunk(owned, live_number(owned, inbound_trunk=operator))] == [
+        ("inbound_trunk.allowed_addresses", "203.0.113.10/32", "198.51.100.0/24")
+    ]
+    # The same address written without its prefix length is the same allowlist
+    plain = InboundTrunk(media_encryption="disabled", allowed_addresses=["203.0.113.10"])
+    assert diff_trunk(owned, live_number(owned, inbound_trunk=plain)) == []
+    # Not owned: whatever the operator allowlisted is not a drift
+    assert diff_trunk(desired(), live_number(desired(), inbound_trunk=operator)) == []
+
+
+def test_ensure_sends_the_number_as_read_with_the_products_fields_over_it() -> None:
+    want = desired()
+    inbound = InboundTrunk(media_encryption="disabled", allowed_numbers=["+14155550199"], allowed_addresses=[])
+    api = FakeElevenLabs(live_number(want, label="old", inbound_trunk=inbound))
+    result = ensure_trunk(api, want)
+    assert [m.field for m in result.mismatches] == ["label"]
+    sent = api.update_bodies[0]["inbound_trunk_config"]
+    assert (sent["allowed_numbers"], sent["allowed_addresses"]) == (["+14155550199"], [])

@@ -796,3 +796,32 @@ def test_template_parameters_reads_intrinsic_tags() -> None:
     body = b"Parameters:\n  ConfigVersion: {Type: String}\nResources:\n  X: {Properties: {A: !Ref ConfigVersion}}\n"
     assert provision.template_parameters(body) == {"ConfigVersion"}
     assert provision.template_parameters(b": : :") is None
+
+
+def test_sync_restricting_inbound_to_the_gateway_allowlists_the_elastic_ip_even_over_tls() -> None:
+    # Given the setting on, over TLS (the address ElevenLabs dials is the host name, not the IP)
+    world = tls_world()
+    world.settings.document["elevenlabs"]["restrict_inbound_to_gateway"] = True
+    # When synced twice, Then the number accepts calls only from the Elastic IP, and the second run is a no-op
+    first = provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    created = world.elevenlabs.created[0]
+    assert created.allowed_addresses == (f"{PUBLIC_IP}/32",)
+    assert created.request_body()["inbound_trunk_config"]["allowed_addresses"] == [f"{PUBLIC_IP}/32"]
+    again = provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    assert (first.action, again.action) == ("created", "unchanged")
+
+
+def test_sync_turning_the_restriction_on_names_only_the_allowlist() -> None:
+    world = with_api_key()
+    provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    world.settings.document["elevenlabs"]["restrict_inbound_to_gateway"] = True
+    outcome = provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    assert (outcome.action, outcome.changed_fields) == ("updated", ["inbound_trunk.allowed_addresses"])
+    assert world.elevenlabs.update_bodies[0]["inbound_trunk_config"]["allowed_addresses"] == [f"{PUBLIC_IP}/32"]
+
+
+def test_sync_without_the_restriction_sends_no_allowlist_of_its_own() -> None:
+    world = with_api_key()
+    provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    assert world.elevenlabs.created[0].allowed_addresses is None
+    assert "allowed_addresses" not in world.elevenlabs.created[0].request_body()["inbound_trunk_config"]

@@ -148,9 +148,7 @@ def test_update_body_carries_every_operator_field_and_overlays_the_products() ->
 
 def test_update_body_replaces_allowed_addresses_only_when_the_product_owns_them() -> None:
     owned = desired(allowed_addresses=("203.0.113.10/32",))
-    assert owned.update_body(operator_number(owned))["inbound_trunk_config"]["allowed_addresses"] == [
-        "203.0.113.10/32"
-    ]
+    assert owned.update_body(operator_number(owned))["inbound_trunk_config"]["allowed_addresses"] == ["203.0.113.10/32"]
     assert desired().update_body(operator_number(desired()))["inbound_trunk_config"]["allowed_addresses"] == [
         "198.51.100.0/24"
     ]

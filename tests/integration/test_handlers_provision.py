@@ -1191,3 +1191,34 @@ def test_a_failed_commands_answer_is_shown_even_when_it_logged():
     assert '"error": "no backups bucket"' in output
     assert "retrying" in output
     assert command_output({"StandardOutputContent": "x" * 900}) == "x" * 500
+
+
+def test_sync_restricting_inbound_to_the_gateway_keeps_the_operators_fields(
+    world_api, api_handlers, logs, event, lambda_context, standin
+):
+    # Given a synced number an operator then edited in the dashboard
+    first = api_handlers["sync_elevenlabs"](_sync_event(event, world_api), lambda_context)
+    number_id = first["phone_number_id"]
+    standin.edit(
+        number_id,
+        inbound={"allowed_addresses": ["198.51.100.0/24"], "allowed_numbers": ["+14155550199"]},
+        outbound={"headers": {"X-Team": "support"}, "enabled_codecs": ["PCMU/8000"]},
+    )
+    # When a later execution runs with the inbound restriction off, Then the operator's allowlist is no drift
+    later = _sync_event(event, world_api)
+    later["execution"]["name"] = "console-2026-01-02"
+    assert api_handlers["sync_elevenlabs"](later, lambda_context.fresh())["action"] == "unchanged"
+    # When the restriction is turned on
+    world_api.put_settings(restrict_inbound_to_gateway=True)
+    later["execution"]["name"] = "console-2026-01-03"
+    result = api_handlers["sync_elevenlabs"](later, lambda_context.fresh())
+    # Then only the allowlist changed, to the Elastic IP alone, and every other operator field is as it was
+    assert (result["action"], result["changed_fields"]) == ("updated", ["inbound_trunk.allowed_addresses"])
+    number = _get_number(standin, number_id)
+    assert number["inbound_trunk"]["allowed_addresses"] == [f"{world_api.address}/32"]
+    assert number["inbound_trunk"]["allowed_numbers"] == ["+14155550199"]
+    assert (number["outbound_trunk"]["headers"], number["outbound_trunk"]["enabled_codecs"]) == (
+        {"X-Team": "support"},
+        ["PCMU/8000"],
+    )
+    logs.assert_no(*SECRETS)

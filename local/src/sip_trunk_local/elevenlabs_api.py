@@ -507,6 +507,8 @@ class ElevenLabsStandIn:
             record = self._state.numbers[phone_number_id]
             for key, changes in (("inbound", inbound), ("outbound", outbound)):
                 if changes:
+                    if record[key] is None:
+                        raise ValueError(f"number {phone_number_id} has no {key} trunk to edit")
                     record[key].update(changes)
 
     def stored_password(self, phone_number_id: str, direction: str = "outbound") -> str | None:

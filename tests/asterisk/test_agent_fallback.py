@@ -150,6 +150,23 @@ def without_fallback(text: str) -> str:
     return text.replace(" same => n,Goto(agent-unavailable,s,1)\n", " same => n,Hangup()\n")
 
 
+def refused_with_fallback(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, rigs: list[Rig], status: str, *, edit: Edit | None = None
+) -> tuple[Rig, Sipp, Sipp]:
+    """The gateway with softphone 1001 as the fallback, an agent answering ``status``, the softphone registered."""
+    agent_port = free_port(AGENT_IP)
+    rig = start_gateway(
+        asterisk_factory,
+        tmp_path,
+        rigs,
+        agent_port=agent_port,
+        elevenlabs={"fallback": {"kind": "extension", "extension": EXTENSION}},
+        edit=edit,
+    )
+    agent = rig.agent(refusing_agent(tmp_path, status), agent_port)
+    return rig, agent, rig.phone()
+
+
 @pytest.mark.parametrize(
     ("code", "reason"),
     [("486", "Busy Here"), ("503", "Service Unavailable"), ("603", "Decline")],
@@ -159,20 +176,10 @@ def test_a_call_the_agent_refuses_goes_to_the_fallback_extension(
     asterisk_factory: AsteriskFactory, tmp_path: Path, rigs: list[Rig], code: str, reason: str
 ) -> None:
     # Given an agent that refuses every call, and a fallback to softphone 1001
-    agent_port = free_port(AGENT_IP)
-    rig = start_gateway(
-        asterisk_factory,
-        tmp_path,
-        rigs,
-        agent_port=agent_port,
-        elevenlabs={"fallback": {"kind": "extension", "extension": EXTENSION}},
-    )
-    agent = rig.agent(refusing_agent(tmp_path, f"{code} {reason}"), agent_port)
-    phone = rig.phone()
+    rig, agent, phone = refused_with_fallback(asterisk_factory, tmp_path, rigs, f"{code} {reason}")
     # When a carrier caller calls the agent's DID
-    caller = rig.call("carrier_uac_pcap.xml", "caller", duration_ms=1000)
+    result = rig.call("carrier_uac_pcap.xml", "caller", duration_ms=1000).wait(timeout=30)
     # Then the agent was asked once, and the softphone took the call instead
-    result = caller.wait(timeout=30)
     assert result.ok, result.describe() + rig.gateway.diagnostics()
     assert len(received_requests(agent.result().messages, "INVITE")) == 1, agent.result().describe()
     assert received_requests(phone.result().messages, "INVITE"), phone.result().describe()
@@ -181,17 +188,7 @@ def test_a_call_the_agent_refuses_goes_to_the_fallback_extension(
 def test_negative_control_without_the_fallback_the_refusal_reaches_the_caller(
     asterisk_factory: AsteriskFactory, tmp_path: Path, rigs: list[Rig]
 ) -> None:
-    agent_port = free_port(AGENT_IP)
-    rig = start_gateway(
-        asterisk_factory,
-        tmp_path,
-        rigs,
-        agent_port=agent_port,
-        elevenlabs={"fallback": {"kind": "extension", "extension": EXTENSION}},
-        edit=without_fallback,
-    )
-    rig.agent("el_uas_refuse.xml", agent_port)
-    phone = rig.phone()
+    rig, _, phone = refused_with_fallback(asterisk_factory, tmp_path, rigs, "486 Busy Here", edit=without_fallback)
     result = rig.call("carrier_uac_pcap.xml", "caller", duration_ms=1000).wait(timeout=30)
     assert not result.ok
     assert not received_requests(phone.result().messages, "INVITE")

@@ -196,6 +196,14 @@ calls_app = typer.Typer(
 )
 
 
+def _since_seconds(since: str, now: float) -> float:
+    """``--since`` as an epoch time, or the usage error that names what is wrong with it."""
+    try:
+        return callrecords.parse_since(since, now)
+    except ValueError as exc:
+        raise _error(str(exc), EXIT_INVALID) from None
+
+
 def _records_bucket(aws: OperatorAws, stack: str) -> str:
     info = aws.stacks.describe(stack)
     if info is None:
@@ -278,10 +286,7 @@ def calls(
     if not stack:
         raise _error("give --stack (the deployed stack's name)", EXIT_INVALID)
     now = time.time()
-    try:
-        since_s = callrecords.parse_since(since, now)
-    except ValueError as exc:
-        raise _error(str(exc), EXIT_INVALID) from None
+    since_s = _since_seconds(since, now)
     aws = _aws(region)
     try:
         bucket = _records_bucket(aws, stack)
@@ -306,10 +311,7 @@ def show_call(
 ) -> None:
     """Print one call's record in full (exit 1 when no record has this id)."""
     now = time.time()
-    try:
-        since_s = callrecords.parse_since(since, now)
-    except ValueError as exc:
-        raise _error(str(exc), EXIT_INVALID) from None
+    since_s = _since_seconds(since, now)
     aws = _aws(region)
     try:
         bucket = _records_bucket(aws, stack)

@@ -25,8 +25,12 @@ import boto3
 import pytest
 from cryptography import x509
 from sip_trunk.agent.__main__ import main
+from sip_trunk.agent.config import build_config
 from sip_trunk_local.sipp import free_port
 from support.certificates import TestCa
+from support.iam_eval import Request, evaluate
+from support.iam_proof import HOST as HOST_ROLE
+from support.iam_proof import host_names, principal_policies
 
 pytestmark = pytest.mark.integration
 
@@ -286,3 +290,42 @@ def test_a_host_name_outside_the_configured_zone_is_refused_before_any_order(
     assert changes == []
     assert not host["cert"].exists()
     assert not host["calls"].exists()
+
+
+def route53_request(zone_id: str, batch: list[dict[str, Any]]) -> Request:
+    """ChangeResourceRecordSets as IAM authorizes it, with Route 53's record-set condition keys."""
+    records = [c["ResourceRecordSet"] for c in batch]
+    return Request(
+        "route53:ChangeResourceRecordSets",
+        f"arn:aws:route53:::hostedzone/{zone_id.split('/')[-1]}",
+        {
+            "route53:ChangeResourceRecordSetsActions": [c["Action"] for c in batch],
+            "route53:ChangeResourceRecordSetsRecordTypes": [r["Type"] for r in records],
+            "route53:ChangeResourceRecordSetsNormalizedRecordNames": [r["Name"].rstrip(".").lower() for r in records],
+        },
+    )
+
+
+def test_the_host_role_allows_the_challenge_records_certbot_writes_and_nothing_else(
+    host: dict[str, Any],
+    route53: tuple[Any, str],
+    changes: list[tuple[str, list[dict[str, Any]]]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """certbot runs in its own process, out of the permission proof's sight: its change batches, as moto applied
+    them, are evaluated against stacks/host.yaml's HostRole with the zone LaunchHost passes."""
+    code, _, output = run_agent(capsys)
+    assert code == 0, output
+    zone_id = route53[1]
+    names = host_names(build_config({}, {"SIP_TRUNK_ACME_HOSTED_ZONE_ID": zone_id}), REGION)
+    role = principal_policies(HOST_ROLE, names)
+
+    assert len(changes) == 2
+    for zid, batch in changes:
+        assert evaluate(role.policies, route53_request(zid, batch)), batch
+    assert evaluate(role.policies, Request("route53:ListHostedZones", "*"))
+    assert evaluate(role.policies, Request("route53:GetChange", "arn:aws:route53:::change/C0123456789"))
+    # negative controls: the gateway's own A record, and a challenge in another zone
+    a_record = [{"Action": "UPSERT", "ResourceRecordSet": {"Name": HOST, "Type": "A"}}]
+    assert not evaluate(role.policies, route53_request(zone_id, a_record))
+    assert not evaluate(role.policies, route53_request("Z0THERZONE", changes[0][1]))

@@ -144,7 +144,6 @@ def host(
     assert CERTBOT.exists(), f"{CERTBOT}: certbot is a dev dependency (make dev)"
     keys = tmp_path / "etc" / "asterisk" / "keys"
     keys.mkdir(parents=True)
-    (keys.parent / "pjsip.conf").write_text("; rendered\n")
     calls = tmp_path / "asterisk-calls"
     fake = tmp_path / "asterisk"
     fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho "Module reloaded"\n')
@@ -222,7 +221,7 @@ def test_obtains_installs_and_reloads_then_does_nothing_while_fresh(
     assert {zid.split("/")[-1] for zid, _ in changes} == {zone_id}
     left = route53[0].list_resource_record_sets(HostedZoneId=zone_id)["ResourceRecordSets"]
     assert [r["Type"] for r in left if r["Name"].rstrip(".") == name] == []
-    # Asterisk was asked to reload res_pjsip after pjsip.conf was touched
+    # Asterisk was asked to reload res_pjsip
     assert host["calls"].read_text().splitlines()[-1].endswith("-rx module reload res_pjsip.so")
     # the key never appears in what the agent printed or logged
     logged = output + caplog.text

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 # Names the agent's code uses that are also AWS operation names but not AWS calls: Manifest.verify.
 NOT_AWS = {"verify"}
-SERVICES = ("ssm", "s3", "cloudwatch", "dynamodb", "stepfunctions", "logs", "kms", "cloudformation", "lambda", "route53")
+SERVICES = (
+    "ssm", "s3", "cloudwatch", "dynamodb", "stepfunctions", "logs", "kms", "cloudformation", "lambda", "route53",
+)  # fmt: skip
 
 # boto3 operation (snake_case, as called) -> (IAM actions it needs, the host.yaml statement Sid that allows them)
 REQUIRED: dict[str, tuple[tuple[str, ...], str]] = {

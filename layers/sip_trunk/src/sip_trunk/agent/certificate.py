@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import grp
 import logging
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,14 +111,11 @@ def install(config: AgentConfig, cert: bytes, key: bytes) -> None:
     atomic_write(config.tls_cert_file, cert, mode=0o644, gid=gid)
 
 
-def reload_tls(config: AgentConfig, cli: AsteriskCli) -> None:
-    """Asterisk re-applies a transport only when pjsip.conf changed, and then restarts a TLS listener whose
-    certificate or key file changed (inode, mtime): touching pjsip.conf makes ``module reload res_pjsip.so`` do that
-    without ending calls or their connections."""
-    pjsip_conf = config.config_dir / "pjsip.conf"
-    if pjsip_conf.exists():
-        os.utime(pjsip_conf)
-    cli.rx(RELOAD_COMMAND, timeout_s=config.reload_timeout_s)
+def reload_tls(cli: AsteriskCli, *, timeout_s: float) -> None:
+    """A res_pjsip reload re-applies the transports, and Asterisk restarts a TLS listener whose certificate or key
+    file changed (inode, mtime) under the same names: new connections get the new certificate, calls and their
+    connections stay (``tests/asterisk/test_certificate_reload.py``)."""
+    cli.rx(RELOAD_COMMAND, timeout_s=timeout_s)
 
 
 def renew_certificate(config: AgentConfig, cli: AsteriskCli, route53: Any) -> dict[str, Any]:
@@ -148,6 +144,6 @@ def renew_certificate(config: AgentConfig, cli: AsteriskCli, route53: Any) -> di
     except OSError as exc:
         raise CertificateFailed(f"certbot left no certificate in {live}: {exc.strerror}") from None
     install(config, cert, key)
-    reload_tls(config, cli)
+    reload_tls(cli, timeout_s=config.reload_timeout_s)
     log.info("installed a new certificate for %s and reloaded the TLS transport", hostname)
     return {"renewed": True, "reason": due.reason, "hostname": hostname, "zone": zone}

@@ -4,7 +4,8 @@
 # Debian bookworm ships no Asterisk and the forky/sid build needs a newer libc than the host has, so the
 # tests run Asterisk from a separate root file system (chroot). This script, run as root:
 #   1. installs the host tools the tests use: mmdebstrap, zstd, sipp, socat (TLS in front of sipp, whose
-#      Debian build has no TLS), iproute2, iptables, conntrack and fail2ban (for fail2ban-regex);
+#      Debian build has no TLS), iproute2, iptables, conntrack, fail2ban (for fail2ban-regex) and pebble
+#      (the ACME test server of the agent's renew-cert tests);
 #   2. builds the root with mmdebstrap, caches it as a tar.zst keyed by suite + Asterisk version;
 #   3. extracts it to the root directory and leaves a marker so the next run returns at once.
 # It prints the root directory as its last line of standard output.
@@ -26,7 +27,7 @@ HOST_PACKAGES=1
 # Asterisk and the module packages the product loads (res_srtp, codec_g722 and res_resolver_unbound are
 # all in asterisk-modules), plus the English prompts that Playback() tests use.
 ROOT_PACKAGES="asterisk,asterisk-modules,asterisk-core-sounds-en-gsm"
-HOST_TOOLS=(mmdebstrap zstd sip-tester socat iproute2 iptables conntrack fail2ban)
+HOST_TOOLS=(mmdebstrap zstd sip-tester socat iproute2 iptables conntrack fail2ban pebble)
 MARKER_NAME=".aws-sip-trunk-root"
 
 log() { printf '[asterisk-root] %s\n' "$*" >&2; }

@@ -485,3 +485,18 @@ def test_a_disk_from_another_instance_boots_as_a_first_boot(host: Host, imds: tu
     assert (result["first_boot"], result["boot"]) == (True, 1)
     assert (result["role"], result["role_source"]) == ("primary", "tag")
     assert (host.config.etc_dir / boot.ROLE_ENV).read_text() == "SIP_TRUNK_ROLE=primary\n"
+
+
+@pytest.mark.parametrize(
+    ("hostname", "zone", "renews"),
+    [("sip.example.com", "Z1", True), ("sip.example.com", None, False), (None, "Z1", False)],
+)
+def test_the_certificate_timer_runs_only_with_a_host_name_and_its_zone(
+    host: Host, imds: tuple[FakeImds, str], hostname: str | None, zone: str | None, renews: bool
+) -> None:
+    # Given a host whose environment names (or not) the public host name and the zone renew-cert writes to
+    config = dataclasses.replace(host.config, public_hostname=hostname, acme_hosted_zone_id=zone)
+    # When it bootstraps
+    boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+    # Then the certificate timer runs only when both are there
+    assert (["systemctl", "enable", "--now", boot.CERT_TIMER] in host.commands) is renews

@@ -96,7 +96,10 @@ WILDCARD_ALLOWLIST: dict[str, set[str]] = {
     "FailoverStateMachineRole": LOG_DELIVERY,
 }
 # The host stack's roles (stacks/host.yaml): the host role lives there (ADR-11).
-HOST_WILDCARD_ALLOWLIST: dict[str, set[str]] = {"HostRole": {"cloudwatch:PutMetricData"}}
+HOST_WILDCARD_ALLOWLIST: dict[str, set[str]] = {
+    # PutMetricData and ListHostedZones have no resource-level permissions (ListHostedZones: renew-cert, TLS on)
+    "HostRole": {"cloudwatch:PutMetricData", "route53:ListHostedZones"}
+}
 MANAGED_POLICY_ALLOWLIST = {
     "AWSLambdaBasicExecutionRole",  # functions: write their log streams
     "AWSXrayWriteOnlyAccess",  # functions and state machines: Tracing Active

@@ -174,6 +174,7 @@ def host_names(config: Any, region: str) -> dict[str, str]:
             "RecordingsBucket": config.recordings_bucket or names["RecordingsBucket"],
             "FailoverStateMachineArn": config.failover_state_machine_arn or names["FailoverStateMachine"],
             "AsteriskLogGroup": config.asterisk_log_group or f"/sip-trunk/{stack}/asterisk",
+            "CertificateZoneId": config.acme_hosted_zone_id or "",
             "HostParametersName": f"/sip-trunk/{stack}/host-parameters",
             "AWS::StackName": f"{stack}-host",
             "AWS::StackId": f"arn:aws:cloudformation:{region}:{ACCOUNT}:stack/{stack}-host/0a1b2c3d",
@@ -276,7 +277,7 @@ class Recorder:
 
 class _NoConfig:
     stack = config_prefix = state_table = backup_bucket = recordings_bucket = ""
-    failover_state_machine_arn = asterisk_log_group = ""
+    failover_state_machine_arn = asterisk_log_group = acme_hosted_zone_id = ""
 
 
 def _plain(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -520,6 +521,9 @@ def requests_for(call: Call, role_arn: str) -> list[Request]:
         need(action, arn.format("logs", f"log-group:{p['logGroupName']}"))
     elif svc == "logs" and op == "PutLogEvents":
         need(action, arn.format("logs", f"log-group:{p['logGroupName']}:log-stream:{p['logStreamName']}"))
+    elif svc == "route53" and op in ("GetHostedZone", "ChangeResourceRecordSets", "ListResourceRecordSets"):
+        zone = (p.get("Id") or p["HostedZoneId"]).split("/")[-1]
+        need(action, f"arn:aws:route53:::hostedzone/{zone}")
     else:
         raise AssertionError(f"{call.principal} calls {svc}:{op}: teach requests_for its resource and keys")
     return out

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 # Names the agent's code uses that are also AWS operation names but not AWS calls: Manifest.verify.
 NOT_AWS = {"verify"}
-SERVICES = ("ssm", "s3", "cloudwatch", "dynamodb", "stepfunctions", "logs", "kms", "cloudformation", "lambda")
+SERVICES = (
+    "ssm", "s3", "cloudwatch", "dynamodb", "stepfunctions", "logs", "kms", "cloudformation", "lambda", "route53",
+)  # fmt: skip
 
 # boto3 operation (snake_case, as called) -> (IAM actions it needs, the host.yaml statement Sid that allows them)
 REQUIRED: dict[str, tuple[tuple[str, ...], str]] = {
@@ -33,6 +35,8 @@ REQUIRED: dict[str, tuple[tuple[str, ...], str]] = {
     # call records, into the same log group the CloudWatch agent ships Asterisk's logs to
     "create_log_stream": (("logs:CreateLogStream",), "ShipLogs"),
     "put_log_events": (("logs:PutLogEvents",), "ShipLogs"),
+    # renew-cert: the configured zone must hold the host name
+    "get_hosted_zone": (("route53:GetHostedZone",), "AcmeZone"),
 }
 KMS_SID = "DecryptConfigAndObjects"
 TABLE_KEY_SID = "DecryptStateTableKey"
@@ -58,6 +62,10 @@ OTHER = {
     "logs:CreateLogStream": "ShipLogs",
     "logs:PutLogEvents": "ShipLogs",
     "logs:DescribeLogStreams": "ShipLogs",
+    # certbot's Route 53 plugin, run by renew-cert (tests/integration/test_agent_certificate.py evaluates them)
+    "route53:ChangeResourceRecordSets": "AcmeChallengeRecords",
+    "route53:ListHostedZones": "AcmeFindZone",
+    "route53:GetChange": "AcmeWaitForChange",
 }
 
 
@@ -164,7 +172,14 @@ def test_scoping() -> None:
             f"{service}.${{AWS::Region}}.amazonaws.com" for service, where in KMS_VIA.values() if where == sid
         }
     assert actions(by_sid[TABLE_KEY_SID]) == {"kms:Decrypt"}  # DynamoDB only decrypts the table key
-    assert all(s["Resource"] != "*" for sid, s in by_sid.items() if sid != "HostMetrics")
+    zone = {"Fn::Sub": "arn:${AWS::Partition}:route53:::hostedzone/${CertificateZoneId}"}
+    assert by_sid["AcmeChallengeRecords"]["Resource"] == by_sid["AcmeZone"]["Resource"] == zone
+    assert by_sid["AcmeChallengeRecords"]["Condition"] == {
+        "ForAllValues:StringEquals": {"route53:ChangeResourceRecordSetsRecordTypes": ["TXT"]},
+        "ForAllValues:StringLike": {"route53:ChangeResourceRecordSetsNormalizedRecordNames": ["_acme-challenge.*"]},
+    }
+    assert by_sid["AcmeFindZone"]["Resource"] == "*"  # ListHostedZones has no resource-level permissions
+    assert all(s["Resource"] != "*" for sid, s in by_sid.items() if sid not in ("HostMetrics", "AcmeFindZone"))
 
 
 class RecordingS3:

@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config-version", default=None)
     sub.add_parser("flush-recordings", help="queue the hangup handler's recording jobs, then upload every queued one")
     sub.add_parser("ship-calls", help="send the spooled call records to S3 and CloudWatch Logs (EMF), then delete them")
+    sub.add_parser("renew-cert", help="ACME certificate for the public host name (DNS-01 in Route 53) when due")
     p = sub.add_parser("calls", help="the last call records still on this host")
     p.add_argument("--count", type=int, default=20)
 
@@ -138,6 +139,10 @@ def run(args: argparse.Namespace, config: AgentConfig, session: Any) -> dict[str
         from sip_trunk.agent import calls as call_records
 
         return {"calls": call_records.last_calls(config.call_records_dir, args.count)}
+    if command == "renew-cert":
+        from sip_trunk.agent import certificate
+
+        return certificate.renew_certificate(config, _cli(config), session.client("route53"))
     if command == "ship-calls":
         from sip_trunk.agent import calls
 

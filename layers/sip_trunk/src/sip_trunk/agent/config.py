@@ -76,11 +76,25 @@ class AgentConfig:
     # waits for calls in progress to end) or, when it starts with "systemctl", a host command.
     restart_command: tuple[str, ...] = ("core", "restart", "gracefully")
     restart_timeout_s: float = 300.0
+    # renew-cert (ACME DNS-01 through Route 53; see docs/OPERATIONS.md "TLS certificate")
+    public_hostname: str | None = None
+    tls_cert_file: Path = Path("/etc/asterisk/keys/asterisk.crt")  # the settings' tls.cert_file
+    tls_key_file: Path = Path("/etc/asterisk/keys/asterisk.key")  # the settings' tls.key_file
+    tls_group: str = "asterisk"  # the key is root:<group> 0640: Asterisk reads it after dropping root
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_email: str | None = None
+    acme_hosted_zone_id: str | None = None
+    certbot_cmd: tuple[str, ...] = ("certbot",)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def queue_dir(self) -> Path:
         return self.state_dir / "recording-queue"
+
+    @property
+    def acme_dir(self) -> Path:
+        """certbot's config, work and logs directories (the ACME account key lives here)."""
+        return self.state_dir / "acme"
 
     @property
     def prefix(self) -> str:
@@ -125,6 +139,14 @@ OPTIONS: dict[str, str] = {
     "units_dir": "path",
     "trunk_endpoint": "str",
     "restart_command": "argv",
+    "public_hostname": "str",
+    "tls_cert_file": "path",
+    "tls_key_file": "path",
+    "tls_group": "str",
+    "acme_directory": "str",
+    "acme_email": "str",
+    "acme_hosted_zone_id": "str",
+    "certbot_cmd": "argv",
 }
 
 # Options whose empty value is kept as "" (the rest become None when empty).

@@ -49,8 +49,9 @@ class AsteriskCli:
             return False
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write via a temporary file in the same directory, fsync, rename: readers see old or new, never half."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, gid: int | None = None) -> None:
+    """Write via a temporary file in the same directory, fsync, rename: readers see old or new, never half.
+    Mode and group are set on the temporary file (created 0600), so the name never points at looser permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -58,6 +59,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if gid is not None:
+            os.chown(tmp, -1, gid)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

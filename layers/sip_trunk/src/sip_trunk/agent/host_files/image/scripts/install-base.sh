@@ -13,6 +13,9 @@ apt-get "${APT_LOCK_WAIT[@]}" -y -q -o Dpkg::Options::=--force-confold dist-upgr
 
 apt_install ca-certificates curl gnupg chrony unattended-upgrades fail2ban iptables \
     python3 python3-venv python3-boto3 sqlite3 logrotate jq openssh-server
+# The ACME client the agent's renew-cert runs (DNS-01 in Route 53); its own certbot.timer finds no lineage in
+# /etc/letsencrypt: the agent keeps its own under /var/lib/sip-trunk/acme and renews it from sip-trunk-cert.timer.
+apt_install certbot python3-certbot-dns-route53
 
 if [[ "${SIP_TRUNK_AWS_AGENTS:-install}" == install ]]; then
     # SSM agent: preinstalled as a snap on Ubuntu's AWS images; install it when missing (minimal/custom bases).

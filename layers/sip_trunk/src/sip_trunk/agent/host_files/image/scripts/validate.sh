@@ -25,6 +25,7 @@ while read -r module; do
 done <"$IMAGE_DIR/files/modules.list"
 check "host agent" /usr/local/bin/sip-trunk-agent --help
 check "fail2ban" fail2ban-client --version
+check "certbot with its Route 53 plugin (renew-cert)" sh -c 'certbot plugins 2>/dev/null | grep -q dns-route53'
 check "fail2ban asterisk filter" test -f /etc/fail2ban/filter.d/asterisk.conf
 if [[ "${SIP_TRUNK_AWS_AGENTS:-install}" == install ]]; then
     check "CloudWatch agent" test -x /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl
@@ -36,7 +37,7 @@ for unit in asterisk.service sip-trunk-boot.service \
     unattended-upgrades.service chrony.service fail2ban.service; do
     check "$unit enabled" systemctl is-enabled "$unit"
 done
-for unit in sip-trunk-agent.timer sip-trunk-recordings.timer sip-trunk-watch-peer.service; do
+for unit in sip-trunk-agent.timer sip-trunk-recordings.timer sip-trunk-cert.timer sip-trunk-watch-peer.service; do
     check "$unit installed" test -f "/etc/systemd/system/$unit"
 done
 check "units verify" systemd-analyze verify /etc/systemd/system/sip-trunk-*.service /etc/systemd/system/asterisk.service

@@ -8,6 +8,7 @@ The minimal config (tests/asterisk/configs/minimal) loads exactly the modules of
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -404,3 +405,21 @@ def test_sipp_media_ports_never_meet_another_test_port() -> None:
     assert len(sip_ports) == 50
     assert len(media) == 20
     assert not sip_ports & media
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_a_far_end_takes_requests_as_soon_as_it_is_started(tmp_path: Path, transport: str) -> None:
+    # Given a sipp far end, just started
+    uas = Sipp("net_uas_answer.xml", tmp_path / "uas", transport=transport, global_timeout_s=30).start()
+    try:
+        # Then its SIP socket is already bound (TCP: a connection is accepted at once, never refused)
+        kind = socket.SOCK_DGRAM if transport == "u1" else socket.SOCK_STREAM
+        assert uas.local_port is not None
+        if kind == socket.SOCK_STREAM:
+            with socket.create_connection(("127.0.0.1", uas.local_port), timeout=2):
+                pass
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, pytest.raises(OSError, match="in use"):
+                probe.bind(("127.0.0.1", uas.local_port))  # the port is taken by the far end
+    finally:
+        uas.kill()

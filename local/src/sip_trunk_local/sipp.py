@@ -256,7 +256,28 @@ class Sipp:
                 text=True,
                 start_new_session=True,
             )
+        if self.remote is None and self.local_port is not None:
+            self._wait_listening(self.local_port)
         return self
+
+    def _wait_listening(self, port: int, timeout: float = 10.0) -> None:
+        """A far end is ready once its SIP socket is bound (TCP: listening): a caller started right after
+        ``start()`` would otherwise meet a refused connection. Read from the process's own view of the
+        network (``/proc/<pid>/net``), which is its namespace's."""
+        assert self.process is not None
+        table, state = ("udp", "07") if self.transport.startswith("u") else ("tcp", "0A")
+        wanted = f":{port:04X}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                rows = Path(f"/proc/{self.process.pid}/net/{table}").read_text().splitlines()[1:]
+            except OSError:
+                return
+            for row in rows:
+                fields = row.split()
+                if len(fields) > 3 and fields[1].endswith(wanted) and fields[3] == state:
+                    return
+            time.sleep(0.02)
 
     @property
     def running(self) -> bool:

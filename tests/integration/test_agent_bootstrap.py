@@ -244,8 +244,9 @@ def test_the_call_records_timer_runs_only_with_both_destinations(
     config = dataclasses.replace(host.config, asterisk_log_group=group, backup_bucket=bucket)
     # When it bootstraps
     boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
-    # Then the shipping timer runs only when both are there
+    # Then the shipping timer, and the BYE headers service that feeds it, run only when both are there
     assert (["systemctl", "enable", "--now", boot.CALLS_TIMER] in host.commands) is ships
+    assert (["systemctl", "enable", "--now", boot.BYE_HEADERS] in host.commands) is ships
 
 
 def test_standby_bootstrap_starts_watch_peer_and_survives_a_missing_version(

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+import struct
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 S3_PREFIX = "calls"
 """Top-level prefix of the call records in the backup bucket (template.yaml's Glue table reads it)."""
@@ -95,6 +97,124 @@ def media_state(record: dict[str, object]) -> str | None:
     if back:
         return ONE_WAY_OUT
     return SILENT
+
+
+# --- the agent's BYE headers ---------------------------------------------------------------------------------
+# Asterisk 22 keeps only the INVITE's headers for the dialplan (PJSIP_HEADER reads what res_pjsip_header_funcs
+# stored from the INVITE; no module stores a BYE's), so the BYE's X- headers reach the record through HEP:
+# res_hep_pjsip mirrors every SIP message to HEP_ADDRESS on the host's loopback, the host agent keeps the X-
+# headers of each BYE (checked here), and ship-calls adds them to the record of the leg with that Call-ID.
+HEP_ADDRESS = ("127.0.0.1", 9064)
+"""Where Asterisk's res_hep sends its copies of the SIP messages (hep.conf) and the host agent listens."""
+AGENT_HEADERS_GLOB = "agent-headers-*.jsonl"
+"""The host agent's file of BYE headers per UTC day, in the call records directory."""
+CONVERSATION_HEADER = "x-conversation-id"
+"""ElevenLabs' conversation id header; it becomes the record's ``conversation_id``, every other X- header a key
+(lower case) of ``agent_headers``."""
+MAX_AGENT_HEADERS = 16
+MAX_HEADER_VALUE = 64
+_HEADER_NAME = re.compile(r"[Xx]-[A-Za-z0-9-]{1,40}")
+_HEADER_VALUE = re.compile(rf"[A-Za-z0-9+_.@:/=-]{{1,{MAX_HEADER_VALUE}}}")
+_NOT_CALL_ID = re.compile(r"[^0-9A-Za-z+_.@:/-]")  # what the dialplan's FILTER() keeps of a leg's Call-ID
+_HEP_PAYLOAD = 0x000F
+
+
+def hep_payload(packet: bytes) -> bytes | None:
+    """The captured SIP message of a HEP version 3 packet (chunk 0x000f of the generic vendor), or None."""
+    if len(packet) < 6 or packet[:4] != b"HEP3":
+        return None
+    total = min(int.from_bytes(packet[4:6], "big"), len(packet))
+    i = 6
+    while i + 6 <= total:
+        vendor, kind, length = struct.unpack("!HHH", packet[i : i + 6])
+        if length < 6 or i + length > total:
+            return None
+        if vendor == 0 and kind == _HEP_PAYLOAD:
+            return packet[i + 6 : i + length]
+        i += length
+    return None
+
+
+def bye_headers(message: bytes) -> dict[str, Any] | None:
+    """``{"sip_call_id", "conversation_id", "headers"}`` of a BYE request that carries X- headers, else None.
+
+    The peer's values are untrusted: a header is kept only when its name is ``X-`` plus letters, digits and
+    dashes (at most 42 characters) and its value is at most 64 characters of ``A-Za-z0-9+_.@:/=-``; anything
+    else (quotes, spaces, a folded line, a control character) drops that header. At most 16 headers are kept.
+    The Call-ID is reduced to the character set the dialplan keeps of a leg's Call-ID, so the two match."""
+    head = message.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    lines = head.split("\r\n")
+    if not lines[0].startswith("BYE "):
+        return None
+    unfolded: list[str] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t") and unfolded:
+            unfolded[-1] += " " + line.strip()  # a folded value now holds a space, which no kept value may
+        else:
+            unfolded.append(line)
+    call_id: str | None = None
+    conversation: str | None = None
+    headers: dict[str, str] = {}
+    for line in unfolded:
+        name, sep, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep:
+            continue
+        low = name.lower()
+        if low in ("call-id", "i"):
+            call_id = _NOT_CALL_ID.sub("", value)
+        elif _HEADER_NAME.fullmatch(name) and _HEADER_VALUE.fullmatch(value):
+            if low == CONVERSATION_HEADER:
+                conversation = conversation or value
+            elif low not in headers and len(headers) < MAX_AGENT_HEADERS:
+                headers[low] = value
+    if not call_id or (conversation is None and not headers):
+        return None
+    return {"sip_call_id": call_id, "conversation_id": conversation, "headers": headers}
+
+
+def checked_entry(value: object) -> dict[str, Any] | None:
+    """An entry read back from the host agent's file, held to the same rules as :func:`bye_headers` (the file
+    is the agent's own, but a record must never carry what the BYE check would have refused)."""
+    if not isinstance(value, dict) or not isinstance(value.get("sip_call_id"), str) or not value["sip_call_id"]:
+        return None
+    if _NOT_CALL_ID.search(value["sip_call_id"]):
+        return None
+    conversation = value.get("conversation_id")
+    if conversation is not None and not (isinstance(conversation, str) and _HEADER_VALUE.fullmatch(conversation)):
+        return None
+    headers = value.get("headers")
+    if not isinstance(headers, dict) or len(headers) > MAX_AGENT_HEADERS:
+        return None
+    for name, text in headers.items():
+        if not (_HEADER_NAME.fullmatch(name) and name == name.lower() and name != CONVERSATION_HEADER):
+            return None
+        if not (isinstance(text, str) and _HEADER_VALUE.fullmatch(text)):
+            return None
+    return {"sip_call_id": value["sip_call_id"], "conversation_id": conversation, "headers": dict(headers)}
+
+
+def agent_leg(record: Mapping[str, object]) -> str | None:
+    """The record's leg toward the agent: the inbound one of a call the agent placed, the outbound one of a
+    call routed to the agent; None for calls without the agent."""
+    if record.get("entry") == "elevenlabs":
+        return "caller_leg"
+    if record.get("route") == "agent":
+        return "callee_leg"
+    return None
+
+
+def with_agent_headers(record: dict[str, Any], found: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The record plus ``conversation_id`` (None when the agent sent none) and ``agent_headers`` (a map, empty
+    when none): those of the BYE in ``found`` (by SIP Call-ID) that ended the agent's leg."""
+    leg = record.get(agent_leg(record) or "")
+    sip_call_id = leg.get("sip_call_id") if isinstance(leg, dict) else None
+    entry = found.get(sip_call_id) if isinstance(sip_call_id, str) and sip_call_id else None
+    return {
+        **record,
+        "conversation_id": entry.get("conversation_id") if entry else None,
+        "agent_headers": dict(entry.get("headers") or {}) if entry else {},
+    }
 
 
 # --- reading them back (the operator CLI) ------------------------------------------------------------------

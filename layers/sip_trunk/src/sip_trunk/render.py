@@ -22,6 +22,7 @@ from typing import Any
 
 import jinja2
 
+from sip_trunk.callrecords import HEP_ADDRESS
 from sip_trunk.manifest import MANIFEST_NAME, Manifest
 from sip_trunk.settings import (
     ELEVENLABS_OUTBOUND_ENDPOINT,
@@ -51,6 +52,7 @@ ASTERISK_FILES = (
     "features.conf",
     "acl.conf",
     "udptl.conf",
+    "hep.conf",
     "pjproject.conf",
     "musiconhold.conf",
     "ccss.conf",
@@ -199,6 +201,7 @@ def _context(settings: Settings, secrets: Secrets, public_address: str | None) -
         "fallback_target": _fallback_target,
         "prefix_patterns": _prefix_patterns,
         "outbound_endpoint": ELEVENLABS_OUTBOUND_ENDPOINT,
+        "hep_address": HEP_ADDRESS,
         "probe_endpoint": PROBE_ENDPOINT,
         "probe_password": _probe_password(settings, secrets),
         "carriers": carriers,

@@ -48,6 +48,7 @@ HEARTBEAT_TIMER = "sip-trunk-agent.timer"
 RECORDINGS_TIMER = "sip-trunk-recordings.timer"
 RECORDINGS_PATH = "sip-trunk-recordings.path"
 CALLS_TIMER = "sip-trunk-calls.timer"
+BYE_HEADERS = "sip-trunk-bye-headers.service"
 CERT_TIMER = "sip-trunk-cert.timer"
 WATCH_PEER = "sip-trunk-watch-peer.service"
 BOOT_SERVICE = "sip-trunk-boot.service"
@@ -131,6 +132,7 @@ def set_role(config: AgentConfig, role: str, peer_address: str | None, run: Runn
         services[RECORDINGS_TIMER] = True  # and retried every two minutes while S3 is away
     if config.asterisk_log_group and config.backup_bucket:
         services[CALLS_TIMER] = True  # call records to S3 and CloudWatch Logs every minute (kept on disk until then)
+        services[BYE_HEADERS] = True  # the agent's BYE headers, from Asterisk's HEP copies, for those records
     if config.public_hostname and config.acme_hosted_zone_id:
         services[CERT_TIMER] = True  # both roles: a standby that takes over presents its own certificate
     if config.systemctl:

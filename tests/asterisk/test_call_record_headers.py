@@ -64,7 +64,7 @@ class AgentEndedCall:
     gateway: AsteriskInstance
 
 
-def _receiver(ns: str, spool: Path, log: Path) -> subprocess.Popen[bytes]:
+def bye_headers_service(ns: str, spool: Path, log: Path) -> subprocess.Popen[bytes]:
     """The host agent's ``bye-headers`` service, in the namespace (its loopback is the gateway's)."""
     with log.open("wb") as err:
         proc = subprocess.Popen(
@@ -113,7 +113,7 @@ def agent_ends_call(
     spool = gateway.host_path(f"{base}/calls")
     spool.mkdir(parents=True)
     gateway.start(prepare=False)
-    receiver = _receiver(ns, spool, tmp_path / "bye-headers.log")
+    receiver = bye_headers_service(ns, spool, tmp_path / "bye-headers.log")
     agent = Sipp(
         "el_uas_bye_headers.xml",
         tmp_path / "agent",

@@ -8,9 +8,12 @@ from typing import Any
 import pytest
 from sip_trunk.callrecords import (
     MAX_AGENT_HEADERS,
+    AgentSip,
     bye_headers,
     checked_entry,
     hep_payload,
+    refer_facts,
+    sip_facts,
     with_agent_headers,
 )
 
@@ -24,9 +27,9 @@ def hep(payload: bytes, *, extra: bytes = b"") -> bytes:
     return b"HEP3" + struct.pack("!H", 6 + len(chunks)) + chunks
 
 
-def bye(*headers: str, method: str = "BYE", call_id: str = "a84b4c76e66710@198.51.100.7") -> bytes:
+def bye(*headers: str, method: str = "BYE", call_id: str = "a84b4c76e66710@198.51.100.7", cseq: str = "2 BYE") -> bytes:
     lines = [f"{method} sip:gw@203.0.113.10:5060;transport=tcp SIP/2.0", "Via: SIP/2.0/TCP 198.51.100.7",
-             f"Call-ID: {call_id}", "CSeq: 2 BYE", *headers, "Content-Length: 0", "", ""]  # fmt: skip
+             f"Call-ID: {call_id}", f"CSeq: {cseq}", *headers, "Content-Length: 0", "", ""]  # fmt: skip
     return "\r\n".join(lines).encode()
 
 
@@ -48,6 +51,7 @@ def test_a_packet_that_is_not_hep3_with_a_payload_gives_nothing(packet: bytes) -
 def test_the_conversation_id_is_its_own_field_and_other_x_headers_a_map() -> None:
     found = bye_headers(bye("X-Conversation-ID: conv_01jx7Hk2", "x-call-outcome: resolved", "X-Lang: en-GB"))
     assert found == {
+        "kind": "bye",
         "sip_call_id": "a84b4c76e66710@198.51.100.7",
         "conversation_id": "conv_01jx7Hk2",
         "headers": {"x-call-outcome": "resolved", "x-lang": "en-GB"},
@@ -82,7 +86,9 @@ def test_a_hostile_header_is_dropped_whole(header: str) -> None:
 
 def test_a_folded_header_is_dropped_and_cannot_start_a_header() -> None:
     found = bye_headers(bye("X-Note: first", " X-Injected: 1", "X-Conversation-ID: conv_1"))
-    assert found == {"sip_call_id": "a84b4c76e66710@198.51.100.7", "conversation_id": "conv_1", "headers": {}}
+    assert found == {
+        "kind": "bye", "sip_call_id": "a84b4c76e66710@198.51.100.7", "conversation_id": "conv_1", "headers": {},
+    }  # fmt: skip
 
 
 def test_at_most_16_headers_and_the_first_of_a_name() -> None:
@@ -115,31 +121,118 @@ def record(**overrides: Any) -> dict[str, Any]:
     return {"entry": "carrier", "route": "agent", **legs, **overrides}
 
 
-ENTRY = {"sip_call_id": "agent-1", "conversation_id": "conv_1", "headers": {"x-call-outcome": "resolved"}}
+ENTRY = {
+    "kind": "bye",
+    "sip_call_id": "agent-1",
+    "conversation_id": "conv_1",
+    "headers": {"x-call-outcome": "resolved"},
+}
 
 
 def test_the_headers_join_the_agents_leg_by_its_call_id() -> None:
-    merged = with_agent_headers(record(), {"agent-1": ENTRY})
+    merged = with_agent_headers(record(), AgentSip([ENTRY]))
     assert (merged["conversation_id"], merged["agent_headers"]) == ("conv_1", {"x-call-outcome": "resolved"})
 
 
 def test_a_bye_on_the_carriers_leg_is_not_the_agents() -> None:
-    merged = with_agent_headers(record(), {"carrier-1": {**ENTRY, "sip_call_id": "carrier-1"}})
+    merged = with_agent_headers(record(), AgentSip([{**ENTRY, "sip_call_id": "carrier-1"}]))
     assert (merged["conversation_id"], merged["agent_headers"]) == (None, {})
 
 
 def test_on_a_call_the_agent_placed_its_leg_is_the_inbound_one() -> None:
     placed = record(entry="elevenlabs", route="carrier", caller_leg={"sip_call_id": "agent-1"})
-    assert with_agent_headers(placed, {"agent-1": ENTRY})["conversation_id"] == "conv_1"
-    assert with_agent_headers(record(route="extension"), {"agent-1": ENTRY})["conversation_id"] is None
+    assert with_agent_headers(placed, AgentSip([ENTRY]))["conversation_id"] == "conv_1"
+    assert with_agent_headers(record(route="extension"), AgentSip([ENTRY]))["conversation_id"] is None
 
 
 @pytest.mark.parametrize(
     "entry",
     [{**ENTRY, "conversation_id": 'x"y'}, {**ENTRY, "headers": {"x-a": "b c"}}, {**ENTRY, "headers": {"X-A": "b"}},
      {**ENTRY, "headers": {"x-conversation-id": "b"}}, {**ENTRY, "sip_call_id": "a b"}, {**ENTRY, "headers": []},
-     {**ENTRY, "headers": {f"x-h{n}": "v" for n in range(17)}}, "not an object"],
+     {**ENTRY, "headers": {f"x-h{n}": "v" for n in range(17)}}, "not an object", {**ENTRY, "kind": "other"},
+     {"kind": "refer", "sip_call_id": "a", "cseq": 1, "target": "a b"},
+     {"kind": "refer_answer", "sip_call_id": "a", "cseq": 1, "status": 99},
+     {"kind": "refer_answer", "sip_call_id": "a", "cseq": "1", "status": 404}],
 )  # fmt: skip
 def test_an_entry_read_back_is_held_to_the_same_rules(entry: Any) -> None:
     assert checked_entry(entry) is None
     assert checked_entry(ENTRY) == ENTRY
+
+
+# --- transfers the gateway refused (a REFER answered 4xx runs no dialplan) ----------------------------------
+def refer(target: str, cseq: int = 1) -> bytes:
+    return bye(
+        f"Refer-To: {target}", "X-Conversation-ID: conv_1", method="REFER", cseq=f"{cseq} REFER", call_id="agent-1"
+    )
+
+
+def answer(status: int, cseq: int = 1, method: str = "REFER") -> bytes:
+    text = f"SIP/2.0 {status} Whatever\r\nCall-ID: agent-1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    return text.encode()
+
+
+def test_a_refer_and_its_final_answer_are_kept_and_nothing_else_of_a_refer_dialog() -> None:
+    assert sip_facts(refer("<sip:+14155550199@gw.example.com>")) == {
+        "kind": "refer", "sip_call_id": "agent-1", "cseq": 1, "target": "+14155550199",
+    }  # fmt: skip
+    assert sip_facts(answer(404)) == {"kind": "refer_answer", "sip_call_id": "agent-1", "cseq": 1, "status": 404}
+    assert sip_facts(answer(100)) is None  # provisional
+    assert sip_facts(answer(200, method="NOTIFY")) is None
+
+
+@pytest.mark.parametrize(
+    ("refer_to", "target"),
+    [("sip:9001@gw", "9001"), ("<sips:sales@gw;transport=tls>", "sales"), ("tel:+14155550199", ""),
+     ('<sip:a"b@gw>', ""), ("<sip:" + "1" * 33 + "@gw>", ""), ("<sip:gw>", "")],
+)  # fmt: skip
+def test_the_refer_to_user_is_kept_only_when_it_is_a_plausible_target(refer_to: str, target: str) -> None:
+    found = refer_facts(refer(refer_to))
+    assert found is not None
+    assert found["target"] == target
+
+
+def refused_record(outcome: str = "none") -> dict[str, Any]:
+    return record(transfer={"target": "", "outcome": outcome})
+
+
+def test_a_refused_refer_is_the_records_transfer_outcome() -> None:
+    facts = [refer_facts(refer("<sip:+19995550100@gw>")), refer_facts(answer(404))]
+    merged = with_agent_headers(refused_record(), AgentSip([f for f in facts if f]))
+    assert merged["transfer"] == {"target": "+19995550100", "outcome": "refused"}
+
+
+def test_an_accepted_refer_leaves_the_dialplans_outcome() -> None:
+    accepted = [refer_facts(refer("<sip:9001@gw>")), refer_facts(answer(202))]
+    merged = with_agent_headers(refused_record(), AgentSip([f for f in accepted if f]))
+    assert merged["transfer"] == {"target": "", "outcome": "none"}
+    # and a refused one before a completed one does not overwrite it
+    refused_then_done = [refer_facts(refer("<sip:1@gw>")), refer_facts(answer(404))]
+    completed = record(transfer={"target": "9001", "outcome": "completed"})
+    merged = with_agent_headers(completed, AgentSip([f for f in refused_then_done if f]))
+    assert merged["transfer"] == {"target": "9001", "outcome": "completed"}
+
+
+def notify(status: int, event: str = "refer;id=1", state: str = "terminated;reason=noresource") -> bytes:
+    head = [
+        "NOTIFY sip:agent@198.51.100.7 SIP/2.0", "Call-ID: agent-1", "CSeq: 9 NOTIFY", f"Event: {event}",
+        f"Subscription-State: {state}", "Content-Type: message/sipfrag;version=2.0",
+    ]  # fmt: skip
+    return ("\r\n".join(head) + f"\r\n\r\nSIP/2.0 {status} Whatever\r\n").encode()
+
+
+def test_a_subscribed_refer_is_refused_by_its_final_notify_after_a_202() -> None:
+    """Asterisk accepts a subscribed REFER with 202 before it looks the target up; the refusal is the 404 of the
+    final NOTIFY's sipfrag."""
+    facts = [sip_facts(m) for m in (refer("<sip:+19995550100@gw>"), answer(202), notify(100), notify(404))]
+    assert facts[2] is None  # progress, not an outcome
+    merged = with_agent_headers(refused_record(), AgentSip([f for f in facts if f]))
+    assert merged["transfer"] == {"target": "+19995550100", "outcome": "refused"}
+    # and a final NOTIFY of 200 (the target answered) is no refusal
+    done = [sip_facts(m) for m in (refer("<sip:+14155550199@gw>"), answer(202), notify(200))]
+    assert with_agent_headers(refused_record(), AgentSip([f for f in done if f]))["transfer"]["outcome"] == "none"
+
+
+def test_a_notify_that_is_not_a_refers_final_sipfrag_is_ignored() -> None:
+    assert sip_facts(notify(404, event="presence")) is None
+    assert sip_facts(notify(404, event="refer")) == {"kind": "refer_answer", "sip_call_id": "agent-1", "cseq": -1,
+                                                     "status": 404}  # fmt: skip

@@ -39,11 +39,12 @@ from sip_trunk.agent.runtime import AgentError, atomic_write, fsync_dir
 from sip_trunk.callrecords import (
     AGENT_HEADERS_GLOB,
     MEDIA_PROBLEMS,
-    bye_headers,
+    AgentSip,
     checked_entry,
     hep_payload,
     media_state,
     object_key,
+    sip_facts,
     with_agent_headers,
 )
 
@@ -88,10 +89,11 @@ def agent_headers_path(spool: Path, when_s: float) -> Path:
 
 
 def keep_bye_headers(spool: Path, packet: bytes, *, now_s: float) -> dict[str, Any] | None:
-    """Append the checked X- headers of the BYE in one HEP packet to the day's file (one JSON line, one
-    ``write()`` with ``O_APPEND``); anything else is ignored. Returns what was kept."""
+    """Append what :func:`sip_facts` keeps of the SIP message in one HEP packet (a BYE's checked X- headers, a
+    REFER or its answer) to the day's file (one JSON line, one ``write()`` with ``O_APPEND``); anything else is
+    ignored. Returns what was kept."""
     payload = hep_payload(packet)
-    found = bye_headers(payload) if payload is not None else None
+    found = sip_facts(payload) if payload is not None else None
     if found is None:
         return None
     line = (json.dumps(found, separators=(",", ":"), sort_keys=True) + "\n").encode()
@@ -107,7 +109,7 @@ def serve_bye_headers(
     spool: Path, sock: Any, *, stop: Callable[[], bool], clock: Callable[[], float] = time.time
 ) -> int:
     """Receive Asterisk's HEP copies on ``sock`` (a bound UDP socket with a timeout) until ``stop()``; keep each
-    BYE's X- headers. Returns how many BYEs were kept."""
+    BYE's X- headers and each REFER with its answer. Returns how many messages were kept."""
     kept = 0
     while not stop():
         try:
@@ -119,9 +121,9 @@ def serve_bye_headers(
     return kept
 
 
-def load_bye_headers(spool: Path) -> dict[str, dict[str, Any]]:
-    """Every kept BYE's headers by SIP Call-ID (the first BYE of a Call-ID wins); unreadable lines are skipped."""
-    found: dict[str, dict[str, Any]] = {}
+def load_bye_headers(spool: Path) -> AgentSip:
+    """Everything kept (BYE headers, REFERs and their answers), by SIP Call-ID; unreadable lines are skipped."""
+    found = AgentSip()
     for path in sorted(spool.glob(AGENT_HEADERS_GLOB)):
         for line in path.read_text(errors="replace").splitlines():
             try:
@@ -129,7 +131,7 @@ def load_bye_headers(spool: Path) -> dict[str, dict[str, Any]]:
             except ValueError:
                 continue
             if entry is not None:
-                found.setdefault(entry["sip_call_id"], entry)
+                found.add(entry)
     return found
 
 

@@ -63,7 +63,7 @@ exten => {{E164}},1,Log(NOTICE,STANDIN-AGENT-CALL ruri_user=${EXTEN} from=${CALL
 """
 RECORD_KEYS = {
     "v", "call_id", "start", "setup_ms", "answer_ms", "end_ms", "pdd_ms", "entry", "caller", "called", "route",
-    "target", "carrier", "disposition", "hangup_by", "caller_leg", "callee_leg",
+    "target", "carrier", "disposition", "hangup_by", "transfer", "caller_leg", "callee_leg",
 }  # fmt: skip
 LEG_KEYS = {"call_id", "channel", "endpoint", "sip_call_id", "codec", "hangup_cause", "rx", "tx", "rtt_s"}
 
@@ -187,6 +187,7 @@ def assert_complete(record: dict[str, Any], call: Call, *, hung_up_by: str = "ca
         "target": call.e164, "disposition": "ANSWER",
     }  # fmt: skip
     assert {k: record[k] for k in expected} == expected, record
+    assert record["transfer"] == {"target": "", "outcome": "none"}, record  # no transfer asked
     assert record["setup_ms"] <= record["answer_ms"] < record["end_ms"]
     # the carrier played its ~4.7 s pcap, then held the call 8 s more; or the agent ended it after 9 s
     low, high = (11000, 16000) if hung_up_by == "carrier" else (8500, 11000)

@@ -134,7 +134,7 @@ def test_show_prints_one_call_in_full(stack: None) -> None:
     # Then the whole record is printed as JSON (every field the dialplan writes, plus the verdict) and per leg
     text = result.output
     document = json.loads(text[: text.index("}\n", text.rindex('"v"')) + 1])
-    assert document == {**CALLS[1], "media": "one_way_in"}
+    assert document == {**CALLS[1], "media": "one_way_in", "conversation_id": None, "agent_headers": {}}
     assert "media per leg and direction" in text
     assert SECRET_VALUE not in text
 

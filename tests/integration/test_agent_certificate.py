@@ -89,17 +89,6 @@ def pebble(test_ca: TestCa, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         log.close()
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def route53(moto_endpoint: str) -> Iterator[tuple[Any, str]]:
     client = boto3.client(

@@ -18,6 +18,7 @@ from sip_trunk_local.asterisk_runner import (
     module_names,
     prune_runs,
     root_problem,
+    unpatched_module_dir,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +42,7 @@ __all__ = [
     "module_names",
     "prune_runs",
     "root_problem",
+    "unpatched_module_dir",
 ]
 
 

@@ -27,10 +27,12 @@ cd "$SRC_ROOT/asterisk-$VERSION"
 
 # The product's Asterisk patches, in name order (patches/*.patch; each one's header says what it fixes). The
 # real-Asterisk tests run a res_pjsip.so built with the same files (scripts/asterisk-root.sh).
+applied=()
 for patch in "$IMAGE_DIR"/patches/*.patch; do
     [[ -f "$patch" ]] || continue
     patch -p1 --forward --batch <"$patch" >/dev/null || die "$(basename -- "$patch") does not apply to Asterisk $VERSION"
     log "applied $(basename -- "$patch")"
+    applied+=("$(basename -- "$patch")")
 done
 
 configure_args=(--with-pjproject-bundled --with-jansson-bundled --without-x11 --without-gtk2)
@@ -91,4 +93,5 @@ install -m 0644 "$IMAGE_DIR/files/systemd/asterisk.service" /etc/systemd/system/
 systemctl daemon-reload
 systemctl enable asterisk.service
 printf '%s\n' "$VERSION" >/usr/lib/asterisk/SIP_TRUNK_VERSION
+printf '%s\n' "${applied[@]}" >/usr/lib/asterisk/SIP_TRUNK_PATCHES
 log "asterisk $VERSION installed"

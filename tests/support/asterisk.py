@@ -46,8 +46,9 @@ __all__ = [
 ]
 
 
-def ensure_root(root: Path = DEFAULT_ROOT, *, timeout: float = 900) -> Path:
-    """Run ``scripts/asterisk-root.sh`` (fast when the root is in place) and return the root it prints."""
+def ensure_root(root: Path = DEFAULT_ROOT, *, timeout: float = 1800) -> Path:
+    """Run ``scripts/asterisk-root.sh`` (fast when the root is in place) and return the root it prints. The limit
+    covers a fresh root with its patched ``res_pjsip.so`` on a loaded machine (15 min measured, ADR-44)."""
     return _runner.ensure_root(root, script=ROOT_SCRIPT, timeout=timeout)
 
 

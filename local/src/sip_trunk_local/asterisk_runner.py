@@ -53,7 +53,7 @@ def root_problem(root: Path) -> str | None:
     return None
 
 
-def ensure_root(root: Path, *, script: Path, timeout: float = 900) -> Path:
+def ensure_root(root: Path, *, script: Path, timeout: float = 1800) -> Path:
     """Run ``script`` (``scripts/asterisk-root.sh``; fast when the root is in place) and return the root it
     prints."""
     proc = subprocess.run(

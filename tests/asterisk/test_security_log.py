@@ -116,7 +116,8 @@ def test_failed_auth_from_one_source_is_matched_by_rendered_fail2ban_filter(
     ast = asterisk_factory(None, start=False)
     if transport == "tls":
         keys = f"{ast.chroot_base}/etc/keys"
-        settings = merge(settings, {"tls": {"cert_file": f"{keys}/gw.crt", "key_file": f"{keys}/gw.key"}})
+        tls = {"cert_file": f"{keys}/gw.crt", "key_file": f"{keys}/gw.key", "ca_list_file": f"{keys}/gw.crt"}
+        settings = merge(settings, {"tls": tls})
     gateway = render_gateway(settings, secrets, tmp_path / "gw")
     ast.config_dir = gateway.asterisk_dir
     if transport == "tls":

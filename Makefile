@@ -49,7 +49,7 @@ test-unit: dev ## Unit tests only (no sockets, no AWS)
 	$(PYTEST) -m unit tests
 
 .PHONY: asterisk-root
-asterisk-root: ## Host tools (sipp, mmdebstrap, ...) and the cached Asterisk 22 root file system (root)
+asterisk-root: ## Host tools (sipp, mmdebstrap, ...) and the cached Asterisk 22 root file system with the patched res_pjsip.so (root)
 	bash scripts/asterisk-root.sh
 
 .PHONY: test-asterisk

@@ -7,7 +7,13 @@
 #      Debian build has no TLS), iproute2, iptables, conntrack, fail2ban (for fail2ban-regex) and pebble
 #      (the ACME test server of the agent's renew-cert tests);
 #   2. builds the root with mmdebstrap, caches it as a tar.zst keyed by suite + Asterisk version;
-#   3. extracts it to the root directory and leaves a marker so the next run returns at once.
+#   3. extracts it to the root directory;
+#   4. replaces Debian's res_pjsip.so with one built from the same source package with the product's Asterisk
+#      patches (the ones install-host.sh applies to the image's build; scripts/build-res-pjsip.sh, a few minutes,
+#      cached next to the root's tarball, keyed by the Asterisk version and the patches' content). Debian's own
+#      module stays in the root as the unpatched module set, `<module dir>-unpatched/` (every other module
+#      linked from the real directory), for tests that show what the patches change;
+#   5. leaves a marker so the next run returns at once.
 # It prints the root directory as its last line of standard output.
 #
 # Usage: scripts/asterisk-root.sh [--root DIR] [--suite SUITE] [--refresh] [--rebuild] [--no-host-packages]
@@ -23,6 +29,9 @@ MIRROR="${ASTERISK_ROOT_MIRROR:-http://deb.debian.org/debian}"
 REFRESH=0
 REBUILD=0
 HOST_PACKAGES=1
+SCRIPTS="$(cd "$(dirname "$0")" && pwd)"
+# The image's Asterisk patches (package data of sip_trunk); the patched module is built from all of them.
+PATCH_DIR="$SCRIPTS/../layers/sip_trunk/src/sip_trunk/agent/host_files/image/patches"
 
 # Asterisk and the module packages the product loads (res_srtp, codec_g722 and res_resolver_unbound are
 # all in asterisk-modules), plus the English prompts that Playback() tests use.
@@ -190,12 +199,62 @@ marker_matches() {
     [[ -f "$MARKER" && -x "$ROOT/usr/sbin/asterisk" ]] && grep -qx "suite=$SUITE" "$MARKER"
 }
 
+PATCHES=()
+while IFS= read -r -d '' patch; do PATCHES+=("$patch"); done < <(find "$PATCH_DIR" -maxdepth 1 -name '*.patch' -print0 | sort -z)
+((${#PATCHES[@]} > 0)) || die "no Asterisk patches in $PATCH_DIR"
+# The patches' content (names included, in order) keys the patched module.
+PATCH_DIGEST="$(for p in "${PATCHES[@]}"; do basename -- "$p"; cat -- "$p"; done | sha256sum | cut -c1-16)"
+
+patched_marker_matches() {
+    marker_matches && grep -qx "res_pjsip=$PATCH_DIGEST" "$MARKER"
+}
+
+# Debian's md5 of a file of the asterisk-modules package (path relative to the root, no leading /).
+debian_md5() {
+    awk -v f="$1" '$2 == f { print $1 }' "$ROOT/var/lib/dpkg/info/asterisk-modules.md5sums"
+}
+
+# Install the patched res_pjsip.so (built once per version and patch set, then cached) and keep Debian's own module,
+# with every other module, as the unpatched set. Replacing the file by rename is safe while instances run.
+install_patched_module() { # version
+    local version="$1" moddir rel stock cached want
+    moddir="$(find "$ROOT/usr/lib" -mindepth 3 -maxdepth 3 -type d -path '*/asterisk/modules' | head -n1)"
+    [[ -n "$moddir" ]] || die "no Asterisk module directory in $ROOT"
+    rel="${moddir#"$ROOT"/}"
+    stock="$moddir-unpatched"
+    want="$(debian_md5 "$rel/res_pjsip.so")"
+    [[ -n "$want" ]] || die "asterisk-modules lists no $rel/res_pjsip.so"
+    mkdir -p "$stock"
+    if [[ ! -f "$stock/res_pjsip.so" || "$(md5sum <"$stock/res_pjsip.so" | cut -d' ' -f1)" != "$want" ]]; then
+        [[ "$(md5sum <"$moddir/res_pjsip.so" | cut -d' ' -f1)" == "$want" ]] ||
+            die "neither $rel/res_pjsip.so nor the unpatched copy is Debian's: rerun with --rebuild"
+        cp -p -- "$moddir/res_pjsip.so" "$stock/.res_pjsip.so.tmp"
+        mv -f -- "$stock/.res_pjsip.so.tmp" "$stock/res_pjsip.so"
+    fi
+    local mod name
+    for mod in "$moddir"/*.so; do
+        name="$(basename -- "$mod")"
+        [[ "$name" == res_pjsip.so ]] || ln -sfn "../modules/$name" "$stock/$name"
+    done
+    cached="$CACHE_DIR/res_pjsip-$SUITE-${version//:/_}-$ARCH-$PATCH_DIGEST.so"
+    if [[ ! -s "$cached" ]]; then
+        log "building the patched res_pjsip.so (${#PATCHES[@]} patch(es), digest $PATCH_DIGEST)"
+        bash "$SCRIPTS/build-res-pjsip.sh" --suite "$SUITE" --version "$version" --mirror "$MIRROR" \
+            --reference "$stock/res_pjsip.so" --out "$cached" "${PATCHES[@]}"
+    else
+        log "cache hit: $cached"
+    fi
+    install -m 0644 -- "$cached" "$moddir/.res_pjsip.so.tmp"
+    mv -f -- "$moddir/.res_pjsip.so.tmp" "$moddir/res_pjsip.so"
+    log "res_pjsip.so patched ($PATCH_DIGEST); Debian's module kept in ${stock#"$ROOT"}"
+}
+
 if ((HOST_PACKAGES)); then
     ensure_host_packages
 fi
 mkdir -p "$CACHE_DIR"
 
-if ((!REFRESH)) && marker_matches; then
+if ((!REFRESH)) && patched_marker_matches; then
     log "root in place: $(grep '^asterisk=' "$MARKER") ($((SECONDS - START)) s)"
     printf '%s\n' "$ROOT"
     exit 0
@@ -239,6 +298,7 @@ if [[ -n "$version" && "$actual" != "$version" ]]; then
     tarball="$(tarball_for "$actual")"
 fi
 mkdir -p "$ROOT/inst"
-printf 'suite=%s\nasterisk=%s\ntarball=%s\n' "$SUITE" "$actual" "$tarball" >"$MARKER"
+install_patched_module "$actual"
+printf 'suite=%s\nasterisk=%s\ntarball=%s\nres_pjsip=%s\n' "$SUITE" "$actual" "$tarball" "$PATCH_DIGEST" >"$MARKER"
 log "ready: asterisk $actual in $ROOT ($((SECONDS - START)) s)"
 printf '%s\n' "$ROOT"

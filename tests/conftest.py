@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from support.iam_proof import Proof, Recorder, iter_counts, unique
+from support.moto_server import moto_server
 
 _RECORDER = Recorder()
 _PROOF = Proof()
@@ -30,6 +31,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def iam_recorder() -> Recorder:
     """The session's recorder (planted-defect controls read the calls their test made)."""
     return _RECORDER
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """A moto server on loopback for the tests of one module (its state is shared by them)."""
+    with moto_server() as url:
+        yield url
 
 
 _EXPECTED: list[str] = []

@@ -87,7 +87,8 @@ def asterisk_factory(asterisk_root: Path, request: pytest.FixtureRequest) -> Ite
     """Start Asterisk instances; all are stopped (``core stop now`` + kill by PID) after the test.
 
     ``asterisk_factory(config_dir, *, name=None, netns=None, variables=None, extra_files=None,
-    boot_timeout=30.0, start=True) -> AsteriskInstance``. The instance's files stay under
+    boot_timeout=30.0, modules=None, start=True) -> AsteriskInstance`` (``modules``: the module directory inside the
+    root, e.g. ``support.asterisk.unpatched_module_dir(root)``). The instance's files stay under
     ``<root>/inst/run<pid>/<name>/`` after the test for post-mortems (the next session deletes the
     directories of runs whose process is gone).
     """
@@ -101,6 +102,7 @@ def asterisk_factory(asterisk_root: Path, request: pytest.FixtureRequest) -> Ite
         variables: Mapping[str, str] | None = None,
         extra_files: Mapping[str, str | bytes] | None = None,
         boot_timeout: float = 30.0,
+        modules: str | None = None,
         start: bool = True,
     ) -> AsteriskInstance:
         inst = AsteriskInstance(
@@ -111,6 +113,7 @@ def asterisk_factory(asterisk_root: Path, request: pytest.FixtureRequest) -> Ite
             variables=dict(variables or {}),
             extra_files=dict(extra_files or {}),
             boot_timeout=boot_timeout,
+            modules=modules,
         )
         instances.append(inst)
         if start:

@@ -23,7 +23,6 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from sip_trunk import configstore
 from sip_trunk.asterisk import parse_endpoints
 from sip_trunk.manifest import MANIFEST_NAME
@@ -31,6 +30,7 @@ from sip_trunk_local.asterisk_runner import OverlayRoot
 from standin import ELEVENLABS_HOST, SHARED_IP, Standin, start_standin, wait_for
 from support.asterisk import AsteriskInstance
 from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
+from support.moto_server import moto_server
 from support.rtp import RtpCounter, rtp_range
 from support.sipp import free_media_port, free_port, run_sipp
 
@@ -196,13 +196,8 @@ def overlay(image_root: Path, tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def ssm_endpoint() -> Iterator[str]:
-    port = free_port(GATEWAY_IP)
-    server = ThreadedMotoServer(ip_address=GATEWAY_IP, port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://{GATEWAY_IP}:{port}"
-    finally:
-        server.stop()
+    with moto_server(GATEWAY_IP) as url:
+        yield url
 
 
 @dataclass

@@ -14,6 +14,10 @@ pending check fires every 0.1 s and nearly every call is hit, sipp sending its I
 rate only sets the odds: at local mode's 0.5 s about one call in three, fewer at production's 1.5 s); the product's
 watcher, one kept connection, leaves no check behind, so no call is hit. Calls are placed within one check period of
 each other, so checks left by the calls' own (closed) connections cannot fire during the calls.
+
+The product's patched ``res_pjsip.so`` (``test_short_connections.py``) makes any peer's short connections harmless,
+so the per-probe negative control runs Debian's module as shipped (``unpatched_module_dir``): the kept connection
+is what protects callers of a peer whose Asterisk lacks the patch, and it leaves no check behind either way.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import pytest
 from sip_trunk.agent import watch
 from sip_trunk.agent.watch import Prober, watch_peer
 from sip_trunk.sip import OptionsSession, ProbeResult, ProbeTarget, Transport, probe_options
-from support.asterisk import AsteriskInstance
+from support.asterisk import AsteriskInstance, unpatched_module_dir
 from support.sipp import auth_field, free_media_port, run_sipp, write_injection
 from test_harness import MINIMAL, PASSWORD, minimal_variables
 
@@ -136,6 +140,7 @@ def per_probe_connections(target: ProbeTarget, timeout_s: float) -> ProbeResult:
 )
 def test_calls_survive_the_idle_check_while_watch_peer_probes(
     asterisk_factory: AsteriskFactory,
+    asterisk_root: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     prober: Prober | None,
@@ -143,9 +148,15 @@ def test_calls_survive_the_idle_check_while_watch_peer_probes(
 ) -> None:
     RecordingSession.made.clear()
     monkeypatch.setattr(watch, "OptionsSession", RecordingSession)
-    # Given the gateway Asterisk with a 10 s idle check, probed by watch-peer every 0.1 s for longer than that
+    # Given the gateway Asterisk with a 10 s idle check (Debian's module as shipped when the old prober is shown to
+    # break calls), probed by watch-peer every 0.1 s for longer than that
     variables = minimal_variables()
-    ast = asterisk_factory(MINIMAL, variables=variables, extra_files={"pjsip_extra.conf": SYSTEM})
+    ast = asterisk_factory(
+        MINIMAL,
+        variables=variables,
+        extra_files={"pjsip_extra.conf": SYSTEM},
+        modules=unpatched_module_dir(asterisk_root) if expect_failures else None,
+    )
     port = int(variables["SIP_PORT"])
     with watching(port, prober):
         time.sleep(IDLE_CHECK_S + 1.0)

@@ -26,7 +26,6 @@ from sip_trunk.render import render_configs
 from sip_trunk.settings import parse_secrets, parse_settings
 from sip_trunk_local.asterisk_runner import DEFAULT_ROOT
 from sip_trunk_local.hosts import LocalHostManager
-from sip_trunk_local.sipp import free_port
 from sip_trunk_local.standin import Standin, carrier_settings, credentials, place_call, start_standin
 
 pytestmark = pytest.mark.e2e
@@ -46,17 +45,6 @@ def _settings() -> tuple[dict[str, Any], dict[str, str]]:
     settings.update(carrier_settings(settings["elevenlabs"]["phone_number"]))
     settings["network"] = {"public_address": PUBLIC_IP, "local_nets": ["10.0.0.0/24"]}
     return settings, secrets
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def _client(endpoint: str, service: str) -> Any:

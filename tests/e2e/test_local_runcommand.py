@@ -19,7 +19,6 @@ import pytest
 from sip_trunk.agent.bootstrap import WATCH_PEER
 from sip_trunk_local.asterisk_runner import DEFAULT_ROOT
 from sip_trunk_local.hosts import SSM_AGENT_PATH, LocalHostManager, UnitError
-from sip_trunk_local.sipp import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -27,17 +26,6 @@ REGION = "us-east-1"
 STACK = "localruncmd"
 PRIMARY, STANDBY = "i-0a1b2c3d4e5f60101", "i-0a1b2c3d4e5f60102"
 BUCKET = "localruncmd-backups"
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from sip_trunk_local.firewall import HostFirewall
 from sip_trunk_local.hosts import LocalHostManager
 from sip_trunk_local.netns import run_in_namespace
 from sip_trunk_local.orchestrator import PROBE_SECURITY_GROUP
-from sip_trunk_local.sipp import free_port
 from sip_trunk_local.topology import CONTROL_PLANE_IP, PROBE_FUNCTION_IP, PUBLIC_IP, STANDIN_IP
 
 pytestmark = pytest.mark.e2e
@@ -50,17 +49,6 @@ def probe_from(netns: str, host: str, timeout_s: float = 0.5) -> ProbeResult:
     target = ProbeTarget(host=host, port=5060, transport=Transport.TCP)
     result: ProbeResult = run_in_namespace(netns, lambda: probe_options(target, timeout_s, verify=False))
     return result
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture

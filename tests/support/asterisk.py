@@ -18,6 +18,7 @@ from sip_trunk_local.asterisk_runner import (
     module_names,
     prune_runs,
     root_problem,
+    unpatched_module_dir,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -41,11 +42,13 @@ __all__ = [
     "module_names",
     "prune_runs",
     "root_problem",
+    "unpatched_module_dir",
 ]
 
 
-def ensure_root(root: Path = DEFAULT_ROOT, *, timeout: float = 900) -> Path:
-    """Run ``scripts/asterisk-root.sh`` (fast when the root is in place) and return the root it prints."""
+def ensure_root(root: Path = DEFAULT_ROOT, *, timeout: float = 1800) -> Path:
+    """Run ``scripts/asterisk-root.sh`` (fast when the root is in place) and return the root it prints. The limit
+    covers a fresh root with its patched ``res_pjsip.so`` on a loaded machine (15 min measured, ADR-44)."""
     return _runner.ensure_root(root, script=ROOT_SCRIPT, timeout=timeout)
 
 

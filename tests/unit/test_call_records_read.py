@@ -11,9 +11,11 @@ from sip_trunk.callrecords import (
     day_prefix,
     days_back,
     days_of_call,
+    end_ms,
     find_call,
     parse_since,
     recent_calls,
+    split_lines,
 )
 
 pytestmark = pytest.mark.unit
@@ -99,3 +101,12 @@ def test_find_call_reads_the_days_of_its_id_or_else_the_window() -> None:
     store.listed.clear()
     assert find_call(store, "b", "carrier-side-id", since_s=now - 2 * 86400, now_s=now) == [odd]
     assert store.listed == ["calls/dt=2026-12-05/", "calls/dt=2026-12-04/", "calls/dt=2026-12-03/"]
+
+
+def test_json_lines_keep_objects_and_set_aside_what_is_not_one() -> None:
+    text = '{"call_id": "a", "end_ms": 5}\n\nnot json\n[1, 2]\n{"call_id": "b"}\n  \n{"call_id": "c", "end_ms": true}'
+    records, bad = split_lines(text)
+    assert [r["call_id"] for r in records] == ["a", "b", "c"]
+    assert bad == ["not json", "[1, 2]"]
+    assert [end_ms(r) for r in records] == [5, 0, 0]
+    assert end_ms(records[1], default=7) == 7

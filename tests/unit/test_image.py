@@ -470,3 +470,51 @@ def test_user_data_passes_shellcheck(tmp_path: Path) -> None:
             check=False,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+PATCHES = HOST_IMAGE / "patches"
+
+
+def test_asterisk_patches_are_described_diffs_of_what_the_tests_rebuild() -> None:
+    """Each patch is a unified diff with a description, touching only files built into res_pjsip.so: the test root
+    rebuilds only that module from the same files (scripts/build-res-pjsip.sh), so a patch elsewhere would reach
+    the image but not the tests."""
+    patches = sorted(PATCHES.glob("*.patch"))
+    assert patches, "no Asterisk patches"
+    for patch in patches:
+        text = patch.read_text()
+        header = text.split("\n--- ", 1)[0]
+        assert len(header.split()) > 20, f"{patch.name}: say what it fixes and why before the diff"
+        targets = re.findall(r"^\+\+\+ (\S+)", text, re.MULTILINE)
+        assert targets, f"{patch.name}: not a unified diff"
+        assert re.search(r"^@@ -\d+", text, re.MULTILINE), f"{patch.name}: no hunk"
+        for target in targets:
+            assert re.fullmatch(r"b/res/res_pjsip(/[^/]+|\.c)", target), f"{patch.name} patches {target}"
+
+
+def test_build_res_pjsip_refuses_a_patch_outside_res_pjsip(tmp_path: Path) -> None:
+    bogus = tmp_path / "0099-elsewhere.patch"
+    bogus.write_text("Elsewhere.\n\n--- a/main/pbx.c\n+++ b/main/pbx.c\n@@ -1 +1 @@\n-x\n+y\n")
+    args = ["--suite", "forky", "--version", "1", "--mirror", "http://192.0.2.1", "--reference", str(bogus)]
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts/build-res-pjsip.sh"), *args, "--out", str(tmp_path / "out.so"), str(bogus)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "b/main/pbx.c, which is not built into res_pjsip.so" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out.so").exists()
+
+
+def test_image_build_and_test_root_apply_the_same_patches() -> None:
+    build = (SCRIPTS / "build-asterisk.sh").read_text()
+    assert 'for patch in "$IMAGE_DIR"/patches/*.patch; do' in build
+    assert "patch -p1 --forward --batch" in build
+    assert "SIP_TRUNK_PATCHES" in build
+    assert "/usr/lib/asterisk/SIP_TRUNK_PATCHES" in (SCRIPTS / "validate.sh").read_text()
+    root = (REPO / "scripts/asterisk-root.sh").read_text()
+    found = re.search(r'^PATCH_DIR="\$SCRIPTS/\.\./([^"]+)"$', root, re.MULTILINE)
+    assert found, "asterisk-root.sh names no PATCH_DIR"
+    assert (REPO / found.group(1)).resolve() == PATCHES.resolve()

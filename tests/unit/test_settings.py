@@ -129,6 +129,23 @@ def test_srtp_without_tls_refused(mode: str, transport: str) -> None:
     assert "tls" in error_of(doc)
 
 
+@pytest.mark.parametrize("direction", ["inbound", "outbound"])
+@pytest.mark.parametrize("mode", ["allowed", "required"])
+def test_srtp_on_one_direction_without_tls_names_the_direction(direction: str, mode: str) -> None:
+    doc = with_(minimal(), f"elevenlabs.media_encryption_{direction}", mode)
+    message = error_of(doc)
+    assert f"{direction} media encryption '{mode}'" in message
+    assert "TLS" in message
+
+
+def test_media_encryption_per_direction_defaults_to_both() -> None:
+    doc = with_(full(), "elevenlabs.media_encryption", "allowed")
+    el = parse_settings(with_(doc, "elevenlabs.media_encryption_outbound", "required")).elevenlabs
+    assert (el.inbound_media_encryption, el.outbound_media_encryption) == ("allowed", "required")
+    el = parse_settings(doc).elevenlabs
+    assert (el.inbound_media_encryption, el.outbound_media_encryption) == ("allowed", "allowed")
+
+
 def test_tls_transport_without_tls_enabled_refused() -> None:
     doc = with_(full(), "tls.enabled", False)
     assert "tls.enabled" in error_of(doc)

@@ -53,7 +53,7 @@ def root_problem(root: Path) -> str | None:
     return None
 
 
-def ensure_root(root: Path, *, script: Path, timeout: float = 900) -> Path:
+def ensure_root(root: Path, *, script: Path, timeout: float = 1800) -> Path:
     """Run ``script`` (``scripts/asterisk-root.sh``; fast when the root is in place) and return the root it
     prints."""
     proc = subprocess.run(
@@ -101,6 +101,15 @@ def module_dir(root: Path) -> str:
     return "/" + str(found[0].relative_to(root))
 
 
+def unpatched_module_dir(root: Path) -> str:
+    """Debian's unpatched module set as seen inside the root: ``scripts/asterisk-root.sh`` keeps Debian's own
+    ``res_pjsip.so`` there (every other module is linked from :func:`module_dir`), next to the patched one."""
+    unpatched = module_dir(root) + "-unpatched"
+    if not (root / unpatched.lstrip("/") / "res_pjsip.so").is_file():
+        raise AsteriskError(f"no unpatched module set at {unpatched} in {root}: run `{ROOT_HINT}`")
+    return unpatched
+
+
 def module_load_lines(path: Path) -> list[str]:
     """The ``load = x.so`` lines of a module list such as ``tests/asterisk/MODULES.txt``."""
     return [line.strip() for line in path.read_text().splitlines() if line.strip().startswith("load")]
@@ -124,6 +133,8 @@ class AsteriskInstance:
     it is copied to ``<root>/inst/<run>/<name>/etc`` and an ``asterisk.conf`` pointing every directory at the
     instance is written over any ``asterisk.conf`` in it. ``variables`` replaces ``{{KEY}}`` tokens in the
     copied text files (ports, addresses); ``extra_files`` adds or overrides files (relative to etc).
+    ``modules`` is the module directory inside the root (default :func:`module_dir`, with the product's patched
+    ``res_pjsip.so``; :func:`unpatched_module_dir` runs Debian's modules as shipped).
     """
 
     root: Path
@@ -133,6 +144,7 @@ class AsteriskInstance:
     variables: Mapping[str, str] = field(default_factory=dict)
     extra_files: Mapping[str, str | bytes] = field(default_factory=dict)
     boot_timeout: float = 30.0
+    modules: str | None = None
     group: str = RUN_DIR  # the directory under <root>/inst/ that holds this instance (run<pid> by default)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     boot_seconds: float | None = field(default=None, init=False)
@@ -225,7 +237,7 @@ class AsteriskInstance:
             "[directories]\n"
             f"astcachedir => {b}/cache\n"
             f"astetcdir => {b}/etc\n"
-            f"astmoddir => {module_dir(self.root)}\n"
+            f"astmoddir => {self.modules or module_dir(self.root)}\n"
             f"astvarlibdir => {b}/lib\n"
             f"astdbdir => {b}/lib\n"
             f"astkeydir => {b}/lib\n"

@@ -172,6 +172,7 @@ class Sipp:
     process: subprocess.Popen[str] | None = field(default=None, init=False, repr=False)
     _started: float = field(default=0.0, init=False, repr=False)
     _media_ports: RtpRange | None = field(default=None, init=False, repr=False)
+    _trace_parsed: tuple[int, dict[str, str]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -245,6 +246,7 @@ class Sipp:
     def start(self) -> Sipp:
         for kind in ("stat.csv", "screen.log", "errors.log", "messages.log"):
             self.file(kind).unlink(missing_ok=True)
+        self._trace_parsed = None
         self._started = time.monotonic()
         with self.file("stdout").open("w") as out, self.file("stderr").open("w") as err:
             self.process = subprocess.Popen(
@@ -309,15 +311,44 @@ class Sipp:
     def _counts_calls(self) -> bool:
         return self.remote is None and self.calls is not None
 
+    def _counts(self) -> tuple[int | None, int | None]:
+        """sipp's own successful and failed call counts (its statistics file, else its last screen)."""
+        stats = parse_stat_csv(self.file("stat.csv"))
+        successful, failed = _int(stats.get("SuccessfulCall(C)")), _int(stats.get("FailedCall(C)"))
+        if successful is None or failed is None:
+            screen_path = self.file("screen.log")
+            screen = parse_screen(screen_path.read_text(errors="replace")) if screen_path.exists() else {}
+            successful = screen.get("successful") if successful is None else successful
+            failed = screen.get("failed") if failed is None else failed
+        return successful, failed
+
+    def _first_requests(self) -> dict[str, str]:
+        """:func:`call_ids_by_first_request` of the trace, parsed again only once the trace has grown (the
+        polls of :meth:`wait` and :meth:`stop` would otherwise reparse the whole trace ten times a second)."""
+        path = self.file("messages.log")
+        size = path.stat().st_size if path.exists() else 0
+        if self._trace_parsed is None or self._trace_parsed[0] != size:
+            text = path.read_text(errors="replace") if size else ""
+            self._trace_parsed = (size, call_ids_by_first_request(text))
+        return self._trace_parsed[1]
+
+    def _calls_ended(self) -> int:
+        """Calls sipp has ended, less the calls it made of answered probes (see the class notes)."""
+        successful, failed = (count or 0 for count in self._counts())
+        if successful + failed < (self.calls or 0):
+            return successful + failed  # not done whatever the probes: the trace need not be read
+        probes = sum(1 for method in self._first_requests().values() if method != "INVITE")
+        return successful + max(0, failed - probes)
+
     def _calls_done(self) -> bool:
-        result = self.result()
-        return (result.successful or 0) + (result.failed or 0) >= (self.calls or 0)
+        return self._calls_ended() >= (self.calls or 0)
 
     def _calls_pending(self) -> bool:
         """A call came in (its INVITE is in the trace) and has not ended yet (by the statistics)."""
-        result = self.result()
-        started = sum(1 for method in call_ids_by_first_request(result.messages).values() if method == "INVITE")
-        return started > (result.successful or 0) + (result.failed or 0)
+        started = sum(1 for method in self._first_requests().values() if method == "INVITE")
+        successful, failed = (count or 0 for count in self._counts())
+        probes = sum(1 for method in self._first_requests().values() if method != "INVITE")
+        return started > successful + max(0, failed - probes)
 
     def wait(self, timeout: float = 60.0) -> SippResult:
         """Wait for sipp to finish, or a UAS for its calls to end (kill it after ``timeout``), and collect
@@ -354,20 +385,11 @@ class Sipp:
             path = self.file(kind)
             return path.read_text(errors="replace") if path.exists() else ""
 
-        stats = parse_stat_csv(self.file("stat.csv"))
-        screen = read("screen.log")
-        screen_counts = parse_screen(screen)
-        successful = _int(stats.get("SuccessfulCall(C)"))
-        failed = _int(stats.get("FailedCall(C)"))
-        if successful is None:
-            successful = screen_counts.get("successful")
-        if failed is None:
-            failed = screen_counts.get("failed")
-        messages = read("messages.log")
+        successful, failed = self._counts()
         probes = 0
         if self._counts_calls:
             # the calls sipp made of answered out-of-dialog requests (see the class notes) are not calls
-            probes = sum(1 for method in call_ids_by_first_request(messages).values() if method != "INVITE")
+            probes = sum(1 for method in self._first_requests().values() if method != "INVITE")
             if failed is not None:
                 failed = max(0, failed - probes)
         return SippResult(
@@ -375,12 +397,12 @@ class Sipp:
             returncode=self.process.returncode if self.process.returncode is not None else -1,
             stdout=read("stdout"),
             stderr=read("stderr"),
-            stats=stats,
+            stats=parse_stat_csv(self.file("stat.csv")),
             successful=successful,
             failed=failed,
-            screen=screen,
+            screen=read("screen.log"),
             errors=read("errors.log"),
-            messages=messages,
+            messages=read("messages.log"),
             elapsed=time.monotonic() - self._started,
             expected_calls=self.calls if self._counts_calls else None,
             probes=probes,

@@ -372,22 +372,31 @@ def days_of_call(call_id: str) -> list[str] | None:
     return [(start + timedelta(days=n)).strftime("%Y%m%d") for n in (1, 0)]
 
 
-def parse_batch(body: bytes) -> list[dict[str, object]]:
-    """The records of one shipped object (lines that are not a JSON object are skipped)."""
-    records = []
-    for line in body.decode(errors="replace").splitlines():
+def split_lines(text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records of a JSON-lines text, and its non-blank lines that are not a JSON object (the spool moves
+    those aside for an operator; a reader skips them)."""
+    records: list[dict[str, Any]] = []
+    bad: list[str] = []
+    for line in text.splitlines():
         try:
             value = json.loads(line)
         except ValueError:
-            continue
+            value = None
         if isinstance(value, dict):
             records.append(value)
-    return records
+        elif line.strip():
+            bad.append(line)
+    return records, bad
 
 
-def end_ms(record: dict[str, object]) -> int:
+def parse_batch(body: bytes) -> list[dict[str, Any]]:
+    """The records of one shipped object."""
+    return split_lines(body.decode(errors="replace"))[0]
+
+
+def end_ms(record: dict[str, Any], default: int = 0) -> int:
     value = record.get("end_ms")
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 class RecordObjects(Protocol):

@@ -226,7 +226,16 @@ class ElevenLabsTrunk(_Strict):
     allow_experimental_udp: bool = Field(
         default=False, description="UDP is experimental at ElevenLabs; refused unless this is true"
     )
-    media_encryption: MediaEncryption = MediaEncryption.DISABLED
+    media_encryption: MediaEncryption = Field(
+        default=MediaEncryption.DISABLED,
+        description="SRTP (SDES) on both directions' calls unless a direction below says otherwise",
+    )
+    media_encryption_inbound: MediaEncryption | None = Field(
+        default=None, description="SRTP on calls from ElevenLabs to the gateway (default: media_encryption)"
+    )
+    media_encryption_outbound: MediaEncryption | None = Field(
+        default=None, description="SRTP on calls from the gateway to ElevenLabs (default: media_encryption)"
+    )
     codecs: list[AudioCodec] = Field(
         default_factory=lambda: [AudioCodec.ULAW, AudioCodec.ALAW, AudioCodec.G722], min_length=1
     )
@@ -271,11 +280,27 @@ class ElevenLabsTrunk(_Strict):
             raise ValueError(
                 "transport 'udp' is experimental at ElevenLabs; use tcp or tls, or set allow_experimental_udp: true"
             )
-        if self.media_encryption is not MediaEncryption.DISABLED and self.transport is not Transport.TLS:
-            raise ValueError(
-                "media_encryption 'allowed'/'required' sends SRTP keys in the SDP: it needs transport 'tls'"
-            )
+        if self.transport is not Transport.TLS:
+            for direction, mode in (
+                ("inbound", self.inbound_media_encryption),
+                ("outbound", self.outbound_media_encryption),
+            ):
+                if mode is not MediaEncryption.DISABLED:
+                    raise ValueError(
+                        f"{direction} media encryption {mode.value!r}: SRTP (SDES) sends its keys in the SDP, "
+                        "which only TLS protects; set elevenlabs.transport 'tls' or the encryption 'disabled'"
+                    )
         return self
+
+    @property
+    def inbound_media_encryption(self) -> MediaEncryption:
+        """SRTP on calls ElevenLabs places to the gateway (its number's ``outbound_trunk_config``)."""
+        return self.media_encryption_inbound or self.media_encryption
+
+    @property
+    def outbound_media_encryption(self) -> MediaEncryption:
+        """SRTP on calls the gateway places to ElevenLabs (its number's ``inbound_trunk_config``)."""
+        return self.media_encryption_outbound or self.media_encryption
 
     @property
     def effective_port(self) -> int:
@@ -315,14 +340,23 @@ class Network(_Strict):
         return self
 
 
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+"""Ubuntu's (and Debian's) bundle of the publicly trusted CAs (package ca-certificates, in the host image)."""
+
+
 class Tls(_Strict):
     """TLS material on the host (from ACM export, Let's Encrypt or an upload)."""
 
     enabled: bool = False
     cert_file: AbsolutePath = "/etc/asterisk/keys/asterisk.crt"
     key_file: AbsolutePath = "/etc/asterisk/keys/asterisk.key"
-    ca_list_file: AbsolutePath | None = None
-    verify_server: bool = Field(default=True, description="verify the peer's certificate on outbound TLS")
+    ca_list_file: AbsolutePath | None = Field(
+        default=SYSTEM_CA_BUNDLE,
+        description="the CAs outbound TLS trusts (ElevenLabs' public certificates): the host's system bundle",
+    )
+    verify_server: bool = Field(
+        default=True, description="verify the far end's certificate (chain and name) on outbound TLS"
+    )
 
 
 # --- carriers and softphones --------------------------------------------------------------

@@ -9,13 +9,16 @@ Run by the host stack's user data on the first boot (before it signals CloudForm
    ``agent.env``; a role configured explicitly (``SIP_TRUNK_ROLE`` / ``--role``) wins over both;
 2. the agent's systemd units (shipped in this package) installed into ``/etc/systemd/system``;
 3. the CloudWatch agent configured for this stack (``AwsSipTrunk/Host`` metrics, the Asterisk log group);
-4. the config version fetched and applied unless it already runs: on the first boot the one the host stack
+4. with a public host name and its hosted zone (TLS on), the certificate obtained or renewed when due
+   (``renew-cert``), before the config whose TLS transport loads it; a failure is a warning (the TCP
+   transport serves, VerifyTrunk reports the missing certificate, the timer tries again);
+5. the config version fetched and applied unless it already runs: on the first boot the one the host stack
    names in ``agent.env`` (the version at launch), else the SSM ``desired-version`` pointer; on later boots the
    pointer (ApplyConfig may have moved the host on since launch), else ``agent.env``'s;
-5. ``role.env`` written and the role's services enabled (heartbeat timer; the recordings path unit and
+6. ``role.env`` written and the role's services enabled (heartbeat timer; the recordings path unit and
    timer when recording is on; watch-peer on the standby only, disabled on the primary);
-6. the first heartbeat written, so the control plane sees the host at once;
-7. ``boot.json`` in the state directory: this instance has booted (what makes the next boot a later one), with
+7. the first heartbeat written, so the control plane sees the host at once;
+8. ``boot.json`` in the state directory: this instance has booted (what makes the next boot a later one), with
    the sources of its role and version.
 """
 
@@ -32,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sip_trunk.agent import apply as apply_mod
+from sip_trunk.agent import certificate as certificate_mod
 from sip_trunk.agent import report as report_mod
 from sip_trunk.agent.config import AgentConfig, read_env_file
 from sip_trunk.agent.imds import Imds, ImdsError
@@ -259,6 +263,14 @@ def bootstrap(
         result["cloudwatch_config"] = configure_cloudwatch(config, run)
     except AgentError as exc:  # metrics/logs are not worth an unserved host; the heartbeat still reports
         result["warnings"].append(f"CloudWatch agent: {exc}")
+
+    result["certificate"] = None
+    if config.public_hostname and config.acme_hosted_zone_id:
+        try:
+            result["certificate"] = certificate_mod.renew_certificate(config, cli, session.client("route53"))
+        except AgentError as exc:
+            result["certificate"] = {"ok": False, "error": str(exc)}
+            result["warnings"].append(f"certificate: {exc}")
 
     version, version_source = resolve_version(config, session.client("ssm"), later_boot=later_boot)
     running = Releases(config.releases_dir, config.config_dir).current_version()

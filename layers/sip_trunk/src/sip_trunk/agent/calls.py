@@ -41,10 +41,12 @@ from sip_trunk.callrecords import (
     MEDIA_PROBLEMS,
     AgentSip,
     checked_entry,
+    end_ms,
     hep_payload,
     media_state,
     object_key,
     sip_facts,
+    split_lines,
     with_agent_headers,
 )
 
@@ -259,16 +261,7 @@ def _ensure_stream(logs: Any, group: str, stream: str) -> None:
 def _records(path: Path, rejected: Path | None) -> list[dict[str, Any]]:
     """The file's records; lines that are not one go to ``rejected`` (None: they already went, on an earlier
     attempt)."""
-    records, bad = [], []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
-            value = None
-        if isinstance(value, dict):
-            records.append(value)
-        elif line.strip():
-            bad.append(line)
+    records, bad = split_lines(path.read_text(errors="replace"))
     if bad and rejected is not None:
         with rejected.open("a") as out:
             out.write("".join(b + "\n" for b in bad))
@@ -276,11 +269,6 @@ def _records(path: Path, rejected: Path | None) -> list[dict[str, Any]]:
             os.fsync(out.fileno())
         log.warning("%s: %d line(s) that are not call records moved to %s", path.name, len(bad), rejected.name)
     return records
-
-
-def _end_ms(record: dict[str, Any], default: int) -> int:
-    value = record.get("end_ms")
-    return value if isinstance(value, int) else default
 
 
 def _time_order(record: dict[str, Any]) -> tuple[bool, int]:
@@ -377,7 +365,7 @@ def ship_call_records(
                 _write_progress(path, progress)
             now_ms = int(clock() * 1000)
             events = [
-                {"timestamp": _end_ms(r, now_ms), "message": emf_event(r, stack=config.stack, timestamp_ms=now_ms)}
+                {"timestamp": end_ms(r, now_ms), "message": emf_event(r, stack=config.stack, timestamp_ms=now_ms)}
                 for r in ordered
             ]
             for start in range(int(progress["logs_sent"]), len(events), batch_size):
@@ -405,12 +393,6 @@ def last_calls(spool: Path, count: int = 20) -> list[dict[str, Any]]:
     for path in sorted(spool.glob("calls-*.jsonl*")):
         if path.name == REJECTED or path.name.endswith(PROGRESS):
             continue
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                records.append(value)
-    records.sort(key=lambda r: _end_ms(r, 0))
+        records.extend(split_lines(path.read_text(errors="replace"))[0])
+    records.sort(key=end_ms)
     return records[-count:]

@@ -44,7 +44,9 @@ def desired_trunk(loaded: LoadedSettings, public_address: str) -> DesiredTrunk:
         label=f"{settings.name} (aws-sip-trunk)",
         address=address,
         transport="tls" if transport.value == "tls" else "tcp",
-        media_encryption=el.media_encryption.value,
+        # ElevenLabs' outbound trunk carries its calls to the gateway (our inbound), its inbound trunk ours to it
+        media_encryption=el.inbound_media_encryption.value,
+        inbound_media_encryption=el.outbound_media_encryption.value,
         username=el.inbound_username,
         password=loaded.secrets.reveal(el.inbound_password),
         inbound_username=el.outbound_username,

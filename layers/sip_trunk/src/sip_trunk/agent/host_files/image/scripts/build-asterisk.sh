@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build Asterisk 22 LTS from the pinned source tarball (sha256 verified) with only the modules modules.conf loads.
+# Build Asterisk 22 LTS from the pinned source tarball (sha256 verified), with the product's patches (patches/), with
+# only the modules modules.conf loads.
 #
 # Environment: ASTERISK_VERSION / ASTERISK_SHA256 override versions.env (both or neither);
 #              ASTERISK_TARBALL uses a local tarball instead of downloading (it is still checksum-verified);
@@ -23,6 +24,16 @@ tarball="$(fetch_asterisk_source "$SRC_ROOT")"
 rm -rf "$SRC_ROOT/asterisk-$VERSION"
 tar -xf "$tarball" -C "$SRC_ROOT"
 cd "$SRC_ROOT/asterisk-$VERSION"
+
+# The product's Asterisk patches, in name order (patches/*.patch; each one's header says what it fixes). The
+# real-Asterisk tests run a res_pjsip.so built with the same files (scripts/asterisk-root.sh).
+applied=()
+for patch in "$IMAGE_DIR"/patches/*.patch; do
+    [[ -f "$patch" ]] || continue
+    patch -p1 --forward --batch <"$patch" >/dev/null || die "$(basename -- "$patch") does not apply to Asterisk $VERSION"
+    log "applied $(basename -- "$patch")"
+    applied+=("$(basename -- "$patch")")
+done
 
 configure_args=(--with-pjproject-bundled --with-jansson-bundled --without-x11 --without-gtk2)
 [[ -z "${ASTERISK_EXTERNALS:-}" ]] || use_externals "$SRC_ROOT/externals"
@@ -82,4 +93,5 @@ install -m 0644 "$IMAGE_DIR/files/systemd/asterisk.service" /etc/systemd/system/
 systemctl daemon-reload
 systemctl enable asterisk.service
 printf '%s\n' "$VERSION" >/usr/lib/asterisk/SIP_TRUNK_VERSION
+printf '%s\n' "${applied[@]}" >/usr/lib/asterisk/SIP_TRUNK_PATCHES
 log "asterisk $VERSION installed"

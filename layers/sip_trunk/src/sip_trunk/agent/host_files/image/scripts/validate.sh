@@ -19,6 +19,10 @@ check() { # description, command...
 
 check "asterisk $ASTERISK_VERSION installed" grep -qx "$ASTERISK_VERSION" /usr/lib/asterisk/SIP_TRUNK_VERSION
 check "asterisk binary runs" /usr/sbin/asterisk -V
+for patch in "$IMAGE_DIR"/patches/*.patch; do
+    [[ -f "$patch" ]] || continue
+    check "asterisk built with $(basename -- "$patch")" grep -qxF "$(basename -- "$patch")" /usr/lib/asterisk/SIP_TRUNK_PATCHES
+done
 while read -r module; do
     [[ -z "$module" || "$module" == \#* ]] && continue
     check "module $module" test -f "/usr/lib/asterisk/modules/$module.so"

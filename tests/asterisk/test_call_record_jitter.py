@@ -12,8 +12,8 @@ Asterisk in the test's own namespace.
 Tolerance: the record's ``caller_leg.rx.jitter_s`` is within 2 ms + 20 % of the computed jitter (sipp's pacing
 and the scheduler add a few hundred microseconds per packet on a loaded machine), and ``caller_leg.rx.lost`` is
 exactly 5. The directions that do not carry the carrier's stream (``caller_leg.tx``, ``callee_leg.rx``) lose
-nothing and stay under 5 ms of jitter (the holder's own pacing under load). ``callee_leg.tx`` carries the same stream on toward the agent (the gateway
-forwards what it receives), so it is printed, not asserted clean.
+nothing and stay under 5 ms of jitter (the holder's own pacing under load). ``callee_leg.tx`` carries the same
+stream on toward the agent (the gateway forwards what it receives), so it is printed, not asserted clean.
 Negative control: the original pcap, through the same call, measures a jitter below a third of the induced one
 and no loss.
 """

@@ -157,9 +157,9 @@ def match(ins: Sequence[Packet], outs: Sequence[Packet], max_delay_ns: int = 200
         delays: list[int] = []
         missing = 0
         for o in sorted(out_by_flow[fout], key=lambda p: p.t_ns):
-            times = marks.get(o.mark) if o.mark is not None else None
-            i = bisect.bisect_right(times, o.t_ns) - 1 if times else -1
-            if times is None or i < 0 or o.t_ns - times[i] > max_delay_ns or times[i] in used:
+            times = marks.get(o.mark, []) if o.mark is not None else []
+            i = bisect.bisect_right(times, o.t_ns) - 1
+            if i < 0 or o.t_ns - times[i] > max_delay_ns or times[i] in used:
                 missing += 1
                 continue
             used.add(times[i])
@@ -190,10 +190,7 @@ def quantiles_ms(values_ns: Sequence[int]) -> dict[str, float | int | None]:
     if not values_ns:
         return {"packets": 0, "p50": None, "p99": None, "p99_9": None, "max": None}
     ordered = sorted(values_ns)
-    if len(ordered) == 1:
-        q = [float(ordered[0])] * 999
-    else:
-        q = statistics.quantiles(ordered, n=1000, method="inclusive")
+    q = [float(ordered[0])] * 999 if len(ordered) == 1 else statistics.quantiles(ordered, n=1000, method="inclusive")
     ms = NS_PER_MS
     return {
         "packets": len(ordered),

@@ -42,8 +42,7 @@ class Ramp:
         if middle <= best or middle >= lowest_fail or best == 0:
             return None
         # round to a multiple of 10 calls, still strictly between the pass and the failure
-        rounded = max(best + 1, min(lowest_fail - 1, round(middle / 10) * 10))
-        return rounded
+        return max(best + 1, min(lowest_fail - 1, round(middle / 10) * 10))
 
     @staticmethod
     def found(history: Sequence[tuple[int, bool]]) -> int:

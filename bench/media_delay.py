@@ -36,6 +36,7 @@ RECORD = struct.Struct("<qH")  # capture record: timestamp ns, frame length; the
 MARK_MAGIC = 0xD5  # first payload byte of a marked frame (u-law: a quiet sample)
 RTP_CLOCK_HZ = 8000
 NS_PER_MS = 1_000_000
+CURVE_PERMILLE = (100, 250, 500, 750, 900, 950, 990, 995, 999)  # the distribution kept for the plots
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,50 @@ def marked_audio(audio: bytes, frame: int = 160) -> bytes:
     return bytes(out)
 
 
+def _in_index(ins: Sequence[Packet]) -> dict[Flow, dict[int, list[int]]]:
+    """Incoming packets' times per flow and marker, sorted."""
+    index: dict[Flow, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for p in ins:
+        if p.mark is not None:
+            index[p.flow][p.mark].append(p.t_ns)
+    for marks in index.values():
+        for times in marks.values():
+            times.sort()
+    return index
+
+
+def _delays(outs: Sequence[Packet], marks: dict[int, list[int]], max_delay_ns: int) -> tuple[list[int], int]:
+    """Each outgoing packet's delay after the latest incoming packet with its marker (at most ``max_delay_ns``
+    before, each incoming packet used once); and how many found none."""
+    used: set[int] = set()
+    delays: list[int] = []
+    missing = 0
+    for o in sorted(outs, key=lambda p: p.t_ns):
+        times = marks.get(o.mark, []) if o.mark is not None else []
+        i = bisect.bisect_right(times, o.t_ns) - 1
+        if i < 0 or o.t_ns - times[i] > max_delay_ns or times[i] in used:
+            missing += 1
+            continue
+        used.add(times[i])
+        delays.append(o.t_ns - times[i])
+    return delays, missing
+
+
+def _iqr(values: list[int]) -> float:
+    if len(values) < 4:
+        return float("inf")
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[2] - q[0]
+
+
 def pair_flows(ins: Sequence[Packet], outs: Sequence[Packet], max_delay_ns: int) -> dict[Flow, Flow]:
-    """Out flow -> the in flow it relays: for each outgoing packet, the latest incoming packet with the same marker
-    at most ``max_delay_ns`` before it votes; flows are paired one to one, most votes first."""
+    """Out flow -> the in flow it relays.
+
+    Candidates: every in flow that sent an outgoing packet's marker at most ``max_delay_ns`` before it, for at least
+    80 % of the most frequent candidate's count. Two calls whose loops run almost in phase are both candidates and
+    give the same typical delay, but only the right one gives a **steady** delay: the wrong one adds the two calls'
+    independent send-time jitter. So each candidate pair is scored by the interquartile range of its delays (then
+    its median), and flows are paired one to one, best score first."""
     entries: dict[int, list[tuple[int, Flow]]] = defaultdict(list)
     for p in ins:
         if p.mark is not None:
@@ -110,17 +152,33 @@ def pair_flows(ins: Sequence[Packet], outs: Sequence[Packet], max_delay_ns: int)
     for mark, lst in entries.items():
         lst.sort()
         by_mark[mark] = ([t for t, _ in lst], [f for _, f in lst])
-    votes: Counter[tuple[Flow, Flow]] = Counter()
+    votes: dict[Flow, Counter[Flow]] = defaultdict(Counter)
+    out_by_flow: dict[Flow, list[Packet]] = defaultdict(list)
     for o in outs:
+        out_by_flow[o.flow].append(o)
         if o.mark is None or o.mark not in by_mark:
             continue
         times, flows = by_mark[o.mark]
         i = bisect.bisect_right(times, o.t_ns) - 1
-        if i >= 0 and o.t_ns - times[i] <= max_delay_ns:
-            votes[(flows[i], o.flow)] += 1
+        seen: set[Flow] = set()
+        while i >= 0 and o.t_ns - times[i] <= max_delay_ns:
+            if flows[i] not in seen:
+                seen.add(flows[i])
+                votes[o.flow][flows[i]] += 1
+            i -= 1
+    index = _in_index(ins)
+    scored: list[tuple[float, float, Flow, Flow]] = []
+    for fout, counter in votes.items():
+        top = max(counter.values())
+        for fin, n in counter.items():
+            if n < 0.8 * top:
+                continue
+            delays, _missing = _delays(out_by_flow[fout], index[fin], max_delay_ns)
+            median = statistics.median(delays) if delays else float("inf")
+            scored.append((_iqr(delays), median, fout, fin))
     pairs: dict[Flow, Flow] = {}
     used: set[Flow] = set()
-    for (fin, fout), _n in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0])):
+    for _iq, _med, fout, fin in sorted(scored):
         if fout in pairs or fin in used:
             continue
         pairs[fout] = fin
@@ -140,30 +198,13 @@ def match(ins: Sequence[Packet], outs: Sequence[Packet], max_delay_ns: int = 200
     """Per paired flow, each outgoing packet's delay after the incoming packet with its marker (the latest one at
     most ``max_delay_ns`` before it, each incoming packet used once)."""
     pairs = pair_flows(ins, outs, max_delay_ns)
-    in_by_flow: dict[Flow, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for p in ins:
-        if p.mark is not None:
-            in_by_flow[p.flow][p.mark].append(p.t_ns)
-    for marks in in_by_flow.values():
-        for times in marks.values():
-            times.sort()
+    index = _in_index(ins)
     out_by_flow: dict[Flow, list[Packet]] = defaultdict(list)
     for o in outs:
         out_by_flow[o.flow].append(o)
     result: list[Matched] = []
     for fout, fin in sorted(pairs.items()):
-        marks = in_by_flow[fin]
-        used: set[int] = set()
-        delays: list[int] = []
-        missing = 0
-        for o in sorted(out_by_flow[fout], key=lambda p: p.t_ns):
-            times = marks.get(o.mark, []) if o.mark is not None else []
-            i = bisect.bisect_right(times, o.t_ns) - 1
-            if i < 0 or o.t_ns - times[i] > max_delay_ns or times[i] in used:
-                missing += 1
-                continue
-            used.add(times[i])
-            delays.append(o.t_ns - times[i])
+        delays, missing = _delays(out_by_flow[fout], index[fin], max_delay_ns)
         result.append(Matched(fin, fout, delays, missing))
     return result
 
@@ -198,6 +239,7 @@ def quantiles_ms(values_ns: Sequence[int]) -> dict[str, float | int | None]:
         "p99": round(q[989] / ms, 4),
         "p99_9": round(q[998] / ms, 4),
         "max": round(ordered[-1] / ms, 4),
+        "curve": [[f / 1000, round(q[f - 1] / ms, 4)] for f in CURVE_PERMILLE],
     }
 
 

@@ -16,3 +16,9 @@ RENDERED = ConfigVariant(
 )
 
 CANDIDATES: tuple[ConfigVariant, ...] = ()
+
+REFERENCE = ConfigVariant(
+    "reference",
+    "the fixed reference: a minimal hand-written relay (bench/reference/), the same topology, never changed",
+    hand_written=True,
+)

@@ -179,6 +179,12 @@ def asterisk_pid(inst: AsteriskInstance) -> int:
     return pid
 
 
+def scheduling(pid: int) -> dict[str, int]:
+    """The process's nice value and scheduling policy (0 = SCHED_OTHER, 2 = SCHED_RR) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return {"nice": int(fields[16]), "policy": int(fields[38]), "rt_priority": int(fields[37])}
+
+
 def active_calls(inst: AsteriskInstance) -> int:
     m = re.search(r"(\d+) active call", inst.rx("core show channels count"))
     return int(m.group(1)) if m else 0
@@ -270,6 +276,7 @@ def run_level(
         pin([apid], gateway_cpus)
         pin(agent.pids(), generator_cpus)
         rss_idle = rss_mib(apid)
+        out["asterisk_scheduling"] = scheduling(apid)
         counters = {
             "carrier": MediaCounter((uac_base, uac_base + 2 * lp.calls + 99)).install(),
             "gateway": MediaCounter(rtp).install(),

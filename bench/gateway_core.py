@@ -3,7 +3,7 @@ reference in the same run.
 
 **Gateway core** (``run_core``): Asterisk pinned to CPU 0, every generator (carrier, agent, echoes) to CPU 1, so
 the generators never take the gateway's core. Per repetition, the product's rendered config and the hand-written
-minimal relay (bench/reference/) are each **ramped** (bench/ramp.py: 100, 200, ... until a level fails, then one
+minimal relay (bench/reference/) are each **ramped** (bench/ramp.py: 50, 150, 250, ... until a level fails, then one
 step half-way) to the highest level with 0 failed calls and < 1 % end-to-end loss: relayed calls per gateway core.
 The fixed CPU calibration loop (bench/calibrate.py) runs on CPU 0 before and after. Reported: calls per core per
 run and their spread, the ratio rendered / reference per run, CPU per call (at the highest level both configs
@@ -13,7 +13,7 @@ calls for the recommended instance types.
 **Media delay** (``run_media``): at 1, 100, 300 calls and the highest level found above, the same pinned topology
 with the carrier's audio marked per frame and a few seconds of the steady window captured on loopback
 (bench/media_delay.py): added delay p50/p99/p99.9 and added jitter per direction, for the rendered config, the
-reference and the no-gateway control (the agent's echo)."""
+reference, the candidate ``highpriority`` (bench/variants.py) and the no-gateway control (the agent's echo)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from bench.calibrate import measure as calibrate
 from bench.calibrate import per_call_in_loops
 from bench.capacity import ConfigVariant, LevelPlan, run_level
 from bench.ramp import Ramp, ratios, spread
-from bench.variants import REFERENCE, RENDERED
+from bench.variants import PRIORITY, REFERENCE, RENDERED
 
 GATEWAY_CPUS = "0"
 GENERATOR_CPUS = "1"
@@ -52,7 +52,7 @@ def core_plan(calls: int, *, quick: bool) -> LevelPlan:
 
 
 def _ramp(quick: bool) -> Ramp:
-    return Ramp(start=10, step=20, top=50) if quick else Ramp(start=100, step=100, top=800)
+    return Ramp(start=10, step=20, top=50) if quick else Ramp(start=50, step=100, top=850)
 
 
 def ramp_config(
@@ -142,6 +142,9 @@ def run_core(
             f"  run {i + 1}: calls per core {rep[RENDERED.name]['calls_per_core']} "
             f"(reference {rep[REFERENCE.name]['calls_per_core']})"
         )
+    # the candidate once, right after the last run: its before/after against that run's rendered ramp
+    log(f"  candidate {PRIORITY.name}, ramped once")
+    candidate = ramp_config(root, work / "candidate", PRIORITY, quick=quick, log=log)
     cal_after = calibrate(GATEWAY_CPUS)
     cal = min((cal_before, cal_after), key=lambda c: float(c["loop_cpu_s"] or 0))
     summary = core_summary(reps, cal)
@@ -149,7 +152,7 @@ def run_core(
     return {
         "method": (
             f"Asterisk pinned to CPU {GATEWAY_CPUS}, the generators to CPU {GENERATOR_CPUS} (taskset, every thread); "
-            "each config ramped (100, 200, ... to the first failing level, then once half-way) to the highest level "
+            "each config ramped (50, 150, 250, ... to the first failing level, then once half-way) to the highest level "
             "with 0 failed calls and < 1 % end-to-end loss; the rendered config and the hand-written reference "
             "alternate within each run"
         ),
@@ -160,6 +163,14 @@ def run_core(
         "asterisk_cpu_pct_per_call": summary["cpu_per_call_spread"]["median"],
         "cpu_per_call_ratio_to_reference": summary["cpu_per_call_ratio_to_reference"]["median"],
         "summary": summary,
+        "candidate": {
+            "config": PRIORITY.name,
+            "description": PRIORITY.description,
+            "calls_per_core": candidate["calls_per_core"],
+            "rendered_calls_per_core_last_run": reps[-1][RENDERED.name]["calls_per_core"] if reps else None,
+            "history": candidate["history"],
+            "levels": candidate["levels"],
+        },
         "runs": reps,
     }
 
@@ -173,6 +184,7 @@ def _level_figures(row: dict[str, Any]) -> dict[str, Any]:
         "failed_calls": row.get("failed_calls"),
         "loss_e2e_pct": row.get("loss_pct", {}).get("end_to_end"),
         "asterisk_cpu_pct": row.get("cpu_pct", {}).get("asterisk"),
+        "asterisk_scheduling": row.get("asterisk_scheduling"),
         "machine_cpu_pct": row.get("cpu_pct", {}).get("machine"),
         **md,
     }
@@ -189,6 +201,7 @@ def media_summary(levels: list[dict[str, Any]]) -> dict[str, Any]:
     """Headline figures at the goal's level (300 calls, else the highest measured) and ratios to the reference."""
     rendered = [lv for lv in levels if lv["config"] == RENDERED.name]
     reference = {lv["calls"]: lv for lv in levels if lv["config"] == REFERENCE.name}
+    candidate = {lv["calls"]: lv for lv in levels if lv["config"] == PRIORITY.name}
     at = next((lv for lv in rendered if lv["calls"] == GOAL_DELAY_CALLS), rendered[-1] if rendered else None)
     rows = []
     for lv in rendered:
@@ -202,6 +215,12 @@ def media_summary(levels: list[dict[str, Any]]) -> dict[str, Any]:
                 "delay_p99_ratio_to_reference": round(p99 / ref_p99, 3) if p99 is not None and ref_p99 else None,
                 "control_echo_p99_ms": lv.get("control_echo", {}).get("delay_ms", {}).get("p99"),
                 "added_jitter_median_ms": worst(lv, "added_jitter_ms", "median"),
+                f"{PRIORITY.name}_delay_p99_ms": worst(candidate[lv["calls"]], "delay_ms", "p99")
+                if lv["calls"] in candidate
+                else None,
+                f"{PRIORITY.name}_added_jitter_median_ms": worst(candidate[lv["calls"]], "added_jitter_ms", "median")
+                if lv["calls"] in candidate
+                else None,
             }
         )
     return {
@@ -230,7 +249,7 @@ def run_media(
         base.append(highest)
     levels: list[dict[str, Any]] = []
     for calls in sorted(base):
-        for variant in (RENDERED, REFERENCE):
+        for variant in (RENDERED, REFERENCE, PRIORITY):
             lp = core_plan(calls, quick=quick)
             lp.steady_s = max(lp.steady_s, CAPTURE_S + 1)
             lp.call_s = max(lp.call_s, lp.ramp_s + 3 + lp.steady_s + 3)

@@ -27,6 +27,7 @@ import struct
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 Endpoint = tuple[str, int]
 Flow = tuple[Endpoint, Endpoint]
@@ -226,10 +227,10 @@ def rfc3550_jitter(packets: Iterable[Packet], clock_hz: int = RTP_CLOCK_HZ) -> f
     return jitter * 1000 / clock_hz
 
 
-def quantiles_ms(values_ns: Sequence[int]) -> dict[str, float | int | None]:
+def quantiles_ms(values_ns: Sequence[int]) -> dict[str, Any]:
     """p50/p99/p99.9/max of delays in milliseconds (inclusive method; ``None`` when empty)."""
     if not values_ns:
-        return {"packets": 0, "p50": None, "p99": None, "p99_9": None, "max": None}
+        return {"packets": 0, "p50": None, "p99": None, "p99_9": None, "max": None, "curve": []}
     ordered = sorted(values_ns)
     q = [float(ordered[0])] * 999 if len(ordered) == 1 else statistics.quantiles(ordered, n=1000, method="inclusive")
     ms = NS_PER_MS

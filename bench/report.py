@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from bench.common import REPO, RESULTS
 
@@ -267,7 +267,7 @@ def goal_rows(results: dict[str, Any]) -> list[tuple[str, str, Any, str, str]]:
     rto = results.get("failover_rto_s") or {}
     wp = loc.get("watch_peer", {})
 
-    def num(v: Any) -> bool:
+    def num(v: Any) -> TypeGuard[int | float]:
         return isinstance(v, int | float) and not isinstance(v, bool)
 
     core = results.get("gateway_core") or {}
@@ -291,8 +291,8 @@ def goal_rows(results: dict[str, Any]) -> list[tuple[str, str, Any, str, str]]:
             "- (ratio, measured side by side)",
             core.get("ratio_to_reference"),
             "-",
-            f"calls per core, rendered / the hand-written minimal relay, per run "
-            f"{[round(x, 3) for x in cs.get('ratio_to_reference', {}).values() if isinstance(x, float)][:0] or ''}"
+            f"calls per core, rendered / the hand-written minimal relay, each run's pair: min "
+            f"{(cs.get('ratio_to_reference') or {}).get('min')}, max {(cs.get('ratio_to_reference') or {}).get('max')} "
             f"(spread {(cs.get('ratio_to_reference') or {}).get('spread_pct')} %)",
         ),
         (
@@ -619,6 +619,11 @@ def core_text(results: dict[str, Any], pngs: list[str]) -> list[str]:
         f"{s['cpu_per_call_in_loops']}",
         f"- calibration loop on the gateway's core (bench/calibrate.py): before {cal.get('before')}, after "
         f"{cal.get('after')} (wall/CPU above 1 = the core was shared with other work)",
+        f"- candidate `{(core.get('candidate') or {}).get('config')}` "
+        f"({(core.get('candidate') or {}).get('description')}), ramped once after the last run: "
+        f"**{_fmt((core.get('candidate') or {}).get('calls_per_core'))}** calls per core (levels "
+        f"{(core.get('candidate') or {}).get('history')}), against rendered "
+        f"{_fmt((core.get('candidate') or {}).get('rendered_calls_per_core_last_run'))} in that run",
         "",
         "Projected for the recommended instance types (linear in cores at this machine's per-core speed; a Graviton "
         "core's speed differs: run `python -m bench.calibrate` there and scale by the loop's CPU time):",

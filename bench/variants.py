@@ -22,3 +22,10 @@ REFERENCE = ConfigVariant(
     "the fixed reference: a minimal hand-written relay (bench/reference/), the same topology, never changed",
     hand_written=True,
 )
+
+PRIORITY = ConfigVariant(
+    "highpriority",
+    "candidate: the rendered config plus asterisk.conf `highpriority = yes` (Asterisk runs real-time, SCHED_RR, "
+    "ahead of the host's other work)",
+    asterisk_options={"highpriority": "yes"},
+)

@@ -152,8 +152,8 @@ def run_core(
     return {
         "method": (
             f"Asterisk pinned to CPU {GATEWAY_CPUS}, the generators to CPU {GENERATOR_CPUS} (taskset, every thread); "
-            "each config ramped (50, 150, 250, ... to the first failing level, then once half-way) to the highest level "
-            "with 0 failed calls and < 1 % end-to-end loss; the rendered config and the hand-written reference "
+            "each config ramped (50, 150, 250, ... to the first failing level, then once half-way) to the highest "
+            "level with 0 failed calls and < 1 % end-to-end loss; the rendered config and the hand-written reference "
             "alternate within each run"
         ),
         "pinning": {"gateway": GATEWAY_CPUS, "generators": GENERATOR_CPUS},

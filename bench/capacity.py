@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sip_trunk_local.asterisk_runner import AsteriskInstance, hosts_file, use_private_hosts
+from sip_trunk_local.asterisk_runner import AsteriskError, AsteriskInstance, hosts_file, use_private_hosts
 from sip_trunk_local.harness.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from sip_trunk_local.rtp import reserve_rtp_range
 from sip_trunk_local.sipp import Sipp, free_port
@@ -190,6 +190,29 @@ def active_calls(inst: AsteriskInstance) -> int:
     return int(m.group(1)) if m else 0
 
 
+@dataclass
+class Cli:
+    """CLI queries during a level: a gateway too starved to answer its CLI in time is a result of the level
+    (counted in ``timeouts``), not a broken benchmark."""
+
+    inst: AsteriskInstance
+    timeouts: int = 0
+
+    def calls(self, default: int) -> int:
+        try:
+            return active_calls(self.inst)
+        except AsteriskError:
+            self.timeouts += 1
+            return default
+
+    def bridges(self) -> dict[str, int]:
+        try:
+            return _bridge_technologies(self.inst)
+        except AsteriskError:
+            self.timeouts += 1
+            return {}
+
+
 def _bridge_technologies(inst: AsteriskInstance) -> dict[str, int]:
     """How many bridges use each technology (native_rtp = relayed without decoding, simple_bridge = frames)."""
     counts: dict[str, int] = {}
@@ -299,8 +322,9 @@ def run_level(
         # ramp: wait for every call (or the end of the ramp plus a margin), then let media settle
         deadline = time.monotonic() + lp.ramp_s + 8
         up = 0
+        cli = Cli(gw)
         while time.monotonic() < deadline:
-            up = active_calls(gw)
+            up = cli.calls(up)
             if up >= lp.calls:
                 break
             time.sleep(0.5)
@@ -311,12 +335,12 @@ def run_level(
         window.start()
         if capture_s is not None:
             capture = MediaCapture(workdir / "capture.bin", min(capture_s, lp.steady_s), generator_cpus).start()
-        bridges = _bridge_technologies(gw)
+        bridges = cli.bridges()
         steady_end = time.monotonic() + lp.steady_s
         min_up = up
         while time.monotonic() < steady_end:
             time.sleep(min(2.0, max(0.0, steady_end - time.monotonic())))
-            min_up = min(min_up, active_calls(gw))
+            min_up = min(min_up, cli.calls(min_up))
         cpu = window.stop()
         after = {k: c.counts() for k, c in counters.items()}
         if capture is not None:
@@ -365,6 +389,7 @@ def run_level(
                 "log_maxload": len(re.findall(r"loadavg", log_text, re.IGNORECASE)),
                 "log_sample": [ln for ln in log_text.splitlines() if "WARNING" in ln or "ERROR" in ln][:5],
                 "bridges": bridges,
+                "cli_timeouts": cli.timeouts,
             }
         )
         e2e = out["loss_pct"]["end_to_end"]

@@ -37,6 +37,7 @@ RECORD = struct.Struct("<qH")  # capture record: timestamp ns, frame length; the
 MARK_MAGIC = 0xD5  # first payload byte of a marked frame (u-law: a quiet sample)
 RTP_CLOCK_HZ = 8000
 NS_PER_MS = 1_000_000
+MAX_DELAY_NS = 2000 * NS_PER_MS  # a relayed packet later than this counts as unmatched (the loop is 7 s long)
 CURVE_PERMILLE = (100, 250, 500, 750, 900, 950, 990, 995, 999)  # the distribution kept for the plots
 
 
@@ -179,7 +180,7 @@ def pair_flows(ins: Sequence[Packet], outs: Sequence[Packet], max_delay_ns: int)
             scored.append((_iqr(delays), median, fout, fin))
     pairs: dict[Flow, Flow] = {}
     used: set[Flow] = set()
-    for _iq, _med, fout, fin in sorted(scored):
+    for _iqr_ns, _median, fout, fin in sorted(scored):
         if fout in pairs or fin in used:
             continue
         pairs[fout] = fin
@@ -195,7 +196,7 @@ class Matched:
     unmatched_out: int
 
 
-def match(ins: Sequence[Packet], outs: Sequence[Packet], max_delay_ns: int = 200 * NS_PER_MS) -> list[Matched]:
+def match(ins: Sequence[Packet], outs: Sequence[Packet], max_delay_ns: int = MAX_DELAY_NS) -> list[Matched]:
     """Per paired flow, each outgoing packet's delay after the incoming packet with its marker (the latest one at
     most ``max_delay_ns`` before it, each incoming packet used once)."""
     pairs = pair_flows(ins, outs, max_delay_ns)
@@ -280,6 +281,7 @@ def relay_figures(ins: Sequence[Packet], outs: Sequence[Packet]) -> dict[str, ob
         "packets_in": len(ins),
         "packets_out": len(outs),
         "unmatched_out": sum(m.unmatched_out for m in matched),
+        "unmatched_pct": round(100 * sum(m.unmatched_out for m in matched) / len(outs), 3) if outs else None,
         "delay_ms": quantiles_ms(delays),
         "jitter_in_ms": q(j_in),
         "jitter_out_ms": q(j_out),

@@ -13,7 +13,8 @@ calls for the recommended instance types.
 **Media delay** (``run_media``): at 1, 100, 300 calls and the highest level found above, the same pinned topology
 with the carrier's audio marked per frame and a few seconds of the steady window captured on loopback
 (bench/media_delay.py): added delay p50/p99/p99.9 and added jitter per direction, for the rendered config, the
-reference, the candidate ``highpriority`` (bench/variants.py) and the no-gateway control (the agent's echo)."""
+reference, the candidate (bench/variants.py: the rendered config at normal priority) and the no-gateway control
+(the agent's echo)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from bench.calibrate import measure as calibrate
 from bench.calibrate import per_call_in_loops
 from bench.capacity import ConfigVariant, LevelPlan, run_level
 from bench.ramp import Ramp, ratios, spread
-from bench.variants import PRIORITY, REFERENCE, RENDERED
+from bench.variants import CANDIDATE, REFERENCE, RENDERED
 
 GATEWAY_CPUS = "0"
 GENERATOR_CPUS = "1"
@@ -98,6 +99,9 @@ def core_summary(reps: list[dict[str, Any]], cal: dict[str, Any]) -> dict[str, A
         cpu_ref.append(_cpu_at(r_rows, level) if level else None)
     loop_cpu = cal.get("loop_cpu_s")
     calls = spread([float(x) for x in product])
+    # the core's worth: one core / CPU per call at a passing level (the level found is bounded by the share of the
+    # core Asterisk got beside other work; this is what a whole core would carry at that CPU per call)
+    from_cpu = [round(100 / c) if c else None for c in cpu_prod]
     median_calls = calls["median"]
     return {
         "runs": len(reps),
@@ -111,6 +115,7 @@ def core_summary(reps: list[dict[str, Any]], cal: dict[str, Any]) -> dict[str, A
         "cpu_per_call_ratio_to_reference": spread(ratios(cpu_prod, cpu_ref)),
         "cpu_per_call_spread": spread([c for c in cpu_prod if c is not None]),
         "cpu_per_call_in_loops": [per_call_in_loops(c, loop_cpu) for c in cpu_prod],
+        "calls_per_whole_core_from_cpu": from_cpu,
         "projected_calls": {
             name: {
                 "calls": int(median_calls * t["vcpus"]) if median_calls is not None else None,
@@ -143,8 +148,8 @@ def run_core(
             f"(reference {rep[REFERENCE.name]['calls_per_core']})"
         )
     # the candidate once, right after the last run: its before/after against that run's rendered ramp
-    log(f"  candidate {PRIORITY.name}, ramped once")
-    candidate = ramp_config(root, work / "candidate", PRIORITY, quick=quick, log=log)
+    log(f"  candidate {CANDIDATE.name}, ramped once")
+    candidate = ramp_config(root, work / "candidate", CANDIDATE, quick=quick, log=log)
     cal_after = calibrate(GATEWAY_CPUS)
     cal = min((cal_before, cal_after), key=lambda c: float(c["loop_cpu_s"] or 0))
     summary = core_summary(reps, cal)
@@ -164,8 +169,8 @@ def run_core(
         "cpu_per_call_ratio_to_reference": summary["cpu_per_call_ratio_to_reference"]["median"],
         "summary": summary,
         "candidate": {
-            "config": PRIORITY.name,
-            "description": PRIORITY.description,
+            "config": CANDIDATE.name,
+            "description": CANDIDATE.description,
             "calls_per_core": candidate["calls_per_core"],
             "rendered_calls_per_core_last_run": reps[-1][RENDERED.name]["calls_per_core"] if reps else None,
             "history": candidate["history"],
@@ -201,7 +206,7 @@ def media_summary(levels: list[dict[str, Any]]) -> dict[str, Any]:
     """Headline figures at the goal's level (300 calls, else the highest measured) and ratios to the reference."""
     rendered = [lv for lv in levels if lv["config"] == RENDERED.name]
     reference = {lv["calls"]: lv for lv in levels if lv["config"] == REFERENCE.name}
-    candidate = {lv["calls"]: lv for lv in levels if lv["config"] == PRIORITY.name}
+    candidate = {lv["calls"]: lv for lv in levels if lv["config"] == CANDIDATE.name}
     at = next((lv for lv in rendered if lv["calls"] == GOAL_DELAY_CALLS), rendered[-1] if rendered else None)
     rows = []
     for lv in rendered:
@@ -215,10 +220,10 @@ def media_summary(levels: list[dict[str, Any]]) -> dict[str, Any]:
                 "delay_p99_ratio_to_reference": round(p99 / ref_p99, 3) if p99 is not None and ref_p99 else None,
                 "control_echo_p99_ms": lv.get("control_echo", {}).get("delay_ms", {}).get("p99"),
                 "added_jitter_median_ms": worst(lv, "added_jitter_ms", "median"),
-                f"{PRIORITY.name}_delay_p99_ms": worst(candidate[lv["calls"]], "delay_ms", "p99")
+                f"{CANDIDATE.name}_delay_p99_ms": worst(candidate[lv["calls"]], "delay_ms", "p99")
                 if lv["calls"] in candidate
                 else None,
-                f"{PRIORITY.name}_added_jitter_median_ms": worst(candidate[lv["calls"]], "added_jitter_ms", "median")
+                f"{CANDIDATE.name}_added_jitter_median_ms": worst(candidate[lv["calls"]], "added_jitter_ms", "median")
                 if lv["calls"] in candidate
                 else None,
             }
@@ -249,7 +254,7 @@ def run_media(
         base.append(highest)
     levels: list[dict[str, Any]] = []
     for calls in sorted(base):
-        for variant in (RENDERED, REFERENCE, PRIORITY):
+        for variant in (RENDERED, REFERENCE, CANDIDATE):
             lp = core_plan(calls, quick=quick)
             lp.steady_s = max(lp.steady_s, CAPTURE_S + 1)
             lp.call_s = max(lp.call_s, lp.ramp_s + 3 + lp.steady_s + 3)

@@ -232,6 +232,20 @@ def promote(results: dict[str, Any]) -> None:
     if isinstance(cap, dict) and "levels" in cap:
         cap.update(headline(cap))
         cap["summary"] = summarize(cap)
+    core = results.get("gateway_core")
+    if isinstance(core, dict) and core.get("runs"):
+        from bench.gateway_core import core_summary
+
+        cal = core.get("calibration", {})
+        best: dict[str, Any] = min(
+            (c for c in (cal.get("before"), cal.get("after")) if c), key=lambda c: c["loop_cpu_s"], default={}
+        )
+        core["summary"] = core_summary(core["runs"], best)
+    media = results.get("media_delay")
+    if isinstance(media, dict) and media.get("levels"):
+        from bench.gateway_core import media_summary
+
+        media.update(media_summary(media["levels"]))
     local = results.get("local")
     if isinstance(local, dict) and "provision_s" in local:
         results["provision_s"] = dict(local["provision_s"])
@@ -248,7 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="gateway_core: runs of the side-by-side ramp (>= 3)")
     ap.add_argument("--keep-work", action="store_true", help="keep the sipp/Asterisk working files")
     ap.add_argument("--fresh", action="store_true", help="do not keep the sections not run from the last results")
+    ap.add_argument("--report-only", action="store_true", help="regenerate the figures, plots and doc from latest.json")
     args = ap.parse_args(argv)
+    if args.report_only:
+        from bench.report import write_report
+
+        previous = load_previous(RESULTS / "latest.json")
+        promote(previous)
+        (RESULTS / "latest.json").write_text(json.dumps(previous, indent=2, sort_keys=False) + "\n")
+        write_report(previous, quick=False)
+        return 0
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows under make/tee
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))

@@ -206,7 +206,8 @@ def media_summary(levels: list[dict[str, Any]]) -> dict[str, Any]:
     """Headline figures at the goal's level (300 calls, else the highest measured) and ratios to the reference."""
     rendered = [lv for lv in levels if lv["config"] == RENDERED.name]
     reference = {lv["calls"]: lv for lv in levels if lv["config"] == REFERENCE.name}
-    candidate = {lv["calls"]: lv for lv in levels if lv["config"] == CANDIDATE.name}
+    others = sorted({lv["config"] for lv in levels} - {RENDERED.name, REFERENCE.name})
+    by_config = {name: {lv["calls"]: lv for lv in levels if lv["config"] == name} for name in others}
     at = next((lv for lv in rendered if lv["calls"] == GOAL_DELAY_CALLS), rendered[-1] if rendered else None)
     rows = []
     for lv in rendered:
@@ -220,12 +221,11 @@ def media_summary(levels: list[dict[str, Any]]) -> dict[str, Any]:
                 "delay_p99_ratio_to_reference": round(p99 / ref_p99, 3) if p99 is not None and ref_p99 else None,
                 "control_echo_p99_ms": lv.get("control_echo", {}).get("delay_ms", {}).get("p99"),
                 "added_jitter_median_ms": worst(lv, "added_jitter_ms", "median"),
-                f"{CANDIDATE.name}_delay_p99_ms": worst(candidate[lv["calls"]], "delay_ms", "p99")
-                if lv["calls"] in candidate
-                else None,
-                f"{CANDIDATE.name}_added_jitter_median_ms": worst(candidate[lv["calls"]], "added_jitter_ms", "median")
-                if lv["calls"] in candidate
-                else None,
+                **{
+                    f"{name}_delay_p99_ms": worst(rows_by_calls[lv["calls"]], "delay_ms", "p99")
+                    for name, rows_by_calls in by_config.items()
+                    if lv["calls"] in rows_by_calls
+                },
             }
         )
     return {
@@ -238,6 +238,17 @@ def media_summary(levels: list[dict[str, Any]]) -> dict[str, Any]:
             (r["delay_p99_ratio_to_reference"] for r in rows if at and r["calls"] == at["calls"]), None
         ),
         "per_level": rows,
+        "candidates_at_goal_level": {
+            name: {
+                "delay_p50_ms": worst(rows_by_calls[at["calls"]], "delay_ms", "p50"),
+                "delay_p99_ms": worst(rows_by_calls[at["calls"]], "delay_ms", "p99"),
+                "delay_p99_9_ms": worst(rows_by_calls[at["calls"]], "delay_ms", "p99_9"),
+                "added_jitter_ms": worst(rows_by_calls[at["calls"]], "added_jitter_ms", "median"),
+                "ok": rows_by_calls[at["calls"]].get("ok"),
+            }
+            for name, rows_by_calls in by_config.items()
+            if at and at["calls"] in rows_by_calls
+        },
     }
 
 

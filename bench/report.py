@@ -337,6 +337,39 @@ def goal_rows(results: dict[str, Any]) -> list[tuple[str, str, Any, str, str]]:
             _verdict(jit <= GOAL_ADDED_JITTER_MS if num(jit) and at == GOAL_DELAY_CALLS else None),
             "RFC 3550 interarrival jitter out - in, median over the calls, the worse direction",
         ),
+        *[
+            (
+                f"media_delay.candidates_at_goal_level.{name}.delay_p99_ms",
+                f"≤ {GOAL_DELAY_P99_MS:g} ms p99 added per packet at {GOAL_DELAY_CALLS} calls",
+                c.get("delay_p99_ms"),
+                _verdict(c["delay_p99_ms"] <= GOAL_DELAY_P99_MS if num(c.get("delay_p99_ms")) else None),
+                f"config `{name}` beside the above, same run (p50 {c.get('delay_p50_ms')}, p99.9 "
+                f"{c.get('delay_p99_9_ms')} ms; calls ok: {c.get('ok')})",
+            )
+            for name, c in (media.get("candidates_at_goal_level") or {}).items()
+        ],
+        *[
+            (
+                f"media_delay.candidates_at_goal_level.{name}.added_jitter_ms",
+                f"≤ {GOAL_ADDED_JITTER_MS:g} ms added jitter at {GOAL_DELAY_CALLS} calls",
+                c.get("added_jitter_ms"),
+                _verdict(c["added_jitter_ms"] <= GOAL_ADDED_JITTER_MS if num(c.get("added_jitter_ms")) else None),
+                f"config `{name}`, same run",
+            )
+            for name, c in (media.get("candidates_at_goal_level") or {}).items()
+        ],
+        (
+            "gateway_core.candidate.calls_per_core",
+            f"≥ {GOAL_CALLS_PER_CORE} relayed calls per gateway core, 0 failed, < {GOAL_LOSS} % loss",
+            (core.get("candidate") or {}).get("calls_per_core"),
+            _verdict(
+                core["candidate"]["calls_per_core"] >= GOAL_CALLS_PER_CORE
+                if num((core.get("candidate") or {}).get("calls_per_core"))
+                else None
+            ),
+            f"config `{(core.get('candidate') or {}).get('config')}`, ramped once right after the last run "
+            f"(rendered {(core.get('candidate') or {}).get('rendered_calls_per_core_last_run')} in that run)",
+        ),
         (
             "capacity.max_concurrent_calls",
             f"≥ {GOAL_CALLS} concurrent bridged G.711 calls, 0 failed, < {GOAL_LOSS} % RTP loss",

@@ -119,19 +119,22 @@ def section_plots(results: dict[str, Any], prefix: str) -> list[str]:
         written.append(path.name)
     media = results.get("media_delay")
     if isinstance(media, dict) and "levels" in media:
-        fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2), sharey=True)
+        calls_levels = sorted({lv["calls"] for lv in media["levels"]})
+        colours = {c: f"C{i}" for i, c in enumerate(calls_levels)}
+        styles = {"rendered": "-", "reference": ":"}
         for ax, direction in zip(axes, ("to_agent", "to_carrier"), strict=True):
             for lv in media["levels"]:
                 curve = (lv.get(direction) or {}).get("delay_ms", {}).get("curve") or []
                 if curve:
-                    style = "-" if lv["config"] == "rendered" else "--"
-                    ax.plot([c[1] for c in curve], [1 - c[0] for c in curve], style, marker=".",
+                    ax.plot([c[1] for c in curve], [1 - c[0] for c in curve], styles.get(lv["config"], "--"),
+                            color=colours[lv["calls"]], marker=".", linewidth=1.2,
                             label=f"{lv['config']} {lv['calls']} calls")  # fmt: skip
             for lv in media["levels"]:
                 curve = (lv.get("control_echo") or {}).get("delay_ms", {}).get("curve") or []
                 if curve and lv["config"] == "rendered" and direction == "to_agent":
-                    ax.plot([c[1] for c in curve], [1 - c[0] for c in curve], ":", color="grey",
-                            label=f"no-gateway echo control {lv['calls']} calls")  # fmt: skip
+                    ax.plot([c[1] for c in curve], [1 - c[0] for c in curve], "-", color="grey", linewidth=0.6,
+                            alpha=0.7, label=f"no-gateway echo control {lv['calls']} calls")  # fmt: skip
             ax.axvline(GOAL_DELAY_P99_MS, color="red", linestyle="--", linewidth=1, label="goal p99 1 ms")
             ax.axhline(0.01, color="grey", linewidth=0.5)
             ax.set_xscale("log")
@@ -139,9 +142,12 @@ def section_plots(results: dict[str, Any], prefix: str) -> list[str]:
             ax.set_xlabel(f"added delay (ms), {direction.replace('_', ' ')}")
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("share of packets delayed more (0.01 = p99)")
-        axes[0].legend(fontsize=6)
-        fig.suptitle(where(results, "media_delay"), fontsize=7)
-        fig.tight_layout()
+        fig.legend(*axes[0].get_legend_handles_labels(), fontsize=6, loc="center right")
+        fig.suptitle(
+            where(results, "media_delay") + "; line style: rendered solid, reference dotted, candidate dashed",
+            fontsize=7,
+        )
+        fig.tight_layout(rect=(0, 0, 0.8, 1))
         path = RESULTS / f"{prefix}media_delay.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)

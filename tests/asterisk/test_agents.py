@@ -26,7 +26,17 @@ from standin import ELEVENLABS_HOST, SHARED_IP, Standin, hosts_file, start_stand
 from support.asterisk import AsteriskInstance
 from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
 from support.rtp import rtp_range
-from support.sipp import SIPP_SHARE, Sipp, SippResult, free_media_port, free_port, run_sipp, scenario_path
+from support.sipp import (
+    SIPP_SHARE,
+    Sipp,
+    SippResult,
+    auth_field,
+    free_media_port,
+    free_port,
+    run_sipp,
+    scenario_path,
+    write_injection,
+)
 
 AsteriskFactory = Callable[..., AsteriskInstance]
 Edit = Callable[[str, str], str]
@@ -36,6 +46,8 @@ pytestmark = pytest.mark.asterisk
 
 GATEWAY_IP = "127.0.0.1"
 CARRIER_IP = "127.0.0.5"
+PHONE_IP = "127.0.0.7"
+PHONE_PASSWORD = "phone-1001-NOT-A-SECRET"
 
 DEFAULT = "+14155550100"  # examples/minimal.yaml: the default agent's number
 SALES = "+14155550111"
@@ -136,6 +148,7 @@ def start_rig(
     settings, secrets = load_example("minimal")
     el = settings["elevenlabs"]
     secrets["ssm:/demo/sip/support-out"] = SUPPORT_PASSWORD
+    secrets["ssm:/demo/sip/ext-1001"] = PHONE_PASSWORD
     sip_port = free_port(GATEWAY_IP)
     standin = start_standin(
         asterisk_factory,
@@ -273,6 +286,39 @@ def test_an_ivr_choice_reaches_the_named_agent(
     assert result.ok, result.describe() + rig.gateway.diagnostics()
     # Then the sales agent took the call (the control: the default agent took it instead)
     assert wait_for(lambda: rig.standin.agent_calls(), 5)
+    assert rig.standin.agent_calls() == [DEFAULT if control else SALES], rig.standin.inst.log_text("messages")
+
+
+# ---------------------------------------------------------------------------------------- softphones
+
+
+@pytest.mark.parametrize("control", [False, True], ids=["routed", "negative-control-without-the-extension-route"])
+def test_a_softphone_dialling_an_agent_extension_reaches_that_agent(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, rigs: list[Rig], control: bool
+) -> None:
+    # Given softphone 1001, and the sales agent on extension 801 (the default agent stays on 800)
+    overrides = {
+        "agents": [{**agents_settings()["agents"][0], "extension": "801"}],
+        "extensions": [{"number": "1001", "password": "ssm:/demo/sip/ext-1001"}],
+    }
+    edit = replacing("extensions.conf", "Goto(route-agent-sales,s,1)", "Goto(route-agent,s,1)") if control else None
+    rig = start_rig(asterisk_factory, tmp_path, rigs, overrides, dids=[], edit=edit)
+    # When the softphone dials 801
+    users = write_injection(tmp_path / "phone.csv", [["1001", auth_field("1001", PHONE_PASSWORD)]])
+    result = run_sipp(
+        "uac_auth_pcap.xml",
+        tmp_path / "phone",
+        remote=f"{GATEWAY_IP}:{rig.sip_port}",
+        transport="t1",
+        local_ip=PHONE_IP,
+        service="801",
+        inject=users,
+        duration_ms=1000,
+        media_port=free_media_port(PHONE_IP),
+        timeout=30,
+    )
+    # Then the sales agent took the call (the control: the default agent took it instead)
+    assert result.ok, result.describe() + rig.gateway.diagnostics()
     assert rig.standin.agent_calls() == [DEFAULT if control else SALES], rig.standin.inst.log_text("messages")
 
 

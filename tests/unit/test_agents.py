@@ -199,6 +199,16 @@ def test_an_agent_endpoint_may_not_collide_with_a_carrier() -> None:
     parse_settings(with_agents({"name": "support", "phone_number": SUPPORT}, carriers=[carrier]))
 
 
+def test_an_agent_extension_must_be_free() -> None:
+    phone = [{"number": "1001", "password": "ssm:/demo/sip/ext-1001"}]
+    taken = error_of(with_agents({**SALES_AGENT, "extension": "1001"}, extensions=phone))
+    assert "agent sales: extension 1001 is a softphone's number" in taken
+    default = error_of(with_agents({**SALES_AGENT, "extension": "800"}))
+    assert "agents 'default' and 'sales' have the same extension 800" in default
+    [_, sales] = parse_settings(with_agents({**SALES_AGENT, "extension": "801"})).agent_routes()
+    assert sales.extension == "801"
+
+
 # --- rendering --------------------------------------------------------------------------------------
 
 

@@ -323,6 +323,9 @@ class Agent(_Strict):
     outbound_password: SecretRef | None = None
     max_calls: int | None = Field(default=None, ge=1, le=10000, description="as elevenlabs.max_calls, per agent")
     fallback: AgentFallback = Field(default_factory=AgentFallback)
+    extension: ExtensionNumber | None = Field(
+        default=None, description="what softphones dial to reach this agent (the default agent's is agent_extension)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Agent:
@@ -350,6 +353,8 @@ class AgentRoute:
     fallback: AgentFallback
     is_default: bool
     endpoint: str
+    extension: str | None
+    """What softphones dial to reach it (the default agent's: `dialplan.agent_extension`)."""
     """The outbound endpoint that calls it: the default's, unless its credentials differ."""
 
 
@@ -651,6 +656,17 @@ class Settings(_Strict):
             by_number[r.phone_number] = r.name
         ids = [r.phone_number_id for r in routes if r.phone_number_id is not None]
         _unique(ids, "agents' phone_number_id")
+        dialled: dict[str, str] = {}
+        for r in routes:
+            if r.extension is None:
+                continue
+            if r.extension in numbers and not r.is_default:  # the default's: dialplan.agent_extension's own check
+                raise ValueError(f"agent {r.name}: extension {r.extension} is a softphone's number")
+            if r.extension in dialled:
+                raise ValueError(
+                    f"agents '{dialled[r.extension]}' and '{r.name}' have the same extension {r.extension}"
+                )
+            dialled[r.extension] = r.name
         for r in routes:
             where = "elevenlabs.fallback" if r.is_default else f"agent {r.name}: fallback"
             fallback = r.fallback
@@ -680,6 +696,7 @@ class Settings(_Strict):
                 fallback=el.fallback,
                 is_default=True,
                 endpoint=ELEVENLABS_OUTBOUND_ENDPOINT,
+                extension=self.dialplan.agent_extension,
             )
         ]
         for agent in self.agents:
@@ -698,6 +715,7 @@ class Settings(_Strict):
                     fallback=agent.fallback,
                     is_default=False,
                     endpoint=f"{ELEVENLABS_OUTBOUND_ENDPOINT}-{agent.name}" if own else ELEVENLABS_OUTBOUND_ENDPOINT,
+                    extension=agent.extension,
                 )
             )
         return routes

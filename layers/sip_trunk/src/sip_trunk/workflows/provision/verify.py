@@ -21,7 +21,7 @@ from sip_trunk.workflows.common import (
 from sip_trunk.workflows.deps import Deps
 from sip_trunk.workflows.provision.launch import StackCheck
 from sip_trunk.workflows.provision.render import RenderResult
-from sip_trunk.workflows.provision.sync import agent_label, desired_trunks
+from sip_trunk.workflows.provision.sync import desired_trunks
 
 
 class VerifyInput(StepInput):
@@ -96,7 +96,7 @@ def _elevenlabs_check(deps: Deps, loaded: LoadedSettings, public_address: str) -
     if not others:
         return ElevenLabsCheck(**default.model_dump(exclude={"agent", "phone_number"}))
     checked = all(n.checked for n in numbers)
-    notes = [f"{agent_label(a)}: {n.note}" for a, n in zip(loaded.settings.agent_routes(), numbers) if n.note]
+    notes = [f"agent {n.agent} ({n.phone_number}): {n.note}" for n in numbers if n.note]
     return ElevenLabsCheck(
         checked=checked,
         matches=all(n.matches for n in numbers) if checked else None,

@@ -138,13 +138,17 @@ def start_rig(
     asterisk_factory: AsteriskFactory,
     tmp_path: Path,
     rigs: list[Rig],
-    overrides: dict[str, Any],
+    overrides: dict[str, Any] | Callable[[str], dict[str, Any]],
     *,
     dids: list[str],
     edit: Edit | None = None,
 ) -> Rig:
     """The stand-in holding the three numbers, and a gateway rendered from examples/minimal.yaml with
-    `overrides` (agents, routes), a carrier delivering `dids`, optionally post-edited."""
+    `overrides` (agents, routes; or a function of the gateway's directory as Asterisk sees it), a carrier
+    delivering `dids`, optionally post-edited. The gateway's `recordings` and `spool` directories exist."""
+    gateway = asterisk_factory(None, start=False)
+    if callable(overrides):
+        overrides = overrides(gateway.chroot_base)
     settings, secrets = load_example("minimal")
     el = settings["elevenlabs"]
     secrets["ssm:/demo/sip/support-out"] = SUPPORT_PASSWORD
@@ -173,11 +177,13 @@ def start_rig(
         for name in ("extensions.conf", "pjsip.conf"):
             path = rendered.asterisk_dir / name
             path.write_text(edit(name, path.read_text()))
-    gateway = asterisk_factory(
-        rendered.asterisk_dir, start=False, extra_files={"hosts": hosts_file({ELEVENLABS_HOST: SHARED_IP})}
-    )
+    gateway.config_dir = rendered.asterisk_dir
+    gateway.extra_files = {"hosts": hosts_file({ELEVENLABS_HOST: SHARED_IP})}
     use_private_hosts(gateway)
-    gateway.start()
+    gateway.prepare()
+    for directory in ("recordings", "spool"):
+        gateway.host_path(f"{gateway.chroot_base}/{directory}").mkdir(parents=True, exist_ok=True)
+    gateway.start(prepare=False)
     rigs.append(Rig(gateway, standin, sip_port, tmp_path))
     return rigs[-1]
 
@@ -400,3 +406,30 @@ def test_the_fallback_is_taken_once_per_call_even_when_agents_name_each_other(
     # sales' announcement and a clear refusal
     assert result.ok, result.describe() + rig.gateway.diagnostics()
     assert (rig.invites_relayed(NOT_IMPORTED), rig.invites_relayed(other)) == (2, 2), rig.standin.shared.events
+
+
+@pytest.mark.parametrize("control", [False, True], ids=["once", "negative-control-recording-started-twice"])
+def test_a_caller_who_falls_back_to_another_agent_is_recorded_once(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, rigs: list[Rig], control: bool
+) -> None:
+    # Given recording on, and a default agent that cannot take calls with sales as its fallback
+    def overrides(base: str) -> dict[str, Any]:
+        recording = {"recording": True, "recordings_dir": f"{base}/recordings", "recording_spool_dir": f"{base}/spool"}
+        return fallback_settings(SALES) | {"dialplan": recording}
+
+    guard = 'exten => s,1,ExecIf($["${REC_FILE}" != ""]?Return())\n same => n,Set(REC_FILE='
+    twice = replacing("extensions.conf", guard, "exten => s,1,Set(REC_FILE=")
+    rig = start_rig(asterisk_factory, tmp_path, rigs, overrides, dids=[NOT_IMPORTED], edit=twice if control else None)
+    # When a carrier caller calls, and sales takes the call
+    result = rig.call(NOT_IMPORTED, "caller", duration_ms=2000)
+    assert result.ok, result.describe() + rig.gateway.diagnostics()
+    assert rig.standin.agent_calls() == [SALES]
+    # Then the call left one upload job naming one recording (the control: the second MixMonitor's hangup
+    # handler appends a second set of lines to the same job)
+    # (hangup handlers have all run once the caller's channel is gone)
+    assert wait_for(lambda: "0 active channels" in rig.gateway.rx("core show channels count"), 10)
+    spool = rig.gateway.host_path(f"{rig.gateway.chroot_base}/spool")
+    (job,) = spool.glob("*.job")
+    text = job.read_text()
+    assert text.count("end=1\n") == (2 if control else 1), text
+    assert re.findall(r"^callee=(.*)$", text, re.M)[-1] == SALES, text

@@ -51,11 +51,13 @@ PHONE_PASSWORD = "phone-1001-NOT-A-SECRET"
 
 DEFAULT = "+14155550100"  # examples/minimal.yaml: the default agent's number
 SALES = "+14155550111"
+BOT = "sales.bot"  # a SIP identifier imported into ElevenLabs instead of a number
 SUPPORT = "+14155550122"
 NOT_IMPORTED = "+14155550199"  # a number the stand-in does not hold (404): an agent that cannot take calls
 SALES_DID = "+14155550201"
 SUPPORT_DID = "+14155550202"
 IVR_DID = "+14155550203"
+BOT_DID = "+14155550204"
 SUPPORT_USER = "support-out"
 SUPPORT_PASSWORD = "support-out-NOT-A-SECRET"
 
@@ -160,7 +162,7 @@ def start_rig(
         gateway_out=(el["outbound_username"], secrets[el["outbound_password"]]),
         gateway_in=(el["inbound_username"], secrets[el["inbound_password"]]),
         gateway_addr=(GATEWAY_IP, sip_port),
-        numbers=(SALES,),
+        numbers=(SALES, BOT),
         extra_pjsip=STANDIN_SUPPORT,
         extra_dialplan=STANDIN_SUPPORT_DIALPLAN,
     )
@@ -217,18 +219,21 @@ def routed_dids() -> dict[str, Any]:
 def test_two_dids_reach_two_agents_each_with_its_number_and_credentials(
     asterisk_factory: AsteriskFactory, tmp_path: Path, rigs: list[Rig]
 ) -> None:
-    # Given the sales DID routed to sales, the support DID to support (its own credentials), others to default
-    rig = start_rig(
-        asterisk_factory, tmp_path, rigs, agents_settings() | routed_dids(), dids=[DEFAULT, SALES_DID, SUPPORT_DID]
-    )
+    # Given the sales DID routed to sales, the support DID to support (its own credentials), a third DID to an
+    # agent imported as a SIP identifier, others to the default agent
+    settings = agents_settings() | routed_dids()
+    settings["agents"].append({"name": "bot", "sip_identifier": BOT})
+    settings["dialplan"]["did_routes"][BOT_DID] = {"kind": "agent", "agent": "bot"}
+    rig = start_rig(asterisk_factory, tmp_path, rigs, settings, dids=[DEFAULT, SALES_DID, SUPPORT_DID, BOT_DID])
     # When a carrier caller calls each DID
-    for did, label in ((SALES_DID, "sales"), (SUPPORT_DID, "support"), (DEFAULT, "default")):
+    for did, label in ((SALES_DID, "sales"), (SUPPORT_DID, "support"), (BOT_DID, "bot"), (DEFAULT, "default")):
         result = rig.call(did, label, duration_ms=1000)
         assert result.ok, result.describe() + rig.gateway.diagnostics() + rig.standin.inst.log_text("messages")
     # Then each INVITE carried its agent's number as the Request-URI user, support's with its own credentials
     assert rig.standin.agent_call_endpoints() == [
         (SALES, "gateway-out"),
         (SUPPORT, SUPPORT_USER),
+        (BOT, "gateway-out"),
         (DEFAULT, "gateway-out"),
     ], rig.standin.inst.log_text("messages")
 

@@ -467,7 +467,7 @@ def test_tls_transfer_destination_needs_tls() -> None:
         ({"kind": "ivr"}, "dialplan.ivr.enabled is false"),
         ({"kind": "announcement", "prompt": "x;Hangup()"}, "elevenlabs.fallback.prompt"),
         ({"kind": "announcement", "hangup_cause": 0}, "hangup_cause"),
-        ({"kind": "agent"}, "elevenlabs.fallback.kind"),
+        ({"kind": "agent"}, "'agent' is required for fallback kind 'agent'"),
     ],
     ids=[
         "undefined-extension",
@@ -476,7 +476,7 @@ def test_tls_transfer_destination_needs_tls() -> None:
         "ivr-off",
         "prompt-injection",
         "cause",
-        "agent",
+        "agent-missing",
     ],
 )
 def test_agent_fallback_rules(value: dict[str, Any], message: str) -> None:

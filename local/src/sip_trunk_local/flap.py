@@ -49,8 +49,8 @@ from sip_trunk_local.drills import (
     summarize,
     wait_for,
 )
-from sip_trunk_local.split_brain import AddressSampler, LockLedger, Sample, check_all, check_roles
-from sip_trunk_local.topology import PUBLIC_IP
+from sip_trunk_local.split_brain import AddressSampler, KeptProber, LockLedger, Sample, check_all, check_roles
+from sip_trunk_local.topology import PUBLIC_IP, SIP_PORT
 
 SCENARIOS = ("crash", "reboot", "partition", "blip")
 DEFAULT_ORDER = ("crash", "reboot", "partition", "blip")
@@ -98,12 +98,13 @@ class Flap:
             found = ec2.describe_addresses(PublicIps=[PUBLIC_IP])["Addresses"]
             return str(found[0]["InstanceId"]) if found and found[0].get("InstanceId") else None
 
+        self.prober = KeptProber(self.manager.outside_namespace(), PUBLIC_IP, SIP_PORT)
         self.sampler = AddressSampler(
             router_netns=self.manager.network().router,
             public_ip=PUBLIC_IP,
             instances=lambda: {h.private_ip: iid for iid, h in list(self.manager.hosts.items())},
             associated=associated,
-            probe=lambda: bool(probe_public(dep, 0.3).reachable),
+            probe=lambda: self.prober.latest,
         )
         self.ledger = LockLedger()
 
@@ -351,6 +352,7 @@ def flap(
     drill = Flap(dep, plant)
     dispatcher = dep._dispatcher()
     runs = []
+    drill.prober.start()
     drill.sampler.start()
     try:
         with drill.ledger.installed(dispatcher):
@@ -358,6 +360,7 @@ def flap(
                 runs.append(drill.run_once(i + 1, order[i % len(order)]))
     finally:
         drill.sampler.stop()
+        drill.prober.stop()
     by_scenario: dict[str, int] = {}
     for r in runs:
         by_scenario[r["scenario"]] = by_scenario.get(r["scenario"], 0) + 1
@@ -373,4 +376,5 @@ def flap(
         "sampler_errors": drill.sampler.errors[:20],
         "unanswered_s": summarize(gaps) if gaps else None,
         "moves": sum(len(r["moves"]) for r in runs),
+        "probe_connections": drill.prober.connections,
     }

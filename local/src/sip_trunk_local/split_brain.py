@@ -71,7 +71,7 @@ class AddressSampler:
     instances: Callable[[], Mapping[str, str]]
     """private address → instance id (hosts come and go)."""
     associated: Callable[[], str | None]
-    probe: Callable[[], bool] | None = None
+    probe: Callable[[], bool | None] | None = None
     period_s: float = 0.1
     samples: list[Sample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -116,6 +116,52 @@ class AddressSampler:
 
     def since(self, t: float) -> list[Sample]:
         return [s for s in list(self.samples) if s.t >= t]
+
+
+@dataclass
+class KeptProber:
+    """SIP OPTIONS to ``host:port`` over TCP every ``period_s`` from network namespace ``netns``, over one kept
+    connection (`sip_trunk.sip.OptionsSession`, opened again after a failure): a new connection per probe at this
+    rate would itself make Asterisk 22 close callers' fresh connections (ADR-31). :attr:`latest` is the last
+    verdict, :attr:`connections` how many connections it opened (one per host that served it, plus retries
+    while nothing answered)."""
+
+    netns: str
+    host: str
+    port: int
+    period_s: float = 0.2
+    timeout_s: float = 0.3
+    latest: bool | None = None
+    connections: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        from sip_trunk.sip import OptionsSession, ProbeTarget, Transport
+
+        session = OptionsSession(ProbeTarget(self.host, self.port, Transport.TCP), verify=False)
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                self.latest = bool(session.probe(self.timeout_s).reachable)
+                self.connections = session.connections
+                self._stop.wait(max(0.0, self.period_s - (time.monotonic() - started)))
+        finally:
+            session.close()
+
+    def start(self) -> KeptProber:
+        from sip_trunk_local.netns import run_in_namespace
+
+        self._thread = threading.Thread(
+            target=run_in_namespace, args=(self.netns, self._loop), name="kept-prober", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # one `local up` and five drills: 5-12 minutes on 2 cores
 
 CLI = [sys.executable, "-m", "sip_trunk.cli"]
 

@@ -267,10 +267,12 @@ def goal_rows(results: dict[str, Any]) -> list[tuple[str, str, Any, str, str]]:
 def soak_goal_rows(soak: Any) -> list[tuple[str, str, Any, str, str]]:
     if not isinstance(soak, dict) or "growth_per_1000_calls" not in soak:
         return []
-    from bench.soak import GOAL_FDS_PER_1000, GOAL_RSS_MIB_PER_1000
+    from bench.soak import GOAL_FDS_PER_1000, GOAL_RSS_MIB_PER_1000, IDLE_FD_TOLERANCE
 
     growth = soak["growth_per_1000_calls"]
     rss, fds = growth.get("rss_mib"), growth.get("fds")
+    idle_fds = (soak.get("idle_before", {}).get("fds"), soak.get("idle_after", {}).get("fds"))
+    idle_back = None not in idle_fds and idle_fds[1] - idle_fds[0] <= IDLE_FD_TOLERANCE
     conditions = (
         f"{soak.get('successful')} calls ok, {soak.get('failed')} failed over {soak.get('seconds')} s, "
         f"{soak.get('reloads')} reloads, {soak.get('applies')} applies; channels up held fixed"
@@ -285,10 +287,11 @@ def soak_goal_rows(soak: Any) -> list[tuple[str, str, Any, str, str]]:
         ),
         (
             "soak.growth_per_1000_calls.fds",
-            f"≤ {GOAL_FDS_PER_1000} descriptors per 1000 calls",
+            f"≤ {GOAL_FDS_PER_1000} descriptors per 1000 calls, idle count back after the run",
             fds,
-            _verdict(fds <= GOAL_FDS_PER_1000 if isinstance(fds, int | float) else None),
-            f"idle descriptors {soak.get('idle_before', {}).get('fds')} → {soak.get('idle_after', {}).get('fds')}",
+            _verdict(fds <= GOAL_FDS_PER_1000 and idle_back if isinstance(fds, int | float) else None),
+            f"idle descriptors {idle_fds[0]} → {idle_fds[1]} ({soak.get('idle_after', {}).get('channels')} channels "
+            "left after the drain)",
         ),
     ]
 

@@ -6,9 +6,9 @@ Run by the host stack's user data on the first boot (before it signals CloudForm
 1. identity: the instance id from IMDSv2, unless configured; on later boots the role from the state table's
    deployment record (who the control plane says serves: a failover while this host was down rewrote it, and
    the ``set-role`` it sent may not have arrived yet), the primary's address from ``role.env`` (what the last
-   ``set-role`` or bootstrap wrote); ``role.env`` alone never makes a later boot primary (ADR-45). On the
-   first boot the instance tag ``aws-sip-trunk:role`` (the role at launch) and ``agent.env``; a role configured
-   explicitly (``SIP_TRUNK_ROLE`` / ``--role``) wins over all of them;
+   ``set-role`` or bootstrap wrote); once a deployment is recorded, ``role.env`` alone never makes a later boot
+   primary (ADR-45). On the first boot the instance tag ``aws-sip-trunk:role`` (the role at launch) and
+   ``agent.env``; a role configured explicitly (``SIP_TRUNK_ROLE`` / ``--role``) wins over all of them;
 2. the agent's systemd units (shipped in this package) installed into ``/etc/systemd/system``;
 3. the CloudWatch agent configured for this stack (``AwsSipTrunk/Host`` metrics, the Asterisk log group);
 4. the config version fetched and applied unless it already runs: on the first boot the one the host stack

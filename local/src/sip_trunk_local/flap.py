@@ -36,6 +36,7 @@ from sip_trunk.agent.config import read_env_file
 
 from sip_trunk_local.drills import (
     Drill,
+    DrillFailed,
     LocalDeployment,
     _roles,
     agent_ok,
@@ -309,8 +310,14 @@ class Flap:
             raise ValueError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
         drill = Drill(self.dep, "flap", run)
         started = time.time()
-        with planted(self.plant):
-            facts = getattr(self, scenario)(drill)
+        try:
+            with planted(self.plant):
+                facts = getattr(self, scenario)(drill)
+        except DrillFailed as exc:  # an unexpected outcome: say whether it split the brain too
+            found = check_all(self.sampler.since(started), self.ledger.since(started))
+            moves = [(e.execution, e.instance_id) for e in self.ledger.since(started) if e.what == "moved"]
+            checks = "; ".join(found) or "no violation"
+            raise DrillFailed(f"{exc}; moves {moves}; split-brain checks: {checks}") from exc
         with drill.step("split-brain checks over the run's samples and lock ledger") as info:
             samples = self.sampler.since(started)
             entries = self.ledger.since(started)

@@ -458,6 +458,56 @@ def goal_rows(results: dict[str, Any]) -> list[tuple[str, str, Any, str, str]]:
             "-",
             "execution started → the Elastic IP answers SIP OPTIONS from outside (moto)",
         ),
+        *soak_goal_rows(results.get("soak")),
+        *flap_goal_rows(results.get("flap")),
+    ]
+
+
+def soak_goal_rows(soak: Any) -> list[tuple[str, str, Any, str, str]]:
+    if not isinstance(soak, dict) or "growth_per_1000_calls" not in soak:
+        return []
+    from bench.soak import GOAL_FDS_PER_1000, GOAL_RSS_MIB_PER_1000, IDLE_FD_TOLERANCE
+
+    growth = soak["growth_per_1000_calls"]
+    rss, fds = growth.get("rss_mib"), growth.get("fds")
+    idle_fds = (soak.get("idle_before", {}).get("fds"), soak.get("idle_after", {}).get("fds"))
+    idle_back = None not in idle_fds and idle_fds[1] - idle_fds[0] <= IDLE_FD_TOLERANCE
+    conditions = (
+        f"{soak.get('successful')} calls ok, {soak.get('failed')} failed over {soak.get('seconds')} s, "
+        f"{soak.get('reloads')} reloads, {soak.get('applies')} applies; channels up held fixed"
+    )
+    return [
+        (
+            "soak.growth_per_1000_calls.rss_mib",
+            f"≤ {GOAL_RSS_MIB_PER_1000} MiB per 1000 calls",
+            rss,
+            _verdict(rss <= GOAL_RSS_MIB_PER_1000 if isinstance(rss, int | float) else None),
+            conditions,
+        ),
+        (
+            "soak.growth_per_1000_calls.fds",
+            f"≤ {GOAL_FDS_PER_1000} descriptors per 1000 calls, idle count back after the run",
+            fds,
+            _verdict(fds <= GOAL_FDS_PER_1000 and idle_back if isinstance(fds, int | float) else None),
+            f"idle descriptors {idle_fds[0]} → {idle_fds[1]} ({soak.get('idle_after', {}).get('channels')} channels "
+            "left after the drain)",
+        ),
+    ]
+
+
+def flap_goal_rows(flap: Any) -> list[tuple[str, str, Any, str, str]]:
+    if not isinstance(flap, dict) or "violations" not in flap:
+        return []
+    count = len(flap["violations"])
+    scenarios = ", ".join(f"{name} {row['runs']}" for name, row in flap.get("by_scenario", {}).items())
+    return [
+        (
+            "flap.violations",
+            "0 (never two hosts behind the Elastic IP, two lock holders, two moves, a stale primary)",
+            count,
+            _verdict(count == 0),
+            f"{flap.get('runs')} drills ({scenarios}), {flap.get('samples')} samples",
+        ),
     ]
 
 
@@ -631,7 +681,9 @@ def table(results: dict[str, Any], pngs: list[str]) -> str:
                 )
             lines.append(f"- {hd.get('note', '')}")
         lines.append("")
+    lines += soak_text(results.get("soak"))
     lines += local_text(results)
+    lines += flap_text(results.get("flap"))
     return "\n".join(lines)
 
 
@@ -717,6 +769,69 @@ def media_text(results: dict[str, Any], pngs: list[str]) -> list[str]:
         )
     lines += ["", *[f"![{png}](../bench/results/{png})" for png in pngs if png.endswith("media_delay.png")]]
     return [*lines, ""]
+
+
+def soak_text(soak: Any) -> list[str]:
+    if not isinstance(soak, dict):
+        return []
+    lines = ["### Soak", ""]
+    if "error" in soak or "growth_per_1000_calls" not in soak:
+        return [*lines, "The soak benchmark broke: see `bench/results/latest.json`.", ""]
+    plan, growth, raw = soak.get("plan", {}), soak["growth_per_1000_calls"], soak.get("growth_per_1000_calls_raw", {})
+    before, after = soak.get("idle_before", {}), soak.get("idle_after", {})
+    samples = soak.get("samples", [])
+    peak = max((s.get("channels", 0) for s in samples), default=None)
+    lines += [
+        f"{soak.get('successful')} calls ok and {soak.get('failed')} failed of {plan.get('calls_planned')} "
+        f"({_fmt(plan.get('rate_cps'))}/s, held {plan.get('hold_ms')} ms, digest-challenged by the agent) over "
+        f"{soak.get('seconds')} s, with {soak.get('reloads')} `core reload`s and {soak.get('applies')} config "
+        f"applies by the host agent; {len(samples)} samples every {_fmt(plan.get('sample_s'))} s, peak "
+        f"{peak} channels up. Flat: **{soak.get('flat')}** {'; '.join(soak.get('problems', []))}",
+        "",
+        "| per 1000 calls (after the warm-up) | with the channels up held fixed | raw slope |",
+        "|---|---:|---:|",
+        *[
+            f"| {name} | **{_fmt(growth.get(key))}** | {_fmt(raw.get(key))} |"
+            for key, name in (("rss_mib", "RSS MiB"), ("fds", "open descriptors"), ("threads", "threads"))
+        ],
+        "",
+        f"Idle before the run (after {before.get('calls_processed')} priming calls) → after it drained: RSS "
+        f"{before.get('rss_mib')} → {after.get('rss_mib')} MiB, descriptors {before.get('fds')} → "
+        f"{after.get('fds')}, threads {before.get('threads')} → {after.get('threads')}, channels "
+        f"{before.get('channels')} → {after.get('channels')}.",
+        "",
+    ]
+    return lines
+
+
+def flap_text(flap: Any) -> list[str]:
+    if not isinstance(flap, dict):
+        return []
+    lines = ["", "### Flapping primary (local mode, no split brain)", ""]
+    if "error" in flap or "by_scenario" not in flap:
+        what = flap.get("failed") or "the flap benchmark broke"
+        return [*lines, f"Local mode failed ({what}): see `flap` in the results JSON."]
+    lines += [
+        f"{flap.get('runs')} drills in {flap.get('drills_s')} s on one deployment (`local up` {flap.get('up_s')} s), "
+        f"{flap.get('samples')} samples of the Elastic IP, {flap.get('moves')} moves; split-brain violations: "
+        f"**{len(flap.get('violations', []))}**.",
+        "",
+        "| scenario | runs | Failover outcomes | moves | SIP unanswered median / max s |",
+        "|---|---:|---|---:|---|",
+    ]
+    for name, row in flap["by_scenario"].items():
+        outcomes = ", ".join(f"{k} {v}" for k, v in row.get("outcomes", {}).items())
+        gap = row.get("unanswered_s", {})
+        lines.append(
+            f"| {name} | {row['runs']} | {outcomes} | {row['moves']} | {gap.get('median')} / {gap.get('max')} |"
+        )
+    lines += [
+        "",
+        "SIP unanswered is not an RTO: in `crash` and `reboot` the first execution waits at AcquireLock until the "
+        "second one of the same outage arrives (the interleaving the lock is drilled against), and every state is a "
+        "Lambda invocation through moto on the loaded machine; the failover RTO is measured by the `local` section.",
+    ]
+    return lines
 
 
 def local_text(results: dict[str, Any]) -> list[str]:

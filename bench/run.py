@@ -1,6 +1,6 @@
-"""``python -m bench.run [--only capacity,reload,post_dial,lambda,local,image] [--quick]``: run the benchmarks,
-merge their results into bench/results/latest.json (sections not run keep their last numbers), write the plots,
-and regenerate the results of docs/PERFORMANCE.md.
+"""``python -m bench.run [--only capacity,reload,post_dial,soak,lambda,local,flap,image] [--quick]``: run the
+benchmarks, merge their results into bench/results/latest.json (sections not run keep their last numbers), write the
+plots, and regenerate the results of docs/PERFORMANCE.md.
 
 Needs root (chroot, iptables, network namespaces). Prints numbers. Exit status: 0 when every section that ran
 produced its numbers or recorded a failure of the product (a missed goal, or a local-mode command that fails,
@@ -22,10 +22,22 @@ from typing import Any
 
 from bench.common import RESULTS, CpuWindow, loadavg, machine, now_iso
 
-SECTIONS = ("capacity", "gateway_core", "media_delay", "reload", "post_dial", "lambda", "local", "image")
+SECTIONS = (
+    "capacity",
+    "gateway_core",
+    "media_delay",
+    "reload",
+    "post_dial",
+    "soak",
+    "lambda",
+    "local",
+    "flap",
+    "image",
+)
 # image (the host install path's Asterisk compile, `make image-check`) takes 30+ minutes uncached: only on request
-DEFAULT_SECTIONS = ("capacity", "gateway_core", "media_delay", "reload", "post_dial", "lambda", "local")
-NEEDS_ROOT = {"capacity", "gateway_core", "media_delay", "reload", "post_dial"}
+# soak runs 22 minutes (--quick: 40 s)
+DEFAULT_SECTIONS = ("capacity", "gateway_core", "media_delay", "reload", "post_dial", "soak", "lambda", "local", "flap")
+NEEDS_ROOT = {"capacity", "gateway_core", "media_delay", "reload", "post_dial", "soak"}
 FULL_LEVELS = (50, 100, 200, 300, 400)
 QUICK_LEVELS = (10, 30)
 GOAL_LOSS = 1.0
@@ -207,6 +219,17 @@ def run_section(
         assert root is not None
         print("post-dial delay: carrier INVITE → agent (digest challenge) → 200 back, calls per second ramped")
         return run_post_dial(root, work / "post_dial", quick=quick)
+    if section == "soak":
+        from bench.soak import FULL, QUICK
+        from bench.soak import run as run_soak
+
+        assert root is not None
+        soak_plan = QUICK if quick else FULL
+        print(
+            f"soak: {soak_plan.calls} calls at {soak_plan.rate_cps:g}/s over {soak_plan.duration_s:g} s, core reload "
+            f"every {soak_plan.reload_every_s:g} s, a config apply every {soak_plan.apply_every_s:g} s"
+        )
+        return run_soak(root, work / "soak", soak_plan)
     if section == "lambda":
         from bench.lambda_cost import run as run_lambda
 
@@ -218,6 +241,13 @@ def run_section(
         ups, failovers = (2, 2) if quick else (5, 10)
         print(f"local mode: {ups} x `local up` (provisioning), `local drill failover --repeat {failovers}`")
         return run_local(ups=ups, failovers=failovers)
+    if section == "flap":
+        from bench.flap import FULL_RUNS, QUICK_RUNS
+        from bench.flap import run as run_flap
+
+        runs = QUICK_RUNS if quick else FULL_RUNS
+        print(f"flap: `local up`, `local drill flap --repeat {runs}` (crash, reboot, partition, blip), `local down`")
+        return run_flap(runs=runs)
     if section == "image":
         from bench.image_build import run as run_image
 

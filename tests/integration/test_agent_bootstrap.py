@@ -442,6 +442,82 @@ def test_a_reboot_keeps_the_role_set_role_gave_and_applies_the_desired_version(
     assert (record["boots"], record["role_source"], record["version_source"]) == (2, "role.env", "desired-version")
 
 
+def record_roles(host: Host, primary: str, standby: str) -> None:
+    """The state table's deployment record, as Provision and Failover's SwapRoles write it."""
+    item = {"pk": "deployment", "sk": "current", "primary_instance_id": primary, "standby_instance_id": standby}
+    host.dynamodb.Table(TABLE).put_item(Item=item)
+
+
+def test_an_old_primary_rebooting_after_a_failover_boots_the_standby_not_from_its_stale_role_env(
+    host: Host, imds: tuple[FakeImds, str]
+) -> None:
+    """Negative control: trusting role.env on a later boot (the behaviour before ADR-45) boots it primary from
+    ``role.env``, and this test fails on the role, the source and the watch-peer/role.env it leaves."""
+    # Given a primary that booted (role.env: primary) and then went down
+    me = imds[0].instance_id
+    host.publish(rendered_set(["alice", "elevenlabs"]))
+    boot.bootstrap(host.config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+    assert read_env_file(host.config.etc_dir / boot.ROLE_ENV) == {"SIP_TRUNK_ROLE": "primary"}
+    # and a failover while it was down: the table names the other host, whose set-role has not arrived yet
+    record_roles(host, primary="i-0newprimary", standby=me)
+
+    # When it comes back
+    host.commands.clear()
+    result = boot.bootstrap(host.config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+
+    # Then it is the standby (without a peer until set-role names the new primary), not a second primary
+    assert (result["first_boot"], result["role"], result["role_source"]) == (False, "standby", "state-table")
+    assert result["peer_address"] is None
+    assert read_env_file(host.config.etc_dir / boot.ROLE_ENV) == {"SIP_TRUNK_ROLE": "standby"}
+    assert ["systemctl", "disable", "--now", boot.WATCH_PEER] in host.commands  # no peer yet: nothing to watch
+    record = json.loads((host.config.state_dir / boot.BOOT_RECORD).read_text())
+    assert (record["role"], record["role_source"]) == ("standby", "state-table")
+
+
+def test_a_primary_the_table_still_names_reboots_primary(host: Host, imds: tuple[FakeImds, str]) -> None:
+    """Negative control: a resolver that ignored the table's word for this instance would boot it standby."""
+    me = imds[0].instance_id
+    host.publish(rendered_set(["alice", "elevenlabs"]))
+    boot.bootstrap(host.config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+    record_roles(host, primary=me, standby="i-0standby")
+
+    result = boot.bootstrap(host.config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+
+    assert (result["role"], result["role_source"], result["peer_address"]) == ("primary", "state-table", None)
+
+
+def test_a_standby_the_table_names_keeps_the_peer_of_its_role_env(host: Host, imds: tuple[FakeImds, str]) -> None:
+    me = imds[0].instance_id
+    boot.set_role(host.config, "standby", "10.0.2.20", run=host.run)
+    host.config.state_dir.mkdir(parents=True, exist_ok=True)
+    (host.config.state_dir / boot.BOOT_RECORD).write_text(json.dumps({"instance_id": me, "boots": 1}))
+    record_roles(host, primary="i-0primary", standby=me)
+
+    result = boot.bootstrap(host.config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+
+    assert (result["role"], result["role_source"], result["peer_address"]) == ("standby", "state-table", "10.0.2.20")
+    assert ["systemctl", "enable", "--now", boot.WATCH_PEER] in host.commands
+
+
+def test_a_role_env_saying_primary_is_not_trusted_when_the_table_cannot_be_read(
+    host: Host, imds: tuple[FakeImds, str]
+) -> None:
+    """Negative control: falling back to role.env when the table is unreadable gives ("primary", "role.env")."""
+    boot.set_role(host.config, "primary", None, run=host.run)
+    unreadable = dataclasses.replace(host.config, state_table="no-such-table", instance_id="i-0me")
+    with pytest.raises(boot.RolesUnknown, match="no-such-table"):
+        boot.recorded_roles(unreadable, host.session.client("dynamodb"))
+
+    role = boot.resolve_role(
+        unreadable,
+        Imds(imds[1]),
+        later_boot=True,
+        roles=lambda: boot.recorded_roles(unreadable, host.session.client("dynamodb")),
+    )
+
+    assert role == ("standby", None, "role.env unconfirmed")
+
+
 def test_a_reboot_on_the_version_already_running_applies_nothing(host: Host, imds: tuple[FakeImds, str]) -> None:
     # Given a host that booted and runs the desired version
     version = host.publish(rendered_set(["alice", "elevenlabs"]))

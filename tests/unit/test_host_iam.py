@@ -28,6 +28,7 @@ REQUIRED: dict[str, tuple[tuple[str, ...], str]] = {
     "put_metric_data": (("cloudwatch:PutMetricData",), "HostMetrics"),
     # The state table is encrypted with the stack key: DynamoDB decrypts its table key as the caller.
     "put_item": (("dynamodb:PutItem", "kms:Decrypt"), "Heartbeat"),
+    "get_item": (("dynamodb:GetItem", "kms:Decrypt"), "ReadRoles"),  # a later boot's roles
     "put_object": (("s3:PutObject", "kms:GenerateDataKey"), "Backups"),
     "get_object": (("s3:GetObject", "kms:Decrypt"), "Backups"),
     "head_object": (("s3:GetObject", "s3:ListBucket"), "Backups"),  # 404 rather than 403 needs ListBucket
@@ -45,6 +46,7 @@ KMS_VIA = {
     "get_parameter": ("ssm", KMS_SID),
     "get_parameters_by_path": ("ssm", KMS_SID),
     "put_item": ("dynamodb", TABLE_KEY_SID),
+    "get_item": ("dynamodb", TABLE_KEY_SID),
     "put_object": ("s3", KMS_SID),
     "get_object": ("s3", KMS_SID),
 }

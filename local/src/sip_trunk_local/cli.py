@@ -308,13 +308,20 @@ def _print_drill(result: dict[str, Any]) -> None:
 
 @app.command("drill")
 def local_drill(
-    name: Annotated[str, typer.Argument(help="failover | restore | bad-config")],
+    name: Annotated[str, typer.Argument(help="failover | restore | bad-config | flap")],
     run_dir: RunDirOption = _DEFAULT_RUN_DIR,
-    repeat: Annotated[int, typer.Option(help="failover: run it N times (the standby re-armed in between)")] = 1,
+    repeat: Annotated[int, typer.Option(help="failover, flap: run it N times (the standby re-armed in between)")] = 1,
+    scenario: Annotated[
+        list[str] | None, typer.Option(help="flap: crash | reboot | partition | blip, cycled (default: all four)")
+    ] = None,
+    plant: Annotated[
+        str | None, typer.Option(help="flap: a known defect the checks must catch (ignore-lock | stale-role)")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json-out", help="write the result as JSON here")] = None,
 ) -> None:
     """Run a drill on the local deployment: failover (kill the primary), restore (backup, lose the hosts,
-    provision, restore), bad-config (push a version Asterisk rejects during a call)."""
+    provision, restore), bad-config (push a version Asterisk rejects during a call), flap (the primary crashes,
+    reboots, is cut off from the standby, blips; no split brain)."""
     import json
     import threading
     import time
@@ -324,15 +331,18 @@ def local_drill(
 
     if name not in DRILLS:
         raise _fail(f"unknown drill {name!r}: one of {', '.join(DRILLS)}")
-    if repeat < 1 or (repeat > 1 and name != "failover"):
-        raise _fail("--repeat N (N ≥ 1) is for the failover drill")
+    if repeat < 1 or (repeat > 1 and name not in ("failover", "flap")):
+        raise _fail("--repeat N (N ≥ 1) is for the failover and flap drills")
+    if (scenario or plant) and name != "flap":
+        raise _fail("--scenario and --plant are for the flap drill")
     _controller_or_exit(run_dir)
     _, offset = read_events(run_dir)
     box: dict[str, Any] = {}
 
     def request() -> None:
         try:
-            box["answer"] = send_request(run_dir, {"command": "drill", "drill": name, "repeat": repeat}, 3600)
+            request = {"command": "drill", "drill": name, "repeat": repeat, "scenarios": scenario or [], "plant": plant}
+            box["answer"] = send_request(run_dir, request, 3600)
         except Exception as exc:
             box["answer"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 

@@ -29,6 +29,7 @@ import os
 import re
 import secrets
 import string
+import threading
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -72,12 +73,37 @@ def find_project_root(start: Path | None = None) -> Path:
 
 
 def configure_moto() -> None:
-    """Run state machines for real and keep Lambda in-process (no Docker); no AMI catalogue (seconds)."""
+    """Run state machines for real and keep Lambda in-process (no Docker); no AMI catalogue (seconds); DynamoDB's
+    writes atomic (:func:`atomic_dynamodb_writes`)."""
     from moto.core.config import default_user_config
 
     default_user_config["stepfunctions"] = {"execute_state_machine": True}
     default_user_config["lambda"] = {"use_docker": False}
     os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+    atomic_dynamodb_writes()
+
+
+_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item")
+_WRITE_LOCK = threading.RLock()
+
+
+def atomic_dynamodb_writes() -> None:
+    """DynamoDB checks a write's condition and applies it atomically; moto's threaded server does not (two
+    concurrent conditional PutItems of the Failover lock both succeeded: the flap drill's lock check reported two
+    holders, ADR-45). Every write of moto's DynamoDB backend in this process runs under one lock. Idempotent."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    for name in _WRITES:
+        original = getattr(DynamoDBBackend, name)
+        if getattr(original, "_atomic", False):
+            continue
+
+        def atomic(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            with _WRITE_LOCK:
+                return _original(self, *args, **kwargs)
+
+        atomic._atomic = True  # type: ignore[attr-defined]
+        setattr(DynamoDBBackend, name, atomic)
 
 
 class MotoServer:

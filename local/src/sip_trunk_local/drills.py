@@ -71,7 +71,7 @@ class LocalDeployment(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-DRILLS = ("failover", "restore", "bad-config")
+DRILLS = ("failover", "restore", "bad-config", "flap")
 MARKER_FAMILY = "drill"
 VOICEMAIL_FILE = "default/1000/INBOX/msg0000.txt"
 
@@ -640,9 +640,15 @@ def bad_config(dep: LocalDeployment, hold_ms: int = 20000) -> dict[str, Any]:
     return drill.result()
 
 
-def run_drill(dep: LocalDeployment, name: str, *, repeat: int = 1) -> dict[str, Any]:
+def run_drill(
+    dep: LocalDeployment, name: str, *, repeat: int = 1, scenarios: tuple[str, ...] = (), plant: str | None = None
+) -> dict[str, Any]:
     started = time.monotonic()
-    if name == "failover":
+    if name == "flap":
+        from sip_trunk_local.flap import flap
+
+        result = flap(dep, repeat, scenarios=scenarios, plant=plant)
+    elif name == "failover":
         result = failover(dep, repeat)
     elif name == "restore":
         result = restore(dep)

@@ -288,6 +288,16 @@ class Ec2Hooks:
             return True  # not an instance of ours: nothing to wait for
         return event.wait(self.boot_timeout_s if timeout_s is None else timeout_s)
 
+    def host_offline(self, instance_id: str) -> None:
+        """The instance is down (rebooting): Run Command holds what is sent to it until :meth:`host_online`, as
+        SSM does for a managed node whose agent is not connected."""
+        with self.lock:
+            self.booted.setdefault(instance_id, threading.Event()).clear()
+
+    def host_online(self, instance_id: str) -> None:
+        with self.lock:
+            self.booted.setdefault(instance_id, threading.Event()).set()
+
     def instance_terminated(self, instance_id: str) -> None:
         with self.lock:
             known = self.hosts.pop(instance_id, None)

@@ -75,6 +75,8 @@ from sip_trunk_local.topology import (
 STATE_FILE = "hosts.json"
 ROLES = ("primary", "standby")
 WATCH_PEER_UNIT = "sip-trunk-watch-peer.service"
+BOOT_UNIT = "sip-trunk-boot.service"
+PARTITION_COMMENT = "local-partition"
 HEARTBEAT_UNIT = "sip-trunk-agent.service"
 
 _BOOTSTRAP_MODULES = """res_pjproject res_sorcery_config res_sorcery_memory res_sorcery_astdb res_pjsip
@@ -239,6 +241,9 @@ class LocalHost:
     """Lines added to this host's agent.env beyond the deployment's (see `LocalHostManager.write_agent_env`)."""
     credentials: dict[str, str] = field(default_factory=dict)
     """Its instance profile role's credentials (`AWS_ACCESS_KEY_ID` …); empty: the account's."""
+    rebooted: bool = False
+    """Powered off and on again (`LocalHostManager.power_on`): its agent.env no longer names the launch role, as
+    on EC2 (where the role at launch is the instance tag and later boots decide the role themselves)."""
 
     @property
     def root(self) -> Path:
@@ -595,7 +600,7 @@ class LocalHostManager:
             "AWS_EC2_METADATA_DISABLED": "true",
             "SIP_TRUNK_REGION": self.region,
             "SIP_TRUNK_INSTANCE_ID": host.instance_id,
-            "SIP_TRUNK_ROLE": host.role,
+            "SIP_TRUNK_ROLE": "" if host.rebooted else host.role,
             "SIP_TRUNK_CONFIG_DIR": str(r / "etc/asterisk"),
             "SIP_TRUNK_RELEASES_DIR": str(r / "var/lib/sip-trunk/releases"),
             "SIP_TRUNK_STATE_DIR": str(r / "var/lib/sip-trunk"),
@@ -835,7 +840,11 @@ class LocalHostManager:
                 },
             )
             target = argv[argv.index("--target") + 1] if "--target" in argv else None
-            host.peer_address = target or None
+            if not target:  # set-role/bootstrap disabled the unit: a standby told no peer has nothing to watch
+                with (host.base / "watch-peer.log").open("a") as fh:
+                    fh.write(f"{time.strftime('%H:%M:%S')} {WATCH_PEER_UNIT} not started: role.env names no peer\n")
+                continue
+            host.peer_address = target
             with (host.base / "watch-peer.log").open("ab") as out:
                 proc = subprocess.Popen(
                     self.host_exec(host, argv), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -874,6 +883,60 @@ class LocalHostManager:
         with self._lock:
             self._save()
         return host.asterisk.boot_seconds or 0.0
+
+    def power_off(self, instance_id: str) -> None:
+        """The host goes down as in a power loss: every process of it (Asterisk, watch-peer, its link to the AWS
+        endpoints) SIGKILLed; its namespace, address and disk (``role.env``, releases, astdb) stay."""
+        with self._lock:
+            host = self.host(instance_id)
+            for process in (host.watch, host.bridge):
+                if process is not None:
+                    process.kill()
+            host.watch = host.bridge = None
+            host.asterisk.kill()
+            self._save()
+
+    def power_on(self, instance_id: str, *, launch_role: bool = False) -> dict[str, Any]:
+        """The host boots again from its disk: Asterisk starts (systemd's ``asterisk.service``), then
+        ``sip-trunk-boot.service`` runs ``sip-trunk-agent bootstrap`` as systemd would, and the services its
+        ``role.env`` enables follow (watch-peer). Returns the bootstrap's answer (its last JSON line).
+        ``launch_role``: agent.env keeps naming the role the host had before (a planted defect for the drills: a
+        host that trusts its own record of its role)."""
+        with self._lock:
+            host = self.host(instance_id)
+            host.rebooted = not launch_role
+            self.write_agent_env(instance_id)
+        host.bridge = self._namespace_bridge(host.netns, host.base / "moto-bridge.log")
+        host.asterisk.process = None
+        host.asterisk.start()
+        code, out, err = self.run_unit(instance_id, BOOT_UNIT, timeout=self.command_timeout_s)
+        with (host.base / "boot.log").open("a") as log:
+            log.write(out + err)
+        if code != 0:
+            raise HostError(f"{BOOT_UNIT} on {instance_id} exited {code}: {(out + err).strip()[-600:]}")
+        with self._lock:
+            self._follow_role_env(host)
+            self._save()
+        answer: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return answer
+
+    def partition(self, a: str, b: str) -> None:
+        """Cut the network between two hosts (each drops the other's packets, both ways) while both still reach
+        the router, the outside and the control plane. In the raw table, so a security-group rewrite of the
+        filter table (:meth:`apply_firewalls`) leaves it in place."""
+        self._partition_rules("-A", a, b)
+
+    def heal(self, a: str, b: str) -> None:
+        """Undo :meth:`partition`."""
+        self._partition_rules("-D", a, b)
+
+    def _partition_rules(self, action: str, a: str, b: str) -> None:
+        with self._lock:
+            ha, hb = self.host(a), self.host(b)
+        for host, other in ((ha, hb), (hb, ha)):
+            for chain, match in (("PREROUTING", "-s"), ("OUTPUT", "-d")):
+                run(["ip", "netns", "exec", host.netns, "iptables", "-w", "5", "-t", "raw", action, chain, match,
+                     other.private_ip, "-m", "comment", "--comment", PARTITION_COMMENT, "-j", "DROP"])  # fmt: skip
 
     def stop_host(self, instance_id: str) -> None:
         """Terminate a host: its processes by PID, its namespace (and with it any mapping to it), its disk."""

@@ -486,13 +486,15 @@ class LocalDeployment:
                 except Exception:  # a host going away between the listing and the command
                     log.debug("heartbeat of %s skipped", instance_id, exc_info=True)
 
-    def drill(self, name: str, repeat: int = 1) -> dict[str, Any]:
+    def drill(
+        self, name: str, repeat: int = 1, *, scenarios: tuple[str, ...] = (), plant: str | None = None
+    ) -> dict[str, Any]:
 
         self.emit(kind="drill-start", drill=name, repeat=repeat)
         if self.principals is not None:
             self.principals.save()  # the roles of hosts a drill replaces, named while their stack exists
         try:
-            result = run_drill(self, name, repeat=repeat)
+            result = run_drill(self, name, repeat=repeat, scenarios=scenarios, plant=plant)
         except Exception as exc:
             self.emit(kind="drill-end", drill=name, ok=False, error=f"{type(exc).__name__}: {exc}")
             raise
@@ -654,7 +656,12 @@ class _Handler(socketserver.StreamRequestHandler):
             return {"ok": report.status == "SUCCEEDED", "status": report.status, "report": dep._state_durations(report),
                     "output": report.output, "error": report.error, "cause": report.cause}  # fmt: skip
         if command == "drill":
-            result = dep.drill(str(request.get("drill")), int(request.get("repeat", 1)))
+            result = dep.drill(
+                str(request.get("drill")),
+                int(request.get("repeat", 1)),
+                scenarios=tuple(str(s) for s in request.get("scenarios") or ()),
+                plant=str(request["plant"]) if request.get("plant") else None,
+            )
             return {"ok": bool(result.get("ok")), "result": result}
         if command == "down":
             removed = dep.down()

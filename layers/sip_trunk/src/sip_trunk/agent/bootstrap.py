@@ -3,10 +3,12 @@
 Run by the host stack's user data on the first boot (before it signals CloudFormation) and by
 ``sip-trunk-boot.service`` on every later boot; every step is idempotent.
 
-1. identity: the instance id from IMDSv2, unless configured; the role and the primary's address from
-   ``role.env`` on later boots (what the last ``set-role`` or bootstrap wrote: the control plane's roles after
-   a failover or a Provision), else from the instance tag ``aws-sip-trunk:role`` (the role at launch) and
-   ``agent.env``; a role configured explicitly (``SIP_TRUNK_ROLE`` / ``--role``) wins over both;
+1. identity: the instance id from IMDSv2, unless configured; on later boots the role from the state table's
+   deployment record (who the control plane says serves: a failover while this host was down rewrote it, and
+   the ``set-role`` it sent may not have arrived yet), the primary's address from ``role.env`` (what the last
+   ``set-role`` or bootstrap wrote); once a deployment is recorded, ``role.env`` alone never makes a later boot
+   primary (ADR-45). On the first boot the instance tag ``aws-sip-trunk:role`` (the role at launch) and
+   ``agent.env``; a role configured explicitly (``SIP_TRUNK_ROLE`` / ``--role``) wins over all of them;
 2. the agent's systemd units (shipped in this package) installed into ``/etc/systemd/system``;
 3. the CloudWatch agent configured for this stack (``AwsSipTrunk/Host`` metrics, the Asterisk log group);
 4. with a public host name and its hosted zone (TLS on), the certificate obtained or renewed when due
@@ -188,12 +190,51 @@ def read_role_env(config: AgentConfig) -> tuple[str, str | None] | None:
     return role, values.get("SIP_TRUNK_PEER_ADDRESS") or None
 
 
-def resolve_role(config: AgentConfig, metadata: Imds, *, later_boot: bool) -> tuple[str, str | None, str]:
-    """(role, peer address, source); source is ``config``, ``role.env``, ``tag`` or ``default``.
+class RolesUnknown(Exception):
+    """The state table could not be read: who serves is not known at this boot."""
 
-    On later boots ``role.env`` holds the control plane's latest word (``set-role`` after a failover or a
-    Provision), so it wins over the launch tag; the peer comes with it (the launch ``agent.env`` may name a
-    primary that has since failed over) and from ``agent.env`` only for a standby whose file names none.
+
+def recorded_roles(config: AgentConfig, dynamodb: Any) -> tuple[str | None, str | None] | None:
+    """(primary, standby) instance ids from the state table's ``deployment`` record; None when there is no
+    table or no deployment recorded yet (nothing has failed over); `RolesUnknown` when it cannot be read."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not config.state_table:
+        return None
+    try:
+        item = dynamodb.get_item(
+            TableName=config.state_table,
+            Key={"pk": {"S": "deployment"}, "sk": {"S": "current"}},
+            ConsistentRead=True,
+            ProjectionExpression="primary_instance_id, standby_instance_id",
+        ).get("Item")
+    except (BotoCoreError, ClientError) as exc:
+        raise RolesUnknown(f"state table {config.state_table}: {exc}") from exc
+    if not item:
+        return None
+    primary, standby = item.get("primary_instance_id", {}), item.get("standby_instance_id", {})
+    return primary.get("S"), standby.get("S")
+
+
+def resolve_role(
+    config: AgentConfig,
+    metadata: Imds,
+    *,
+    later_boot: bool,
+    roles: Callable[[], tuple[str | None, str | None] | None] = lambda: None,
+) -> tuple[str, str | None, str]:
+    """(role, peer address, source); source is ``config``, ``state-table``, ``role.env``, ``role.env
+    unconfirmed``, ``tag`` or ``default``.
+
+    On later boots the state table's deployment record (``roles()``) decides: this instance is primary only
+    when the record names it primary, otherwise the standby. ``role.env`` still gives the peer (the launch
+    ``agent.env`` may name a primary that has since failed over; it is used only for a standby whose file names
+    none) but not the role: a primary that was down while the standby took over finds ``role.env`` saying
+    primary, and the ``set-role`` the failover sent arrives only once it is back. Without a deployment record
+    (nothing has failed over) ``role.env`` stands. When the table cannot be read, a ``role.env`` that says
+    primary is not trusted: the host boots a standby without a peer, which serves exactly as a primary does
+    (the Elastic IP decides who serves; a role only starts or stops watch-peer) until the control plane's next
+    ``set-role``.
     """
     if config.role:
         return config.role, config.peer_address, "config"
@@ -201,7 +242,20 @@ def resolve_role(config: AgentConfig, metadata: Imds, *, later_boot: bool) -> tu
         role, peer = recorded
         if role == "standby" and not peer:
             peer = config.peer_address
-        return role, peer, ROLE_ENV
+        try:
+            known = roles()
+        except RolesUnknown as exc:
+            log.warning("%s: a role.env that says %s is not trusted", exc, role)
+            return "standby", peer if role == "standby" else None, f"{ROLE_ENV} unconfirmed"
+        if known is None:
+            return role, peer, ROLE_ENV
+        primary, _ = known
+        if primary and primary == config.instance_id:
+            return "primary", None, "state-table"
+        if role == "primary":
+            log.warning("role.env says primary but the state table names %s: booting as the standby", primary)
+            peer = None  # set-role names the new primary's address
+        return "standby", peer, "state-table"
     tagged = metadata.role()
     if tagged:
         return tagged, config.peer_address, "tag"
@@ -243,7 +297,13 @@ def bootstrap(
         instance = config.instance_id or metadata.instance_id()
         previous = previous_boot(config, instance)
         later_boot = previous is not None
-        role, peer, role_source = resolve_role(config, metadata, later_boot=later_boot)
+        config = dataclasses.replace(config, instance_id=instance)
+        role, peer, role_source = resolve_role(
+            config,
+            metadata,
+            later_boot=later_boot,
+            roles=lambda: recorded_roles(config, session.client("dynamodb")),
+        )
     except ImdsError as exc:
         raise AgentError(f"instance identity: {exc}") from exc
     config = dataclasses.replace(config, instance_id=instance, role=role, peer_address=peer)

@@ -104,6 +104,7 @@ def start_gateway(
     elevenlabs: dict[str, Any] | None = None,
     dial_timeout_s: int = 45,
     edit: Edit | None = None,
+    network: dict[str, Any] | None = None,
 ) -> Rig:
     settings, secrets = load_example("minimal")
     did = str(settings["elevenlabs"]["phone_number"])
@@ -114,7 +115,10 @@ def start_gateway(
         settings,
         {
             "elevenlabs": {"port": agent_port, **(elevenlabs or {})},
-            "network": loopback_network(GATEWAY_IP, sip_port, rtp, tls_port=free_port(GATEWAY_IP), udp=True),
+            "network": {
+                **loopback_network(GATEWAY_IP, sip_port, rtp, tls_port=free_port(GATEWAY_IP), udp=True),
+                **(network or {}),
+            },
             "carriers": [ip_carrier(CARRIER_IP, free_port(CARRIER_IP), [did])],
             "extensions": [{"number": EXTENSION, "password": "ssm:/demo/sip/ext-1001"}],
             "dialplan": {"dial_timeout_s": dial_timeout_s},

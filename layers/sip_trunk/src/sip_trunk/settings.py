@@ -400,6 +400,16 @@ class Network(_Strict):
     udp_enabled: bool = Field(default=False, description="UDP 5060 for softphones/carriers that need it")
     rtp_port_start: Port = 10000
     rtp_port_end: Port = 20000
+    rtp_timeout_s: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="hang up a call whose party has sent no RTP for this long (0: never); a carrier or agent "
+        "that vanished without a BYE would otherwise hold both legs, and the agent's concurrency, for ever",
+    )
+    rtp_timeout_hold_s: int = Field(
+        default=600, ge=0, le=7200, description="the same while the party has put the call on hold (0: never)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Network:

@@ -26,20 +26,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sip_trunk_local.asterisk_runner import AsteriskInstance, hosts_file, use_private_hosts
+from sip_trunk_local.asterisk_runner import AsteriskError, AsteriskInstance, hosts_file, use_private_hosts
 from sip_trunk_local.harness.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
-from sip_trunk_local.rtp import RtpRange, reserve_rtp_range
-from sip_trunk_local.sipp import Sipp, free_port, write_injection
+from sip_trunk_local.rtp import reserve_rtp_range
+from sip_trunk_local.sipp import Sipp, free_port
 from sip_trunk_local.topology import ELEVENLABS_HOST
 
 from bench.audio import write_audio
-from bench.common import SCENARIOS, CpuWindow, MediaCounter, find_child, loadavg, rss_mib
+from bench.capture_run import MediaCapture
+from bench.common import CpuWindow, MediaCounter, find_child, loadavg, rss_mib
+from bench.media_delay import marked_audio
+from bench.topology import (
+    AGENT_IP,
+    CARRIER_IP,
+    CODECS,
+    GATEWAY_IP,
+    Agent,
+    carrier_scenario,
+    pin,
+    start_carrier,
+    start_echo_agent,
+)
 
-GATEWAY_IP = "127.0.1.1"
-AGENT_IP = "127.0.1.3"
-CARRIER_IP = "127.0.1.5"
-CALLS_PER_ECHO = 60  # one single-threaded sipp echo saturates from ~200 calls: stay far below
-CODECS = {"ulaw": ("0", "PCMU/8000"), "alaw": ("8", "PCMA/8000"), "g722": ("9", "G722/8000")}
+__all__ = ["AGENT_IP", "CARRIER_IP", "CODECS", "GATEWAY_IP", "carrier_scenario"]
+
 
 Edit = Callable[[str], str]
 
@@ -53,6 +63,7 @@ class ConfigVariant:
     description: str
     edits: Mapping[str, Edit] = field(default_factory=dict)
     asterisk_options: Mapping[str, str | None] = field(default_factory=dict)
+    hand_written: bool = False  # bench/reference/ instead of the renderer: the fixed side-by-side reference
 
 
 @dataclass
@@ -106,9 +117,13 @@ def start_gateway(
     sip_port: int,
     rtp: tuple[int, int],
     agent_port: int,
-) -> tuple[GatewayInstance, str]:
+) -> tuple[AsteriskInstance, str]:
     """Render, post-edit, start; returns the instance and the E.164 the carrier dials."""
     settings, secrets = gateway_settings(sip_port, rtp, agent_port)
+    if variant.hand_written:
+        return start_reference(root, name, sip_port=sip_port, rtp=rtp, agent_port=agent_port), str(
+            settings["elevenlabs"]["phone_number"]
+        )
     rendered = render_gateway(settings, secrets, workdir / f"gw-{name}")
     for fname, edit in variant.edits.items():
         path = rendered.asterisk_dir / fname
@@ -131,6 +146,31 @@ def start_gateway(
     return inst, str(settings["elevenlabs"]["phone_number"])
 
 
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+
+def start_reference(root: Path, name: str, *, sip_port: int, rtp: tuple[int, int], agent_port: int) -> AsteriskInstance:
+    """The minimal hand-written relay (bench/reference/) in the same topology: same addresses, ports, hosts file."""
+    inst = AsteriskInstance(
+        root,
+        name,
+        REFERENCE_DIR,
+        variables={
+            "GATEWAY_IP": GATEWAY_IP,
+            "SIP_PORT": str(sip_port),
+            "RTP_START": str(rtp[0]),
+            "RTP_END": str(rtp[1]),
+            "CARRIER_IP": CARRIER_IP,
+            "AGENT_HOST": ELEVENLABS_HOST,
+            "AGENT_PORT": str(agent_port),
+        },
+        extra_files={"hosts": hosts_file({ELEVENLABS_HOST: AGENT_IP})},
+    )
+    use_private_hosts(inst)
+    inst.start()
+    return inst
+
+
 def asterisk_pid(inst: AsteriskInstance) -> int:
     assert inst.pid is not None
     pid = find_child(inst.pid, "asterisk")
@@ -139,9 +179,38 @@ def asterisk_pid(inst: AsteriskInstance) -> int:
     return pid
 
 
+def scheduling(pid: int) -> dict[str, int]:
+    """The process's nice value and scheduling policy (0 = SCHED_OTHER, 2 = SCHED_RR) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return {"nice": int(fields[16]), "policy": int(fields[38]), "rt_priority": int(fields[37])}
+
+
 def active_calls(inst: AsteriskInstance) -> int:
     m = re.search(r"(\d+) active call", inst.rx("core show channels count"))
     return int(m.group(1)) if m else 0
+
+
+@dataclass
+class Cli:
+    """CLI queries during a level: a gateway too starved to answer its CLI in time is a result of the level
+    (counted in ``timeouts``), not a broken benchmark."""
+
+    inst: AsteriskInstance
+    timeouts: int = 0
+
+    def calls(self, default: int) -> int:
+        try:
+            return active_calls(self.inst)
+        except AsteriskError:
+            self.timeouts += 1
+            return default
+
+    def bridges(self) -> dict[str, int]:
+        try:
+            return _bridge_technologies(self.inst)
+        except AsteriskError:
+            self.timeouts += 1
+            return {}
 
 
 def _bridge_technologies(inst: AsteriskInstance) -> dict[str, int]:
@@ -156,71 +225,6 @@ def _bridge_technologies(inst: AsteriskInstance) -> dict[str, int]:
 
 def _ratio_loss(received: int, sent: int) -> float | None:
     return round(100 * (1 - received / sent), 3) if sent else None
-
-
-@dataclass
-class Agent:
-    """The far end: a signalling UAS plus echo processes (the UAS echoes on the first port itself)."""
-
-    uas: Sipp
-    echoes: list[Sipp]
-    ports: list[int]
-    ranges: list[RtpRange]
-
-    def stop(self) -> dict[str, Any]:
-        result = self.uas.stop()
-        for echo in self.echoes:
-            echo.kill()
-        return {"answered": result.successful}
-
-    def pids(self) -> list[int]:
-        return [p.process.pid for p in (self.uas, *self.echoes) if p.process is not None]
-
-
-def start_agent(workdir: Path, calls: int, codec: str) -> tuple[Agent, int]:
-    count = max(1, math.ceil(calls / CALLS_PER_ECHO))
-    reserved = reserve_rtp_range(4 * count + 4)
-    base = reserved.low
-    ports = [base + 4 * i for i in range(count)]  # sipp also echoes on port + 2
-    payload, encoding = CODECS[codec]
-    rows = [[str(ports[i % count]), payload, encoding] for i in range(max(calls, count))]
-    inject = write_injection(workdir / "agent.csv", rows)
-    agent_port = free_port(AGENT_IP)
-    echoes = []
-    for i, port in enumerate(ports[1:], start=1):
-        echoes.append(
-            Sipp(
-                SCENARIOS / "echo_idle.xml",
-                workdir / f"echo{i}",
-                transport="u1",
-                local_ip=AGENT_IP,
-                local_port=free_port(AGENT_IP),
-                media_port=port,
-                rtp_echo=True,
-                calls=None,
-                trace_messages=False,
-            ).start()
-        )
-    uas = Sipp(
-        SCENARIOS / "agent_uas_echo.xml",
-        workdir / "agent",
-        transport="t1",
-        local_ip=AGENT_IP,
-        local_port=agent_port,
-        media_port=ports[0],
-        rtp_echo=True,
-        inject=inject,
-        calls=None,
-        trace_messages=False,
-    ).start()
-    return Agent(uas=uas, echoes=echoes, ports=ports, ranges=[reserved]), agent_port
-
-
-def carrier_scenario(workdir: Path, audio: Path, payload: str) -> Path:
-    text = (SCENARIOS / "carrier_uac_stream.xml").read_text()
-    path = workdir / "carrier_uac_stream.xml"
-    path.write_text(text.replace("@AUDIO_FILE@", str(audio)).replace("@PAYLOAD@", payload))
-    return path
 
 
 @dataclass
@@ -251,11 +255,22 @@ def run_level(
     *,
     carrier_codec: str = "ulaw",
     agent_codec: str = "ulaw",
+    gateway_cpus: str | None = None,
+    generator_cpus: str | None = None,
+    capture_s: float | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """One level: ``lp.calls`` concurrent calls for ``lp.call_s`` each; measures over the steady window."""
+    """One level: ``lp.calls`` concurrent calls for ``lp.call_s`` each; measures over the steady window.
+
+    ``gateway_cpus``/``generator_cpus`` pin Asterisk and the generators (sipps, the capture) to those CPUs.
+    ``capture_s``: the carrier plays audio marked per frame and the first ``capture_s`` seconds of the steady
+    window are captured on loopback for the per-packet delay and jitter (bench/media_delay.py)."""
     workdir.mkdir(parents=True, exist_ok=True)
     audio = write_audio(workdir / "audio")["ulaw" if carrier_codec == "ulaw" else "alaw"]
+    if capture_s is not None:
+        marked = audio.with_name("marked-" + audio.name)
+        marked.write_bytes(marked_audio(audio.read_bytes()))
+        audio = marked
     gw_range = reserve_rtp_range(max(200, 4 * lp.calls + 100))
     uac_range = reserve_rtp_range(2 * lp.calls + 100)
     rtp, uac_base = gw_range.ports, uac_range.low
@@ -264,7 +279,7 @@ def run_level(
     started = time.monotonic()
     counters: dict[str, MediaCounter] = {}
     agent: Agent | None = None
-    gw: GatewayInstance | None = None
+    gw: AsteriskInstance | None = None
     uac: Sipp | None = None
     out: dict[str, Any] = {
         "calls": lp.calls,
@@ -273,40 +288,43 @@ def run_level(
         "carrier_codec": carrier_codec,
         "agent_codec": agent_codec,
         "config": variant.name,
+        "pinning": {"gateway": gateway_cpus, "generators": generator_cpus},
     }
+    capture: MediaCapture | None = None
     try:
-        agent, agent_port = start_agent(workdir, lp.calls, agent_codec)
+        agent, agent_port = start_echo_agent(workdir, lp.calls, agent_codec)
         name = f"bench-{variant.name}-{carrier_codec}-{agent_codec}-{lp.calls}"[:40]
         gw, e164 = start_gateway(root, workdir, name, variant, sip_port=sip_port, rtp=rtp, agent_port=agent_port)
         apid = asterisk_pid(gw)
+        pin([apid], gateway_cpus)
+        pin(agent.pids(), generator_cpus)
         rss_idle = rss_mib(apid)
+        out["asterisk_scheduling"] = scheduling(apid)
         counters = {
             "carrier": MediaCounter((uac_base, uac_base + 2 * lp.calls + 99)).install(),
             "gateway": MediaCounter(rtp).install(),
             "echo": MediaCounter((agent.ports[0], agent.ports[-1] + 2)).install(),
         }
-        payload = CODECS[carrier_codec][0]
-        uac = Sipp(
-            carrier_scenario(workdir, audio, payload),
-            workdir / "carrier",
-            remote=f"{GATEWAY_IP}:{sip_port}",
-            transport="t1",
-            local_ip=CARRIER_IP,
-            service=e164,
+        uac = start_carrier(
+            workdir,
+            sip_port=sip_port,
+            e164=e164,
             calls=lp.calls,
             rate=lp.rate,
-            limit=lp.calls,
-            duration_ms=int(lp.call_s * 1000),
+            hold_ms=int(lp.call_s * 1000),
+            timeout_s=lp.call_s + lp.ramp_s + 60,
+            audio=audio,
+            codec=carrier_codec,
             media_port=uac_base,
-            keys={"payload": payload, "encoding": CODECS[carrier_codec][1]},
-            global_timeout_s=lp.call_s + lp.ramp_s + 60,
-            trace_messages=False,
-        ).start()
+        )
+        assert uac.process is not None
+        pin([uac.process.pid], generator_cpus)
         # ramp: wait for every call (or the end of the ramp plus a margin), then let media settle
         deadline = time.monotonic() + lp.ramp_s + 8
         up = 0
+        cli = Cli(gw)
         while time.monotonic() < deadline:
-            up = active_calls(gw)
+            up = cli.calls(up)
             if up >= lp.calls:
                 break
             time.sleep(0.5)
@@ -315,14 +333,19 @@ def run_level(
         window = CpuWindow({"asterisk": [apid], "carrier": [uac.process.pid], "agent": agent.pids()})
         before = {k: c.counts() for k, c in counters.items()}
         window.start()
-        bridges = _bridge_technologies(gw)
+        if capture_s is not None:
+            capture = MediaCapture(workdir / "capture.bin", min(capture_s, lp.steady_s), generator_cpus).start()
+        bridges = cli.bridges()
         steady_end = time.monotonic() + lp.steady_s
         min_up = up
         while time.monotonic() < steady_end:
             time.sleep(min(2.0, max(0.0, steady_end - time.monotonic())))
-            min_up = min(min_up, active_calls(gw))
+            min_up = min(min_up, cli.calls(min_up))
         cpu = window.stop()
         after = {k: c.counts() for k, c in counters.items()}
+        if capture is not None:
+            out["media_delay"] = capture.analyse()
+            capture = None
         rss_loaded = rss_mib(apid)
         d = {k: (after[k].from_range - before[k].from_range, after[k].to_range - before[k].to_range) for k in after}
         from_carrier, to_carrier = d["carrier"]
@@ -366,11 +389,14 @@ def run_level(
                 "log_maxload": len(re.findall(r"loadavg", log_text, re.IGNORECASE)),
                 "log_sample": [ln for ln in log_text.splitlines() if "WARNING" in ln or "ERROR" in ln][:5],
                 "bridges": bridges,
+                "cli_timeouts": cli.timeouts,
             }
         )
         e2e = out["loss_pct"]["end_to_end"]
         out["ok"] = failed == 0 and e2e is not None and e2e < 1.0
     finally:
+        if capture is not None:
+            capture.kill()
         if uac is not None:
             uac.kill()
         if agent is not None:

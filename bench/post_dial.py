@@ -23,12 +23,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sip_trunk_local.sipp import Sipp, TracedMessage, free_port, traced_messages
+from sip_trunk_local.rtp import reserve_rtp_range
+from sip_trunk_local.sipp import TracedMessage, free_port, traced_messages
 
-from bench.capacity import AGENT_IP, CARRIER_IP, GATEWAY_IP, start_gateway
+from bench.capacity import start_gateway
+from bench.topology import GATEWAY_IP, start_carrier, start_challenge_agent
 from bench.variants import RENDERED
 
-SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 FULL_RATES = (5, 10, 20, 40, 80)
 QUICK_RATES = (5, 10)
 FULL_CALLS = 200
@@ -154,39 +155,23 @@ def summarize(times: Sequence[CallTimes]) -> dict[str, Any]:
 
 def run_rate(root: Path, workdir: Path, rate: float, calls: int, *, log: Callable[[str], None]) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
-    agent_port = free_port(AGENT_IP)
-    agent = Sipp(
-        SCENARIOS / "agent_uas_challenge.xml",
-        workdir / "agent",
-        transport="t1",
-        local_ip=AGENT_IP,
-        local_port=agent_port,
-        calls=calls,
-        extra_args=["-aa"],
-        global_timeout_s=calls / rate + 60,
-    ).start()
+    agent, agent_port = start_challenge_agent(workdir, calls, timeout_s=calls / rate + 60)
     gateway = carrier = None
     try:
-        from sip_trunk_local.rtp import reserve_rtp_range
-
         rtp = reserve_rtp_range(max(200, 4 * calls))
         sip_port = free_port(GATEWAY_IP)
         gateway, e164 = start_gateway(
             root, workdir, f"bench-pdd-{rate:g}", RENDERED, sip_port=sip_port, rtp=rtp.ports, agent_port=agent_port
         )
-        carrier = Sipp(
-            SCENARIOS / "carrier_uac_short.xml",
-            workdir / "carrier",
-            remote=f"{GATEWAY_IP}:{sip_port}",
-            transport="t1",
-            local_ip=CARRIER_IP,
-            service=e164,
+        carrier = start_carrier(
+            workdir,
+            sip_port=sip_port,
+            e164=e164,
             calls=calls,
             rate=rate,
-            limit=calls,
-            duration_ms=HOLD_MS,
-            global_timeout_s=calls / rate + 60,
-        ).start()
+            hold_ms=HOLD_MS,
+            timeout_s=calls / rate + 60,
+        )
         result = carrier.wait(timeout=calls / rate + 90)
         agent_result = agent.wait(timeout=30)
         times = join_legs(result.messages, agent_result.messages)

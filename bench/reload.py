@@ -15,21 +15,12 @@ import boto3
 from moto import mock_aws
 from sip_trunk_local.harness.gateway import merge, render_gateway
 from sip_trunk_local.rtp import reserve_rtp_range
-from sip_trunk_local.sipp import Sipp, free_port
+from sip_trunk_local.sipp import free_port
 
 from bench.audio import write_audio
-from bench.capacity import (
-    CARRIER_IP,
-    CODECS,
-    GATEWAY_IP,
-    ConfigVariant,
-    MediaCounter,
-    active_calls,
-    carrier_scenario,
-    gateway_settings,
-    start_agent,
-    start_gateway,
-)
+from bench.capacity import ConfigVariant, active_calls, gateway_settings, start_gateway
+from bench.common import MediaCounter
+from bench.topology import GATEWAY_IP, start_carrier, start_echo_agent
 
 PREFIX = "/bench/asterisk"
 
@@ -51,7 +42,7 @@ def run(root: Path, workdir: Path, *, calls: int, call_s: float, log: Any = prin
     gw_range = reserve_rtp_range(max(200, 4 * calls + 100))
     uac_range = reserve_rtp_range(2 * calls + 100)
     sip_port = free_port(GATEWAY_IP)
-    agent, agent_port = start_agent(workdir, calls, "ulaw")
+    agent, agent_port = start_echo_agent(workdir, calls, "ulaw")
     gw = uac = None
     counter = None
     out: dict[str, Any] = {"calls": calls, "call_s": call_s, "config": "rendered"}
@@ -63,22 +54,17 @@ def run(root: Path, workdir: Path, *, calls: int, call_s: float, log: Any = prin
             root, workdir, "bench-reload", variant, sip_port=sip_port, rtp=gw_range.ports, agent_port=agent_port
         )
         counter = MediaCounter((uac_range.low, uac_range.high)).install()
-        uac = Sipp(
-            carrier_scenario(workdir, audio, "0"),
-            workdir / "carrier",
-            remote=f"{GATEWAY_IP}:{sip_port}",
-            transport="t1",
-            local_ip=CARRIER_IP,
-            service=e164,
+        uac = start_carrier(
+            workdir,
+            sip_port=sip_port,
+            e164=e164,
             calls=calls,
             rate=max(10, calls / 5),
-            limit=calls,
-            duration_ms=int(call_s * 1000),
+            hold_ms=int(call_s * 1000),
+            timeout_s=call_s + 60,
+            audio=audio,
             media_port=uac_range.low,
-            keys={"payload": "0", "encoding": CODECS["ulaw"][1]},
-            global_timeout_s=call_s + 60,
-            trace_messages=False,
-        ).start()
+        )
         deadline = time.monotonic() + calls / max(10, calls / 5) + 10
         while time.monotonic() < deadline and active_calls(gw) < calls:
             time.sleep(0.5)

@@ -22,10 +22,10 @@ from typing import Any
 
 from bench.common import RESULTS, CpuWindow, loadavg, machine, now_iso
 
-SECTIONS = ("capacity", "reload", "post_dial", "lambda", "local", "image")
+SECTIONS = ("capacity", "gateway_core", "media_delay", "reload", "post_dial", "lambda", "local", "image")
 # image (the host install path's Asterisk compile, `make image-check`) takes 30+ minutes uncached: only on request
-DEFAULT_SECTIONS = ("capacity", "reload", "post_dial", "lambda", "local")
-NEEDS_ROOT = {"capacity", "reload", "post_dial"}
+DEFAULT_SECTIONS = ("capacity", "gateway_core", "media_delay", "reload", "post_dial", "lambda", "local")
+NEEDS_ROOT = {"capacity", "gateway_core", "media_delay", "reload", "post_dial"}
 FULL_LEVELS = (50, 100, 200, 300, 400)
 QUICK_LEVELS = (10, 30)
 GOAL_LOSS = 1.0
@@ -168,7 +168,30 @@ def load_previous(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def run_section(section: str, *, root: Path | None, work: Path, quick: bool, levels: tuple[int, ...]) -> Any:
+def run_section(
+    section: str,
+    *,
+    root: Path | None,
+    work: Path,
+    quick: bool,
+    levels: tuple[int, ...],
+    results: dict[str, Any] | None = None,
+    repeats: int = 3,
+) -> Any:
+    if section == "gateway_core":
+        from bench.gateway_core import run_core
+
+        assert root is not None
+        print(f"gateway core: Asterisk pinned to one core, generators to the other; {repeats} runs, ramped")
+        return run_core(root, work / "gateway_core", quick=quick, repeats=repeats)
+    if section == "media_delay":
+        from bench.gateway_core import run_media
+
+        assert root is not None
+        core = (results or {}).get("gateway_core")
+        highest = core.get("calls_per_core") if isinstance(core, dict) else None
+        print("media delay and jitter added per packet, per direction (loopback capture, payload-marked audio)")
+        return run_media(root, work / "media_delay", quick=quick, highest=int(highest) if highest else None)
     if section == "capacity":
         assert root is not None
         return run_capacity(root, work / "capacity", quick=quick, levels=levels)
@@ -209,6 +232,20 @@ def promote(results: dict[str, Any]) -> None:
     if isinstance(cap, dict) and "levels" in cap:
         cap.update(headline(cap))
         cap["summary"] = summarize(cap)
+    core = results.get("gateway_core")
+    if isinstance(core, dict) and core.get("runs"):
+        from bench.gateway_core import core_summary
+
+        cal = core.get("calibration", {})
+        best: dict[str, Any] = min(
+            (c for c in (cal.get("before"), cal.get("after")) if c), key=lambda c: c["loop_cpu_s"], default={}
+        )
+        core["summary"] = core_summary(core["runs"], best)
+    media = results.get("media_delay")
+    if isinstance(media, dict) and media.get("levels"):
+        from bench.gateway_core import media_summary
+
+        media.update(media_summary(media["levels"]))
     local = results.get("local")
     if isinstance(local, dict) and "provision_s" in local:
         results["provision_s"] = dict(local["provision_s"])
@@ -222,9 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(DEFAULT_SECTIONS), help="comma-separated: " + ",".join(SECTIONS))
     ap.add_argument("--quick", action="store_true", help="small levels, short calls, few local runs (smoke run)")
     ap.add_argument("--levels", default="", help="capacity levels, e.g. 50,100,200 (overrides the default)")
+    ap.add_argument("--repeats", type=int, default=3, help="gateway_core: runs of the side-by-side ramp (>= 3)")
     ap.add_argument("--keep-work", action="store_true", help="keep the sipp/Asterisk working files")
     ap.add_argument("--fresh", action="store_true", help="do not keep the sections not run from the last results")
+    ap.add_argument("--report-only", action="store_true", help="regenerate the figures, plots and doc from latest.json")
     args = ap.parse_args(argv)
+    if args.report_only:
+        from bench.report import write_report
+
+        previous = load_previous(RESULTS / "latest.json")
+        promote(previous)
+        (RESULTS / "latest.json").write_text(json.dumps(previous, indent=2, sort_keys=False) + "\n")
+        write_report(previous, quick=False)
+        return 0
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows under make/tee
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -261,7 +308,15 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             run_info: dict[str, Any] = {"date": now_iso(), "mode": results["mode"], "background": bg}
             try:
-                results[section] = run_section(section, root=root, work=work, quick=args.quick, levels=levels)
+                results[section] = run_section(
+                    section,
+                    root=root,
+                    work=work,
+                    quick=args.quick,
+                    levels=levels,
+                    results=results,
+                    repeats=1 if args.quick else args.repeats,
+                )
             except Exception as exc:
                 from bench.local import LocalModeFailed
 

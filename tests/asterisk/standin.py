@@ -279,6 +279,11 @@ class Standin:
         """The Request-URI users of the calls the agent took (one log line per call)."""
         return re.findall(r"STANDIN-AGENT-CALL ruri_user=(\S*)", self.inst.log_text("messages"))
 
+    def agent_call_endpoints(self) -> list[tuple[str, str]]:
+        """(Request-URI user, stand-in endpoint) of each call an agent took: the endpoint is the one the
+        gateway's digest user name identified, so it says which credentials the INVITE carried."""
+        return re.findall(r"STANDIN-AGENT-CALL ruri_user=(\S*) .*endpoint=(\S*)", self.inst.log_text("messages"))
+
     def originate(self, exten: str, endpoint: str = "to-gateway") -> str:
         """Call ``exten`` on the gateway as the agent does (asynchronous)."""
         out = self.inst.rx(f"channel originate PJSIP/{exten}@{endpoint} extension echo@agent-outbound")
@@ -321,11 +326,16 @@ def start_standin(
     gateway_addr: tuple[str, int],
     name: str | None = None,
     extra_pjsip: str = "",
+    numbers: tuple[str, ...] = (),
+    extra_dialplan: str = "",
 ) -> Standin:
     """Start the holder Asterisk and the shared address in front of it.
 
     ``gateway_out`` = (user, password) the gateway authenticates with when it calls the agent;
     ``gateway_in`` = (user, password) the agent uses to call the gateway at ``gateway_addr``.
+    ``numbers`` are further numbers imported with the ``gateway_out`` credentials (each has an agent that
+    answers); numbers with other credentials need an endpoint in ``extra_pjsip`` whose context, in
+    ``extra_dialplan``, sends only them to ``agent-answer``.
     """
     holder_port = free_port(HOLDER_IP)
     shared_port = free_port(SHARED_IP)
@@ -344,6 +354,10 @@ def start_standin(
         "GATEWAY_PORT": str(gateway_addr[1]),
     }
     extra = {"standin_extra.conf": extra_pjsip} if extra_pjsip else {}
+    if numbers:
+        extra["standin_numbers.conf"] = "".join(f"exten => {n},1,Goto(agent-answer,${{EXTEN}},1)\n" for n in numbers)
+    if extra_dialplan:
+        extra["standin_extra_dialplan.conf"] = extra_dialplan
     inst = asterisk_factory(CONFIG_DIR, name=name, variables=variables, extra_files=extra)
     shared = SharedAddress((SHARED_IP, shared_port), (HOLDER_IP, holder_port)).start()
     return Standin(inst=inst, shared=shared, holder_port=holder_port, rtp_range=rtp, e164=e164)

@@ -9,8 +9,8 @@ from the holder's RTCP receiver reports (``tx``). The impaired direction must sh
 stated tolerance, every other leg and direction none. Controls: the same call unimpaired is clean, and with
 ``dialplan.call_records`` off the call still works and no record is written.
 
-This machine's kernel has no ``sch_netem`` (no ``tc netem``), so jitter is not induced: the records'
-jitter figures are asserted to be present and small on clean paths only.
+This machine's kernel has no ``sch_netem`` (no ``tc netem``): jitter is induced at the source instead, by a
+re-timed pcap, in test_call_record_jitter.py; here the jitter figures are asserted small on clean paths.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ exten => {{E164}},1,Log(NOTICE,STANDIN-AGENT-CALL ruri_user=${EXTEN} from=${CALL
 """
 RECORD_KEYS = {
     "v", "call_id", "start", "setup_ms", "answer_ms", "end_ms", "pdd_ms", "entry", "caller", "called", "route",
-    "target", "carrier", "disposition", "hangup_by", "caller_leg", "callee_leg",
+    "target", "carrier", "disposition", "hangup_by", "transfer", "caller_leg", "callee_leg",
 }  # fmt: skip
 LEG_KEYS = {"call_id", "channel", "endpoint", "sip_call_id", "codec", "hangup_cause", "rx", "tx", "rtt_s"}
 
@@ -99,6 +99,7 @@ def place_call(
     caller: str = CALLER,
     agent_hangs_up: bool = False,
     loss: float = LOSS,
+    pcap: Path = PCAP,
 ) -> Call:
     """carrier -> gateway -> holder, ~8 s; ``drop`` = "to-agent" / "from-agent" loses ``loss`` of that direction."""
     settings, secrets = load_example("minimal")
@@ -146,7 +147,7 @@ def place_call(
               "-m", "statistic", "--mode", "random", "--probability", str(loss), "-j", "DROP")  # fmt: skip
     scenario = tmp_path / "carrier.xml"
     name = "carrier_call_far_bye.xml" if agent_hangs_up else "rec_carrier_call.xml"
-    scenario.write_text(scenario_path(name).read_text().replace("@PCAP@", str(PCAP)))
+    scenario.write_text(scenario_path(name).read_text().replace("@PCAP@", str(pcap)))
     result = run_sipp(
         scenario,
         tmp_path / f"carrier-{ns}",
@@ -186,6 +187,7 @@ def assert_complete(record: dict[str, Any], call: Call, *, hung_up_by: str = "ca
         "target": call.e164, "disposition": "ANSWER",
     }  # fmt: skip
     assert {k: record[k] for k in expected} == expected, record
+    assert record["transfer"] == {"target": "", "outcome": "none"}, record  # no transfer asked
     assert record["setup_ms"] <= record["answer_ms"] < record["end_ms"]
     # the carrier played its ~4.7 s pcap, then held the call 8 s more; or the agent ended it after 9 s
     low, high = (11000, 16000) if hung_up_by == "carrier" else (8500, 11000)

@@ -116,7 +116,8 @@ def test_failed_auth_from_one_source_is_matched_by_rendered_fail2ban_filter(
     ast = asterisk_factory(None, start=False)
     if transport == "tls":
         keys = f"{ast.chroot_base}/etc/keys"
-        settings = merge(settings, {"tls": {"cert_file": f"{keys}/gw.crt", "key_file": f"{keys}/gw.key"}})
+        tls = {"cert_file": f"{keys}/gw.crt", "key_file": f"{keys}/gw.key", "ca_list_file": f"{keys}/gw.crt"}
+        settings = merge(settings, {"tls": tls})
     gateway = render_gateway(settings, secrets, tmp_path / "gw")
     ast.config_dir = gateway.asterisk_dir
     if transport == "tls":
@@ -230,8 +231,19 @@ def test_tls_call_media_encryption(
     settings = merge(
         settings,
         {
-            "elevenlabs": {"transport": "tls", "media_encryption": gateway_mode},
-            "tls": {"enabled": True, "cert_file": f"{keys}/gw.crt", "key_file": f"{keys}/gw.key"},
+            # the inbound direction's own setting; the other direction's (unused here) is left at disabled, so an
+            # inbound endpoint rendered from the wrong setting takes plain RTP and fails the 488 case
+            "elevenlabs": {
+                "transport": "tls",
+                "media_encryption": "disabled",
+                "media_encryption_inbound": gateway_mode,
+            },
+            "tls": {
+                "enabled": True,
+                "cert_file": f"{keys}/gw.crt",
+                "key_file": f"{keys}/gw.key",
+                "ca_list_file": f"{keys}/ca.crt",
+            },
             "network": {
                 "bind_address": "127.0.0.1",
                 "public_hostname": "sip.gateway.example",  # required with transport tls
@@ -268,7 +280,7 @@ def test_tls_call_media_encryption(
         extra_args=["-aa"],
     ).start()
     gw.config_dir = gateway.asterisk_dir
-    gw.extra_files = {"keys/gw.crt": gw_cert, "keys/gw.key": gw_key}
+    gw.extra_files = {"keys/gw.crt": gw_cert, "keys/gw.key": gw_key, "keys/ca.crt": ca_pem}
     try:
         gw.start()
     except BaseException:

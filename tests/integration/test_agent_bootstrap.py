@@ -244,8 +244,9 @@ def test_the_call_records_timer_runs_only_with_both_destinations(
     config = dataclasses.replace(host.config, asterisk_log_group=group, backup_bucket=bucket)
     # When it bootstraps
     boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
-    # Then the shipping timer runs only when both are there
+    # Then the shipping timer, and the BYE headers service that feeds it, run only when both are there
     assert (["systemctl", "enable", "--now", boot.CALLS_TIMER] in host.commands) is ships
+    assert (["systemctl", "enable", "--now", boot.BYE_HEADERS] in host.commands) is ships
 
 
 def test_standby_bootstrap_starts_watch_peer_and_survives_a_missing_version(
@@ -335,6 +336,7 @@ def test_cli_bootstrap_reads_the_env_file_the_host_stack_writes(
         "${AWS::Region}": REGION, "${RootStackName}": STACK, "${ConfigPrefix}": PREFIX, "${StateTable}": TABLE,
         "${BackupBucket}": "b", "${RecordingsBucket}": "", "${FailoverStateMachineArn}": "arn:x",
         "${AsteriskLogGroup}": f"/aws-sip-trunk/{STACK}/asterisk", "${ConfigVersion}": "none",
+        "${PublicHostname}": "", "${CertificateZoneId}": "",
     }  # fmt: skip
     text = "\n".join(line.strip() for line in block.splitlines())
     for key, value in values.items():
@@ -497,6 +499,12 @@ def test_the_certificate_timer_runs_only_with_a_host_name_and_its_zone(
     # Given a host whose environment names (or not) the public host name and the zone renew-cert writes to
     config = dataclasses.replace(host.config, public_hostname=hostname, acme_hosted_zone_id=zone)
     # When it bootstraps
-    boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
+    result = boot.bootstrap(config, host.session, FixtureCli(), run=host.run)  # type: ignore[arg-type]
     # Then the certificate timer runs only when both are there
     assert (["systemctl", "enable", "--now", boot.CERT_TIMER] in host.commands) is renews
+    # and a certificate that cannot be had (here: the zone does not exist) is a warning, not a failed boot
+    if renews:
+        assert result["certificate"] == {"ok": False, "error": "hosted zone Z1: NoSuchHostedZone"}
+        assert "certificate: hosted zone Z1: NoSuchHostedZone" in result["warnings"]
+    else:
+        assert result["certificate"] is None

@@ -180,8 +180,9 @@ def test_an_outage_loses_nothing_and_delivery_deletes_the_spool(logs: Any, s3: A
     assert all(k.split("/")[-1].startswith("i-0abc-") and k.endswith(".jsonl") for k in objects)
     stored = [r for records in objects.values() for r in records]
     assert sorted(r["call_id"] for r in stored) == [f"gw-1796303919.{n}" for n in (1, 2, 3, 4)]
-    # the record unchanged, plus the media verdict
-    assert next(r for r in stored if r["call_id"].endswith(".2")) == {**record(2, lost=30), "media": "ok"}
+    # the record unchanged, plus the media verdict and (none here) the agent's BYE headers
+    shipped = {**record(2, lost=30), "media": "ok", "conversation_id": None, "agent_headers": {}}
+    assert next(r for r in stored if r["call_id"].endswith(".2")) == shipped
 
 
 def test_a_broken_line_is_set_aside_not_retried(logs: Any, s3: Any, config: AgentConfig) -> None:
@@ -352,3 +353,55 @@ def test_a_progress_marker_left_by_a_crash_after_the_delete_is_cleaned_up(
     calls.ship_call_records(config, logs, s3, sleep=no_sleep)
     assert list(config.call_records_dir.iterdir()) == []
     assert [e["call_id"] for e in delivered(logs)] == ["gw-1796303919.1"]
+
+
+def hep_bye(sip_call_id: str, *headers: str) -> bytes:
+    """A HEP v3 copy of a BYE, as Asterisk's res_hep_pjsip sends it (the SIP message in chunk 0x000f)."""
+    import struct
+
+    sip = "\r\n".join(["BYE sip:gw@10.0.0.10 SIP/2.0", f"Call-ID: {sip_call_id}", *headers, "", ""]).encode()
+    chunk = struct.pack("!HHH", 0, 0x000F, 6 + len(sip)) + sip
+    return b"HEP3" + struct.pack("!H", 6 + len(chunk)) + chunk
+
+
+def test_the_agents_bye_headers_are_shipped_with_the_agents_leg(logs: Any, s3: Any, config: AgentConfig) -> None:
+    import socket
+
+    # Given two answered calls spooled, and the bye-headers service given Asterisk's copies of the BYEs that ended
+    # their agent legs: the first with the conversation id and a custom header, the second with a hostile id
+    spool_lines(config, "20261203", [json.dumps(record(1)), json.dumps(record(2))])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(0.1)
+        first = hep_bye("1@198.51.100.7", "X-Conversation-ID: conv_7Hk2", "X-Call-Outcome: resolved")
+        tx.sendto(first, rx.getsockname())
+        tx.sendto(hep_bye("2@198.51.100.7", 'X-Conversation-ID: bad"id'), rx.getsockname())
+        # both datagrams are queued on the loopback socket: two reads, one timeout, then stop
+        stops = iter([False, False, False, True])
+        kept = calls.serve_bye_headers(config.call_records_dir, rx, stop=lambda: next(stops))
+    # When the records are shipped
+    calls.ship_call_records(config, logs, s3, settle_s=0, sleep=no_sleep)
+    # Then the first call's record carries the conversation id and the other header, in S3 and in the log event
+    (objects,) = in_s3(s3).values()
+    by_id = {r["call_id"]: r for r in objects}
+    events = {e["call_id"]: e for e in delivered(logs)}
+    for source in (by_id, events):
+        first, second = source["gw-1796303919.1"], source["gw-1796303919.2"]
+        assert (first["conversation_id"], first["agent_headers"]) == ("conv_7Hk2", {"x-call-outcome": "resolved"})
+        # and the second has none: its BYE's only header was refused
+        assert (second["conversation_id"], second["agent_headers"]) == (None, {})
+    assert kept == 1
+
+
+def test_bye_headers_older_than_yesterday_are_dropped_once_nothing_is_left_to_ship(
+    logs: Any, s3: Any, config: AgentConfig
+) -> None:
+    spool = config.call_records_dir
+    now = 1796303932.0  # 2026-12-03
+    for day in ("20261130", "20261202", "20261203"):
+        (spool / f"agent-headers-{day}.jsonl").write_text("")
+    calls.ship_call_records(config, logs, s3, settle_s=0, sleep=no_sleep, clock=lambda: now)
+    assert sorted(p.name for p in spool.glob("agent-headers-*")) == [
+        "agent-headers-20261202.jsonl",
+        "agent-headers-20261203.jsonl",
+    ]

@@ -27,14 +27,13 @@ STACK = "voice"
 BUCKET = "voice-backups-0123"
 GROUP = "/voice/asterisk"
 SECRET_VALUE = "Secret-Value-0123456789"
-NOW = time.time()
 HOUR_MS = 3_600_000
 
 
-def a_call(n: int, ended_ago_h: float, *, one_way: bool = False) -> dict[str, Any]:
+def a_call(now: float, n: int, ended_ago_h: float, *, one_way: bool = False) -> dict[str, Any]:
     """A record with the shape the rendered dialplan writes, and the values of a 60 s answered call."""
     record = example_record()
-    end = int(NOW * 1000 - ended_ago_h * HOUR_MS)
+    end = int(now * 1000 - ended_ago_h * HOUR_MS)
     setup = end - 61_000
     record.update({
         "call_id": f"gw-{setup // 1000}.{n}", "setup_ms": setup, "answer_ms": setup + 1000, "end_ms": end,
@@ -53,11 +52,20 @@ def a_call(n: int, ended_ago_h: float, *, one_way: bool = False) -> dict[str, An
     return record
 
 
-CALLS = [a_call(1, 0.5), a_call(2, 1.5, one_way=True), a_call(3, 5), a_call(4, 30), a_call(5, 80)]
+@pytest.fixture
+def recorded() -> list[dict[str, Any]]:
+    """Calls that ended 0.5 h to 80 h before the test started (not before the module was collected: a test run
+    late in a long session would otherwise see call 1 older than an hour)."""
+    now = time.time()
+    return [a_call(now, 1, 0.5), a_call(now, 2, 1.5, one_way=True), a_call(now, 3, 5), a_call(now, 4, 30),
+            a_call(now, 5, 80)]  # fmt: skip
 
 
 @pytest.fixture
-def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorded: list[dict[str, Any]]
+) -> Iterator[list[dict[str, Any]]]:
+    """A deployed stack whose bucket holds ``recorded``, shipped by the real host agent; yields the records."""
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(operator_cli, "out", Console(width=300, soft_wrap=True))
@@ -79,7 +87,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         # the host agent ships the records, each spooled in the day file of its end (UTC)
         spool = tmp_path / "calls"
         spool.mkdir()
-        for record in CALLS:
+        for record in recorded:
             day = time.strftime("%Y%m%d", time.gmtime(record["end_ms"] / 1000))
             with (spool / f"calls-{day}.jsonl").open("a") as out:
                 out.write(json.dumps(record) + "\n")
@@ -87,66 +95,68 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             stack=STACK, region=REGION, call_records_dir=spool, asterisk_log_group=GROUP, backup_bucket=BUCKET,
             instance_id="i-0abc",
         )  # fmt: skip
-        assert calls.ship_call_records(config, logs, s3, sleep=lambda _: None)["shipped"] == len(CALLS)
-        yield
+        assert calls.ship_call_records(config, logs, s3, sleep=lambda _: None)["shipped"] == len(recorded)
+        yield recorded
 
 
 def run(*args: str) -> Any:
     return CliRunner().invoke(app, ["calls", *args, "--stack", STACK, "--region", REGION])
 
 
-def ids(*ns: int) -> list[str]:
-    return [CALLS[n - 1]["call_id"] for n in ns]
+def ids(records: list[dict[str, Any]], *ns: int) -> list[str]:
+    return [records[n - 1]["call_id"] for n in ns]
 
 
-def test_lists_recent_calls_newest_first_in_a_table(stack: None) -> None:
+def test_lists_recent_calls_newest_first_in_a_table(stack: list[dict[str, Any]]) -> None:
     # When the operator lists the last day's calls
     result = run()
     # Then the table holds the three calls of the last 24 h, newest first, with the media verdict
     assert result.exit_code == 0, result.output
-    positions = [result.output.find(call_id) for call_id in ids(1, 2, 3)]
+    positions = [result.output.find(call_id) for call_id in ids(stack, 1, 2, 3)]
     assert all(p > 0 for p in positions), result.output
     assert positions == sorted(positions)
-    assert CALLS[3]["call_id"] not in result.output
+    assert stack[3]["call_id"] not in result.output
     assert "3 call(s)" in result.output
     assert "one_way_in" in result.output
     assert "60.0" in result.output  # talk seconds
     assert SECRET_VALUE not in result.output
 
 
-def test_since_and_limit_choose_the_calls(stack: None) -> None:
+def test_since_and_limit_choose_the_calls(stack: list[dict[str, Any]]) -> None:
     listed = run("--since", "4d", "--json")
     assert listed.exit_code == 0, listed.output
-    assert [json.loads(line)["call_id"] for line in listed.output.splitlines()] == ids(1, 2, 3, 4, 5)
+    assert [json.loads(line)["call_id"] for line in listed.output.splitlines()] == ids(stack, 1, 2, 3, 4, 5)
     limited = run("--since", "4d", "--limit", "2", "--json")
-    assert [json.loads(line)["call_id"] for line in limited.output.splitlines()] == ids(1, 2)
+    assert [json.loads(line)["call_id"] for line in limited.output.splitlines()] == ids(stack, 1, 2)
     recent = run("--since", "1h", "--json")
-    assert [json.loads(line)["call_id"] for line in recent.output.splitlines()] == ids(1)
-    since_time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW - 2 * 3600))
-    assert [json.loads(x)["call_id"] for x in run("--since", since_time, "--json").output.splitlines()] == ids(1, 2)
+    assert [json.loads(line)["call_id"] for line in recent.output.splitlines()] == ids(stack, 1)
+    since_time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 2 * 3600))
+    assert [json.loads(x)["call_id"] for x in run("--since", since_time, "--json").output.splitlines()] == ids(
+        stack, 1, 2
+    )
 
 
-def test_show_prints_one_call_in_full(stack: None) -> None:
+def test_show_prints_one_call_in_full(stack: list[dict[str, Any]]) -> None:
     # When the operator asks for the one-way call, two days after it ended is no matter: the id carries its day
-    call_id = CALLS[1]["call_id"]
+    call_id = stack[1]["call_id"]
     result = CliRunner().invoke(app, ["calls", "show", call_id, "--stack", STACK, "--region", REGION])
     assert result.exit_code == 0, result.output
     # Then the whole record is printed as JSON (every field the dialplan writes, plus the verdict) and per leg
     text = result.output
     document = json.loads(text[: text.index("}\n", text.rindex('"v"')) + 1])
-    assert document == {**CALLS[1], "media": "one_way_in"}
+    assert document == {**stack[1], "media": "one_way_in", "conversation_id": None, "agent_headers": {}}
     assert "media per leg and direction" in text
     assert SECRET_VALUE not in text
 
 
-def test_show_an_unknown_call_fails_cleanly(stack: None) -> None:
+def test_show_an_unknown_call_fails_cleanly(stack: list[dict[str, Any]]) -> None:
     result = CliRunner().invoke(app, ["calls", "show", "gw-1796303919.99", "--stack", STACK, "--region", REGION])
     assert result.exit_code == 1
     assert "no call record with id gw-1796303919.99" in result.output
     assert "Traceback" not in result.output
 
 
-def test_refusals(stack: None) -> None:
+def test_refusals(stack: list[dict[str, Any]]) -> None:
     assert CliRunner().invoke(app, ["calls"]).exit_code == 2  # no stack
     bad = run("--since", "yesterday")
     assert bad.exit_code == 2

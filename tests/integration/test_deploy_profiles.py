@@ -148,14 +148,26 @@ def test_cached_build_check_catches_a_cached_profile() -> None:
     assert cached_builds(planted) == ["dev"]
 
 
-# --- TLS needs a certificate the stack does not provide --------------------------------------------
+# --- TLS needs the name and zone of the certificate the hosts obtain ----------------------------------
 
 
-def test_tls_without_a_certificate_source_is_refused_before_anything_is_created(template) -> None:
-    # Nothing puts a certificate at tls.cert_file on the hosts: Asterisk's TLS transport would not start.
-    problems = parameter_problems(template, {**DAY_ONE_ANSWERS, "EnableTls": "true", "SipTransport": "tls"})
-    assert [p.split(":")[0] for p in problems] == ["rule TlsNeedsCertificate"]
-    assert "certificate" in problems[0]
+@pytest.mark.parametrize(
+    "missing",
+    [{}, {"RecordName": "sip.example.com"}, {"HostedZoneId": "Z0123456789ABCDEFGHIJ"}],
+    ids=["neither", "no-zone", "no-name"],
+)
+def test_tls_without_the_certificates_name_and_zone_is_refused_before_anything_is_created(template, missing) -> None:
+    # Each host obtains its certificate for RecordName by ACME DNS-01 in HostedZoneId: without both, no certificate
+    problems = parameter_problems(template, {**DAY_ONE_ANSWERS, "EnableTls": "true", "SipTransport": "tls", **missing})
+    assert "rule TlsNeedsHostnameAndZone" in [p.split(":")[0] for p in problems]
+    assert "hosted zone" in next(p for p in problems if p.startswith("rule TlsNeedsHostnameAndZone"))
+
+
+def test_tls_with_the_certificates_name_and_zone_is_accepted(template) -> None:
+    # Control for the refusal above: the complete TLS answers pass every rule
+    tls = {"EnableTls": "true", "SipTransport": "tls", "HostedZoneId": "Z0123456789ABCDEFGHIJ",
+           "RecordName": "sip.example.com"}  # fmt: skip
+    assert parameter_problems(template, {**DAY_ONE_ANSWERS, **tls}) == []
 
 
 # --- the acceptance run waits as long as Provision may take -------------------------------------------

@@ -68,11 +68,12 @@ def test_every_samconfig_profile_deploys(aws: None, profile: str) -> None:
 
 
 def test_a_profile_the_template_refuses_creates_nothing(aws: None) -> None:
-    # Given prod with TLS on, which the template's TlsNeedsCertificate rule refuses (CloudFormation's view)
+    # Given prod with TLS on but no hosted zone or DNS name for the certificate, which the template's
+    # TlsNeedsHostnameAndZone rule refuses (CloudFormation's view)
     stack_name, parameters = _stack_and_parameters("prod")
-    parameters |= {"EnableTls": "true", "SipTransport": "tls"}
+    parameters |= {"EnableTls": "true", "SipTransport": "tls", "HostedZoneId": "", "RecordName": ""}
     refused = parameter_problems(load_template(ROOT / "template.yaml"), parameters)
-    assert [p.split(":")[0] for p in refused] == ["rule TlsNeedsCertificate"]
+    assert [p.split(":")[0] for p in refused] == ["rule TlsNeedsHostnameAndZone"]
     # When the root stack is created with it, Then it is refused with the same problems, before anything exists
     with pytest.raises(ParametersRefused) as caught:
         create_control_plane(ROOT, stack_name, parameters, high_availability=True)
@@ -87,7 +88,7 @@ def test_the_refusal_check_sees_every_rule_of_the_template() -> None:
     assert parameter_problems(template, accepted) == []
     planted = {
         "TlsTransportNeedsTls": {"SipTransport": "tls"},
-        "TlsNeedsCertificate": {"EnableTls": "true"},
+        "TlsNeedsHostnameAndZone": {"EnableTls": "true", "HostedZoneId": "", "RecordName": ""},
         "SrtpNeedsTls": {"MediaEncryption": "required"},
         "ImageReferenceGiven": {"AmiSource": "ami-id"},
         "DnsNeedsBoth": {"HostedZoneId": "Z0123456789ABCDEFGHIJ"},

@@ -354,14 +354,15 @@ def test_udp_sip_only_from_allowed_networks_and_rtp_from_anywhere() -> None:
     assert all(cidr != world for _, cidr in by_port[("udp", 5060)]), "SIP over UDP must not be open to the world"
     assert all(json.dumps(cidr).count("AllowedSipCidrs") == 1 for _, cidr in by_port[("udp", 5060)])
     assert (None, world) in by_port[("udp", 10000)], "RTP must be open to any source (ElevenLabs media)"
-    # TCP 5060 / TLS 5061 reach the world only while no ElevenLabs static range is given.
-    assert ("SipOpenToAll", world) in by_port[("tcp", 5060)]
-    assert ("TlsOpenToAll", world) in by_port[("tcp", 5061)]
-    assert [c for c, cidr in by_port[("tcp", 5060)] if cidr == world] == ["SipOpenToAll"]
+    # TCP 5060 / TLS 5061 reach the world only while no ElevenLabs static range is given, TCP 5060 only while
+    # the trunk's transport is tcp and TLS 5061 only while TLS is on.
+    assert [c for c, cidr in by_port[("tcp", 5060)] if cidr == world] == ["TcpOpenToAll"]
     assert [c for c, cidr in by_port[("tcp", 5061)] if cidr == world] == ["TlsOpenToAll"]
     conditions = load(NETWORK_TEMPLATE)["Conditions"]
     assert conditions["SipOpenToAll"] == {"Fn::Not": [{"Condition": "HasStaticCidr"}]}
-    assert ("HasStaticCidr", {"Ref": "ElevenLabsStaticCidr"}) in by_port[("tcp", 5060)]
+    assert conditions["TcpOpenToAll"] == {"Fn::And": [{"Condition": "TrunkOverTcp"}, {"Condition": "SipOpenToAll"}]}
+    assert conditions["TlsOpenToAll"] == {"Fn::And": [{"Condition": "TlsOn"}, {"Condition": "SipOpenToAll"}]}
+    assert ("TcpToStatic", {"Ref": "ElevenLabsStaticCidr"}) in by_port[("tcp", 5060)]
 
 
 def test_sip_from_groups_only_from_the_hosts_and_the_probe_function() -> None:

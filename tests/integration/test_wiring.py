@@ -6,6 +6,7 @@ them); this test proves the result is wired as the functions expect.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -149,3 +150,55 @@ def test_with_the_static_range_the_probing_functions_name_the_in_vpc_probe_funct
         ("tcp", 5060, outputs["ProbeSecurityGroupId"]),
         ("udp", 5060, outputs["ProbeSecurityGroupId"]),
     }
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_the_host_stack_gets_the_host_name_and_zone_exactly_when_tls_is_on(
+    aws: None, tls: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The root stack (created in moto) writes the host-parameters document LaunchHost passes on; stacks/host.yaml
+    rendered with it writes the certificate's name and zone into each host's agent.env and grants the Route 53
+    challenge permissions on that zone only. Negative control: without the document's ``PublicHostname`` (or its
+    ``CertificateZoneId``) the agent.env lines are empty and renew-cert and its timer never run on the hosts."""
+    from cfnlint.decode import decode
+    from sip_trunk.workflows.provision import launch
+    from sip_trunk_local.stack_updates import render_resources
+
+    zone, name = "Z0123456789ABCDEFGHIJ", "sip.example.com"
+    # the operator's public zone, with an id of the form Route 53 gives (moto's are random letters)
+    monkeypatch.setattr("moto.route53.models.create_route53_zone_id", lambda *_, **__: zone)
+    boto3.client("route53").create_hosted_zone(Name="example.com", CallerReference="wiring")
+    dns = {"HostedZoneId": zone, "RecordName": name}
+    parameters = {**PARAMETERS, **dns, **({"EnableTls": "true", "SipTransport": "tls"} if tls else {})}
+    create_control_plane(ROOT, STACK, parameters, high_availability=True)
+    document = json.loads(
+        boto3.client("ssm").get_parameter(Name=f"/sip-trunk/{STACK}/host-parameters")["Parameter"]["Value"]
+    )
+    # what LaunchHost passes: the document without the image reference and boot-only entries, plus the slots' images
+    host_params = {k: str(v) for k, v in document.items() if k not in {launch.IMAGE_SOURCE, launch.IMAGE}}
+    for key in launch.BOOT_ONLY:
+        host_params.pop(key)
+    host_params |= dict.fromkeys(launch.SLOT_IMAGES.values(), "ami-0123456789abcdef0")
+    host_params[launch.CONFIG_VERSION] = "v1"
+    template, problems = decode(str(ROOT / "stacks" / "host.yaml"))
+    assert template is not None, problems
+    rendered = render_resources(template, host_params)
+
+    for logical in ("PrimaryInstance", "StandbyInstance"):
+        user_data = base64.b64decode(rendered[logical][1]["UserData"]).decode()
+        block = user_data.split("cat > /etc/sip-trunk/agent.env <<'EOF'\n", 1)[1].split("EOF\n", 1)[0]
+        env = dict(line.strip().split("=", 1) for line in block.splitlines())
+        assert env["SIP_TRUNK_PUBLIC_HOSTNAME"] == (name if tls else ""), logical
+        assert env["SIP_TRUNK_ACME_HOSTED_ZONE_ID"] == (zone if tls else ""), logical
+    statements = {
+        s["Sid"]: s
+        for policy in rendered["HostRole"][1]["Policies"]
+        for s in policy["PolicyDocument"]["Statement"]
+        if "Sid" in s
+    }
+    acme = {sid for sid in statements if sid.startswith("Acme")}
+    if tls:
+        assert acme == {"AcmeChallengeRecords", "AcmeZone", "AcmeFindZone", "AcmeWaitForChange"}
+        assert statements["AcmeChallengeRecords"]["Resource"] == f"arn:aws:route53:::hostedzone/{zone}"
+    else:
+        assert acme == set()

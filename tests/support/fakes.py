@@ -485,7 +485,7 @@ def live_number(want: DesiredTrunk, phone_number_id: str = "phnum_1", **changes:
             username=want.username,
         ),
         "inbound_trunk": InboundTrunk(
-            media_encryption=want.media_encryption,
+            media_encryption=want.inbound_encryption,
             has_auth_credentials=want.inbound_password is not None,
             username=want.inbound_username,
             remote_domains=list(want.remote_domains) or None,

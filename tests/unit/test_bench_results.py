@@ -27,6 +27,13 @@ FIGURES = (
     "reload.apply_s",
     "post_dial.invite_hop_p99_ms",
     "post_dial.answer_hop_p99_ms",
+    "gateway_core.calls_per_core",
+    "gateway_core.ratio_to_reference",
+    "gateway_core.asterisk_cpu_pct_per_call",
+    "gateway_core.cpu_per_call_ratio_to_reference",
+    "media_delay.delay_p99_ms",
+    "media_delay.delay_p99_ratio_to_reference",
+    "media_delay.added_jitter_ms",
     "provision_s.median",
     "failover_rto_s.median",
     "failover_rto_s.p95",
@@ -78,6 +85,17 @@ def test_latest_has_the_machine_and_the_date(latest: dict[str, Any]) -> None:
     for section in ("capacity", "reload", "local"):
         run = latest["section_runs"][section]
         assert dt.datetime.fromisoformat(run["date"]).tzinfo is not None, section
+
+
+def test_side_by_side_figures_come_from_enough_runs(latest: dict[str, Any]) -> None:
+    """The ratios that survive a change of machine: at least 3 runs of the rendered config and the reference."""
+    summary = latest["gateway_core"]["summary"]
+    assert summary["runs"] >= 3
+    assert len(summary["calls_per_core"]) == len(summary["reference_calls_per_core"]) == summary["runs"]
+    assert _is_number(summary["calls_per_core_spread"]["spread_pct"])
+    assert {lv["calls"] for lv in latest["media_delay"]["levels"]} >= {1, 100, 300}
+    for section in ("gateway_core", "media_delay"):
+        assert latest["section_runs"][section]["background"]["loadavg"], section
 
 
 def test_local_figures_come_from_enough_runs(latest: dict[str, Any]) -> None:

@@ -35,6 +35,8 @@ def _split_fields(body: str) -> list[str]:
 
 def parse_type(text: str) -> Any:
     """A Hive type as data: ``struct<a:int,b:struct<…>>`` -> {"a": "int", "b": {…}}; scalars stay strings."""
+    if text == "map<string,string>":
+        return "map"
     if text.startswith("struct<") and text.endswith(">"):
         out = {}
         for field in _split_fields(text[len("struct<") : -1]):
@@ -56,6 +58,8 @@ def shape(value: Any) -> Any:
 
 def nulls_as_in(kinds: Any, record: Any) -> Any:
     """The table's shape with "null" wherever the record has a null (a scalar column of either kind holds it)."""
+    if kinds == "map" and isinstance(record, dict) and set(record.values()) <= {"string"}:
+        return record  # a map of strings holds any keys
     if isinstance(kinds, dict) and isinstance(record, dict):
         return {k: nulls_as_in(v, record.get(k)) for k, v in kinds.items()}
     return "null" if record == "null" and not isinstance(kinds, dict) else kinds
@@ -65,8 +69,8 @@ def table_shape(kinds: dict[str, Any]) -> dict[str, Any]:
     def one(kind: Any) -> Any:
         if isinstance(kind, dict):
             return {k: one(v) for k, v in kind.items()}
-        assert kind in NUMERIC | {"string"}, kind
-        return "string" if kind == "string" else "number"
+        assert kind in NUMERIC | {"string", "map"}, kind
+        return kind if kind in ("string", "map") else "number"
 
     return {k: one(v) for k, v in kinds.items()}
 
@@ -89,11 +93,19 @@ def test_every_field_the_dialplan_writes_has_a_column_of_its_kind() -> None:
     # Then the table has exactly its fields, nested legs included, strings as strings and numbers as numbers
     assert "media" in record  # the host agent's verdict travels with the record
     assert nulls_as_in(table_shape(columns()), shape(record)) == shape(record)
+    # and with the agent's BYE headers added, as ship-calls adds them
+    record = {**record, "conversation_id": "conv_1", "agent_headers": {"x-call-outcome": "resolved"}}
+    assert nulls_as_in(table_shape(columns()), shape(record)) == shape(record)
 
 
 def test_the_comparison_sees_a_field_without_a_column() -> None:
     record = shipped_record()
     record["callee_leg"]["rx"]["new_figure"] = 0
+    assert nulls_as_in(table_shape(columns()), shape(record)) != shape(record)
+
+
+def test_the_comparison_sees_a_map_value_that_is_not_a_string() -> None:
+    record = {**shipped_record(), "agent_headers": {"x-count": 3}}
     assert nulls_as_in(table_shape(columns()), shape(record)) != shape(record)
 
 

@@ -41,6 +41,18 @@ def desired(**changes: object) -> DesiredTrunk:
 
 
 # ------------------------------------------------------------------------------------------- diff
+def test_diff_holds_each_trunk_to_its_own_directions_media_encryption() -> None:
+    """Negative control: a number whose inbound trunk has the outbound trunk's value (what a sync that ignored
+    the inbound direction would leave) is reported as drifted on that field only."""
+    want = desired(transport="tls", media_encryption="required", inbound_media_encryption="allowed")
+    assert diff_trunk(want, live_number(want)) == []
+    stale = live_number(desired(transport="tls", media_encryption="required"))
+    mismatches = diff_trunk(want, stale)
+    assert [(m.field, m.desired, m.actual) for m in mismatches] == [
+        ("inbound_trunk.media_encryption", "allowed", "required")
+    ]
+
+
 def test_diff_is_empty_when_live_number_matches() -> None:
     want = desired(agent_id="agent_1")
     assert diff_trunk(want, live_number(want)) == []

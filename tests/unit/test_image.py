@@ -157,6 +157,7 @@ def test_systemd_units_present() -> None:
         "sip-trunk-recordings.path",
         "sip-trunk-calls.service",
         "sip-trunk-calls.timer",
+        "sip-trunk-bye-headers.service",
         "sip-trunk-cert.service",
         "sip-trunk-cert.timer",
     }
@@ -181,6 +182,7 @@ def test_host_stack_and_units_name_only_units_that_exist() -> None:
         bootstrap.RECORDINGS_TIMER,
         bootstrap.RECORDINGS_PATH,
         bootstrap.CALLS_TIMER,
+        bootstrap.BYE_HEADERS,
         bootstrap.CERT_TIMER,
         bootstrap.WATCH_PEER,
         bootstrap.BOOT_SERVICE,

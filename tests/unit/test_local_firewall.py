@@ -73,6 +73,24 @@ def test_tls_follows_the_same_sources_as_tcp() -> None:
     assert not admits(narrowed, HOSTS, ANYWHERE, "tcp", 5061)
 
 
+def test_a_tls_trunk_opens_tls_5061_and_keeps_tcp_5060_closed_to_elevenlabs_and_the_internet() -> None:
+    """ElevenLabs reaches a TLS trunk on 5061 only: TCP 5060 stays open to the other host and the allowed
+    networks alone. Negative control: the TCP 5060 rules conditioned on the sources only (no ``TrunkOverTcp``)
+    admit the scanner and the ElevenLabs range on 5060 and fail the first assertions."""
+    open_tls = rules(EnableTls="true", SipTransport="tls")
+    assert admits(open_tls, HOSTS, ANYWHERE, "tcp", 5061) == ["SipTlsFromAnywhere"]
+    assert not admits(open_tls, HOSTS, ANYWHERE, "tcp", 5060)
+    assert admits(open_tls, HOSTS, STANDBY, "tcp", 5060) == ["SipTcpFromPeerHosts"]  # watch-peer
+    narrowed = rules(EnableTls="true", SipTransport="tls", ElevenLabsStaticCidr=STATIC, AllowedSipCidrs=CARRIERS)
+    assert admits(narrowed, HOSTS, "198.51.100.20", "tcp", 5061) == ["SipTlsFromElevenLabs"]
+    assert not admits(narrowed, HOSTS, "198.51.100.20", "tcp", 5060)
+    assert admits(narrowed, HOSTS, "192.0.2.5", "tcp", 5060) == ["SipTcpFromCidr1"]  # carriers keep TCP
+    # TLS on with the tcp transport (carriers over TLS, ElevenLabs over TCP) keeps both
+    mixed = rules(EnableTls="true", SipTransport="tcp")
+    assert admits(mixed, HOSTS, ANYWHERE, "tcp", 5060) == ["SipTcpFromAnywhere"]
+    assert admits(mixed, HOSTS, ANYWHERE, "tcp", 5061) == ["SipTlsFromAnywhere"]
+
+
 def test_the_peer_host_may_probe_sip_on_its_private_address_with_the_static_range_set() -> None:
     # watch-peer on the standby sends OPTIONS over TCP to the primary's private address (sip-trunk-watch-peer.service)
     sg = rules(ElevenLabsStaticCidr=STATIC)

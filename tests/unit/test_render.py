@@ -158,6 +158,25 @@ def test_media_settings_on_elevenlabs_endpoints(example: str) -> None:
         assert endpoint["media_encryption"] == expected_encryption
 
 
+@pytest.mark.parametrize(
+    ("inbound", "outbound"), [("required", "allowed"), ("allowed", "disabled"), ("disabled", "required")]
+)
+def test_media_encryption_per_direction(inbound: str, outbound: str) -> None:
+    """The endpoint ElevenLabs calls in on gets the inbound setting, the one the gateway dials out on the outbound
+    one; "allowed" is optimistic SDES. Negative control: rendering both endpoints from ``media_encryption`` (or
+    swapping them) gives one endpoint the other direction's value."""
+    document = yaml.safe_load((EXAMPLES / "full.yaml").read_text())
+    document["elevenlabs"] |= {"media_encryption_inbound": inbound, "media_encryption_outbound": outbound}
+    settings = parse_settings(document, "test")
+    secrets = load_secrets(EXAMPLES / "full.secrets.yaml")
+    pjsip = parse(render_configs(settings, secrets).files["asterisk/pjsip.conf"].decode())
+    expected = {"disabled": ("no", None), "allowed": ("sdes", "yes"), "required": ("sdes", "no")}
+    for name, mode in ((settings.elevenlabs.inbound_username, inbound), ("elevenlabs", outbound)):
+        endpoint = pjsip_object(pjsip, name, "endpoint")
+        got = (endpoint["media_encryption"], endpoint.get("media_encryption_optimistic"))
+        assert got == expected[mode], (name, got)
+
+
 def test_softphones_and_carriers_rewrite_contact() -> None:
     settings, _ = load_example("full")
     pjsip = parsed("full", "pjsip.conf")

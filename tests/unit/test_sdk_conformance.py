@@ -44,6 +44,13 @@ VARIANTS = {
         "agent_id": "agent_1",
         "allowed_addresses": ("203.0.113.10/32",),
     },
+    "tls+srtp-per-direction": {
+        "address": GATEWAY_HOST,
+        "transport": "tls",
+        "media_encryption": "required",
+        "inbound_media_encryption": "allowed",
+        "remote_domains": (GATEWAY_HOST,),
+    },
 }
 
 

@@ -129,6 +129,23 @@ def test_srtp_without_tls_refused(mode: str, transport: str) -> None:
     assert "tls" in error_of(doc)
 
 
+@pytest.mark.parametrize("direction", ["inbound", "outbound"])
+@pytest.mark.parametrize("mode", ["allowed", "required"])
+def test_srtp_on_one_direction_without_tls_names_the_direction(direction: str, mode: str) -> None:
+    doc = with_(minimal(), f"elevenlabs.media_encryption_{direction}", mode)
+    message = error_of(doc)
+    assert f"{direction} media encryption '{mode}'" in message
+    assert "TLS" in message
+
+
+def test_media_encryption_per_direction_defaults_to_both() -> None:
+    doc = with_(full(), "elevenlabs.media_encryption", "allowed")
+    el = parse_settings(with_(doc, "elevenlabs.media_encryption_outbound", "required")).elevenlabs
+    assert (el.inbound_media_encryption, el.outbound_media_encryption) == ("allowed", "required")
+    el = parse_settings(doc).elevenlabs
+    assert (el.inbound_media_encryption, el.outbound_media_encryption) == ("allowed", "allowed")
+
+
 def test_tls_transport_without_tls_enabled_refused() -> None:
     doc = with_(full(), "tls.enabled", False)
     assert "tls.enabled" in error_of(doc)
@@ -450,7 +467,7 @@ def test_tls_transfer_destination_needs_tls() -> None:
         ({"kind": "ivr"}, "dialplan.ivr.enabled is false"),
         ({"kind": "announcement", "prompt": "x;Hangup()"}, "elevenlabs.fallback.prompt"),
         ({"kind": "announcement", "hangup_cause": 0}, "hangup_cause"),
-        ({"kind": "agent"}, "elevenlabs.fallback.kind"),
+        ({"kind": "agent"}, "'agent' is required for fallback kind 'agent'"),
     ],
     ids=[
         "undefined-extension",
@@ -459,7 +476,7 @@ def test_tls_transfer_destination_needs_tls() -> None:
         "ivr-off",
         "prompt-injection",
         "cause",
-        "agent",
+        "agent-missing",
     ],
 )
 def test_agent_fallback_rules(value: dict[str, Any], message: str) -> None:

@@ -825,3 +825,20 @@ def test_sync_without_the_restriction_sends_no_allowlist_of_its_own() -> None:
     provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
     assert world.elevenlabs.created[0].allowed_addresses is None
     assert "allowed_addresses" not in world.elevenlabs.created[0].request_body()["inbound_trunk_config"]
+
+
+def test_sync_sets_each_directions_media_encryption_on_the_trunk_that_carries_it() -> None:
+    """The gateway's inbound direction (ElevenLabs calls it) is the number's outbound trunk, and the other way
+    round. Negative control: a sync that passed the settings' inbound value to the inbound trunk sends
+    ``required`` where ``allowed`` is expected and fails the body assertion."""
+    world = tls_world()
+    world.settings.document["elevenlabs"] |= {
+        "media_encryption_inbound": "required",
+        "media_encryption_outbound": "allowed",
+    }
+    provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render()))
+    body = world.elevenlabs.created[0].request_body()
+    assert body["outbound_trunk_config"]["media_encryption"] == "required"  # ElevenLabs -> gateway
+    assert body["inbound_trunk_config"]["media_encryption"] == "allowed"  # gateway -> ElevenLabs
+    # and the number as created is in sync: the next run changes nothing
+    assert provision.sync_elevenlabs(world.deps, provision.SyncInput(render=render())).action == "unchanged"

@@ -22,12 +22,14 @@ from typing import Any
 
 import jinja2
 
+from sip_trunk.callrecords import HEP_ADDRESS
 from sip_trunk.manifest import MANIFEST_NAME, Manifest
 from sip_trunk.settings import (
     ELEVENLABS_OUTBOUND_ENDPOINT,
     PROBE_ENDPOINT,
     TRANSFER_ENDPOINT,
     AgentFallback,
+    AgentRoute,
     CallFact,
     Carrier,
     CarrierAuth,
@@ -51,6 +53,7 @@ ASTERISK_FILES = (
     "features.conf",
     "acl.conf",
     "udptl.conf",
+    "hep.conf",
     "pjproject.conf",
     "musiconhold.conf",
     "ccss.conf",
@@ -127,20 +130,27 @@ def _transport_name(transport: Transport) -> str:
     return f"transport-{transport.value}"
 
 
-def _route_target(dest: Destination) -> ConfigList:
-    """Goto() arguments for a destination (each part checked, then joined)."""
-    if dest.kind == "agent":
-        return _csv(["route-agent", "s", 1])
-    if dest.kind == "ivr":
-        return _csv(["ivr", "s", 1])
-    return _csv(["route-extension", dest.extension, 1])
+def _agent_context(base: str, agent: AgentRoute) -> str:
+    """The default agent keeps the contexts' plain names (`route-agent`); another agent's carry its name."""
+    return base if agent.is_default else f"{base}-{agent.name}"
 
 
-def _fallback_target(fallback: AgentFallback) -> ConfigList:
-    """Goto() arguments for an agent fallback that leads somewhere (an announcement is played in place)."""
-    if fallback.kind == "announcement":
-        raise ValueError("an announcement has no Goto() target")
-    return _route_target(Destination(kind=fallback.kind, extension=fallback.extension))
+def _route_targets(settings: Settings) -> Any:
+    def route_target(dest: Destination) -> ConfigList:
+        """Goto() arguments for a destination (each part checked, then joined)."""
+        if dest.kind == "agent":
+            return _csv([_agent_context("route-agent", settings.agent_route(dest.agent)), "s", 1])
+        if dest.kind == "ivr":
+            return _csv(["ivr", "s", 1])
+        return _csv(["route-extension", dest.extension, 1])
+
+    def fallback_target(fallback: AgentFallback) -> ConfigList:
+        """Goto() arguments for an agent fallback that leads somewhere (an announcement is played in place)."""
+        if fallback.kind == "announcement":
+            raise ValueError("an announcement has no Goto() target")
+        return route_target(Destination(kind=fallback.kind, extension=fallback.extension, agent=fallback.agent))
+
+    return route_target, fallback_target
 
 
 def _prefix_patterns(prefix: str) -> list[str]:
@@ -181,7 +191,12 @@ def _context(settings: Settings, secrets: Secrets, public_address: str | None) -
     if settings.tls.enabled:
         transports.add(Transport.TLS)
     public = public_address or net.public_address
+    route_target, fallback_target = _route_targets(settings)
+    agents = settings.agent_routes()
     return {
+        "agents": agents,
+        "capped": any(a.max_calls for a in agents),
+        "agent_context": _agent_context,
         "s": settings,
         "from_domain": net.public_hostname or public,
         "transfers": settings.dialplan.transfers,
@@ -195,10 +210,11 @@ def _context(settings: Settings, secrets: Secrets, public_address: str | None) -
         "public_address": public,
         "transports": sorted(transports, key=lambda t: t.value),
         "transport_name": _transport_name,
-        "route_target": _route_target,
-        "fallback_target": _fallback_target,
+        "route_target": route_target,
+        "fallback_target": fallback_target,
         "prefix_patterns": _prefix_patterns,
         "outbound_endpoint": ELEVENLABS_OUTBOUND_ENDPOINT,
+        "hep_address": HEP_ADDRESS,
         "probe_endpoint": PROBE_ENDPOINT,
         "probe_password": _probe_password(settings, secrets),
         "carriers": carriers,

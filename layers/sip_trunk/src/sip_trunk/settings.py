@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -50,6 +51,15 @@ def _matching(pattern: str, explain: str) -> AfterValidator:
 
 E164 = Annotated[str, _matching(r"^\+[1-9][0-9]{6,14}$", "an E.164 number: '+' then 7-15 digits, e.g. +14155550100")]
 """E.164 with the leading '+', exactly as imported into ElevenLabs."""
+
+SipIdentifier = Annotated[
+    str,
+    _matching(
+        r"^[A-Za-z][A-Za-z0-9._-]{0,63}$",
+        "a SIP identifier: a letter, then up to 63 letters, digits, '.', '_' or '-'",
+    ),
+]
+"""A number imported into ElevenLabs that is no phone number (a SIP identifier): the INVITE's Request-URI user."""
 
 E164Prefix = Annotated[str, _matching(r"^\+[1-9][0-9]{0,14}$", "an E.164 prefix: '+' then 1-15 digits, e.g. +44")]
 
@@ -197,10 +207,11 @@ class AgentFallback(_Strict):
     """Where a caller goes when the agent cannot take the call: busy, no answer, unreachable, a refusal
     (ElevenLabs refuses new calls at the plan's concurrency limit) or the gateway's own cap."""
 
-    kind: Literal["announcement", "extension", "ivr"] = Field(
+    kind: Literal["announcement", "extension", "ivr", "agent"] = Field(
         default="announcement", description="announcement: play `prompt` as early media, then end the call"
     )
     extension: ExtensionNumber | None = None
+    agent: Name | None = Field(default=None, description="for kind 'agent': the name of another agent")
     prompt: PromptName = Field(default="all-circuits-busy-now", description="the announcement (an Asterisk sound)")
     hangup_cause: int = Field(
         default=34,
@@ -213,12 +224,21 @@ class AgentFallback(_Strict):
     def _check(self) -> AgentFallback:
         if (self.kind == "extension") != (self.extension is not None):
             raise ValueError("'extension' is required for fallback kind 'extension' and only there")
+        if (self.kind == "agent") != (self.agent is not None):
+            raise ValueError("'agent' is required for fallback kind 'agent' and only there")
         return self
+
+
+DEFAULT_AGENT = "default"
+"""The name of the agent the `elevenlabs` section describes, unless it names itself."""
 
 
 class ElevenLabsTrunk(_Strict):
     """The ElevenLabs Agents SIP trunk: static (INVITE only, no REGISTER), digest auth both ways."""
 
+    name: Name = Field(
+        default=DEFAULT_AGENT, description="this agent's name, for routes and fallbacks that name an agent"
+    )
     phone_number: E164
     host: Hostname = ELEVENLABS_SIP_HOST
     port: Port | None = Field(default=None, description="default 5060 for tcp/udp, 5061 for tls")
@@ -226,7 +246,16 @@ class ElevenLabsTrunk(_Strict):
     allow_experimental_udp: bool = Field(
         default=False, description="UDP is experimental at ElevenLabs; refused unless this is true"
     )
-    media_encryption: MediaEncryption = MediaEncryption.DISABLED
+    media_encryption: MediaEncryption = Field(
+        default=MediaEncryption.DISABLED,
+        description="SRTP (SDES) on both directions' calls unless a direction below says otherwise",
+    )
+    media_encryption_inbound: MediaEncryption | None = Field(
+        default=None, description="SRTP on calls from ElevenLabs to the gateway (default: media_encryption)"
+    )
+    media_encryption_outbound: MediaEncryption | None = Field(
+        default=None, description="SRTP on calls from the gateway to ElevenLabs (default: media_encryption)"
+    )
     codecs: list[AudioCodec] = Field(
         default_factory=lambda: [AudioCodec.ULAW, AudioCodec.ALAW, AudioCodec.G722], min_length=1
     )
@@ -271,15 +300,87 @@ class ElevenLabsTrunk(_Strict):
             raise ValueError(
                 "transport 'udp' is experimental at ElevenLabs; use tcp or tls, or set allow_experimental_udp: true"
             )
-        if self.media_encryption is not MediaEncryption.DISABLED and self.transport is not Transport.TLS:
-            raise ValueError(
-                "media_encryption 'allowed'/'required' sends SRTP keys in the SDP: it needs transport 'tls'"
-            )
+        if self.transport is not Transport.TLS:
+            for direction, mode in (
+                ("inbound", self.inbound_media_encryption),
+                ("outbound", self.outbound_media_encryption),
+            ):
+                if mode is not MediaEncryption.DISABLED:
+                    raise ValueError(
+                        f"{direction} media encryption {mode.value!r}: SRTP (SDES) sends its keys in the SDP, "
+                        "which only TLS protects; set elevenlabs.transport 'tls' or the encryption 'disabled'"
+                    )
         return self
+
+    @property
+    def inbound_media_encryption(self) -> MediaEncryption:
+        """SRTP on calls ElevenLabs places to the gateway (its number's ``outbound_trunk_config``)."""
+        return self.media_encryption_inbound or self.media_encryption
+
+    @property
+    def outbound_media_encryption(self) -> MediaEncryption:
+        """SRTP on calls the gateway places to ElevenLabs (its number's ``inbound_trunk_config``)."""
+        return self.media_encryption_outbound or self.media_encryption
 
     @property
     def effective_port(self) -> int:
         return self.port or (5061 if self.transport is Transport.TLS else 5060)
+
+
+class Agent(_Strict):
+    """A further ElevenLabs number (or SIP identifier) with its agent, behind the same trunk as `elevenlabs`.
+
+    Host, port, transport, media, codecs, headers and the credentials ElevenLabs uses to call the gateway are
+    the `elevenlabs` section's; the number, its agent, its cap, its fallback and (when they differ) the
+    credentials the gateway calls it with are its own.
+    """
+
+    name: Name = Field(description="routes, fallbacks and the sync's report name the agent by it")
+    phone_number: E164 | None = Field(default=None, description="the number as imported into ElevenLabs, with '+'")
+    sip_identifier: SipIdentifier | None = Field(
+        default=None, description="instead of phone_number: the SIP identifier imported into ElevenLabs"
+    )
+    agent_id: ApiId | None = None
+    phone_number_id: ApiId | None = None
+    outbound_username: SipUsername | None = Field(
+        default=None, description="digest user the gateway sends when calling this number; default elevenlabs'"
+    )
+    outbound_password: SecretRef | None = None
+    max_calls: int | None = Field(default=None, ge=1, le=10000, description="as elevenlabs.max_calls, per agent")
+    fallback: AgentFallback = Field(default_factory=AgentFallback)
+    extension: ExtensionNumber | None = Field(
+        default=None, description="what softphones dial to reach this agent (the default agent's is agent_extension)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Agent:
+        if (self.phone_number is None) == (self.sip_identifier is None):
+            raise ValueError(f"agent {self.name}: give exactly one of phone_number and sip_identifier")
+        if (self.outbound_username is None) != (self.outbound_password is None):
+            raise ValueError(f"agent {self.name}: outbound_username and outbound_password go together")
+        return self
+
+
+@dataclass(frozen=True)
+class AgentRoute:
+    """One agent as the renderer and the sync see it: the default (`elevenlabs`) or one of `agents`, with the
+    shared trunk's values filled in. Built from validated models and not validated again, so the renderer's
+    own check stays the second lock on every value."""
+
+    name: str
+    phone_number: str
+    """The number (or SIP identifier) as imported into ElevenLabs: the Request-URI user of its INVITEs."""
+    agent_id: str | None
+    phone_number_id: str | None
+    outbound_username: str
+    outbound_password: str
+    max_calls: int | None
+    fallback: AgentFallback
+    is_default: bool
+    endpoint: str
+    extension: str | None
+    """What softphones dial to reach it (the default agent's: `dialplan.agent_extension`)."""
+    """The outbound endpoint that calls it: the default's, unless its credentials differ."""
 
 
 # --- network ----------------------------------------------------------------------------
@@ -315,14 +416,23 @@ class Network(_Strict):
         return self
 
 
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+"""Ubuntu's (and Debian's) bundle of the publicly trusted CAs (package ca-certificates, in the host image)."""
+
+
 class Tls(_Strict):
     """TLS material on the host (from ACM export, Let's Encrypt or an upload)."""
 
     enabled: bool = False
     cert_file: AbsolutePath = "/etc/asterisk/keys/asterisk.crt"
     key_file: AbsolutePath = "/etc/asterisk/keys/asterisk.key"
-    ca_list_file: AbsolutePath | None = None
-    verify_server: bool = Field(default=True, description="verify the peer's certificate on outbound TLS")
+    ca_list_file: AbsolutePath | None = Field(
+        default=SYSTEM_CA_BUNDLE,
+        description="the CAs outbound TLS trusts (ElevenLabs' public certificates): the host's system bundle",
+    )
+    verify_server: bool = Field(
+        default=True, description="verify the far end's certificate (chain and name) on outbound TLS"
+    )
 
 
 # --- carriers and softphones --------------------------------------------------------------
@@ -392,15 +502,18 @@ class Extension(_Strict):
 
 
 class Destination(_Strict):
-    """Where a call goes: the agent, an extension, or the IVR menu."""
+    """Where a call goes: an agent (the default one unless `agent` names another), an extension, or the IVR."""
 
     kind: Literal["agent", "extension", "ivr"]
     extension: ExtensionNumber | None = None
+    agent: Name | None = Field(default=None, description="for kind 'agent': which agent; default the default one")
 
     @model_validator(mode="after")
     def _check(self) -> Destination:
         if (self.kind == "extension") != (self.extension is not None):
             raise ValueError("'extension' is required for kind 'extension' and only there")
+        if self.agent is not None and self.kind != "agent":
+            raise ValueError("'agent' is allowed only for kind 'agent'")
         return self
 
 
@@ -491,6 +604,9 @@ class Settings(_Strict):
 
     name: Name = Field(description="deployment name; prefixes parameters and resources")
     elevenlabs: ElevenLabsTrunk
+    agents: list[Agent] = Field(
+        default_factory=list, description="further ElevenLabs numbers, each with its agent (elevenlabs is the default)"
+    )
     network: Network = Field(default_factory=Network)
     tls: Tls = Field(default_factory=Tls)
     carriers: list[Carrier] = Field(default_factory=list)
@@ -523,43 +639,136 @@ class Settings(_Strict):
         numbers = [e.number for e in self.extensions]
         _unique(numbers, "extension numbers")
         _unique([c.name for c in self.carriers], "carrier names")
+        routes = self._check_agents(numbers)
         endpoint_names = [*numbers, *(c.name for c in self.carriers), el.inbound_username]
         endpoint_names += [ELEVENLABS_OUTBOUND_ENDPOINT, PROBE_ENDPOINT]
+        endpoint_names += [r.endpoint for r in routes if r.endpoint != ELEVENLABS_OUTBOUND_ENDPOINT]
         if self.dialplan.transfers.sip_destinations:
             endpoint_names.append(TRANSFER_ENDPOINT)
         if len(set(endpoint_names)) != len(endpoint_names):
             raise ValueError(
                 "endpoint names collide: elevenlabs.inbound_username, carrier names, extension numbers, "
                 f"'{ELEVENLABS_OUTBOUND_ENDPOINT}', '{PROBE_ENDPOINT}' (and '{TRANSFER_ENDPOINT}' with transfer "
-                "sip_destinations) must all differ"
+                f"sip_destinations, '{ELEVENLABS_OUTBOUND_ENDPOINT}-<agent>' for an agent with its own "
+                "credentials) must all differ"
             )
         if self.dialplan.agent_extension in numbers:
             raise ValueError("dialplan.agent_extension must not equal a softphone extension number")
         carrier_names = {c.name for c in self.carriers}
         if self.dialplan.outbound_carrier is not None and self.dialplan.outbound_carrier not in carrier_names:
             raise ValueError(f"dialplan.outbound_carrier '{self.dialplan.outbound_carrier}' is not a carrier")
-        destinations = [
-            self.dialplan.default_route,
-            self.dialplan.transfers.fallback,
-            *self.dialplan.did_routes.values(),
-            *self.dialplan.ivr.choices.values(),
+        agent_names = [r.name for r in routes]
+        destinations: list[tuple[str, Destination]] = [
+            ("dialplan.default_route", self.dialplan.default_route),
+            ("dialplan.transfers.fallback", self.dialplan.transfers.fallback),
+            *((f"dialplan.did_routes[{did}]", d) for did, d in self.dialplan.did_routes.items()),
+            *((f"dialplan.ivr.choices[{key}]", d) for key, d in self.dialplan.ivr.choices.items()),
         ]
-        for dest in destinations:
+        for where, dest in destinations:
             if dest.kind == "extension" and dest.extension not in numbers:
                 raise ValueError(f"route to extension {dest.extension}, which is not defined")
             if dest.kind == "ivr" and not self.dialplan.ivr.enabled:
                 raise ValueError("a route leads to the IVR, but dialplan.ivr.enabled is false")
-        fallback = el.fallback
-        if fallback.kind == "extension" and fallback.extension not in numbers:
-            raise ValueError(f"elevenlabs.fallback: extension {fallback.extension} is not defined")
-        if fallback.kind == "ivr" and not self.dialplan.ivr.enabled:
-            raise ValueError("elevenlabs.fallback leads to the IVR, but dialplan.ivr.enabled is false")
+            if dest.agent is not None and dest.agent not in agent_names:
+                raise ValueError(f"{where}: agent '{dest.agent}' is not defined (agents: {', '.join(agent_names)})")
         return self
+
+    def _check_agents(self, numbers: list[str]) -> list[AgentRoute]:
+        """Names and numbers unique, every fallback leads somewhere that exists; the agents as routes."""
+        routes = self.agent_routes()
+        seen: dict[str, str] = {}
+        for r in routes:
+            if r.name in seen:
+                raise ValueError(f"agent name '{r.name}' is used twice (elevenlabs.name and agents[].name differ)")
+            seen[r.name] = r.phone_number
+        by_number: dict[str, str] = {}
+        for r in routes:
+            if r.phone_number in by_number:
+                raise ValueError(
+                    f"agents '{by_number[r.phone_number]}' and '{r.name}' have the same number {r.phone_number}"
+                )
+            by_number[r.phone_number] = r.name
+        ids = [r.phone_number_id for r in routes if r.phone_number_id is not None]
+        _unique(ids, "agents' phone_number_id")
+        dialled: dict[str, str] = {}
+        for r in routes:
+            if r.extension is None:
+                continue
+            if r.extension in numbers and not r.is_default:  # the default's: dialplan.agent_extension's own check
+                raise ValueError(f"agent {r.name}: extension {r.extension} is a softphone's number")
+            if r.extension in dialled:
+                raise ValueError(
+                    f"agents '{dialled[r.extension]}' and '{r.name}' have the same extension {r.extension}"
+                )
+            dialled[r.extension] = r.name
+        for r in routes:
+            where = "elevenlabs.fallback" if r.is_default else f"agent {r.name}: fallback"
+            fallback = r.fallback
+            if fallback.kind == "extension" and fallback.extension not in numbers:
+                raise ValueError(f"{where}: extension {fallback.extension} is not defined")
+            if fallback.kind == "ivr" and not self.dialplan.ivr.enabled:
+                raise ValueError(f"{where} leads to the IVR, but dialplan.ivr.enabled is false")
+            if fallback.kind == "agent":
+                if fallback.agent not in seen:
+                    raise ValueError(f"{where}: agent '{fallback.agent}' is not defined (agents: {', '.join(seen)})")
+                if fallback.agent == r.name:
+                    raise ValueError(f"{where}: an agent cannot be its own fallback")
+        return routes
+
+    def agent_routes(self) -> list[AgentRoute]:
+        """Every agent, the default (`elevenlabs`) first, with the shared trunk's values filled in."""
+        el = self.elevenlabs
+        routes = [
+            AgentRoute(
+                name=el.name,
+                phone_number=el.phone_number,
+                agent_id=el.agent_id,
+                phone_number_id=el.phone_number_id,
+                outbound_username=el.outbound_username,
+                outbound_password=el.outbound_password,
+                max_calls=el.max_calls,
+                fallback=el.fallback,
+                is_default=True,
+                endpoint=ELEVENLABS_OUTBOUND_ENDPOINT,
+                extension=self.dialplan.agent_extension,
+            )
+        ]
+        for agent in self.agents:
+            username = agent.outbound_username or el.outbound_username
+            password = agent.outbound_password or el.outbound_password
+            own = (username, password) != (el.outbound_username, el.outbound_password)
+            routes.append(
+                AgentRoute(
+                    name=agent.name,
+                    phone_number=str(agent.phone_number or agent.sip_identifier),
+                    agent_id=agent.agent_id,
+                    phone_number_id=agent.phone_number_id,
+                    outbound_username=username,
+                    outbound_password=password,
+                    max_calls=agent.max_calls,
+                    fallback=agent.fallback,
+                    is_default=False,
+                    endpoint=f"{ELEVENLABS_OUTBOUND_ENDPOINT}-{agent.name}" if own else ELEVENLABS_OUTBOUND_ENDPOINT,
+                    extension=agent.extension,
+                )
+            )
+        return routes
+
+    def agent_route(self, name: str | None) -> AgentRoute:
+        """The agent of that name; the default one for None."""
+        routes = self.agent_routes()
+        if name is None:
+            return routes[0]
+        found = next((r for r in routes if r.name == name), None)
+        if found is None:
+            raise SettingsError(f"agent '{name}' is not defined")
+        return found
 
     def secret_refs(self) -> list[str]:
         """Every secret the renderer needs resolved (ordered, unique)."""
         el = self.elevenlabs
         refs = [el.outbound_password, el.inbound_password]
+        refs += [a.outbound_password for a in self.agents if a.outbound_password is not None]
         refs += [c.password for c in self.carriers if c.password is not None]
         refs += [e.password for e in self.extensions]
         return list(dict.fromkeys(refs))

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config-version", default=None)
     sub.add_parser("flush-recordings", help="queue the hangup handler's recording jobs, then upload every queued one")
     sub.add_parser("ship-calls", help="send the spooled call records to S3 and CloudWatch Logs (EMF), then delete them")
+    p = sub.add_parser("bye-headers", help="keep the X- headers of each BYE Asterisk mirrors over HEP (a service)")
+    p.add_argument("--for-seconds", type=float, default=None, help="stop after this long (tests)")
     sub.add_parser("renew-cert", help="ACME certificate for the public host name (DNS-01 in Route 53) when due")
     p = sub.add_parser("calls", help="the last call records still on this host")
     p.add_argument("--count", type=int, default=20)
@@ -139,6 +142,21 @@ def run(args: argparse.Namespace, config: AgentConfig, session: Any) -> dict[str
         from sip_trunk.agent import calls as call_records
 
         return {"calls": call_records.last_calls(config.call_records_dir, args.count)}
+    if command == "bye-headers":
+        import socket
+
+        from sip_trunk.agent import calls as call_records
+        from sip_trunk.callrecords import HEP_ADDRESS
+
+        deadline = None if args.for_seconds is None else time.monotonic() + args.for_seconds
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(HEP_ADDRESS)
+            sock.settimeout(0.5)
+            logging.getLogger("sip_trunk.agent").info("bye-headers: listening on %s:%d", *HEP_ADDRESS)
+            kept = call_records.serve_bye_headers(
+                config.call_records_dir, sock, stop=lambda: deadline is not None and time.monotonic() > deadline
+            )
+        return {"kept": kept}
     if command == "renew-cert":
         from sip_trunk.agent import certificate
 

@@ -9,13 +9,16 @@ Run by the host stack's user data on the first boot (before it signals CloudForm
    ``agent.env``; a role configured explicitly (``SIP_TRUNK_ROLE`` / ``--role``) wins over both;
 2. the agent's systemd units (shipped in this package) installed into ``/etc/systemd/system``;
 3. the CloudWatch agent configured for this stack (``AwsSipTrunk/Host`` metrics, the Asterisk log group);
-4. the config version fetched and applied unless it already runs: on the first boot the one the host stack
+4. with a public host name and its hosted zone (TLS on), the certificate obtained or renewed when due
+   (``renew-cert``), before the config whose TLS transport loads it; a failure is a warning (the TCP
+   transport serves, VerifyTrunk reports the missing certificate, the timer tries again);
+5. the config version fetched and applied unless it already runs: on the first boot the one the host stack
    names in ``agent.env`` (the version at launch), else the SSM ``desired-version`` pointer; on later boots the
    pointer (ApplyConfig may have moved the host on since launch), else ``agent.env``'s;
-5. ``role.env`` written and the role's services enabled (heartbeat timer; the recordings path unit and
+6. ``role.env`` written and the role's services enabled (heartbeat timer; the recordings path unit and
    timer when recording is on; watch-peer on the standby only, disabled on the primary);
-6. the first heartbeat written, so the control plane sees the host at once;
-7. ``boot.json`` in the state directory: this instance has booted (what makes the next boot a later one), with
+7. the first heartbeat written, so the control plane sees the host at once;
+8. ``boot.json`` in the state directory: this instance has booted (what makes the next boot a later one), with
    the sources of its role and version.
 """
 
@@ -32,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sip_trunk.agent import apply as apply_mod
+from sip_trunk.agent import certificate as certificate_mod
 from sip_trunk.agent import report as report_mod
 from sip_trunk.agent.config import AgentConfig, read_env_file
 from sip_trunk.agent.imds import Imds, ImdsError
@@ -48,6 +52,7 @@ HEARTBEAT_TIMER = "sip-trunk-agent.timer"
 RECORDINGS_TIMER = "sip-trunk-recordings.timer"
 RECORDINGS_PATH = "sip-trunk-recordings.path"
 CALLS_TIMER = "sip-trunk-calls.timer"
+BYE_HEADERS = "sip-trunk-bye-headers.service"
 CERT_TIMER = "sip-trunk-cert.timer"
 WATCH_PEER = "sip-trunk-watch-peer.service"
 BOOT_SERVICE = "sip-trunk-boot.service"
@@ -131,6 +136,7 @@ def set_role(config: AgentConfig, role: str, peer_address: str | None, run: Runn
         services[RECORDINGS_TIMER] = True  # and retried every two minutes while S3 is away
     if config.asterisk_log_group and config.backup_bucket:
         services[CALLS_TIMER] = True  # call records to S3 and CloudWatch Logs every minute (kept on disk until then)
+        services[BYE_HEADERS] = True  # the agent's BYE headers, from Asterisk's HEP copies, for those records
     if config.public_hostname and config.acme_hosted_zone_id:
         services[CERT_TIMER] = True  # both roles: a standby that takes over presents its own certificate
     if config.systemctl:
@@ -257,6 +263,14 @@ def bootstrap(
         result["cloudwatch_config"] = configure_cloudwatch(config, run)
     except AgentError as exc:  # metrics/logs are not worth an unserved host; the heartbeat still reports
         result["warnings"].append(f"CloudWatch agent: {exc}")
+
+    result["certificate"] = None
+    if config.public_hostname and config.acme_hosted_zone_id:
+        try:
+            result["certificate"] = certificate_mod.renew_certificate(config, cli, session.client("route53"))
+        except AgentError as exc:
+            result["certificate"] = {"ok": False, "error": str(exc)}
+            result["warnings"].append(f"certificate: {exc}")
 
     version, version_source = resolve_version(config, session.client("ssm"), later_boot=later_boot)
     running = Releases(config.releases_dir, config.config_dir).current_version()

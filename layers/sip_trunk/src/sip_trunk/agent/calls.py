@@ -36,7 +36,19 @@ from typing import Any
 
 from sip_trunk.agent.config import AgentConfig
 from sip_trunk.agent.runtime import AgentError, atomic_write, fsync_dir
-from sip_trunk.callrecords import MEDIA_PROBLEMS, end_ms, media_state, object_key, split_lines
+from sip_trunk.callrecords import (
+    AGENT_HEADERS_GLOB,
+    MEDIA_PROBLEMS,
+    AgentSip,
+    checked_entry,
+    end_ms,
+    hep_payload,
+    media_state,
+    object_key,
+    sip_facts,
+    split_lines,
+    with_agent_headers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +75,75 @@ def _directions(record: dict[str, Any]) -> Iterable[dict[str, Any]]:
 def with_media(record: dict[str, Any]) -> dict[str, Any]:
     """The record as shipped: plus ``media``, the verdict on its packet counts (:func:`media_state`). Computed here,
     not in the dialplan: the record keeps Asterisk's own figures, and the threshold can change with the agent
-    (and be recomputed from the figures in Athena) without a new Asterisk config."""
-    return {**record, "media": media_state(record)}
+    (and be recomputed from the figures in Athena) without a new Asterisk config. ``conversation_id`` and
+    ``agent_headers`` are those :func:`with_agent_headers` added (none and empty when it did not run)."""
+    return {
+        **record,
+        "conversation_id": record.get("conversation_id"),
+        "agent_headers": record.get("agent_headers") or {},
+        "media": media_state(record),
+    }
+
+
+# --- the agent's BYE headers, from Asterisk's HEP copies -------------------------------------------------------
+def agent_headers_path(spool: Path, when_s: float) -> Path:
+    return spool / AGENT_HEADERS_GLOB.replace("*", time.strftime("%Y%m%d", time.gmtime(when_s)))
+
+
+def keep_bye_headers(spool: Path, packet: bytes, *, now_s: float) -> dict[str, Any] | None:
+    """Append what :func:`sip_facts` keeps of the SIP message in one HEP packet (a BYE's checked X- headers, a
+    REFER or its answer) to the day's file (one JSON line, one ``write()`` with ``O_APPEND``); anything else is
+    ignored. Returns what was kept."""
+    payload = hep_payload(packet)
+    found = sip_facts(payload) if payload is not None else None
+    if found is None:
+        return None
+    line = (json.dumps(found, separators=(",", ":"), sort_keys=True) + "\n").encode()
+    fd = os.open(agent_headers_path(spool, now_s), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    return found
+
+
+def serve_bye_headers(
+    spool: Path, sock: Any, *, stop: Callable[[], bool], clock: Callable[[], float] = time.time
+) -> int:
+    """Receive Asterisk's HEP copies on ``sock`` (a bound UDP socket with a timeout) until ``stop()``; keep each
+    BYE's X- headers and each REFER with its answer. Returns how many messages were kept."""
+    kept = 0
+    while not stop():
+        try:
+            packet = sock.recv(65535)
+        except TimeoutError:
+            continue
+        if keep_bye_headers(spool, packet, now_s=clock()) is not None:
+            kept += 1
+    return kept
+
+
+def load_bye_headers(spool: Path) -> AgentSip:
+    """Everything kept (BYE headers, REFERs and their answers), by SIP Call-ID; unreadable lines are skipped."""
+    found = AgentSip()
+    for path in sorted(spool.glob(AGENT_HEADERS_GLOB)):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = checked_entry(json.loads(line))
+            except ValueError:
+                continue
+            if entry is not None:
+                found.add(entry)
+    return found
+
+
+def _prune_bye_headers(spool: Path, now_s: float) -> None:
+    """Drop the day files of BYE headers older than yesterday, once no call record is left to ship: a record
+    ends after its BYE, and one still spooled after an outage must find its headers."""
+    keep = {agent_headers_path(spool, now_s - days * 86400).name for days in (0, 1)}
+    for path in spool.glob(AGENT_HEADERS_GLOB):
+        if path.name not in keep:
+            path.unlink()
 
 
 def metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -261,9 +340,11 @@ def ship_call_records(
         return empty
     files = _claim(spool)
     if not files:
+        _prune_bye_headers(spool, clock())
         return empty
     sleep(settle_s)
     _make_durable(spool, files)
+    bye = load_bye_headers(spool)  # after the settle time: a record is written after the BYE that ended it
     host = config.instance_id or "host"
     stream = f"calls-{host}"
     shipped = refused = 0
@@ -275,7 +356,8 @@ def ship_call_records(
             if progress is None:
                 progress = {"s3": False, "logs_sent": 0}
                 _write_progress(path, progress)  # the bad lines went to rejected.jsonl once, never again
-            ordered = sorted(records, key=_time_order)  # PutLogEvents wants time order
+            # PutLogEvents wants time order
+            ordered = [with_agent_headers(r, bye) for r in sorted(records, key=_time_order)]
             if ordered and not progress["s3"]:
                 day, batch = _batch(path)
                 _put_records(s3, bucket, object_key(day, host, batch), s3_body(ordered))
@@ -299,6 +381,7 @@ def ship_call_records(
         pending = len(list(spool.glob(f"calls-*.jsonl.*{SHIPPING}")))
         log.warning("call records stay spooled (%d file(s)): %s: %s", pending, exc.__class__.__name__, exc)
         raise CallRecordsUnavailable(f"{exc.__class__.__name__}: {exc}"[:500]) from exc
+    _prune_bye_headers(spool, clock())
     if refused:
         log.warning("CloudWatch Logs refused %d call record event(s) as too old or too new; they are in S3", refused)
     return {"shipped": shipped, "files": len(files), "pending": 0, "refused_by_logs": refused}

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from sip_trunk.agent.config import AgentConfig
 from sip_trunk.agent.runtime import AgentError, AsteriskCli, atomic_write
 
@@ -61,7 +63,12 @@ def _openssl_ok(*args: str) -> bool:
 def check_zone(route53: Any, zone_id: str, hostname: str) -> str:
     """The configured hosted zone must hold the host name: certbot picks the zone by name, the host role may only
     write to this one, so a mismatch is refused here with a clear message instead of an AccessDenied later."""
-    zone = route53.get_hosted_zone(Id=zone_id)["HostedZone"]
+    try:
+        zone = route53.get_hosted_zone(Id=zone_id)["HostedZone"]
+    except ClientError as exc:  # NoSuchHostedZone, AccessDenied, throttling: no order without the zone
+        raise CertificateFailed(f"hosted zone {zone_id}: {exc.response.get('Error', {}).get('Code', exc)}") from None
+    except BotoCoreError as exc:  # no route to Route 53
+        raise CertificateFailed(f"hosted zone {zone_id}: {exc}") from None
     name = str(zone["Name"]).rstrip(".").lower()
     host = hostname.rstrip(".").lower()
     if zone.get("Config", {}).get("PrivateZone"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Self
+
 __all__ = [
     "ElevenLabsAuthError",
     "ElevenLabsError",
@@ -24,6 +27,14 @@ class ElevenLabsError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, status={self.status!r})"
+
+    def restated(self, message: str) -> Self:
+        """The same error (same class, so a state machine's Retry/Catch still matches it; same status and
+        detail) with another message, e.g. one that names the agent and number a sync failed for."""
+        restated = copy.copy(self)
+        restated.message = message
+        restated.args = (message,)
+        return restated
 
 
 class ElevenLabsAuthError(ElevenLabsError):

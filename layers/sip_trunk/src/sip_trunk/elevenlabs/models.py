@@ -140,6 +140,9 @@ class DesiredTrunk(BaseModel):
     address: str
     transport: Transport = "tcp"
     media_encryption: MediaEncryption = "disabled"
+    """SRTP on the calls ElevenLabs places (its outbound trunk); ``inbound_media_encryption``, when set, on the
+    calls it takes from the gateway (its inbound trunk), else the same."""
+    inbound_media_encryption: MediaEncryption | None = None
     username: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._~+-]+$")
     password: SecretStr
     inbound_username: str | None = Field(default=None, min_length=1, max_length=128)
@@ -195,6 +198,11 @@ class DesiredTrunk(BaseModel):
             raise ValueError("inbound_username and inbound_password go together")
         return self
 
+    @property
+    def inbound_encryption(self) -> MediaEncryption:
+        """The inbound trunk's media encryption (calls from the gateway to ElevenLabs)."""
+        return self.inbound_media_encryption or self.media_encryption
+
     def secrets(self) -> list[str]:
         """Values that must never reach a message or log."""
         found = [self.password.get_secret_value()]
@@ -204,7 +212,7 @@ class DesiredTrunk(BaseModel):
 
     def request_body(self) -> dict[str, Any]:
         """The create body (and the product's fields of an update): every field the gateway owns."""
-        inbound: dict[str, Any] = {"media_encryption": self.media_encryption}
+        inbound: dict[str, Any] = {"media_encryption": self.inbound_encryption}
         if self.inbound_username is not None and self.inbound_password is not None:
             inbound["credentials"] = {
                 "username": self.inbound_username,

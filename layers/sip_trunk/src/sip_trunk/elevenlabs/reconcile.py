@@ -56,7 +56,7 @@ def diff_trunk(
         check_password("outbound_trunk.password", outbound.has_auth_credentials)
 
     inbound = actual.inbound_trunk
-    check("inbound_trunk.media_encryption", desired.media_encryption, inbound.media_encryption if inbound else None)
+    check("inbound_trunk.media_encryption", desired.inbound_encryption, inbound.media_encryption if inbound else None)
     listed = (inbound.remote_domains if inbound else None) or []
     missing = [d for d in desired.remote_domains if d.lower() not in {x.lower() for x in listed}]
     if missing:

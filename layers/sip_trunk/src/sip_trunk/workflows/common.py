@@ -58,9 +58,12 @@ class LoadedSettings:
     """Stack-owned values that replaced the operator's."""
 
     def credentials_hash(self) -> str:
-        """Changes when a trunk password changes, without revealing it."""
+        """Changes when a trunk password changes (any agent's), without revealing it. A deployment with one
+        agent hashes what it always did."""
         el = self.settings.elevenlabs
-        material = "\0".join(self.secrets.reveal(ref) for ref in (el.inbound_password, el.outbound_password))
+        refs = [el.inbound_password, el.outbound_password]
+        refs += [a.outbound_password for a in self.settings.agent_routes()[1:]]
+        material = "\0".join(self.secrets.reveal(ref) for ref in refs)
         return hashlib.sha256(material.encode()).hexdigest()
 
 

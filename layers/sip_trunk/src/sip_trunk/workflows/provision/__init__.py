@@ -48,11 +48,19 @@ from sip_trunk.workflows.provision.record import (
     step_durations,
 )
 from sip_trunk.workflows.provision.render import VERSION_PATTERN, RenderResult, render_config
-from sip_trunk.workflows.provision.sync import SyncInput, SyncOutcome, desired_trunk, sync_elevenlabs
+from sip_trunk.workflows.provision.sync import (
+    NumberSync,
+    SyncInput,
+    SyncOutcome,
+    desired_trunk,
+    desired_trunks,
+    sync_elevenlabs,
+)
 from sip_trunk.workflows.provision.validate import ProvisionRequest, ValidateResult, validate_settings
 from sip_trunk.workflows.provision.verify import (
     ElevenLabsCheck,
     HostCheck,
+    NumberCheck,
     VerifyInput,
     VerifyResult,
     verify_trunk,
@@ -72,6 +80,8 @@ __all__ = [
     "HostCheck",
     "LaunchInput",
     "LaunchResult",
+    "NumberCheck",
+    "NumberSync",
     "ProvisionRequest",
     "RecordInput",
     "RecordResult",
@@ -88,6 +98,7 @@ __all__ = [
     "check_apply",
     "check_host_stack",
     "desired_trunk",
+    "desired_trunks",
     "host_stack_parameters",
     "host_template",
     "launch_host",

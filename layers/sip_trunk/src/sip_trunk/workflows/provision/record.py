@@ -122,9 +122,7 @@ def _record_success(deps: Deps, request: RecordInput) -> RecordResult:
         f"Elastic IP {render.public_address} → primary {stack.primary_instance_id}"
         + (f", standby {stack.standby_instance_id}" if stack.standby_instance_id else ""),
         f"Host roles: {describe_roles(stack.roles)}",
-        f"ElevenLabs number: {sync.action}"
-        + (f" ({', '.join(sync.changed_fields)})" if sync.changed_fields else "")
-        + (f": {sync.note}" if sync.note else ""),
+        f"ElevenLabs number{'s' if len(sync.numbers) > 1 else ''}: {sync.describe()}",
         "Step durations (s): " + ", ".join(f"{k}={v}" for k, v in durations.items()),
     ]
     return RecordResult(

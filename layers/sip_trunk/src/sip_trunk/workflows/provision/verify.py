@@ -21,7 +21,7 @@ from sip_trunk.workflows.common import (
 from sip_trunk.workflows.deps import Deps
 from sip_trunk.workflows.provision.launch import StackCheck
 from sip_trunk.workflows.provision.render import RenderResult
-from sip_trunk.workflows.provision.sync import desired_trunk
+from sip_trunk.workflows.provision.sync import desired_trunks
 
 
 class VerifyInput(StepInput):
@@ -41,11 +41,27 @@ class HostCheck(Model):
     qualify: str | None = None
 
 
-class ElevenLabsCheck(Model):
+class NumberCheck(Model):
+    """One agent's number as ElevenLabs holds it."""
+
+    agent: str
+    phone_number: str
     checked: bool
     matches: bool | None = None
     mismatches: list[str] = Field(default_factory=list)
     note: str = ""
+
+
+class ElevenLabsCheck(Model):
+    """All agents' numbers together; `mismatches` names another agent's fields with its name in front
+    (`sales: outbound_trunk.address`); with several agents `numbers` holds each number's check, the default
+    agent's first (with one it is left out)."""
+
+    checked: bool
+    matches: bool | None = None
+    mismatches: list[str] = Field(default_factory=list)
+    note: str = ""
+    numbers: list[NumberCheck] = Field(default_factory=list, exclude_if=lambda numbers: not numbers)
 
 
 class VerifyResult(Model):
@@ -61,15 +77,33 @@ def _elevenlabs_check(deps: Deps, loaded: LoadedSettings, public_address: str) -
     if loaded.api_key is None:
         return ElevenLabsCheck(checked=False, note=loaded.api_key_note or "")
     api = deps.elevenlabs(loaded.api_key.get_secret_value())
-    desired = desired_trunk(loaded, public_address)
-    try:
-        actual = find_trunk(api, desired, loaded.settings.elevenlabs.phone_number_id)
-    except ElevenLabsError as exc:  # reported here; SyncElevenLabs retries and gates
-        return ElevenLabsCheck(checked=False, note=f"{type(exc).__name__}: {exc.message}")
-    if actual is None:
-        return ElevenLabsCheck(checked=True, matches=False, mismatches=["phone_number"], note="not imported yet")
-    mismatches = [m.field for m in diff_trunk(desired, actual)]
-    return ElevenLabsCheck(checked=True, matches=not mismatches, mismatches=mismatches)
+    numbers: list[NumberCheck] = []
+    for agent, desired in desired_trunks(loaded, public_address):
+        label = {"agent": agent.name, "phone_number": agent.phone_number}
+        try:
+            actual = find_trunk(api, desired, agent.phone_number_id)
+        except ElevenLabsError as exc:  # reported here; SyncElevenLabs retries and gates
+            numbers.append(NumberCheck(**label, checked=False, note=f"{type(exc).__name__}: {exc.message}"))
+            continue
+        if actual is None:
+            numbers.append(
+                NumberCheck(**label, checked=True, matches=False, mismatches=["phone_number"], note="not imported yet")
+            )
+            continue
+        mismatches = [m.field for m in diff_trunk(desired, actual)]
+        numbers.append(NumberCheck(**label, checked=True, matches=not mismatches, mismatches=mismatches))
+    default, others = numbers[0], numbers[1:]
+    if not others:
+        return ElevenLabsCheck(**default.model_dump(exclude={"agent", "phone_number"}))
+    checked = all(n.checked for n in numbers)
+    notes = [f"agent {n.agent} ({n.phone_number}): {n.note}" for n in numbers if n.note]
+    return ElevenLabsCheck(
+        checked=checked,
+        matches=all(n.matches for n in numbers) if checked else None,
+        mismatches=[f if n is default else f"{n.agent}: {f}" for n in numbers for f in n.mismatches],
+        note="; ".join(notes),
+        numbers=numbers,
+    )
 
 
 def verify_trunk(deps: Deps, request: VerifyInput) -> VerifyResult:

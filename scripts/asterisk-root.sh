@@ -8,11 +8,12 @@
 #      (the ACME test server of the agent's renew-cert tests);
 #   2. builds the root with mmdebstrap, caches it as a tar.zst keyed by suite + Asterisk version;
 #   3. extracts it to the root directory;
-#   4. replaces Debian's res_pjsip.so with one built from the same source package with the product's Asterisk
-#      patches (the ones install-host.sh applies to the image's build; scripts/build-res-pjsip.sh, a few minutes,
-#      cached next to the root's tarball, keyed by the Asterisk version and the patches' content). Debian's own
-#      module stays in the root as the unpatched module set, `<module dir>-unpatched/` (every other module
-#      linked from the real directory), for tests that show what the patches change;
+#   4. replaces each Debian module the product's Asterisk patches touch (res_pjsip.so, res_pjsip_refer.so) with
+#      one built from the same source package with those patches (the ones install-host.sh applies to the image's
+#      build; scripts/build-asterisk-modules.sh, one build for all of them, a few minutes, cached next to the
+#      root's tarball, keyed by the Asterisk version and the patches' content). Debian's own modules stay in the
+#      root as the unpatched module set, `<module dir>-unpatched/` (every other module linked from the real
+#      directory), for tests that show what the patches change;
 #   5. leaves a marker so the next run returns at once.
 # It prints the root directory as its last line of standard output.
 #
@@ -204,9 +205,12 @@ while IFS= read -r -d '' patch; do PATCHES+=("$patch"); done < <(find "$PATCH_DI
 ((${#PATCHES[@]} > 0)) || die "no Asterisk patches in $PATCH_DIR"
 # The patches' content (names included, in order) keys the patched module.
 PATCH_DIGEST="$(for p in "${PATCHES[@]}"; do basename -- "$p"; cat -- "$p"; done | sha256sum | cut -c1-16)"
+MODULES=()
+while IFS= read -r m; do MODULES+=("$m"); done < <(bash "$SCRIPTS/build-asterisk-modules.sh" --list "${PATCHES[@]}")
+((${#MODULES[@]} > 0)) || die "the patches in $PATCH_DIR touch no module"
 
 patched_marker_matches() {
-    marker_matches && grep -qx "res_pjsip=$PATCH_DIGEST" "$MARKER"
+    marker_matches && grep -qx "patches=$PATCH_DIGEST" "$MARKER"
 }
 
 # Debian's md5 of a file of the asterisk-modules package (path relative to the root, no leading /).
@@ -214,39 +218,45 @@ debian_md5() {
     awk -v f="$1" '$2 == f { print $1 }' "$ROOT/var/lib/dpkg/info/asterisk-modules.md5sums"
 }
 
-# Install the patched res_pjsip.so (built once per version and patch set, then cached) and keep Debian's own module,
-# with every other module, as the unpatched set. Replacing the file by rename is safe while instances run.
-install_patched_module() { # version
-    local version="$1" moddir rel stock cached want
+# Install the patched modules (built once per version and patch set, then cached) and keep Debian's own modules,
+# with every other module, as the unpatched set. Replacing a file by rename is safe while instances run.
+install_patched_modules() { # version
+    local version="$1" moddir rel stock cached want m mod name
     moddir="$(find "$ROOT/usr/lib" -mindepth 3 -maxdepth 3 -type d -path '*/asterisk/modules' | head -n1)"
     [[ -n "$moddir" ]] || die "no Asterisk module directory in $ROOT"
     rel="${moddir#"$ROOT"/}"
     stock="$moddir-unpatched"
-    want="$(debian_md5 "$rel/res_pjsip.so")"
-    [[ -n "$want" ]] || die "asterisk-modules lists no $rel/res_pjsip.so"
     mkdir -p "$stock"
-    if [[ ! -f "$stock/res_pjsip.so" || "$(md5sum <"$stock/res_pjsip.so" | cut -d' ' -f1)" != "$want" ]]; then
-        [[ "$(md5sum <"$moddir/res_pjsip.so" | cut -d' ' -f1)" == "$want" ]] ||
-            die "neither $rel/res_pjsip.so nor the unpatched copy is Debian's: rerun with --rebuild"
-        cp -p -- "$moddir/res_pjsip.so" "$stock/.res_pjsip.so.tmp"
-        mv -f -- "$stock/.res_pjsip.so.tmp" "$stock/res_pjsip.so"
-    fi
-    local mod name
+    for m in "${MODULES[@]}"; do
+        want="$(debian_md5 "$rel/$m.so")"
+        [[ -n "$want" ]] || die "asterisk-modules lists no $rel/$m.so"
+        if [[ -L "$stock/$m.so" || ! -f "$stock/$m.so" || "$(md5sum <"$stock/$m.so" | cut -d' ' -f1)" != "$want" ]]; then
+            [[ "$(md5sum <"$moddir/$m.so" | cut -d' ' -f1)" == "$want" ]] ||
+                die "neither $rel/$m.so nor the unpatched copy is Debian's: rerun with --rebuild"
+            cp -p -- "$moddir/$m.so" "$stock/.$m.so.tmp"
+            mv -f -- "$stock/.$m.so.tmp" "$stock/$m.so"
+        fi
+    done
     for mod in "$moddir"/*.so; do
         name="$(basename -- "$mod")"
-        [[ "$name" == res_pjsip.so ]] || ln -sfn "../modules/$name" "$stock/$name"
+        [[ " ${MODULES[*]} " == *" ${name%.so} "* ]] || ln -sfn "../modules/$name" "$stock/$name"
     done
-    cached="$CACHE_DIR/res_pjsip-$SUITE-${version//:/_}-$ARCH-$PATCH_DIGEST.so"
-    if [[ ! -s "$cached" ]]; then
-        log "building the patched res_pjsip.so (${#PATCHES[@]} patch(es), digest $PATCH_DIGEST)"
-        bash "$SCRIPTS/build-res-pjsip.sh" --suite "$SUITE" --version "$version" --mirror "$MIRROR" \
-            --reference "$stock/res_pjsip.so" --out "$cached" "${PATCHES[@]}"
+    cached="$CACHE_DIR/modules-$SUITE-${version//:/_}-$ARCH-$PATCH_DIGEST"
+    if [[ ! -d "$cached" ]]; then
+        log "building the patched ${MODULES[*]} (${#PATCHES[@]} patch(es), digest $PATCH_DIGEST)"
+        # Debian's pjproject library: a patch may call a pjproject function Debian's module does not.
+        bash "$SCRIPTS/build-asterisk-modules.sh" --suite "$SUITE" --version "$version" --mirror "$MIRROR" \
+            --reference-dir "$stock" --out-dir "$cached" --provider "$(dirname "$(dirname "$moddir")")/libasteriskpj.so.2" \
+            "${PATCHES[@]}"
     else
         log "cache hit: $cached"
     fi
-    install -m 0644 -- "$cached" "$moddir/.res_pjsip.so.tmp"
-    mv -f -- "$moddir/.res_pjsip.so.tmp" "$moddir/res_pjsip.so"
-    log "res_pjsip.so patched ($PATCH_DIGEST); Debian's module kept in ${stock#"$ROOT"}"
+    for m in "${MODULES[@]}"; do
+        [[ -s "$cached/$m.so" ]] || die "$cached holds no $m.so: remove it and rerun"
+        install -m 0644 -- "$cached/$m.so" "$moddir/.$m.so.tmp"
+        mv -f -- "$moddir/.$m.so.tmp" "$moddir/$m.so"
+    done
+    log "${MODULES[*]} patched ($PATCH_DIGEST); Debian's modules kept in ${stock#"$ROOT"}"
 }
 
 if ((HOST_PACKAGES)); then
@@ -298,7 +308,7 @@ if [[ -n "$version" && "$actual" != "$version" ]]; then
     tarball="$(tarball_for "$actual")"
 fi
 mkdir -p "$ROOT/inst"
-install_patched_module "$actual"
-printf 'suite=%s\nasterisk=%s\ntarball=%s\nres_pjsip=%s\n' "$SUITE" "$actual" "$tarball" "$PATCH_DIGEST" >"$MARKER"
+install_patched_modules "$actual"
+printf 'suite=%s\nasterisk=%s\ntarball=%s\npatches=%s\n' "$SUITE" "$actual" "$tarball" "$PATCH_DIGEST" >"$MARKER"
 log "ready: asterisk $actual in $ROOT ($((SECONDS - START)) s)"
 printf '%s\n' "$ROOT"

@@ -5,6 +5,10 @@ The gateway is examples/minimal.yaml plus an IP-identified carrier (two sipps on
 answers every call, and the caller), softphone extension 1001 (never registered here) and the outbound
 allowlist ``+1415``/``+44``. The stand-in sends REFER the way ElevenLabs' "transfer to number" does
 (``Transfer()`` on its side of the call: Refer-To as given, progress read from the NOTIFYs).
+
+The root's res_pjsip_refer.so carries the product's patch (ADR-47): a ``tel:`` Refer-To is a blind transfer to
+its number, and a target the transfer context does not offer is refused with 403. The negative control runs
+Debian's module as shipped (``unpatched_module_dir``): 400 for ``tel:``, 404 for an unknown target.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from typing import Any
 
 import pytest
 from standin import ELEVENLABS_HOST, SHARED_IP, Standin, hosts_file, start_standin, use_private_hosts, wait_for
-from support.asterisk import AsteriskInstance
+from support.asterisk import AsteriskInstance, unpatched_module_dir
 from support.gateway import ip_carrier, load_example, loopback_network, merge, render_gateway
-from support.rtp import rtp_range
+from support.rtp import RtpCounter, rtp_range
 from support.sipp import (
     Sipp,
     free_media_port,
@@ -80,17 +84,19 @@ class Gateway:
     def channels(self) -> str:
         return self.gateway.rx("core show channels concise")
 
-    def call_from_carrier(self, did: str, *, caller: str = CALLER) -> Sipp:
+    def call_from_carrier(
+        self, did: str, *, caller: str = CALLER, scenario: str = "carrier_uac_hold.xml", media_port: int | None = None
+    ) -> Sipp:
         """A carrier caller calls ``did`` and holds the call ~12 s (answering re-INVITEs), then hangs up."""
         sipp = Sipp(
-            "carrier_uac_hold.xml",
+            scenario,
             self.workdir / f"caller{len(self.callers)}",
             remote=f"{GATEWAY_IP}:{self.sip_port}",
             transport="t1",
             local_ip=CARRIER_IP,
             service=did,
             keys={"from_user": caller},
-            media_port=free_media_port(CARRIER_IP),
+            media_port=media_port or free_media_port(CARRIER_IP),
             extra_args=["-aa"],
             global_timeout_s=40,
         ).start()
@@ -111,6 +117,7 @@ def start_gateway(
     edit: Edit | None = None,
     agent_port: int | None = None,
     carrier_scenario: str = "net_uas_ring_answer.xml",
+    modules: str | None = None,
 ) -> Gateway:
     """The gateway, the stand-in, the carrier UAS; with ``agent_port`` the agent's host name resolves to a
     sipp agent on AGENT_IP:agent_port instead of the stand-in."""
@@ -165,6 +172,7 @@ def start_gateway(
         rendered.asterisk_dir,
         start=False,
         extra_files={"hosts": hosts_file({ELEVENLABS_HOST: AGENT_IP if agent_port else SHARED_IP})},
+        modules=modules,
     )
     started.append(Gateway(gateway, standin, carrier, settings, sip_port, tmp_path, []))
     use_private_hosts(gateway)
@@ -243,20 +251,88 @@ def test_refer_to_a_target_not_allowed_is_refused_and_the_caller_stays(gw: Gatew
     caller = gw.call_from_carrier(e164(gw))
     # When the agent asks for a transfer to a target no rule allows
     gw.standin.refer(f"sip:{target}@{GATEWAY_HOST}")
-    # Then Asterisk refuses the REFER before accepting it (404: no such extension in the transfer context)
-    assert refer_answer(gw) == ("FAILURE", "404"), gw.standin.inst.log_text("messages")
+    # Then Asterisk refuses the REFER before accepting it (403: no such extension in the transfer context)
+    assert refer_answer(gw) == ("FAILURE", "403"), gw.standin.inst.log_text("messages")
     assert "transfer-from-agent" in gw.gateway.log_text("messages")
     # And nothing is dialled, and the caller stays with the agent
     assert gw.carrier_invites() == []
     caller_kept_by_agent(gw, caller)
 
 
-def test_refer_to_tel_uri_is_refused_with_400_and_the_caller_stays(gw: Gateway) -> None:
-    """Asterisk 22's res_pjsip_refer accepts only sip:/sips: Refer-To URIs; ElevenLabs' transfer destinations
-    are configured in sip: form (docs/CONFIGURATION.md)."""
+CALLER_AUDIO = "caller-audio.pcma"  # what carrier_uac_hold_audio.xml streams, relative to the caller's directory
+
+
+@pytest.mark.parametrize(
+    "refer_to",
+    [f"<tel:{TARGET}>", "<tel:+1-415-555-0199;isub=7>", "<tel:+1(415)555.0199>"],
+    ids=["e164", "separators-and-parameter", "parentheses"],
+)
+def test_refer_to_tel_uri_of_an_allowlisted_number_connects_the_caller_with_audio_both_ways(
+    gw: Gateway, refer_to: str
+) -> None:
+    """A ``tel:`` Refer-To is a blind transfer to its number: the global number with its '+', visual separators
+    removed, parameters ignored, looked up in the same transfer context as ``sip:`` targets. Negative control:
+    ``test_negative_control_debian_refer_module_refuses_tel_with_400`` (Debian's module answers 400)."""
+    # Given a carrier caller that streams audio the whole call, talking to the agent
+    caller_port, target_port = free_media_port(CARRIER_IP), int(gw.carrier.media_port or 0)
+    assert target_port, "the carrier UAS has no media port"
+    (gw.workdir / f"caller{len(gw.callers)}").mkdir(parents=True, exist_ok=True)
+    (gw.workdir / f"caller{len(gw.callers)}" / CALLER_AUDIO).write_bytes(b"\xd5" * 8000)
+    with RtpCounter((caller_port, caller_port)) as at_caller, RtpCounter((target_port, target_port)) as at_target:
+        caller = gw.call_from_carrier(e164(gw), scenario="carrier_uac_hold_audio.xml", media_port=caller_port)
+        # When the agent transfers the call to a tel: URI of an allowlisted number
+        gw.standin.refer(refer_to)
+        # Then the carrier receives an INVITE for that number, and the agent learns it answered (sipfrag 200)
+        assert wait_for(lambda: len(gw.carrier_invites()) == 1, 15), gw.carrier.result().describe() + gw.channels()
+        assert gw.carrier_invites()[0].startswith(f"INVITE sip:{TARGET}@{CARRIER_IP}:"), gw.carrier_invites()
+        # (the stand-in's Transfer() reports SUCCESS only on a final NOTIFY sipfrag 200; the sipp agent's test
+        # below reads the sipfrags themselves)
+        assert refer_answer(gw)[0] == "SUCCESS", gw.standin.inst.log_text("messages")
+        assert wait_for(lambda: gw.standin.channel_count() == 0, 10)
+        # And, with the agent gone, audio flows both ways between the caller and the target (1 s of 20 ms packets)
+        at_caller.reset()
+        assert wait_for(lambda: at_caller.counts().to_range >= 50, 10), (
+            f"no audio reached the caller: {at_caller.counts()}"
+        )
+        assert wait_for(lambda: at_target.counts().to_range >= 50, 5), (
+            f"no audio reached the target: {at_target.counts()}"
+        )
+        assert at_target.counts().from_range >= 50, f"the target's audio never left it: {at_target.counts()}"
+        assert re.search(
+            rf"^PJSIP/carrier-\w+!transfer-number!{re.escape(TARGET)}!\d+!Up!Dial!", gw.channels(), re.M
+        ), gw.channels()
+    result = caller.wait(timeout=30)
+    assert result.ok, result.describe()
+
+
+def test_refer_to_tel_uri_of_a_number_not_allowed_is_refused_with_403_and_the_caller_stays(gw: Gateway) -> None:
+    """The tel: number meets the same allowlist as a sip: target: one no rule allows is refused."""
     caller = gw.call_from_carrier(e164(gw))
-    gw.standin.refer(f"<tel:{TARGET}>")
-    assert refer_answer(gw) == ("FAILURE", "400"), gw.standin.inst.log_text("messages")
+    gw.standin.refer("<tel:+33142685300>")
+    assert refer_answer(gw) == ("FAILURE", "403"), gw.standin.inst.log_text("messages")
+    assert gw.carrier_invites() == []
+    caller_kept_by_agent(gw, caller)
+
+
+@pytest.mark.parametrize(
+    ("refer_to", "code"),
+    [(f"<tel:{TARGET}>", "400"), ("sip:+33142685300@" + GATEWAY_HOST, "404")],
+    ids=["tel-400", "unknown-404"],
+)
+def test_negative_control_debian_refer_module_refuses_tel_with_400_and_unknown_with_404(
+    asterisk_factory: AsteriskFactory,
+    asterisk_root: Path,
+    tmp_path: Path,
+    started: list[Gateway],
+    refer_to: str,
+    code: str,
+) -> None:
+    """Debian's res_pjsip_refer.so as shipped (the unpatched module set): only sip:/sips: Refer-To URIs (400 for
+    tel:), and 404 for a target not in the transfer context. What the patched module changes."""
+    gw = start_gateway(asterisk_factory, tmp_path, started, modules=unpatched_module_dir(asterisk_root))
+    caller = gw.call_from_carrier(e164(gw))
+    gw.standin.refer(refer_to)
+    assert refer_answer(gw) == ("FAILURE", code), gw.standin.inst.log_text("messages")
     assert gw.carrier_invites() == []
     caller_kept_by_agent(gw, caller)
 
@@ -349,7 +425,7 @@ def test_refer_on_an_agent_call_never_bridges_two_carrier_legs(gw: Gateway) -> N
     # When it asks to transfer the called party to another allowlisted number
     gw.standin.refer(f"sip:{TARGET}@{GATEWAY_HOST}")
     # Then the REFER is refused (numbers_on_agent_calls is off) and the carrier gets no second INVITE
-    assert refer_answer(gw) == ("FAILURE", "404"), gw.standin.inst.log_text("messages")
+    assert refer_answer(gw) == ("FAILURE", "403"), gw.standin.inst.log_text("messages")
     assert "transfer-agent-call" in gw.gateway.log_text("messages")
     assert len(gw.carrier_invites()) == 1, gw.carrier_invites()
 
@@ -358,7 +434,7 @@ def test_called_party_given_back_to_the_agent_keeps_the_agent_call_rules(gw: Gat
     given_back_then_referred_to_a_number(gw)
     # Then that is refused too: two carrier legs stay impossible without numbers_on_agent_calls
     assert wait_for(lambda: len(gw.standin.refer_results()) == 2, 20), gw.standin.inst.log_text("messages")
-    assert gw.standin.refer_results()[1] == ("FAILURE", "404"), gw.standin.refer_results()
+    assert gw.standin.refer_results()[1] == ("FAILURE", "403"), gw.standin.refer_results()
     assert len(gw.carrier_invites()) == 1, gw.carrier_invites()
 
 
@@ -375,7 +451,7 @@ def test_negative_control_without_the_agent_call_mark_the_fallback_accepts_a_ref
     # the REFER runs in transfer-from-agent, whose allowlist accepts the number (the carrier's sipp, which
     # takes one call, has ended by then: the refusal the proof above requires is what is missing)
     assert wait_for(lambda: len(gw.standin.refer_results()) == 2, 20), gw.standin.inst.log_text("messages")
-    assert gw.standin.refer_results()[1] != ("FAILURE", "404"), gw.standin.refer_results()
+    assert gw.standin.refer_results()[1] != ("FAILURE", "403"), gw.standin.refer_results()
 
 
 def given_back_then_referred_to_a_number(gw: Gateway) -> None:
@@ -542,6 +618,16 @@ def test_refer_headers_stay_with_the_transferred_call(
     refer_headers_reach_the_target(asterisk_factory, tmp_path, started, conversation, kept)
 
 
+def test_tel_refer_from_an_elevenlabs_agent_gets_progress_to_sipfrag_200(
+    asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
+) -> None:
+    """ElevenLabs' REFER with ``Refer-To: <tel:+E.164>``: 202, then NOTIFY sipfrag 100, 180, 200, and the REFER's
+    headers on the transferred leg, as for a sip: target (Debian's module would answer 400)."""
+    refer_headers_reach_the_target(
+        asterisk_factory, tmp_path, started, "conv_7Hk2", "conv_7Hk2", refer_to=f"<tel:{TARGET}>"
+    )
+
+
 def test_negative_control_without_transferrer_data_the_refer_headers_are_lost(
     asterisk_factory: AsteriskFactory, tmp_path: Path, started: list[Gateway]
 ) -> None:
@@ -560,10 +646,11 @@ def refer_headers_reach_the_target(
     kept: str,
     *,
     edit: Edit | None = None,
+    refer_to: str = f"<sip:{TARGET}@{GATEWAY_HOST}>",
 ) -> None:
     # Given the agent is a sipp that sends REFER with X-Conversation-ID, as ElevenLabs does
     agent_port = free_port(AGENT_IP)
-    agent = sipp_agent(tmp_path, agent_port, f"<sip:{TARGET}@{GATEWAY_HOST}>", conversation)
+    agent = sipp_agent(tmp_path, agent_port, refer_to, conversation)
     try:
         gw = start_gateway(asterisk_factory, tmp_path, started, agent_port=agent_port, edit=edit)
         caller = Sipp(

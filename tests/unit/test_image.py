@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sip_trunk_local.asterisk_runner import PATCHED_MODULES
 
 pytestmark = pytest.mark.unit
 
@@ -476,9 +477,9 @@ PATCHES = HOST_IMAGE / "patches"
 
 
 def test_asterisk_patches_are_described_diffs_of_what_the_tests_rebuild() -> None:
-    """Each patch is a unified diff with a description, touching only files built into res_pjsip.so: the test root
-    rebuilds only that module from the same files (scripts/build-res-pjsip.sh), so a patch elsewhere would reach
-    the image but not the tests."""
+    """Each patch is a unified diff with a description, touching only files built into a module of res/: the test
+    root rebuilds exactly those modules from the same files (scripts/build-asterisk-modules.sh), so a patch
+    elsewhere would reach the image but not the tests."""
     patches = sorted(PATCHES.glob("*.patch"))
     assert patches, "no Asterisk patches"
     for patch in patches:
@@ -489,23 +490,93 @@ def test_asterisk_patches_are_described_diffs_of_what_the_tests_rebuild() -> Non
         assert targets, f"{patch.name}: not a unified diff"
         assert re.search(r"^@@ -\d+", text, re.MULTILINE), f"{patch.name}: no hunk"
         for target in targets:
-            assert re.fullmatch(r"b/res/res_pjsip(/[^/]+|\.c)", target), f"{patch.name} patches {target}"
+            assert re.fullmatch(r"b/res/res_[a-z0-9_]+(/[^/]+|\.c)", target), f"{patch.name} patches {target}"
 
 
-def test_build_res_pjsip_refuses_a_patch_outside_res_pjsip(tmp_path: Path) -> None:
+def test_the_patches_are_the_idle_check_and_the_refer_patch_in_order() -> None:
+    names = [p.name for p in sorted(PATCHES.glob("*.patch"))]
+    assert names == [
+        "0001-res_pjsip-idle-check-finds-its-own-connection.patch",
+        "0002-res_pjsip_refer-tel-target-and-403-for-unknown-target.patch",
+    ], names
+
+
+def test_refer_patch_takes_tel_as_a_blind_transfer_and_refuses_unknown_targets_with_403() -> None:
+    """The refer patch rewrites a tel: target to the sip: form the blind-transfer path already handles (visual
+    separators dropped, parameters left behind) and changes only the not-in-the-transfer-context answer."""
+    text = (PATCHES / "0002-res_pjsip_refer-tel-target-and-403-for-unknown-target.patch").read_text()
+    assert re.findall(r"^\+\+\+ (\S+)", text, re.MULTILINE) == ["b/res/res_pjsip_refer.c"]
+    added = [line[1:] for line in text.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    removed = [line[1:] for line in text.splitlines() if line.startswith("-") and not line.startswith("---")]
+    assert removed == ["\t\treturn 404;"], removed
+    assert "\t\treturn 403;" in added
+    assert "\tif (target && PJSIP_URI_SCHEME_IS_TEL(target)) {" in added
+    assert any('strchr("-.()", number->ptr[i])' in line for line in added), added
+
+
+def test_build_asterisk_modules_lists_the_modules_the_patches_touch() -> None:
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts/build-asterisk-modules.sh"), "--list", *map(str, sorted(PATCHES.glob("*.patch")))],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["res_pjsip", "res_pjsip_refer"], proc.stdout
+    # the unpatched module set the negative controls run must hold Debian's copy of each
+    assert [f"{m}.so" for m in proc.stdout.split()] == list(PATCHED_MODULES)
+
+
+def test_build_asterisk_modules_refuses_a_patch_outside_res_modules(tmp_path: Path) -> None:
     bogus = tmp_path / "0099-elsewhere.patch"
     bogus.write_text("Elsewhere.\n\n--- a/main/pbx.c\n+++ b/main/pbx.c\n@@ -1 +1 @@\n-x\n+y\n")
-    args = ["--suite", "forky", "--version", "1", "--mirror", "http://192.0.2.1", "--reference", str(bogus)]
+    args = ["--suite", "forky", "--version", "1", "--mirror", "http://192.0.2.1", "--reference-dir", str(tmp_path)]
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts/build-res-pjsip.sh"), *args, "--out", str(tmp_path / "out.so"), str(bogus)],
+        [
+            "bash",
+            str(REPO / "scripts/build-asterisk-modules.sh"),
+            *args,
+            "--out-dir",
+            str(tmp_path / "out"),
+            str(bogus),
+        ],
         capture_output=True,
         text=True,
         check=False,
         timeout=30,
     )
     assert proc.returncode == 1, proc.stderr
-    assert "b/main/pbx.c, which is not built into res_pjsip.so" in proc.stderr, proc.stderr
-    assert not (tmp_path / "out.so").exists()
+    assert "b/main/pbx.c, which is not built into a module of res/" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_asterisk_modules_needs_debians_module_of_each_patched_module(tmp_path: Path) -> None:
+    """Every rebuilt module is checked against Debian's own (build-option checksum, symbols): a reference
+    directory without one of them is refused before anything is built."""
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "res_pjsip.so").write_bytes(b"")
+    args = [
+        "--suite",
+        "forky",
+        "--version",
+        "1",
+        "--mirror",
+        "http://192.0.2.1",
+        "--reference-dir",
+        str(tmp_path / "ref"),
+    ]
+    patches = map(str, sorted(PATCHES.glob("*.patch")))
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts/build-asterisk-modules.sh"), *args, "--out-dir", str(tmp_path / "out"), *patches],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert f"no reference module {tmp_path / 'ref'}/res_pjsip_refer.so" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_image_build_and_test_root_apply_the_same_patches() -> None:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 DEFAULT_ROOT = Path("/var/lib/aws-sip-trunk/asterisk-root")
 ROOT_MARKER = ".aws-sip-trunk-root"
+# The modules the product's Asterisk patches touch (the image patches, scripts/build-asterisk-modules.sh --list).
+PATCHED_MODULES = ("res_pjsip.so", "res_pjsip_refer.so")
 ROOT_HINT = "sudo make asterisk-root"
 
 # Debian's module directory inside the root (multiarch path).
@@ -103,10 +105,13 @@ def module_dir(root: Path) -> str:
 
 def unpatched_module_dir(root: Path) -> str:
     """Debian's unpatched module set as seen inside the root: ``scripts/asterisk-root.sh`` keeps Debian's own
-    ``res_pjsip.so`` there (every other module is linked from :func:`module_dir`), next to the patched one."""
+    copy of every module the product patches there (``res_pjsip.so``, ``res_pjsip_refer.so``; every other module is
+    linked from :func:`module_dir`), next to the patched ones."""
     unpatched = module_dir(root) + "-unpatched"
-    if not (root / unpatched.lstrip("/") / "res_pjsip.so").is_file():
-        raise AsteriskError(f"no unpatched module set at {unpatched} in {root}: run `{ROOT_HINT}`")
+    for name in PATCHED_MODULES:
+        path = root / unpatched.lstrip("/") / name
+        if path.is_symlink() or not path.is_file():
+            raise AsteriskError(f"no unpatched {name} at {unpatched} in {root}: run `{ROOT_HINT}`")
     return unpatched
 
 

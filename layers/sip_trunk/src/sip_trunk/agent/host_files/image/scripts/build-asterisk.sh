@@ -26,7 +26,7 @@ tar -xf "$tarball" -C "$SRC_ROOT"
 cd "$SRC_ROOT/asterisk-$VERSION"
 
 # The product's Asterisk patches, in name order (patches/*.patch; each one's header says what it fixes). The
-# real-Asterisk tests run a res_pjsip.so built with the same files (scripts/asterisk-root.sh).
+# real-Asterisk tests run the modules these touch built with the same files (scripts/asterisk-root.sh).
 applied=()
 for patch in "$IMAGE_DIR"/patches/*.patch; do
     [[ -f "$patch" ]] || continue

@@ -27,13 +27,16 @@ $(VENV)/.synced: pyproject.toml uv.lock layers/sip_trunk/pyproject.toml local/py
 dev: $(VENV)/.synced ## Create .venv with every dependency from the lockfile (editable sip_trunk and sip_trunk_local)
 
 .PHONY: lint
-lint: dev ## ruff (lint + format check), mypy --strict on sip_trunk and sip_trunk_local, import contracts, shellcheck
+lint: dev ## ruff (lint + format check), mypy --strict on sip_trunk and sip_trunk_local, import contracts, shellcheck, unique test module names
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/shellcheck scripts/*.sh
 	cd $(IMAGE_SCRIPTS) && $(CURDIR)/$(BIN)/shellcheck -x --severity=style *.sh
+	@# pytest imports test modules by base name (rootdir-relative, no packages): two of one name stop collection
+	@dups="$$(find tests -name 'test_*.py' -printf '%f\n' | sort | uniq -d)"; \
+	if [ -n "$$dups" ]; then echo "test modules with the same name in two folders: $$dups"; exit 1; fi
 
 .PHONY: format
 format: dev ## Apply ruff's formatting and safe fixes

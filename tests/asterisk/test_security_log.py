@@ -96,6 +96,8 @@ def test_failed_auth_from_one_source_is_matched_by_rendered_fail2ban_filter(
     if shutil.which("fail2ban-regex") is None:
         pytest.fail("fail2ban is not installed: apt-get install -y fail2ban", pytrace=False)
     sip_port, tls_port = free_port(), free_port()
+    # a range from the reserved pool: a fixed one could take in the SIP ports the kernel just handed out
+    rtp_start, rtp_end = rtp_range()
     settings, secrets = load_example("minimal")
     overrides: dict[str, Any] = {
         "network": {
@@ -103,8 +105,8 @@ def test_failed_auth_from_one_source_is_matched_by_rendered_fail2ban_filter(
             "sip_port": sip_port,
             "tls_port": tls_port,
             "local_nets": ["10.0.0.0/16"],
-            "rtp_port_start": 33700,
-            "rtp_port_end": 33798,
+            "rtp_port_start": rtp_start,
+            "rtp_port_end": rtp_end,
         },
         "extensions": [{"number": "1001", "password": EXT_SECRET_REF, "video": False}],
     }

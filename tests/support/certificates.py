@@ -91,6 +91,40 @@ class TestCa:
         key_file.write_bytes(_pem_key(key))
         return cert_file, key_file
 
+    @property
+    def pem(self) -> str:
+        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def leaf_pem(
+        self,
+        *names: str,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
+        san: bool = True,
+        key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> tuple[str, str]:
+        """(certificate PEM, key PEM) of a server certificate, for tests that plant one defect at a time: the
+        validity window, no subjectAltName (the first name is still the CN), a key of the test's choosing."""
+        key = key or ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before or now - datetime.timedelta(hours=1))
+            .not_valid_after(not_after or now + datetime.timedelta(days=90))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+        )
+        if san:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+            )
+        cert = builder.sign(self.key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key).decode()
+
 
 class TlsServer:
     """Accepts TLS connections on 127.0.0.1 with one certificate, completes the handshake and hangs up.

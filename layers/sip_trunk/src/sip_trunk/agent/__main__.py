@@ -70,7 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("ship-calls", help="send the spooled call records to S3 and CloudWatch Logs (EMF), then delete them")
     p = sub.add_parser("bye-headers", help="keep the X- headers of each BYE Asterisk mirrors over HEP (a service)")
     p.add_argument("--for-seconds", type=float, default=None, help="stop after this long (tests)")
-    sub.add_parser("renew-cert", help="ACME certificate for the public host name (DNS-01 in Route 53) when due")
+    sub.add_parser(
+        "renew-cert",
+        help="TLS certificate for the public host name: the operator's secret when set (installed when it changed), "
+        "else ACME (DNS-01 in Route 53) when due",
+    )
     p = sub.add_parser("calls", help="the last call records still on this host")
     p.add_argument("--count", type=int, default=20)
 
@@ -160,7 +164,7 @@ def run(args: argparse.Namespace, config: AgentConfig, session: Any) -> dict[str
     if command == "renew-cert":
         from sip_trunk.agent import certificate
 
-        return certificate.renew_certificate(config, _cli(config), session.client("route53"))
+        return certificate.manage_certificate(config, _cli(config), session)
     if command == "ship-calls":
         from sip_trunk.agent import calls
 

@@ -11,9 +11,10 @@ Run by the host stack's user data on the first boot (before it signals CloudForm
    ``agent.env``; a role configured explicitly (``SIP_TRUNK_ROLE`` / ``--role``) wins over all of them;
 2. the agent's systemd units (shipped in this package) installed into ``/etc/systemd/system``;
 3. the CloudWatch agent configured for this stack (``AwsSipTrunk/Host`` metrics, the Asterisk log group);
-4. with a public host name and its hosted zone (TLS on), the certificate obtained or renewed when due
-   (``renew-cert``), before the config whose TLS transport loads it; a failure is a warning (the TCP
-   transport serves, VerifyTrunk reports the missing certificate, the timer tries again);
+4. with a public host name and its hosted zone or the operator's certificate secret (TLS on), the certificate
+   obtained or renewed when due, or installed from the secret (``renew-cert``), before the config whose TLS
+   transport loads it; a failure is a warning (the TCP transport serves, VerifyTrunk reports the missing
+   certificate, the timer tries again);
 5. the config version fetched and applied unless it already runs: on the first boot the one the host stack
    names in ``agent.env`` (the version at launch), else the SSM ``desired-version`` pointer; on later boots the
    pointer (ApplyConfig may have moved the host on since launch), else ``agent.env``'s;
@@ -139,7 +140,7 @@ def set_role(config: AgentConfig, role: str, peer_address: str | None, run: Runn
     if config.asterisk_log_group and config.backup_bucket:
         services[CALLS_TIMER] = True  # call records to S3 and CloudWatch Logs every minute (kept on disk until then)
         services[BYE_HEADERS] = True  # the agent's BYE headers, from Asterisk's HEP copies, for those records
-    if config.public_hostname and config.acme_hosted_zone_id:
+    if certificate_mod.managed(config):
         services[CERT_TIMER] = True  # both roles: a standby that takes over presents its own certificate
     if config.systemctl:
         for unit, wanted in services.items():
@@ -325,9 +326,9 @@ def bootstrap(
         result["warnings"].append(f"CloudWatch agent: {exc}")
 
     result["certificate"] = None
-    if config.public_hostname and config.acme_hosted_zone_id:
+    if certificate_mod.managed(config):
         try:
-            result["certificate"] = certificate_mod.renew_certificate(config, cli, session.client("route53"))
+            result["certificate"] = certificate_mod.manage_certificate(config, cli, session)
         except AgentError as exc:
             result["certificate"] = {"ok": False, "error": str(exc)}
             result["warnings"].append(f"certificate: {exc}")

@@ -1,5 +1,8 @@
 """``renew-cert``: a publicly trusted certificate for the gateway's host name, from ACME by DNS-01 in Route 53.
 
+(Or the operator's own certificate from a Secrets Manager secret, which wins when both are configured:
+:mod:`sip_trunk.agent.certificate_secret`, chosen by :func:`manage_certificate`.)
+
 The ACME protocol, the account and the DNS-01 challenge are certbot's (with its Route 53 plugin, both from the host's
 packages): the agent never imports them, it runs ``certbot certonly`` only when the installed certificate is
 missing, names another host or has fewer than :data:`RENEW_BEFORE_DAYS` days left, then installs what certbot
@@ -154,3 +157,17 @@ def renew_certificate(config: AgentConfig, cli: AsteriskCli, route53: Any) -> di
     reload_tls(cli, timeout_s=config.reload_timeout_s)
     log.info("installed a new certificate for %s and reloaded the TLS transport", hostname)
     return {"renewed": True, "reason": due.reason, "hostname": hostname, "zone": zone}
+
+
+def managed(config: AgentConfig) -> bool:
+    """Whether this host manages a TLS certificate: a public host name and a source (the zone or the secret)."""
+    return bool(config.public_hostname and (config.acme_hosted_zone_id or config.tls_certificate_secret_arn))
+
+
+def manage_certificate(config: AgentConfig, cli: AsteriskCli, session: Any) -> dict[str, Any]:
+    """``renew-cert``: the operator's secret when one is configured (it wins over the zone, ADR-48), else ACME."""
+    if config.tls_certificate_secret_arn:
+        from sip_trunk.agent.certificate_secret import SecretsManagerSource, install_from_secret
+
+        return install_from_secret(config, cli, SecretsManagerSource(session))
+    return renew_certificate(config, cli, session.client("route53"))

@@ -76,7 +76,7 @@ class AgentConfig:
     # waits for calls in progress to end) or, when it starts with "systemctl", a host command.
     restart_command: tuple[str, ...] = ("core", "restart", "gracefully")
     restart_timeout_s: float = 300.0
-    # renew-cert (ACME DNS-01 through Route 53; see docs/OPERATIONS.md "TLS certificate")
+    # renew-cert (ACME DNS-01 through Route 53, or the operator's secret; see docs/OPERATIONS.md "TLS certificate")
     public_hostname: str | None = None
     tls_cert_file: Path = Path("/etc/asterisk/keys/asterisk.crt")  # the settings' tls.cert_file
     tls_key_file: Path = Path("/etc/asterisk/keys/asterisk.key")  # the settings' tls.key_file
@@ -85,6 +85,8 @@ class AgentConfig:
     acme_email: str | None = None
     acme_hosted_zone_id: str | None = None
     certbot_cmd: tuple[str, ...] = ("certbot",)
+    # or the operator's certificate from a Secrets Manager secret (wins over the zone; ADR-48)
+    tls_certificate_secret_arn: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -147,6 +149,7 @@ OPTIONS: dict[str, str] = {
     "acme_email": "str",
     "acme_hosted_zone_id": "str",
     "certbot_cmd": "argv",
+    "tls_certificate_secret_arn": "str",
 }
 
 # Options whose empty value is kept as "" (the rest become None when empty).

@@ -79,7 +79,7 @@ def test_samconfig_profile_passes_provision_in_local_mode(env: str, local_run_di
 def test_a_profile_the_template_refuses_is_refused_in_local_mode(
     tmp_path: Path, local_run_dir: Callable[[str], Path]
 ) -> None:
-    # Given a profile with TLS on but no hosted zone or DNS name, which the rule TlsNeedsHostnameAndZone refuses
+    # Given a profile with TLS on but no hosted zone or DNS name, which the rule TlsNeedsHostnameAndCertificate refuses
     samconfig = tmp_path / "samconfig.toml"
     overrides = [*(f"{k}={v}" for k, v in profiles()["prod"]["parameters"].items()), "EnableTls=true",
                  "SipTransport=tls"]  # fmt: skip
@@ -91,7 +91,7 @@ def test_a_profile_the_template_refuses_is_refused_in_local_mode(
     template = load_template()
     _, parameters = deployed(template, "tls", samconfig)
     refused = parameter_problems(template, parameters)
-    assert [p.split(":")[0] for p in refused] == ["rule TlsNeedsHostnameAndZone"]
+    assert [p.split(":")[0] for p in refused] == ["rule TlsNeedsHostnameAndCertificate"]
     run_dir = local_run_dir("tls")
 
     # When local mode is asked to deploy it

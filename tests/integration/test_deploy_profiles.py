@@ -148,7 +148,7 @@ def test_cached_build_check_catches_a_cached_profile() -> None:
     assert cached_builds(planted) == ["dev"]
 
 
-# --- TLS needs the name and zone of the certificate the hosts obtain ----------------------------------
+# --- TLS needs the name and a source of the certificate (the zone or the secret) ----------------------------------
 
 
 @pytest.mark.parametrize(
@@ -159,8 +159,8 @@ def test_cached_build_check_catches_a_cached_profile() -> None:
 def test_tls_without_the_certificates_name_and_zone_is_refused_before_anything_is_created(template, missing) -> None:
     # Each host obtains its certificate for RecordName by ACME DNS-01 in HostedZoneId: without both, no certificate
     problems = parameter_problems(template, {**DAY_ONE_ANSWERS, "EnableTls": "true", "SipTransport": "tls", **missing})
-    assert "rule TlsNeedsHostnameAndZone" in [p.split(":")[0] for p in problems]
-    assert "hosted zone" in next(p for p in problems if p.startswith("rule TlsNeedsHostnameAndZone"))
+    assert "rule TlsNeedsHostnameAndCertificate" in [p.split(":")[0] for p in problems]
+    assert "hosted zone" in next(p for p in problems if p.startswith("rule TlsNeedsHostnameAndCertificate"))
 
 
 def test_tls_with_the_certificates_name_and_zone_is_accepted(template) -> None:
@@ -168,6 +168,59 @@ def test_tls_with_the_certificates_name_and_zone_is_accepted(template) -> None:
     tls = {"EnableTls": "true", "SipTransport": "tls", "HostedZoneId": "Z0123456789ABCDEFGHIJ",
            "RecordName": "sip.example.com"}  # fmt: skip
     assert parameter_problems(template, {**DAY_ONE_ANSWERS, **tls}) == []
+
+
+SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:sip-gateway/tls-AbCdEf"
+KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+TLS = {"EnableTls": "true", "SipTransport": "tls"}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"TlsCertificateSecretArn": SECRET_ARN},
+        {"TlsCertificateSecretArn": SECRET_ARN, "TlsCertificateKmsKeyArn": KEY_ARN},
+        {"TlsCertificateSecretArn": SECRET_ARN, "HostedZoneId": "Z0123456789ABCDEFGHIJ"},
+    ],
+    ids=["secret-only", "secret-and-its-key", "secret-and-zone"],
+)
+def test_tls_with_the_operators_certificate_secret_is_accepted_without_or_with_a_zone(template, source) -> None:
+    # The operator's certificate replaces ACME: the name is still needed (the certificate must cover it), the
+    # zone is not; with both the secret wins (ADR-48)
+    assert parameter_problems(template, {**DAY_ONE_ANSWERS, **TLS, "RecordName": "sip.example.com", **source}) == []
+
+
+@pytest.mark.parametrize(
+    ("values", "rule", "says"),
+    [
+        ({**TLS}, "TlsNeedsHostnameAndCertificate", "TlsCertificateSecretArn"),
+        ({**TLS, "TlsCertificateSecretArn": SECRET_ARN}, "TlsNeedsHostnameAndCertificate", "RecordName"),
+        ({"TlsCertificateSecretArn": SECRET_ARN, "RecordName": "sip.example.com"}, "CertificateSecretNeedsTls",
+         "SIP over TLS"),
+        ({**TLS, "RecordName": "sip.example.com", "HostedZoneId": "Z0123456789ABCDEFGHIJ",
+          "TlsCertificateKmsKeyArn": KEY_ARN}, "CertificateKeyNeedsSecret", "TlsCertificateSecretArn is empty"),
+    ],
+    ids=["no-source", "secret-without-name", "secret-without-tls", "key-without-secret"],
+)  # fmt: skip
+def test_an_incomplete_certificate_source_is_refused_with_a_clear_rule(template, values, rule, says) -> None:
+    problems = parameter_problems(template, {**DAY_ONE_ANSWERS, **values})
+    assert [p.split(":")[0] for p in problems] == [f"rule {rule}"], problems
+    assert says in problems[0]
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:sip-gateway/tls",  # partial: IAM needs the full ARN
+        "sip-gateway/tls",
+        "arn:aws:s3:::bucket/tls-AbCdEf",
+    ],
+)
+def test_the_secret_must_be_named_by_its_full_arn(template, arn) -> None:
+    problems = parameter_problems(
+        template, {**DAY_ONE_ANSWERS, **TLS, "RecordName": "sip.example.com", "TlsCertificateSecretArn": arn}
+    )
+    assert [p.split("=")[0] for p in problems] == ["TlsCertificateSecretArn"]
 
 
 # --- the acceptance run waits as long as Provision may take -------------------------------------------

@@ -69,16 +69,20 @@ def test_every_samconfig_profile_deploys(aws: None, profile: str) -> None:
 
 def test_a_profile_the_template_refuses_creates_nothing(aws: None) -> None:
     # Given prod with TLS on but no hosted zone or DNS name for the certificate, which the template's
-    # TlsNeedsHostnameAndZone rule refuses (CloudFormation's view)
+    # TlsNeedsHostnameAndCertificate rule refuses (CloudFormation's view)
     stack_name, parameters = _stack_and_parameters("prod")
     parameters |= {"EnableTls": "true", "SipTransport": "tls", "HostedZoneId": "", "RecordName": ""}
     refused = parameter_problems(load_template(ROOT / "template.yaml"), parameters)
-    assert [p.split(":")[0] for p in refused] == ["rule TlsNeedsHostnameAndZone"]
+    assert [p.split(":")[0] for p in refused] == ["rule TlsNeedsHostnameAndCertificate"]
     # When the root stack is created with it, Then it is refused with the same problems, before anything exists
     with pytest.raises(ParametersRefused) as caught:
         create_control_plane(ROOT, stack_name, parameters, high_availability=True)
     assert caught.value.problems == refused
     assert boto3.client("cloudformation").list_stacks()["StackSummaries"] == []
+
+
+SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:sip-gateway/tls-AbCdEf"
+KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
 def test_the_refusal_check_sees_every_rule_of_the_template() -> None:
@@ -88,10 +92,12 @@ def test_the_refusal_check_sees_every_rule_of_the_template() -> None:
     assert parameter_problems(template, accepted) == []
     planted = {
         "TlsTransportNeedsTls": {"SipTransport": "tls"},
-        "TlsNeedsHostnameAndZone": {"EnableTls": "true", "HostedZoneId": "", "RecordName": ""},
+        "TlsNeedsHostnameAndCertificate": {"EnableTls": "true", "HostedZoneId": "", "RecordName": ""},
         "SrtpNeedsTls": {"MediaEncryption": "required"},
         "ImageReferenceGiven": {"AmiSource": "ami-id"},
         "DnsNeedsBoth": {"HostedZoneId": "Z0123456789ABCDEFGHIJ"},
+        "CertificateSecretNeedsTls": {"TlsCertificateSecretArn": SECRET_ARN},
+        "CertificateKeyNeedsSecret": {"TlsCertificateKmsKeyArn": KEY_ARN},
     }
     assert set(planted) == set(template["Rules"])
     for rule, values in planted.items():

@@ -10,6 +10,7 @@ import base64
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -152,24 +153,17 @@ def test_with_the_static_range_the_probing_functions_name_the_in_vpc_probe_funct
     }
 
 
-@pytest.mark.parametrize("tls", [True, False])
-def test_the_host_stack_gets_the_host_name_and_zone_exactly_when_tls_is_on(
-    aws: None, tls: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The root stack (created in moto) writes the host-parameters document LaunchHost passes on; stacks/host.yaml
-    rendered with it writes the certificate's name and zone into each host's agent.env and grants the Route 53
-    challenge permissions on that zone only. Negative control: without the document's ``PublicHostname`` (or its
-    ``CertificateZoneId``) the agent.env lines are empty and renew-cert and its timer never run on the hosts."""
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:sip-gateway/tls-AbCdEf"
+KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def rendered_host_stack(parameters: dict[str, str]) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+    """The root stack created in moto with `parameters`; stacks/host.yaml rendered with the host-parameters
+    document it wrote, as LaunchHost passes it: (each instance's agent.env, the host role's statements by Sid)."""
     from cfnlint.decode import decode
     from sip_trunk.workflows.provision import launch
     from sip_trunk_local.stack_updates import render_resources
 
-    zone, name = "Z0123456789ABCDEFGHIJ", "sip.example.com"
-    # the operator's public zone, with an id of the form Route 53 gives (moto's are random letters)
-    monkeypatch.setattr("moto.route53.models.create_route53_zone_id", lambda *_, **__: zone)
-    boto3.client("route53").create_hosted_zone(Name="example.com", CallerReference="wiring")
-    dns = {"HostedZoneId": zone, "RecordName": name}
-    parameters = {**PARAMETERS, **dns, **({"EnableTls": "true", "SipTransport": "tls"} if tls else {})}
     create_control_plane(ROOT, STACK, parameters, high_availability=True)
     document = json.loads(
         boto3.client("ssm").get_parameter(Name=f"/sip-trunk/{STACK}/host-parameters")["Parameter"]["Value"]
@@ -183,22 +177,81 @@ def test_the_host_stack_gets_the_host_name_and_zone_exactly_when_tls_is_on(
     template, problems = decode(str(ROOT / "stacks" / "host.yaml"))
     assert template is not None, problems
     rendered = render_resources(template, host_params)
-
+    envs = {}
     for logical in ("PrimaryInstance", "StandbyInstance"):
         user_data = base64.b64decode(rendered[logical][1]["UserData"]).decode()
         block = user_data.split("cat > /etc/sip-trunk/agent.env <<'EOF'\n", 1)[1].split("EOF\n", 1)[0]
-        env = dict(line.strip().split("=", 1) for line in block.splitlines())
-        assert env["SIP_TRUNK_PUBLIC_HOSTNAME"] == (name if tls else ""), logical
-        assert env["SIP_TRUNK_ACME_HOSTED_ZONE_ID"] == (zone if tls else ""), logical
+        envs[logical] = dict(line.strip().split("=", 1) for line in block.splitlines())
     statements = {
         s["Sid"]: s
         for policy in rendered["HostRole"][1]["Policies"]
         for s in policy["PolicyDocument"]["Statement"]
         if "Sid" in s
     }
+    return envs, statements
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_the_host_stack_gets_the_host_name_and_zone_exactly_when_tls_is_on(
+    aws: None, tls: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The root stack (created in moto) writes the host-parameters document LaunchHost passes on; stacks/host.yaml
+    rendered with it writes the certificate's name and zone into each host's agent.env and grants the Route 53
+    challenge permissions on that zone only. Negative control: without the document's ``PublicHostname`` (or its
+    ``CertificateZoneId``) the agent.env lines are empty and renew-cert and its timer never run on the hosts."""
+    zone, name = "Z0123456789ABCDEFGHIJ", "sip.example.com"
+    # the operator's public zone, with an id of the form Route 53 gives (moto's are random letters)
+    monkeypatch.setattr("moto.route53.models.create_route53_zone_id", lambda *_, **__: zone)
+    boto3.client("route53").create_hosted_zone(Name="example.com", CallerReference="wiring")
+    dns = {"HostedZoneId": zone, "RecordName": name}
+    parameters = {**PARAMETERS, **dns, **({"EnableTls": "true", "SipTransport": "tls"} if tls else {})}
+    envs, statements = rendered_host_stack(parameters)
+
+    for logical, env in envs.items():
+        assert env["SIP_TRUNK_PUBLIC_HOSTNAME"] == (name if tls else ""), logical
+        assert env["SIP_TRUNK_ACME_HOSTED_ZONE_ID"] == (zone if tls else ""), logical
+        assert env["SIP_TRUNK_TLS_CERTIFICATE_SECRET_ARN"] == "", logical
     acme = {sid for sid in statements if sid.startswith("Acme")}
     if tls:
         assert acme == {"AcmeChallengeRecords", "AcmeZone", "AcmeFindZone", "AcmeWaitForChange"}
         assert statements["AcmeChallengeRecords"]["Resource"] == f"arn:aws:route53:::hostedzone/{zone}"
     else:
         assert acme == set()
+    assert not {"ReadCertificateSecret", "DecryptCertificateSecret"} & set(statements)
+
+
+@pytest.mark.parametrize("zone", [True, False], ids=["with-zone", "without-zone"])
+@pytest.mark.parametrize("key", [True, False], ids=["customer-key", "aws-managed-key"])
+def test_with_the_operators_secret_the_host_stack_reads_that_secret_and_gets_no_route53_permission(
+    aws: None, zone: bool, key: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADR-48: the secret wins over a zone. agent.env names the secret and no zone (renew-cert never runs certbot),
+    the host role may read exactly that secret, decrypt with the operator's key only when one is given, and
+    has no Route 53 statement; the settings carry the DNS name with or without a zone (the certificate's name)."""
+    zone_id, name = "Z0123456789ABCDEFGHIJ", "sip.example.com"
+    monkeypatch.setattr("moto.route53.models.create_route53_zone_id", lambda *_, **__: zone_id)
+    boto3.client("route53").create_hosted_zone(Name="example.com", CallerReference="wiring")
+    parameters = {**PARAMETERS, "EnableTls": "true", "SipTransport": "tls", "RecordName": name,
+                  "TlsCertificateSecretArn": SECRET_ARN}  # fmt: skip
+    if zone:
+        parameters["HostedZoneId"] = zone_id
+    if key:
+        parameters["TlsCertificateKmsKeyArn"] = KEY_ARN
+    envs, statements = rendered_host_stack(parameters)
+
+    for logical, env in envs.items():
+        assert env["SIP_TRUNK_PUBLIC_HOSTNAME"] == name, logical
+        assert env["SIP_TRUNK_ACME_HOSTED_ZONE_ID"] == "", logical
+        assert env["SIP_TRUNK_TLS_CERTIFICATE_SECRET_ARN"] == SECRET_ARN, logical
+    assert {sid for sid in statements if sid.startswith("Acme")} == set()
+    assert statements["ReadCertificateSecret"]["Action"] == "secretsmanager:GetSecretValue"
+    assert statements["ReadCertificateSecret"]["Resource"] == SECRET_ARN
+    if key:
+        assert statements["DecryptCertificateSecret"]["Resource"] == KEY_ARN
+        assert statements["DecryptCertificateSecret"]["Condition"]["StringEquals"] == {
+            "kms:EncryptionContext:SecretARN": SECRET_ARN
+        }
+    else:
+        assert "DecryptCertificateSecret" not in statements
+    settings = json.loads(boto3.client("ssm").get_parameter(Name=f"/sip-trunk/{STACK}/settings")["Parameter"]["Value"])
+    assert settings["network"]["public_hostname"] == name

@@ -175,6 +175,9 @@ def host_names(config: Any, region: str) -> dict[str, str]:
             "FailoverStateMachineArn": config.failover_state_machine_arn or names["FailoverStateMachine"],
             "AsteriskLogGroup": config.asterisk_log_group or f"/sip-trunk/{stack}/asterisk",
             "CertificateZoneId": config.acme_hosted_zone_id or "",
+            "CertificateSecretArn": config.tls_certificate_secret_arn or "",
+            # not in agent.env (the agent never names it): a key only a test's names give
+            "CertificateKmsKeyArn": getattr(config, "tls_certificate_kms_key_arn", ""),
             "HostParametersName": f"/sip-trunk/{stack}/host-parameters",
             "AWS::StackName": f"{stack}-host",
             "AWS::StackId": f"arn:aws:cloudformation:{region}:{ACCOUNT}:stack/{stack}-host/0a1b2c3d",
@@ -277,7 +280,7 @@ class Recorder:
 
 class _NoConfig:
     stack = config_prefix = state_table = backup_bucket = recordings_bucket = ""
-    failover_state_machine_arn = asterisk_log_group = acme_hosted_zone_id = ""
+    failover_state_machine_arn = asterisk_log_group = acme_hosted_zone_id = tls_certificate_secret_arn = ""
 
 
 def _plain(params: Mapping[str, Any]) -> dict[str, Any]:

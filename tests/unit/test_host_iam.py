@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 NOT_AWS = {"verify"}
 SERVICES = (
     "ssm", "s3", "cloudwatch", "dynamodb", "stepfunctions", "logs", "kms", "cloudformation", "lambda", "route53",
+    "secretsmanager",
 )  # fmt: skip
 
 # boto3 operation (snake_case, as called) -> (IAM actions it needs, the host.yaml statement Sid that allows them)
@@ -38,6 +39,8 @@ REQUIRED: dict[str, tuple[tuple[str, ...], str]] = {
     "put_log_events": (("logs:PutLogEvents",), "ShipLogs"),
     # renew-cert: the configured zone must hold the host name
     "get_hosted_zone": (("route53:GetHostedZone",), "AcmeZone"),
+    # renew-cert with the operator's certificate (ADR-48)
+    "get_secret_value": (("secretsmanager:GetSecretValue",), "ReadCertificateSecret"),
 }
 KMS_SID = "DecryptConfigAndObjects"
 TABLE_KEY_SID = "DecryptStateTableKey"
@@ -68,6 +71,8 @@ OTHER = {
     "route53:ChangeResourceRecordSets": "AcmeChallengeRecords",
     "route53:ListHostedZones": "AcmeFindZone",
     "route53:GetChange": "AcmeWaitForChange",
+    # Secrets Manager decrypting the operator's secret under a customer managed key, as the caller
+    "kms:Decrypt": "DecryptCertificateSecret",
 }
 
 
@@ -182,6 +187,13 @@ def test_scoping() -> None:
     }
     assert by_sid["AcmeFindZone"]["Resource"] == "*"  # ListHostedZones has no resource-level permissions
     assert all(s["Resource"] != "*" for sid, s in by_sid.items() if sid not in ("HostMetrics", "AcmeFindZone"))
+    # the operator's certificate: that secret only, and its customer key only through Secrets Manager for it
+    assert by_sid["ReadCertificateSecret"]["Resource"] == {"Ref": "CertificateSecretArn"}
+    assert by_sid["DecryptCertificateSecret"]["Resource"] == {"Ref": "CertificateKmsKeyArn"}
+    assert by_sid["DecryptCertificateSecret"]["Condition"] == {
+        "StringLike": {"kms:ViaService": "secretsmanager.*.amazonaws.com"},
+        "StringEquals": {"kms:EncryptionContext:SecretARN": {"Ref": "CertificateSecretArn"}},
+    }
 
 
 class RecordingS3:

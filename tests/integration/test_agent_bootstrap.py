@@ -336,7 +336,7 @@ def test_cli_bootstrap_reads_the_env_file_the_host_stack_writes(
         "${AWS::Region}": REGION, "${RootStackName}": STACK, "${ConfigPrefix}": PREFIX, "${StateTable}": TABLE,
         "${BackupBucket}": "b", "${RecordingsBucket}": "", "${FailoverStateMachineArn}": "arn:x",
         "${AsteriskLogGroup}": f"/aws-sip-trunk/{STACK}/asterisk", "${ConfigVersion}": "none",
-        "${PublicHostname}": "", "${CertificateZoneId}": "", "${CertificateSecretArn}": "",
+        "${PublicHostname}": "", "${CertificateZoneId}": "", "${CertificateSecretLine}": "",
     }  # fmt: skip
     text = "\n".join(line.strip() for line in block.splitlines())
     for key, value in values.items():

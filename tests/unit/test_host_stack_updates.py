@@ -90,6 +90,37 @@ def test_a_config_version_change_would_stop_and_start_both_hosts() -> None:
     }
 
 
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:sip-gateway/tls-AbCdEf"
+
+
+def test_the_certificate_secret_line_renders_nothing_without_a_secret(tmp_path: Path) -> None:
+    """ADR-48: hosts that do not use the operator's certificate get the user data the template rendered before
+    the secret's line existed, so the release that adds it stops and starts none of them."""
+    text = (ROOT / "stacks" / "host.yaml").read_text()
+    assert text.count("${CertificateSecretLine}") == 2
+    before = tmp_path / "host.yaml"
+    before.write_text(text.replace("${CertificateSecretLine}", ""))  # the template without the line
+    previous, problems = decode(str(before))
+    assert previous is not None, problems
+    template = host_template()
+    params = {**PARAMETERS, **image_parameters(template, "ami-0123456789abcdef0")}
+    for logical in ("PrimaryInstance", "StandbyInstance"):
+        now = render_resources(template, params)[logical][1]["UserData"]
+        assert now == render_resources(previous, params)[logical][1]["UserData"], logical
+        with_secret = render_resources(template, {**params, "CertificateSecretArn": SECRET_ARN})[logical][1]
+        assert with_secret["UserData"] != now  # (control) the line is rendered with a secret
+
+
+def test_turning_the_operators_certificate_on_stops_and_starts_both_hosts_and_replaces_neither() -> None:
+    template = host_template()
+    old = {**PARAMETERS, **image_parameters(template, "ami-0123456789abcdef0")}
+    hit = interruptions(plan_update(template, old, {**old, "CertificateSecretArn": SECRET_ARN}))
+    assert {(i.resource, i.impact, i.properties) for i in hit} == {
+        ("PrimaryInstance", "interruption", ("UserData",)),
+        ("StandbyInstance", "interruption", ("UserData",)),
+    }
+
+
 def test_replacing_the_primary_slot_leaves_the_standby_running() -> None:
     # Given both slots on one image
     template = host_template()

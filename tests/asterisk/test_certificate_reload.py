@@ -104,3 +104,75 @@ def test_a_renewed_certificate_is_presented_to_new_connections_and_old_ones_stay
         assert _options_answered(held, tls_port)
     finally:
         held.close()
+
+
+def test_the_operators_certificate_from_the_secret_is_served_with_its_chain(
+    asterisk_factory: AsteriskFactory, tmp_path: Path
+) -> None:
+    """ADR-48 on a real Asterisk 22: `install_from_secret` (with the secret's text from a stand-in source) puts the
+    operator's leaf and intermediate where the TLS transport reads them and reloads as `renew-cert` does; a client
+    that trusts only the root then completes a verified handshake for the host name, which needs the intermediate
+    Asterisk sends. Controls: the same client refuses the self-signed certificate before, and the leaf installed
+    without its intermediate."""
+    import json
+
+    from sip_trunk.agent.certificate_secret import install_from_secret
+    from support.certificates import TestCa
+
+    host = "sip.example.com"
+    root = TestCa(tmp_path / "root")
+    intermediate = TestCa(tmp_path / "intermediate", name="Test Intermediate CA", issuer=root)
+    leaf, key = intermediate.leaf_pem(host)
+    secrets = [json.dumps({"certificate": leaf, "private_key": key})]  # first without the intermediate
+    old_cert, old_key = _self_signed(tmp_path, "old")
+    tls_port = free_port()
+    ast: AsteriskInstance = asterisk_factory(MINIMAL, variables=minimal_variables(), start=False)
+    keys = f"{ast.chroot_base}/etc/keys"
+    ast.extra_files = {
+        "keys/server.crt": old_cert,
+        "keys/server.key": old_key,
+        "pjsip_extra.conf": (
+            "[transport-tls]\ntype = transport\nprotocol = tls\n"
+            f"bind = 127.0.0.1:{tls_port}\ncert_file = {keys}/server.crt\npriv_key_file = {keys}/server.key\n"
+            "method = tlsv1_2\n"
+        ),
+    }
+    ast.start()
+    config = AgentConfig(
+        config_dir=ast.etc_dir,
+        tls_cert_file=ast.etc_dir / "keys" / "server.crt",
+        tls_key_file=ast.etc_dir / "keys" / "server.key",
+        tls_group="root",
+        public_hostname=host,
+        tls_certificate_secret_arn="arn:aws:secretsmanager:eu-west-1:123456789012:secret:gateway/tls-AbCdEf",
+    )
+    cli = AsteriskCli(["chroot", str(ast.root), "/usr/sbin/asterisk"], ast.conf_path)
+    trusting_root = ssl.create_default_context(cafile=str(root.ca_file))
+
+    class Source:
+        def secret_string(self, arn: str) -> str:
+            return secrets[-1]
+
+    def verified_chain() -> None:
+        with (
+            socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw,
+            trusting_root.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            assert tls.getpeercert()["subjectAltName"] == (("DNS", host),)
+
+    with pytest.raises(ssl.SSLCertVerificationError):
+        verified_chain()  # the self-signed "old"
+    assert install_from_secret(config, cli, Source())["renewed"] is True
+    with pytest.raises(ssl.SSLCertVerificationError):
+        verified_chain()  # the operator's leaf is served, but the client cannot reach its root without the intermediate
+
+    secrets.append(json.dumps({"certificate": leaf + intermediate.pem, "private_key": key}))
+    result = install_from_secret(config, cli, Source())
+
+    assert (result["renewed"], result["reason"]) == (True, "rotated")
+    verified_chain()  # leaf + intermediate from Asterisk, the root from the client's own trust
+    # unchanged on the next run: nothing written, nothing reloaded, the same certificate served
+    inode = config.tls_cert_file.stat().st_ino
+    assert install_from_secret(config, cli, Source())["reason"] == "unchanged"
+    assert config.tls_cert_file.stat().st_ino == inode
+    verified_chain()

@@ -32,16 +32,19 @@ class TestCa:
     directory: Path
     name: str = "Test Root CA"
     key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    issuer: TestCa | None = None
+    """None: a root; else an intermediate CA signed by `issuer` (whose leaves need it in their chain)."""
 
     __test__ = False  # not a pytest class
 
     def __post_init__(self) -> None:
         now = datetime.datetime.now(datetime.UTC)
         subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.name)])
-        self.cert = (
+        signer = self.issuer.key if self.issuer else self.key
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
-            .issuer_name(subject)
+            .issuer_name(self.issuer.cert.subject if self.issuer else subject)
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
@@ -62,8 +65,12 @@ class TestCa:
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
         )
+        if self.issuer:
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.issuer.key.public_key()), critical=False
+            )
+        self.cert = builder.sign(signer, hashes.SHA256())
         self.directory.mkdir(parents=True, exist_ok=True)
         self.ca_file = self.directory / f"{self.name.replace(' ', '-').lower()}.pem"
         self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))

@@ -7,8 +7,8 @@ itself built, which the document cannot change:
 
 - **taken from the stack** (a differing value is replaced and reported in `notes`): `name` (the
   `DeploymentName` parameter), `network.public_address` (the Elastic IP), `network.public_hostname` when the
-  stack manages the DNS record, and the VPC network, which always stays first in `network.local_nets`
-  (the operator's networks follow it);
+  stack manages the DNS record or the operator's certificate secret (the name it must cover), and the VPC
+  network, which always stays first in `network.local_nets` (the operator's networks follow it);
 - **fixed by the security group** (a differing value is refused): `network.sip_port`, `network.tls_port`,
   `network.rtp_port_start`, `network.rtp_port_end`;
 - **only if the stack built it** (may be turned off, not on; refused otherwise): `network.udp_enabled`

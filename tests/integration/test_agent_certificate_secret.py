@@ -266,7 +266,7 @@ def test_the_first_boot_installs_the_secrets_certificate_before_the_config_that_
 
     value, chain, _ = document(test_ca)
     arn = new_secret(secrets, value)
-    stack, prefix, table = "tlssecret", "/sip-trunk/tlssecret/asterisk", "state"
+    stack, prefix, table = "tlssecret", "/sip-trunk/tlssecret/asterisk", "tlssecret-state"  # moto is one process
     aws = {"region_name": REGION, "endpoint_url": moto_endpoint}
     create_state_table(boto3.resource("dynamodb", **aws), table)
     pjsip = (

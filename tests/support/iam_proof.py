@@ -176,8 +176,7 @@ def host_names(config: Any, region: str) -> dict[str, str]:
             "AsteriskLogGroup": config.asterisk_log_group or f"/sip-trunk/{stack}/asterisk",
             "CertificateZoneId": config.acme_hosted_zone_id or "",
             "CertificateSecretArn": config.tls_certificate_secret_arn or "",
-            # not in agent.env (the agent never names it): a key only a test's names give
-            "CertificateKmsKeyArn": getattr(config, "tls_certificate_kms_key_arn", ""),
+            "CertificateKmsKeyArn": "",  # not in agent.env (the agent never names it): tests give their own
             "HostParametersName": f"/sip-trunk/{stack}/host-parameters",
             "AWS::StackName": f"{stack}-host",
             "AWS::StackId": f"arn:aws:cloudformation:{region}:{ACCOUNT}:stack/{stack}-host/0a1b2c3d",

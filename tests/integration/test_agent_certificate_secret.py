@@ -248,7 +248,9 @@ def test_the_host_role_reads_that_secret_and_no_other(secrets: Any, test_ca: Tes
     assert not evaluate(role.policies, Request("kms:Decrypt", key, {**via, "kms:EncryptionContext:SecretARN": arn}))
 
 
+@pytest.mark.parametrize("good", [True, False], ids=["good-secret", "refused-secret"])
 def test_the_first_boot_installs_the_secrets_certificate_before_the_config_that_loads_it(
+    good: bool,
     host: dict[str, Any],
     secrets: Any,
     test_ca: TestCa,
@@ -259,14 +261,16 @@ def test_the_first_boot_installs_the_secrets_certificate_before_the_config_that_
 ) -> None:
     """bootstrap with the lines the host stack's user data writes for TLS with the operator's secret (host name,
     empty zone, the secret's ARN): the certificate is in place before the first config is applied, and the cert
-    timer is enabled."""
+    timer is enabled. A refused secret (another name) is a boot warning, not a failed boot: the config is applied
+    without a certificate (TCP serves) and the timer is enabled to try again."""
     from sip_trunk import configstore
     from sip_trunk.manifest import MANIFEST_NAME, Manifest
     from support.world import create_state_table
 
-    value, chain, _ = document(test_ca)
+    value, chain, _ = document(test_ca) if good else document(test_ca, "sip.example.org")
     arn = new_secret(secrets, value)
-    stack, prefix, table = "tlssecret", "/sip-trunk/tlssecret/asterisk", "tlssecret-state"  # moto is one process
+    stack = f"tlssecret{'good' if good else 'bad'}"  # moto's backends are one per process: names of their own
+    prefix, table = f"/sip-trunk/{stack}/asterisk", f"{stack}-state"
     aws = {"region_name": REGION, "endpoint_url": moto_endpoint}
     create_state_table(boto3.resource("dynamodb", **aws), table)
     pjsip = (
@@ -314,15 +318,21 @@ def test_the_first_boot_installs_the_secrets_certificate_before_the_config_that_
 
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0, out
-    assert (out["certificate"]["renewed"], out["certificate"]["source"]) == (True, "secret"), out
     assert out["apply"]["version"] == version, out
     applied = [line for line in calls.read_text().splitlines() if line.startswith("core reload")]
     assert applied, calls.read_text()
-    assert all(line.endswith("|cert=yes") for line in applied), calls.read_text()
     assert Releases(tmp_path / "releases", host["conf"]).current_version() == version
+    assert f"enable --now {CERT_TIMER}" in (tmp_path / "host-cmds").read_text()
+    if not good:
+        assert out["certificate"]["ok"] is False, out
+        assert [w for w in out["warnings"] if w.startswith("certificate: wrong-name: ")], out["warnings"]
+        assert all(line.endswith("|cert=no") for line in applied), calls.read_text()
+        assert not host["cert"].exists()
+        return
+    assert (out["certificate"]["renewed"], out["certificate"]["source"]) == (True, "secret"), out
+    assert all(line.endswith("|cert=yes") for line in applied), calls.read_text()
     assert host["cert"].read_text() == chain
     leaf = x509.load_pem_x509_certificate(host["cert"].read_bytes())
     assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.DNSName
     ) == [HOST]
-    assert f"enable --now {CERT_TIMER}" in (tmp_path / "host-cmds").read_text()

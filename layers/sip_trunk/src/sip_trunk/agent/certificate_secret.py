@@ -188,10 +188,13 @@ def validate(certificate: OperatorCertificate, hostname: str, *, now: float | No
     if checked.returncode != 0 or "does NOT match" in checked.stdout:
         names = san.stdout.strip().splitlines()[-1].strip()
         raise CertificateRefused("wrong-name", f"the leaf is for {names}, not {hostname}")
-    dates = dict(
-        line.split("=", 1) for line in _openssl(["x509", "-noout", "-startdate", "-enddate"], leaf).stdout.splitlines()
-    )
-    not_before, not_after = ssl.cert_time_to_seconds(dates["notBefore"]), ssl.cert_time_to_seconds(dates["notAfter"])
+    lines = _openssl(["x509", "-noout", "-startdate", "-enddate"], leaf).stdout.splitlines()
+    dates = dict(line.split("=", 1) for line in lines if "=" in line)
+    try:
+        not_before = ssl.cert_time_to_seconds(dates["notBefore"])
+        not_after = ssl.cert_time_to_seconds(dates["notAfter"])
+    except (KeyError, ValueError):
+        raise CertificateRefused("bad-certificate", "the leaf's validity dates cannot be read") from None
     at = time.time() if now is None else now
     if at < not_before:
         raise CertificateRefused("not-yet-valid", f"the leaf is valid only from {dates['notBefore']}")

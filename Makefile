@@ -7,6 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST := $(BIN)/pytest
+# Parallel test processes for `make test` (pytest-xdist). The slow layers mostly wait on SIP timers and
+# sipp scenarios, so more workers than cores pay off; TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 4
 # The host image's scripts (package data of sip_trunk: the image build and the stock-Ubuntu user data run them).
 IMAGE_SCRIPTS := layers/sip_trunk/src/sip_trunk/agent/host_files/image/scripts
 
@@ -45,7 +48,7 @@ format: dev ## Apply ruff's formatting and safe fixes
 
 .PHONY: test
 test: dev lint validate build ## Everything: lint, template checks, offline sam build, then every test layer (real Asterisk needs root)
-	$(PYTEST) tests
+	$(PYTEST) -n $(TEST_WORKERS) --dist worksteal tests
 
 .PHONY: test-unit
 test-unit: dev ## Unit tests only (no sockets, no AWS)

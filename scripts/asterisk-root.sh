@@ -83,6 +83,15 @@ ARCH="$(dpkg --print-architecture)"
 MARKER="$ROOT/$MARKER_NAME"
 START=$SECONDS
 
+# One preparation at a time per root: parallel test workers (pytest-xdist) and a concurrent `make
+# asterisk-root` all run this script, and the later ones find the marker once the first has finished.
+mkdir -p /run/lock
+exec {ROOT_LOCK}>"/run/lock/aws-sip-trunk-root.$(printf '%s' "$ROOT" | sha1sum | cut -c1-16).lock"
+if ! flock --nonblock "$ROOT_LOCK"; then
+    log "another run is preparing $ROOT: waiting for it"
+    flock "$ROOT_LOCK"
+fi
+
 TMP_DIRS=()
 POLICY_RC_CREATED=0
 cleanup() {

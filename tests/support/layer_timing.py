@@ -2,7 +2,8 @@
 
 `make test` runs every layer in one pytest session; this says where its minutes go (setup, call and teardown
 of each test, session fixtures included in the first test that needs them), so a slow layer is visible in
-every CI log without a second run.
+every CI log without a second run. With pytest-xdist the seconds are summed over the workers, so they add up
+to more than the run's wall time.
 """
 
 from __future__ import annotations
@@ -18,16 +19,11 @@ class LayerTiming:
     def __init__(self) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
         self.tests: defaultdict[str, set[str]] = defaultdict(set)
-        self.layer_of: dict[str, str] = {}
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        for item in items:
-            marks = {mark.name for mark in item.iter_markers()}
-            self.layer_of[item.nodeid] = next((layer for layer in LAYERS if layer in marks), "unmarked")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        layer = self.layer_of.get(report.nodeid, "unmarked")
+        # The report's keywords hold the item's markers, also when a pytest-xdist worker ran the test and
+        # this process never collected it.
+        layer = next((name for name in LAYERS if name in report.keywords), "unmarked")
         self.seconds[layer] += report.duration
         self.tests[layer].add(report.nodeid)
 

@@ -8,7 +8,8 @@ pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.unit
 
 
-def test_summary_adds_setup_call_and_teardown_per_layer(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist-workers"])
+def test_summary_adds_setup_call_and_teardown_per_layer(pytester: pytest.Pytester, workers: list[str]) -> None:
     pytester.makeconftest(
         """
         import time
@@ -39,7 +40,7 @@ def test_summary_adds_setup_call_and_teardown_per_layer(pytester: pytest.Pyteste
         """
     )
     result = pytester.runpytest(
-        "-p", "support.layer_timing", "-m", "unit or integration", "-o", "markers=unit\nintegration"
+        "-p", "support.layer_timing", "-m", "unit or integration", "-o", "markers=unit\nintegration", *workers
     )
 
     result.assert_outcomes(passed=3)

@@ -30,6 +30,10 @@ SECRET_VALUE = "Secret-Value-0123456789"
 HOUR_MS = 3_600_000
 
 
+CONVERSATION = "conv_7Hk2xQ"
+TRANSFERRED_TO = "+14155550199"
+
+
 def a_call(now: float, n: int, ended_ago_h: float, *, one_way: bool = False) -> dict[str, Any]:
     """A record with the shape the rendered dialplan writes, and the values of a 60 s answered call."""
     record = example_record()
@@ -46,10 +50,19 @@ def a_call(now: float, n: int, ended_ago_h: float, *, one_way: bool = False) -> 
         leg.update({"call_id": record["call_id"], "endpoint": name.split("_")[0], "codec": "ulaw", "hangup_cause": 16})
         leg["rx"].update({"packets": 3000, "lost": 0, "jitter_s": 0.002, "mes": 90.1})
         leg["tx"].update({"packets": 3000, "lost": 0, "jitter_s": 0.001, "mes": 89.7})
+    record["callee_leg"]["sip_call_id"] = f"agent-leg-{n}@192.0.2.10"
     if one_way:
         record["callee_leg"]["rx"]["packets"] = 0
         record["caller_leg"]["tx"]["packets"] = 0
     return record
+
+
+def agent_bye(record: dict[str, Any]) -> dict[str, Any]:
+    """What the bye-headers service keeps of the agent's BYE that ended this call's agent leg."""
+    return {
+        "kind": "bye", "sip_call_id": record["callee_leg"]["sip_call_id"], "conversation_id": CONVERSATION,
+        "headers": {"x-call-outcome": "transferred"},
+    }  # fmt: skip
 
 
 @pytest.fixture
@@ -57,8 +70,11 @@ def recorded() -> list[dict[str, Any]]:
     """Calls that ended 0.5 h to 80 h before the test started (not before the module was collected: a test run
     late in a long session would otherwise see call 1 older than an hour)."""
     now = time.time()
-    return [a_call(now, 1, 0.5), a_call(now, 2, 1.5, one_way=True), a_call(now, 3, 5), a_call(now, 4, 30),
-            a_call(now, 5, 80)]  # fmt: skip
+    records = [a_call(now, 1, 0.5), a_call(now, 2, 1.5, one_way=True), a_call(now, 3, 5), a_call(now, 4, 30),
+               a_call(now, 5, 80)]  # fmt: skip
+    # call 3: the agent transferred the caller to a number, then ended its leg with its conversation id
+    records[2]["transfer"] = {"outcome": "completed", "target": TRANSFERRED_TO}
+    return records
 
 
 @pytest.fixture
@@ -91,6 +107,8 @@ def stack(
             day = time.strftime("%Y%m%d", time.gmtime(record["end_ms"] / 1000))
             with (spool / f"calls-{day}.jsonl").open("a") as out:
                 out.write(json.dumps(record) + "\n")
+        third_ended = recorded[2]["end_ms"] / 1000
+        calls.agent_headers_path(spool, third_ended).write_text(json.dumps(agent_bye(recorded[2])) + "\n")
         config = AgentConfig(
             stack=STACK, region=REGION, call_records_dir=spool, asterisk_log_group=GROUP, backup_bucket=BUCKET,
             instance_id="i-0abc",
@@ -119,7 +137,29 @@ def test_lists_recent_calls_newest_first_in_a_table(stack: list[dict[str, Any]])
     assert "3 call(s)" in result.output
     assert "one_way_in" in result.output
     assert "60.0" in result.output  # talk seconds
+    third = next(line for line in result.output.splitlines() if stack[2]["call_id"] in line)
+    assert CONVERSATION in third
+    assert f"completed {TRANSFERRED_TO}" in third
+    others = [line for line in result.output.splitlines() if stack[0]["call_id"] in line]
+    assert others
+    assert CONVERSATION not in others[0]
+    assert "completed" not in others[0]
     assert SECRET_VALUE not in result.output
+
+
+def test_a_conversation_id_finds_its_call_among_older_and_newer_ones(stack: list[dict[str, Any]]) -> None:
+    # When the operator looks up the call of one ElevenLabs conversation, with a limit the newer calls would fill
+    found = run("--since", "4d", "--limit", "1", "--conversation", CONVERSATION, "--json")
+    assert found.exit_code == 0, found.output
+    # Then only that call is listed, with what the agent's BYE said
+    records = [json.loads(line) for line in found.output.splitlines()]
+    assert [r["call_id"] for r in records] == ids(stack, 3)
+    assert records[0]["conversation_id"] == CONVERSATION
+    assert records[0]["agent_headers"] == {"x-call-outcome": "transferred"}
+    assert records[0]["transfer"] == {"outcome": "completed", "target": TRANSFERRED_TO}
+    none = run("--since", "4d", "--conversation", "conv_unknown")
+    assert none.exit_code == 0, none.output
+    assert "0 call(s)" in none.output
 
 
 def test_since_and_limit_choose_the_calls(stack: list[dict[str, Any]]) -> None:

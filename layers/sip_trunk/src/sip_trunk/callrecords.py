@@ -408,14 +408,26 @@ class RecordObjects(Protocol):
 
 
 def recent_calls(
-    store: RecordObjects, bucket: str, *, since_s: float, now_s: float, limit: int
+    store: RecordObjects,
+    bucket: str,
+    *,
+    since_s: float,
+    now_s: float,
+    limit: int,
+    conversation_id: str | None = None,
 ) -> list[dict[str, object]]:
-    """The newest ``limit`` records of calls that ended since ``since_s``, newest first. Reads day by day from
-    today back and stops after the day that completed ``limit``: an older day holds only calls that ended earlier."""
+    """The newest ``limit`` records of calls that ended since ``since_s``, newest first (only the agent's
+    conversation ``conversation_id``, when given). Reads day by day from today back and stops after the day
+    that completed ``limit``: an older day holds only calls that ended earlier."""
+
+    def wanted(record: dict[str, object]) -> bool:
+        ended = end_ms(record) >= since_s * 1000
+        return ended and (conversation_id is None or record.get("conversation_id") == conversation_id)
+
     found: list[dict[str, object]] = []
     for day in days_back(since_s, now_s):
         for key in store.keys(bucket, day_prefix(day)):
-            found.extend(r for r in parse_batch(store.read(bucket, key)) if end_ms(r) >= since_s * 1000)
+            found.extend(r for r in parse_batch(store.read(bucket, key)) if wanted(r))
         if len(found) >= limit:
             break
     found.sort(key=end_ms, reverse=True)

@@ -229,10 +229,18 @@ def _ended(record: dict[str, Any]) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(end / 1000)) if end else ""
 
 
+def _transfer(record: dict[str, Any]) -> str:
+    """``outcome target`` of the transfer the agent asked for; empty when it asked for none."""
+    transfer = record.get("transfer")
+    if not isinstance(transfer, dict) or transfer.get("outcome") in (None, callrecords.NO_TRANSFER):
+        return ""
+    return " ".join(str(part) for part in (transfer.get("outcome"), transfer.get("target")) if part)
+
+
 def _calls_table(records: list[dict[str, Any]]) -> Table:
     table = Table(title=f"{len(records)} call(s), newest first (UTC)", title_justify="left")
     for column in ("ended", "call id", "entry", "caller", "called", "route", "disposition", "talk s", "pdd ms",
-                   "media", "hung up by"):  # fmt: skip
+                   "media", "hung up by", "conversation", "transfer"):  # fmt: skip
         table.add_column(column, overflow="fold")
     for r in records:
         media = r.get("media")
@@ -241,7 +249,7 @@ def _calls_table(records: list[dict[str, Any]]) -> Table:
             _text(r.get("called")), _text(r.get("route")), _text(r.get("disposition")), _text(_talk_s(r)),
             _text(r.get("pdd_ms")),
             Text(str(media), style="green" if media == callrecords.MEDIA_OK else "bold red") if media else Text(""),
-            _text(r.get("hangup_by")),
+            _text(r.get("hangup_by")), _text(r.get("conversation_id")), _text(_transfer(r)),
         )  # fmt: skip
     return table
 
@@ -279,6 +287,10 @@ def calls(
     since: SinceOption = "24h",
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10000, help="at most this many calls")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON record per line instead of a table")] = False,
+    conversation: Annotated[
+        str | None,
+        typer.Option("--conversation", help="only the call(s) of this ElevenLabs conversation id", show_default=False),
+    ] = None,
 ) -> None:
     """List the stack's recent calls from its call records in S3, newest first."""
     if ctx.invoked_subcommand is not None:
@@ -290,7 +302,9 @@ def calls(
     aws = _aws(region)
     try:
         bucket = _records_bucket(aws, stack)
-        records = callrecords.recent_calls(aws.objects, bucket, since_s=since_s, now_s=now, limit=limit)
+        records = callrecords.recent_calls(
+            aws.objects, bucket, since_s=since_s, now_s=now, limit=limit, conversation_id=conversation
+        )
     except (PushError, ClientError, BotoCoreError) as exc:
         raise _error(str(exc), EXIT_FAILED) from None
     if as_json:

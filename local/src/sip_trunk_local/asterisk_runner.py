@@ -435,6 +435,32 @@ def kill_recorded(pid: int, start_time: int | None, sig: int = signal.SIGKILL, *
     return True
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    """Wait until no live process of group ``pgid`` is left: a SIGKILLed group's leader can be reaped while a
+    member (Asterisk under ``unshare --fork``) still holds its sockets and control socket."""
+    deadline = time.monotonic() + timeout
+    while group_members(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def is_mounted(path: Path) -> bool:
     target = str(Path(path).resolve())
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -650,7 +676,7 @@ class HostAsterisk:
         """SIGKILL the whole process group at once (a crash: no SIP goodbye, sockets just vanish)."""
         if self.pid is None:
             return
-        kill_recorded(self.pid, self.start_time, signal.SIGKILL, group=True)
+        signalled = kill_recorded(self.pid, self.start_time, signal.SIGKILL, group=True)
         if self.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=10)
@@ -658,6 +684,8 @@ class HostAsterisk:
             deadline = time.monotonic() + 10
             while process_start_time(self.pid) is not None and time.monotonic() < deadline:
                 time.sleep(0.05)
+        if signalled and not wait_group_gone(self.pid, 10):  # a start right after must find the ports free
+            raise AsteriskError(f"processes {group_members(self.pid)} of Asterisk's group survived SIGKILL for 10 s")
 
     def diagnostics(self, tail: int = 40) -> str:
         parts = []

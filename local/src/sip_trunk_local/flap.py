@@ -182,6 +182,11 @@ class Flap:
             expect(all(b.get("asterisk_up") for b in beats), f"heartbeats: {beats}")
             info["detail"] = f"{new_primary} primary, {old_primary} standby watching {peer}"
 
+    def call_step(self, drill: Drill) -> None:
+        with drill.step(f"a call on {PUBLIC_IP}") as info:
+            call = call_ok(self.dep)
+            info["detail"] = f"answered in {call['seconds']} s"
+
     def role_env(self, instance_id: str) -> dict[str, str]:
         return read_env_file(self.manager.host(instance_id).path("/etc/sip-trunk/role.env"))
 
@@ -199,9 +204,7 @@ class Flap:
         expect(sorted(outcomes.values()) == ["already_in_progress", "failed_over"], f"outcomes: {outcomes}")
         expect(_roles(self.dep) == (standby, primary), f"roles after: {_roles(self.dep)}")
         rearm(self.dep, drill, primary, standby)
-        with drill.step(f"a call on {PUBLIC_IP}") as info:
-            call = call_ok(self.dep)
-            info["detail"] = f"answered in {call['seconds']} s"
+        self.call_step(drill)
         return facts
 
     def reboot(self, drill: Drill) -> dict[str, Any]:
@@ -248,9 +251,7 @@ class Flap:
             expect(all(b.get("asterisk_up") for b in beats), f"heartbeats: {beats}")
             info["detail"] = f"{primary} standby watching {peer}; role.env {self.role_env(primary)}"
         if self.plant is None:
-            with drill.step(f"a call on {PUBLIC_IP}") as info:
-                call = call_ok(self.dep)
-                info["detail"] = f"answered in {call['seconds']} s"
+            self.call_step(drill)
         return facts
 
     def partition(self, drill: Drill) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from sip_trunk.cli import app
+from sip_trunk.settings import parse_settings
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.unit
@@ -22,6 +23,26 @@ def test_validate_ok(name: str) -> None:
     assert result.exit_code == 0, result.output
     assert "valid" in result.stdout
     assert "+14155550100" in result.stdout
+
+
+def test_validate_names_every_agent_and_its_number(tmp_path: Path) -> None:
+    doc = yaml.safe_load((EXAMPLES / "minimal.yaml").read_text())
+    doc["agents"] = [
+        {"name": "sales", "phone_number": "+14155550111", "max_calls": 2},
+        {"name": "bot", "sip_identifier": "sales.bot-1"},
+    ]
+    path = tmp_path / "agents.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = runner.invoke(app, ["validate", "-s", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "3 ElevenLabs agent(s)" in lines[0]
+    default = parse_settings(doc).elevenlabs.name
+    assert lines[1:] == [
+        f"  {default} (default): +14155550100",
+        "  sales: +14155550111, at most 2 calls",
+        "  bot: sales.bot-1",
+    ]
 
 
 def test_validate_json(tmp_path: Path) -> None:

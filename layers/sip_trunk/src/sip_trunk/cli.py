@@ -48,7 +48,12 @@ def validate(settings: SettingsOption) -> None:
         doc = load_settings(settings)
     except SettingsError as exc:
         raise _fail(str(exc)) from None
-    out.print(f"[green]valid[/]: deployment '{doc.name}', ElevenLabs number {doc.elevenlabs.phone_number}")
+    routes = doc.agent_routes()
+    out.print(f"[green]valid[/]: deployment '{doc.name}', {len(routes)} ElevenLabs agent(s)", highlight=False)
+    for route in routes:
+        default = " (default)" if route.is_default else ""
+        cap = f", at most {route.max_calls} calls" if route.max_calls else ""
+        out.print(f"  {route.name}{default}: {route.phone_number}{cap}", highlight=False, markup=False)
 
 
 @app.command()

@@ -30,6 +30,7 @@ from sip_trunk.agent.config import build_config
 from sip_trunk.agent.releases import Releases
 from sip_trunk_local.sipp import free_port
 from support.certificates import TestCa
+from support.first_boot import first_boot
 from support.iam_eval import Request, evaluate
 from support.iam_proof import HOST as HOST_ROLE
 from support.iam_proof import host_names, principal_policies
@@ -333,56 +334,12 @@ def test_the_first_boot_obtains_the_certificate_before_the_config_that_loads_it(
     certbot obtains the certificate before the first config is applied, and the applied release carries it at the
     path the TLS transport names. Negative control: bootstrap without its certificate step reports no
     certificate and applies the config while none is in place (its reload records ``cert=no``)."""
-    from sip_trunk import configstore
-    from sip_trunk.manifest import MANIFEST_NAME, Manifest
-    from support.world import create_state_table
-
-    stack, prefix, table = "tlsboot", "/sip-trunk/tlsboot/asterisk", "state"
-    aws = {"region_name": REGION, "endpoint_url": moto_endpoint}
-    create_state_table(boto3.resource("dynamodb", **aws), table)
-    pjsip = (
-        "[transport-tls]\ntype = transport\nprotocol = tls\nbind = 0.0.0.0:5061\n"
-        "cert_file = /etc/asterisk/keys/asterisk.crt\npriv_key_file = /etc/asterisk/keys/asterisk.key\n"
-    )
-    files = {"asterisk/pjsip.conf": pjsip.encode(), "asterisk/asterisk.conf": b"[directories]\n",
-             "asterisk/modules.conf": b"[modules]\n"}  # fmt: skip
-    files[MANIFEST_NAME] = Manifest.for_files(files).to_json()
-    version = Manifest.from_json(files[MANIFEST_NAME]).version
-    ssm = boto3.client("ssm", **aws)
-    configstore.publish_config(ssm, prefix, files, [], version)
-    configstore.set_desired_version(ssm, prefix, version)
-    # the image's stock config directory, as Asterisk runs it before the first apply
-    (host["conf"] / "asterisk.conf").write_text("[directories]\n")
-    (host["conf"] / "modules.conf").write_text("[modules]\n")
-    # Asterisk's CLI: records each command and whether the certificate was in place when it was asked
-    calls = tmp_path / "boot-calls"
-    asterisk = tmp_path / "asterisk-boot"
-    asterisk.write_text(
-        f'#!/bin/sh\nshift 3\nif [ -s {host["cert"]} ]; then c=yes; else c=no; fi\necho "$*|cert=$c" >> {calls}\n'
-        f"case \"$*\" in\n  'core reload'|'module reload res_pjsip.so') exit 0;;\n"
-        "  'pjsip show transports') echo 'Transport:  transport-tls  tls  0  0  0.0.0.0:5061'; exit 0;;\nesac\n"
-        f"cat {Path(__file__).resolve().parents[1]}/unit/fixtures/asterisk/$(echo \"$*\" | tr ' ' '_').txt\n"
-    )
-    asterisk.chmod(0o755)
-    recorder = tmp_path / "host-cmd"
-    recorder.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "host-cmds"}\n')
-    recorder.chmod(0o755)
-    # agent.env as the host stack's user data writes it with TLS on (the last two lines)
-    env_file = tmp_path / "agent.env"
-    env_file.write_text(
-        f"AWS_REGION={REGION}\nSIP_TRUNK_STACK={stack}\nSIP_TRUNK_CONFIG_PREFIX={prefix}\n"
-        f"SIP_TRUNK_STATE_TABLE={table}\nSIP_TRUNK_BACKUP_BUCKET=b\nSIP_TRUNK_RECORDINGS_BUCKET=\n"
-        f"SIP_TRUNK_FAILOVER_STATE_MACHINE_ARN=arn:x\nSIP_TRUNK_ASTERISK_LOG_GROUP=/g\nSIP_TRUNK_CONFIG_VERSION={version}\n"
-        f"SIP_TRUNK_PUBLIC_HOSTNAME={HOST}\nSIP_TRUNK_ACME_HOSTED_ZONE_ID={route53[1]}\n"
-    )
-    for name, value in {
-        "SIP_TRUNK_INSTANCE_ID": "i-0123456789abcdef0", "SIP_TRUNK_ROLE": "primary",
-        "SIP_TRUNK_RELEASES_DIR": str(tmp_path / "releases"), "SIP_TRUNK_ETC_DIR": str(tmp_path / "etc-sip-trunk"),
-        "SIP_TRUNK_UNITS_DIR": str(tmp_path / "units"), "SIP_TRUNK_FAIL2BAN_DIR": str(tmp_path / "fail2ban"),
-        "SIP_TRUNK_FAIL2BAN_RELOAD": "", "SIP_TRUNK_SYSTEMCTL": str(recorder),
-        "SIP_TRUNK_CLOUDWATCH_AGENT_CTL": str(recorder), "SIP_TRUNK_ASTERISK_CMD": str(asterisk),
-    }.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
+    boot = first_boot(
+        tmp_path, monkeypatch, moto_endpoint=moto_endpoint, region=REGION, stack="tlsboot", table="state",
+        conf_dir=host["conf"], cert_file=host["cert"],
+        tls_lines=f"SIP_TRUNK_PUBLIC_HOSTNAME={HOST}\nSIP_TRUNK_ACME_HOSTED_ZONE_ID={route53[1]}\n",  # TLS on
+    )  # fmt: skip
+    env_file, version, calls = boot.env_file, boot.version, boot.cli_calls
 
     code = main(["bootstrap", "--env-file", str(env_file)])
 
@@ -398,4 +355,4 @@ def test_the_first_boot_obtains_the_certificate_before_the_config_that_loads_it(
     assert live.current_version() == version
     assert san(host["cert"]) == [HOST]
     assert host["key"].read_bytes().startswith(b"-----BEGIN")
-    assert f"enable --now {CERT_TIMER}" in (tmp_path / "host-cmds").read_text()
+    assert f"enable --now {CERT_TIMER}" in boot.host_commands.read_text()

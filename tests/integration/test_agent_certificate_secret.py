@@ -21,6 +21,7 @@ from sip_trunk.agent.bootstrap import CERT_TIMER
 from sip_trunk.agent.config import build_config
 from sip_trunk.agent.releases import Releases
 from support.certificates import TestCa
+from support.first_boot import first_boot
 from support.iam_eval import Request, evaluate
 from support.iam_proof import HOST as HOST_ROLE
 from support.iam_proof import host_names, principal_policies
@@ -263,56 +264,16 @@ def test_the_first_boot_installs_the_secrets_certificate_before_the_config_that_
     empty zone, the secret's ARN): the certificate is in place before the first config is applied, and the cert
     timer is enabled. A refused secret (another name) is a boot warning, not a failed boot: the config is applied
     without a certificate (TCP serves) and the timer is enabled to try again."""
-    from sip_trunk import configstore
-    from sip_trunk.manifest import MANIFEST_NAME, Manifest
-    from support.world import create_state_table
-
     value, chain, _ = document(test_ca) if good else document(test_ca, "sip.example.org")
     arn = new_secret(secrets, value)
     stack = f"tlssecret{'good' if good else 'bad'}"  # moto's backends are one per process: names of their own
-    prefix, table = f"/sip-trunk/{stack}/asterisk", f"{stack}-state"
-    aws = {"region_name": REGION, "endpoint_url": moto_endpoint}
-    create_state_table(boto3.resource("dynamodb", **aws), table)
-    pjsip = (
-        "[transport-tls]\ntype = transport\nprotocol = tls\nbind = 0.0.0.0:5061\n"
-        "cert_file = /etc/asterisk/keys/asterisk.crt\npriv_key_file = /etc/asterisk/keys/asterisk.key\n"
-    )
-    files = {"asterisk/pjsip.conf": pjsip.encode(), "asterisk/asterisk.conf": b"[directories]\n",
-             "asterisk/modules.conf": b"[modules]\n"}  # fmt: skip
-    files[MANIFEST_NAME] = Manifest.for_files(files).to_json()
-    version = Manifest.from_json(files[MANIFEST_NAME]).version
-    ssm = boto3.client("ssm", **aws)
-    configstore.publish_config(ssm, prefix, files, [], version)
-    configstore.set_desired_version(ssm, prefix, version)
-    (host["conf"] / "asterisk.conf").write_text("[directories]\n")
-    (host["conf"] / "modules.conf").write_text("[modules]\n")
-    calls = tmp_path / "boot-calls"
-    asterisk = tmp_path / "asterisk-boot"
-    asterisk.write_text(
-        f'#!/bin/sh\nshift 3\nif [ -s {host["cert"]} ]; then c=yes; else c=no; fi\necho "$*|cert=$c" >> {calls}\n'
-        f"case \"$*\" in\n  'core reload'|'module reload res_pjsip.so') exit 0;;\n"
-        "  'pjsip show transports') echo 'Transport:  transport-tls  tls  0  0  0.0.0.0:5061'; exit 0;;\nesac\n"
-        f"cat {Path(__file__).resolve().parents[1]}/unit/fixtures/asterisk/$(echo \"$*\" | tr ' ' '_').txt\n"
-    )
-    asterisk.chmod(0o755)
-    recorder = tmp_path / "host-cmd"
-    recorder.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "host-cmds"}\n')
-    recorder.chmod(0o755)
-    env_file = tmp_path / "agent.env"
-    env_file.write_text(
-        f"AWS_REGION={REGION}\nSIP_TRUNK_STACK={stack}\nSIP_TRUNK_CONFIG_PREFIX={prefix}\n"
-        f"SIP_TRUNK_STATE_TABLE={table}\nSIP_TRUNK_BACKUP_BUCKET=b\nSIP_TRUNK_RECORDINGS_BUCKET=\n"
-        f"SIP_TRUNK_FAILOVER_STATE_MACHINE_ARN=arn:x\nSIP_TRUNK_ASTERISK_LOG_GROUP=/g\nSIP_TRUNK_CONFIG_VERSION={version}\n"
-        f"SIP_TRUNK_PUBLIC_HOSTNAME={HOST}\nSIP_TRUNK_ACME_HOSTED_ZONE_ID=\nSIP_TRUNK_TLS_CERTIFICATE_SECRET_ARN={arn}\n"
-    )
-    for name, value in {
-        "SIP_TRUNK_INSTANCE_ID": "i-0123456789abcdef0", "SIP_TRUNK_ROLE": "primary",
-        "SIP_TRUNK_RELEASES_DIR": str(tmp_path / "releases"), "SIP_TRUNK_ETC_DIR": str(tmp_path / "etc-sip-trunk"),
-        "SIP_TRUNK_UNITS_DIR": str(tmp_path / "units"), "SIP_TRUNK_FAIL2BAN_DIR": str(tmp_path / "fail2ban"),
-        "SIP_TRUNK_FAIL2BAN_RELOAD": "", "SIP_TRUNK_SYSTEMCTL": str(recorder),
-        "SIP_TRUNK_CLOUDWATCH_AGENT_CTL": str(recorder), "SIP_TRUNK_ASTERISK_CMD": str(asterisk),
-    }.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
+    boot = first_boot(
+        tmp_path, monkeypatch, moto_endpoint=moto_endpoint, region=REGION, stack=stack, table=f"{stack}-state",
+        conf_dir=host["conf"], cert_file=host["cert"],
+        tls_lines=f"SIP_TRUNK_PUBLIC_HOSTNAME={HOST}\nSIP_TRUNK_ACME_HOSTED_ZONE_ID=\n"
+        f"SIP_TRUNK_TLS_CERTIFICATE_SECRET_ARN={arn}\n",
+    )  # fmt: skip
+    env_file, version, calls = boot.env_file, boot.version, boot.cli_calls
 
     code = main(["bootstrap", "--env-file", str(env_file)])
 
@@ -322,7 +283,7 @@ def test_the_first_boot_installs_the_secrets_certificate_before_the_config_that_
     applied = [line for line in calls.read_text().splitlines() if line.startswith("core reload")]
     assert applied, calls.read_text()
     assert Releases(tmp_path / "releases", host["conf"]).current_version() == version
-    assert f"enable --now {CERT_TIMER}" in (tmp_path / "host-cmds").read_text()
+    assert f"enable --now {CERT_TIMER}" in boot.host_commands.read_text()
     if not good:
         assert out["certificate"]["ok"] is False, out
         assert [w for w in out["warnings"] if w.startswith("certificate: wrong-name: ")], out["warnings"]

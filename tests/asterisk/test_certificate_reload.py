@@ -60,18 +60,14 @@ def _options_answered(sock: ssl.SSLSocket, port: int) -> bool:
     return sock.recv(4096).startswith(b"SIP/2.0 ")
 
 
-def test_a_renewed_certificate_is_presented_to_new_connections_and_old_ones_stay(
-    asterisk_factory: AsteriskFactory, tmp_path: Path
-) -> None:
-    # Given an Asterisk whose TLS transport presents certificate "old", and a client connected to it
-    old_cert, old_key = _self_signed(tmp_path, "old")
-    new_cert, new_key = _self_signed(tmp_path, "new")
+def _tls_gateway(asterisk_factory: AsteriskFactory, cert: bytes, key: bytes) -> tuple[AsteriskInstance, int]:
+    """A started Asterisk whose TLS transport on loopback presents ``cert`` from its keys directory."""
     tls_port = free_port()
     ast: AsteriskInstance = asterisk_factory(MINIMAL, variables=minimal_variables(), start=False)
     keys = f"{ast.chroot_base}/etc/keys"
     ast.extra_files = {
-        "keys/server.crt": old_cert,
-        "keys/server.key": old_key,
+        "keys/server.crt": cert,
+        "keys/server.key": key,
         "pjsip_extra.conf": (
             "[transport-tls]\ntype = transport\nprotocol = tls\n"
             f"bind = 127.0.0.1:{tls_port}\ncert_file = {keys}/server.crt\npriv_key_file = {keys}/server.key\n"
@@ -79,6 +75,16 @@ def test_a_renewed_certificate_is_presented_to_new_connections_and_old_ones_stay
         ),
     }
     ast.start()
+    return ast, tls_port
+
+
+def test_a_renewed_certificate_is_presented_to_new_connections_and_old_ones_stay(
+    asterisk_factory: AsteriskFactory, tmp_path: Path
+) -> None:
+    # Given an Asterisk whose TLS transport presents certificate "old", and a client connected to it
+    old_cert, old_key = _self_signed(tmp_path, "old")
+    new_cert, new_key = _self_signed(tmp_path, "new")
+    ast, tls_port = _tls_gateway(asterisk_factory, old_cert, old_key)
     held = _connect(tls_port)
     assert _presented(held) == "old"
     config = AgentConfig(
@@ -125,19 +131,7 @@ def test_the_operators_certificate_from_the_secret_is_served_with_its_chain(
     leaf, key = intermediate.leaf_pem(host)
     secrets = [json.dumps({"certificate": leaf, "private_key": key})]  # first without the intermediate
     old_cert, old_key = _self_signed(tmp_path, "old")
-    tls_port = free_port()
-    ast: AsteriskInstance = asterisk_factory(MINIMAL, variables=minimal_variables(), start=False)
-    keys = f"{ast.chroot_base}/etc/keys"
-    ast.extra_files = {
-        "keys/server.crt": old_cert,
-        "keys/server.key": old_key,
-        "pjsip_extra.conf": (
-            "[transport-tls]\ntype = transport\nprotocol = tls\n"
-            f"bind = 127.0.0.1:{tls_port}\ncert_file = {keys}/server.crt\npriv_key_file = {keys}/server.key\n"
-            "method = tlsv1_2\n"
-        ),
-    }
-    ast.start()
+    ast, tls_port = _tls_gateway(asterisk_factory, old_cert, old_key)
     config = AgentConfig(
         config_dir=ast.etc_dir,
         tls_cert_file=ast.etc_dir / "keys" / "server.crt",

@@ -64,6 +64,8 @@ class ConfigVariant:
     edits: Mapping[str, Edit] = field(default_factory=dict)
     asterisk_options: Mapping[str, str | None] = field(default_factory=dict)
     hand_written: bool = False  # bench/reference/ instead of the renderer: the fixed side-by-side reference
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """Settings merged over the bench's before rendering (e.g. ``{"dialplan": {"call_records": False}}``)."""
 
 
 @dataclass
@@ -118,12 +120,16 @@ def start_gateway(
     rtp: tuple[int, int],
     agent_port: int,
 ) -> tuple[AsteriskInstance, str]:
-    """Render, post-edit, start; returns the instance and the E.164 the carrier dials."""
+    """Render, post-edit, start; returns the instance and the E.164 the carrier dials. Call records (on in the
+    product) go to a spool directory of the instance, so their cost is in every figure of the rendered config."""
     settings, secrets = gateway_settings(sip_port, rtp, agent_port)
     if variant.hand_written:
         return start_reference(root, name, sip_port=sip_port, rtp=rtp, agent_port=agent_port), str(
             settings["elevenlabs"]["phone_number"]
         )
+    inst = GatewayInstance(root, name, extra_files={"hosts": hosts_file({ELEVENLABS_HOST: AGENT_IP})})
+    spool = f"{inst.chroot_base}/calls"
+    settings = merge(merge(settings, {"dialplan": {"call_records_dir": spool}}), dict(variant.settings))
     rendered = render_gateway(settings, secrets, workdir / f"gw-{name}")
     for fname, edit in variant.edits.items():
         path = rendered.asterisk_dir / fname
@@ -134,15 +140,11 @@ def start_gateway(
             options.pop(key, None)
         else:
             options[key] = value
-    inst = GatewayInstance(
-        root,
-        name,
-        rendered.asterisk_dir,
-        extra_files={"hosts": hosts_file({ELEVENLABS_HOST: AGENT_IP})},
-        options=options,
-    )
+    inst.config_dir, inst.options = rendered.asterisk_dir, options
     use_private_hosts(inst)
-    inst.start()
+    inst.prepare()
+    inst.host_path(spool).mkdir(parents=True, exist_ok=True)
+    inst.start(prepare=False)
     return inst, str(settings["elevenlabs"]["phone_number"])
 
 

@@ -580,6 +580,14 @@ def table(results: dict[str, Any], pngs: list[str]) -> str:
             f"**{_fmt(s.get('max_calls_ok_g722'))}** (highest level run: {max(r['calls'] for r in cap['levels'])})",
             f"- saturates first, the product's config: {s.get('saturates_first_product')}",
             *(
+                [
+                    "- call records' cost (Asterisk CPU per call, rendered minus `records_off`, same run): "
+                    + ", ".join(f"{calls} calls {_fmt(v)} %" for calls, v in s["records_cost_cpu_pct_per_call"].items())
+                ]
+                if s.get("records_cost_cpu_pct_per_call")
+                else []
+            ),
+            *(
                 [f"- saturates first, rendered: {s.get('saturates_first')}"]
                 if cap.get("product_config", "rendered") != "rendered"
                 else []

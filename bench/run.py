@@ -138,7 +138,23 @@ def summarize(cap: dict[str, Any]) -> dict[str, Any]:
         "saturates_first": saturation(cap["levels"]),
         "saturates_first_candidate": saturation(cap.get("candidate", [])) if cap.get("candidate") else None,
         "saturates_first_product": saturation(g711),
+        "records_cost_cpu_pct_per_call": records_cost(cap),
     }
+
+
+def records_cost(cap: dict[str, Any]) -> dict[str, float]:
+    """Asterisk CPU per call of the rendered config (call records on) minus ``records_off``'s, per level both
+    carried with every call up (G.711): what writing the records costs, measured side by side in one run."""
+    off = {r["calls"]: r for r in cap.get("candidate", []) if r.get("config") == "records_off"}
+    cost = {}
+    for r in cap.get("levels", []):
+        other = off.get(r["calls"])
+        if other is None or r.get("failed_calls") != 0 or other.get("failed_calls") != 0:
+            continue
+        on_cpu, off_cpu = r.get("asterisk_cpu_pct_per_call"), other.get("asterisk_cpu_pct_per_call")
+        if isinstance(on_cpu, int | float) and isinstance(off_cpu, int | float):
+            cost[str(r["calls"])] = round(on_cpu - off_cpu, 4)
+    return cost
 
 
 def saturation(rows: list[dict[str, Any]]) -> str:

@@ -4,7 +4,9 @@ candidates (post-edits of the rendered files) whose before/after numbers would j
 History: the first full run measured ``rendered`` (the templates then, with ``maxload = 1.8`` in asterisk.conf)
 against ``candidate`` (rendered minus ``maxload``). The load-average gate refused every call on a 2-core host, so
 the template dropped it: the old candidate is the product's config now, and ``RENDERED`` measures it as the
-renderer writes it. No candidate is pending; add one to ``CANDIDATES`` to measure a change side by side.
+renderer writes it. Add a candidate to ``CANDIDATES`` to measure a change side by side. ``records_off`` is not a
+change to adopt: measured beside the rendered config (records on, written to the instance's spool), it gives what
+the call records cost per call.
 
 The gateway-core and media-delay sections measured ``highpriority`` (rendered plus ``highpriority = yes``) as their
 candidate; the template adopted it, so those sections now measure ``CANDIDATE`` = the rendered config without it
@@ -21,7 +23,14 @@ RENDERED = ConfigVariant(
     "it, highpriority since it adopted real-time scheduling)",
 )
 
-CANDIDATES: tuple[ConfigVariant, ...] = ()
+RECORDS_OFF = ConfigVariant(
+    "records_off",
+    "the rendered config with dialplan.call_records false (no JSON line per call at hangup): beside the rendered "
+    "config, the call records' cost per call",
+    settings={"dialplan": {"call_records": False}},
+)
+
+CANDIDATES: tuple[ConfigVariant, ...] = (RECORDS_OFF,)
 
 REFERENCE = ConfigVariant(
     "reference",

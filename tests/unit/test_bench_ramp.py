@@ -125,3 +125,21 @@ def test_media_headline_is_the_worse_direction_at_300_calls() -> None:
     assert s["added_jitter_ms"] == 0.7
     assert s["delay_p99_ratio_to_reference"] == 1.5
     assert worst({}, "delay_ms", "p99") is None
+
+
+def capacity_row(config: str, calls: int, cpu_per_call: float, failed: int = 0) -> dict[str, Any]:
+    return {"config": config, "calls": calls, "asterisk_cpu_pct_per_call": cpu_per_call, "failed_calls": failed}
+
+
+def test_records_cost_is_the_rendered_cpu_per_call_minus_records_off_at_levels_both_carried() -> None:
+    from bench.run import records_cost
+
+    cap = {
+        "levels": [capacity_row("rendered", 100, 0.30), capacity_row("rendered", 200, 0.28),
+                   capacity_row("rendered", 300, 0.27, failed=2)],
+        "candidate": [capacity_row("records_off", 100, 0.26), capacity_row("records_off", 200, 0.27),
+                      capacity_row("records_off", 300, 0.25), capacity_row("other", 100, 0.1)],
+    }  # fmt: skip
+    # a level with a failed call on either side says nothing; another candidate is not records_off
+    assert records_cost(cap) == {"100": 0.04, "200": 0.01}
+    assert records_cost({"levels": cap["levels"]}) == {}

@@ -4,9 +4,9 @@
 # Debian bookworm ships no Asterisk and the forky/sid build needs a newer libc than the host has, so the
 # tests run Asterisk from a separate root file system (chroot). This script, run as root:
 #   1. installs the host tools the tests use: mmdebstrap, zstd, sipp, socat (TLS in front of sipp, whose
-#      Debian build has no TLS), iproute2, iptables, conntrack, fail2ban (fail2ban-regex, and the servers the tests and each local host run in their own
-#      namespaces with their own configuration) and pebble
-#      (the ACME test server of the agent's renew-cert tests);
+#      Debian build has no TLS), iproute2, iptables, conntrack, fail2ban (fail2ban-regex, and the servers
+#      the tests and every local host run in their own namespaces and configuration) and pebble (the ACME
+#      test server of the agent's renew-cert tests);
 #   2. builds the root with mmdebstrap, caches it as a tar.zst keyed by suite + Asterisk version;
 #   3. extracts it to the root directory;
 #   4. replaces each Debian module the product's Asterisk patches touch (res_pjsip.so, res_pjsip_refer.so) with

@@ -6,8 +6,8 @@ A stranger on the internet guessing a password at the Elastic IP is banned and g
 after the security group is rewritten; the control plane's and the ElevenLabs stand-in's SIP OPTIONS probes are
 answered throughout and never banned; the in-VPC probe function's address failing as often is not banned (the
 `ignoreip` the settings' `local_nets` render), and once that entry is removed from the running jail (the
-negative control) the same failures ban it. Power-off ends the server and its chains; `teardown` leaves no
-fail2ban process behind."""
+negative control) the same failures ban it. Power-off ends the server and its chains; power-on starts it with
+the applied jail and the bans of the host's database; `teardown` leaves no fail2ban process behind."""
 
 from __future__ import annotations
 
@@ -193,6 +193,16 @@ def test_a_stranger_is_banned_at_the_elastic_ip_the_probes_and_the_vpc_never(
     assert not process_alive(pid)
     assert not fail2ban.firewall_blocks(host.netns, STRANGER)
     assert not manager.status()["hosts"][PRIMARY]["fail2ban_running"]
+    # And at power-on (launch role kept: this bare world has no state table to take it from) fail2ban starts
+    # with the applied jail from the host's disk: the stranger's ban is restored from its database, and the
+    # VPC, whose ignoreip entry was removed only from the running jail, is ignored again
+    boot = manager.power_on(PRIMARY, launch_role=True)
+    assert boot["ok"], boot
+    assert manager.status()["hosts"][PRIMARY]["fail2ban_running"]
+    _wait_banned(manager, STRANGER, timeout=15)
+    assert LOCAL_NET in manager.fail2ban_client(PRIMARY, "get", fail2ban.JAIL, "ignoreip")
+    assert manager.fail2ban_banned(PRIMARY) == [STRANGER]
+    assert not _probe(stranger, PUBLIC_IP).reachable
     print(
         f"stranger banned {banned_after:.1f} s after its first of {ATTEMPTS} guesses; "
         f"test body {time.monotonic() - started:.1f} s"

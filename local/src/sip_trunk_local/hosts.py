@@ -998,8 +998,9 @@ class LocalHostManager:
         return host.asterisk.boot_seconds or 0.0
 
     def power_off(self, instance_id: str) -> None:
-        """The host goes down as in a power loss: every process of it (Asterisk, watch-peer, its link to the AWS
-        endpoints) SIGKILLed; its namespace, address and disk (``role.env``, releases, astdb) stay."""
+        """The host goes down as in a power loss: every process of it (Asterisk, watch-peer, fail2ban, its link to
+        the AWS endpoints) SIGKILLed and fail2ban's chains gone with its kernel; its namespace, address and disk
+        (``role.env``, releases, astdb, fail2ban's database) stay."""
         with self._lock:
             host = self.host(instance_id)
             for process in (host.watch, host.bridge):
@@ -1011,9 +1012,10 @@ class LocalHostManager:
             self._save()
 
     def power_on(self, instance_id: str, *, launch_role: bool = False) -> dict[str, Any]:
-        """The host boots again from its disk: Asterisk starts (systemd's ``asterisk.service``), then
-        ``sip-trunk-boot.service`` runs ``sip-trunk-agent bootstrap`` as systemd would, and the services its
-        ``role.env`` enables follow (watch-peer). Returns the bootstrap's answer (its last JSON line).
+        """The host boots again from its disk: Asterisk and fail2ban start (systemd's ``asterisk.service`` and
+        ``fail2ban.service``; local mode waits for fail2ban's socket, so a reload by the boot's apply never races
+        its start), then ``sip-trunk-boot.service`` runs ``sip-trunk-agent bootstrap`` as systemd would, and the
+        services its ``role.env`` enables follow (watch-peer). Returns the bootstrap's answer (its last JSON line).
         ``launch_role``: agent.env keeps naming the role the host had before (a planted defect for the drills: a
         host that trusts its own record of its role)."""
         with self._lock:
@@ -1084,7 +1086,9 @@ class LocalHostManager:
     def apply_firewalls(self, firewall: HostFirewall | None = None) -> None:
         """Load the hosts' security group (``firewall``, else the manager's) into the INPUT chain of every host
         namespace that exists: a rule naming the hosts' own group admits every host's private address, so
-        each start or stop rewrites them all. Without a firewall the hosts accept anything."""
+        each start or stop rewrites them all. Without a firewall the hosts accept anything. fail2ban's chains
+        are carried over (:func:`~sip_trunk_local.firewall.keep_chains`; a ban added between the save and the
+        restore would be lost: rewrites happen only when a host starts or stops)."""
         with self._lock:
             if firewall is not None:
                 self.firewall = firewall

@@ -5,6 +5,10 @@ bans in that namespace only.
 Each instance has its own configuration directory, socket, pid file and in-memory database, so several can run
 at once and none touches the machine's fail2ban. Only the log path (the Asterisk log on this machine), the
 backend (polling: no inotify across the chroot's bind mounts) and any test override differ from the product.
+
+:class:`Fail2ban` is one such server with a given jail (the real-Asterisk tests); a local host's is started by
+:class:`~sip_trunk_local.hosts.LocalHostManager` over :func:`write_config` in the host's ``/etc/fail2ban``, where
+the host agent's ``apply`` writes the jail and filter and reloads it.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
 # Debian bookworm ships no Asterisk and the forky/sid build needs a newer libc than the host has, so the
 # tests run Asterisk from a separate root file system (chroot). This script, run as root:
 #   1. installs the host tools the tests use: mmdebstrap, zstd, sipp, socat (TLS in front of sipp, whose
-#      Debian build has no TLS), iproute2, iptables, conntrack, fail2ban (for fail2ban-regex) and pebble
-#      (the ACME test server of the agent's renew-cert tests);
+#      Debian build has no TLS), iproute2, iptables, conntrack, fail2ban (fail2ban-regex, and the servers
+#      the tests and every local host run in their own namespaces and configuration) and pebble (the ACME
+#      test server of the agent's renew-cert tests);
 #   2. builds the root with mmdebstrap, caches it as a tar.zst keyed by suite + Asterisk version;
 #   3. extracts it to the root directory;
 #   4. replaces each Debian module the product's Asterisk patches touch (res_pjsip.so, res_pjsip_refer.so) with
@@ -126,7 +127,7 @@ ensure_host_packages() {
         log "apt-get update (package lists lack a candidate)"
         apt-get update -qq
     fi
-    # fail2ban is installed for fail2ban-regex only: never let its postinst start a server on this host.
+    # fail2ban runs only in namespaces with its own configuration: never let its postinst start the machine's server.
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
         chmod 0755 /usr/sbin/policy-rc.d

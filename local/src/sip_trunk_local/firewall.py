@@ -30,6 +30,7 @@ __all__ = [
     "TemplateEvaluator",
     "admits",
     "iptables_ruleset",
+    "keep_chains",
     "security_group_ingress",
 ]
 
@@ -307,6 +308,36 @@ def iptables_ruleset(rules: Iterable[Ingress], members: Mapping[str, Sequence[st
             lines.append(" ".join([f"-A {CHAIN}", "-s", source, *match, "-m comment --comment", comment, "-j ACCEPT"]))
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def keep_chains(ruleset: str, saved: str, prefix: str = "f2b-") -> str:
+    """``ruleset`` with the chains named ``prefix…`` of ``saved`` (``iptables-save`` of the namespace, where the
+    host's fail2ban keeps its bans), and INPUT's jumps to them still ahead of every other INPUT rule: rewriting
+    the security group leaves the host's own firewall as it was, as a security group change on EC2 does."""
+    declared: list[str] = []
+    jumps: list[str] = []
+    rules: list[str] = []
+    table = ""
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+            continue
+        if table != "filter":
+            continue
+        words = line.split()
+        if line.startswith(":" + prefix):
+            declared.append(f"{words[0]} - [0:0]")
+        elif len(words) > 1 and words[0] == "-A" and words[1].startswith(prefix):
+            rules.append(line)
+        elif words[:2] == ["-A", "INPUT"] and "-j" in words and words[words.index("-j") + 1].startswith(prefix):
+            jumps.append(line)
+    if not declared:
+        return ruleset
+    lines = ruleset.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("-A "))
+    commit = len(lines) - 1 - lines[::-1].index("COMMIT")
+    kept = lines[:first] + declared + jumps + lines[first:commit] + rules + lines[commit:]
+    return "\n".join(kept) + "\n"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,13 @@ run the way SSM Run Command and systemd run it on EC2.
 * systemd units (:meth:`LocalHostManager.unit_command`) run with exactly the environment their unit file gives
   (``Environment=``, ``EnvironmentFile=``; ``${VAR}`` in ``ExecStart=`` expanded as systemd does), parsed from the
   units the agent installed into the host's ``/etc/systemd/system``: the standby's ``watch-peer`` and the
-  heartbeat are started that way.
+  heartbeat are started that way;
+* fail2ban (systemd's ``fail2ban.service`` on EC2): ``fail2ban-server`` in the host's namespace, started with
+  the host (and at power-on), with the configuration in the host's ``/etc/fail2ban`` — the package's, then the
+  jail and filter the agent's ``apply`` writes there — and the host's Asterisk security log; the agent's
+  ``SIP_TRUNK_FAIL2BAN_RELOAD`` is this server's ``fail2ban-client reload``, so an apply takes effect. Its
+  banaction (iptables) bans in the host's namespace, ahead of the security group's rules, which a rewrite of
+  the group keeps.
 
 Everything the manager starts is recorded (PID + process start time, namespaces, mounts) in
 ``<run_dir>/hosts.json`` after every change, so :meth:`LocalHostManager.teardown` in another process (``sip-trunk
@@ -50,6 +56,7 @@ from urllib.parse import urlsplit
 
 from sip_trunk.agent.bootstrap import host_file
 
+from sip_trunk_local import fail2ban
 from sip_trunk_local.asterisk_runner import (
     HOST_CONF,
     AsteriskError,
@@ -61,7 +68,7 @@ from sip_trunk_local.asterisk_runner import (
     root_problem,
     user_ids,
 )
-from sip_trunk_local.firewall import DROP_COMMENT, HostFirewall
+from sip_trunk_local.firewall import DROP_COMMENT, HostFirewall, keep_chains
 from sip_trunk_local.netns import LocalTopology, NetnsError, list_namespaces, run
 from sip_trunk_local.topology import (
     CLIENT_IP,
@@ -236,6 +243,7 @@ class LocalHost:
     peer_address: str | None = None
     watch: Recorded | None = None
     bridge: Recorded | None = None
+    fail2ban: Recorded | None = None
     started_seconds: float | None = None
     agent_env_extra: dict[str, str] = field(default_factory=dict)
     """Lines added to this host's agent.env beyond the deployment's (see `LocalHostManager.write_agent_env`)."""
@@ -258,6 +266,19 @@ class LocalHost:
         """A path of the host (``/etc/asterisk/pjsip.conf``) on this machine."""
         return self.root / inside.lstrip("/")
 
+    @property
+    def fail2ban_dir(self) -> Path:
+        """The host's ``/etc/fail2ban`` on this machine (the agent's ``SIP_TRUNK_FAIL2BAN_DIR``)."""
+        return self.path("/etc/fail2ban")
+
+    @property
+    def fail2ban_socket(self) -> Path:
+        """The host's ``/run/fail2ban/fail2ban.sock`` (on /run when that path is too long for a Unix socket)."""
+        path = in_root(self.root, "/run/fail2ban/fail2ban.sock")
+        if len(str(path)) < 100:
+            return path
+        return Path(f"/run/aws-sip-trunk-f2b-{hashlib.sha256(str(self.base).encode()).hexdigest()[:12]}.sock")
+
     def log_text(self, name: str = "messages") -> str:
         path = self.path(f"/var/log/asterisk/{name}" + ("" if name.endswith(".log") else ".log"))
         return path.read_text(errors="replace") if path.exists() else ""
@@ -274,6 +295,7 @@ class LocalHost:
             "asterisk": {"pid": self.asterisk.pid, "start_time": self.asterisk.start_time},
             "watch": asdict(self.watch) if self.watch else None,
             "bridge": asdict(self.bridge) if self.bridge else None,
+            "fail2ban": asdict(self.fail2ban) if self.fail2ban else None,
             "started_seconds": self.started_seconds,
         }
 
@@ -470,6 +492,7 @@ class LocalHostManager:
                 netns=raw["netns"], base=base, asterisk=asterisk, peer_address=raw.get("peer_address"),
                 watch=Recorded(**raw["watch"]) if raw.get("watch") else None,
                 bridge=Recorded(**raw["bridge"]) if raw.get("bridge") else None,
+                fail2ban=Recorded(**raw["fail2ban"]) if raw.get("fail2ban") else None,
                 started_seconds=raw.get("started_seconds"),
             )  # fmt: skip
 
@@ -605,7 +628,7 @@ class LocalHostManager:
             "SIP_TRUNK_RELEASES_DIR": str(r / "var/lib/sip-trunk/releases"),
             "SIP_TRUNK_STATE_DIR": str(r / "var/lib/sip-trunk"),
             "SIP_TRUNK_FAIL2BAN_DIR": str(r / "etc/fail2ban"),
-            "SIP_TRUNK_FAIL2BAN_RELOAD": "",
+            "SIP_TRUNK_FAIL2BAN_RELOAD": shlex.join([fail2ban.CLIENT, "-c", str(host.fail2ban_dir), "reload"]),
             "SIP_TRUNK_ASTERISK_CMD": " ".join(host.asterisk.cli_prefix),
             "SIP_TRUNK_ASTERISK_CONF": HOST_CONF,
             "SIP_TRUNK_ASTDB_PATH": str(r / "var/lib/asterisk/astdb.sqlite3"),
@@ -672,6 +695,94 @@ class LocalHostManager:
             if item.is_file():
                 os.chown(item, 0, gid)
                 item.chmod(0o640)
+        self._install_fail2ban(host)
+
+    # --- fail2ban ----------------------------------------------------------------------------------------
+    def _install_fail2ban(self, host: LocalHost) -> None:
+        """What the image's fail2ban package puts in ``/etc/fail2ban``, with the server's socket, pid file, log
+        and database in the host's ``/run/fail2ban``, ``/var/log`` and ``/var/lib/fail2ban``, and the product
+        jail reading the host's Asterisk security log (polling: Asterisk writes it from inside its chroot)."""
+        state = in_root(host.root, "/var/lib/fail2ban")
+        state.mkdir(parents=True, exist_ok=True)
+        in_root(host.root, "/run/fail2ban").mkdir(parents=True, exist_ok=True)
+        try:
+            fail2ban.write_config(
+                host.fail2ban_dir,
+                socket=host.fail2ban_socket,
+                pidfile=in_root(host.root, "/run/fail2ban/fail2ban.pid"),
+                logtarget=in_root(host.root, "/var/log/fail2ban.log"),
+                dbfile=str(state / "fail2ban.sqlite3"),
+                local={"logpath": str(in_root(host.root, "/var/log/asterisk/security.log")), "backend": "polling"},
+            )
+        except fail2ban.Fail2banError as exc:
+            raise HostError(f"{exc}: run `make asterisk-root` (it installs the host tools)") from exc
+
+    def _start_fail2ban(self, host: LocalHost) -> None:
+        """systemd starting ``fail2ban.service``: the server in the host's namespace, in the foreground (its
+        PID recorded), with the environment systemd gives a service."""
+        if host.fail2ban is not None and host.fail2ban.alive:
+            return
+        if not (host.fail2ban_dir / "fail2ban.local").is_file():  # a host made before local mode ran fail2ban
+            self._install_fail2ban(host)
+        in_root(host.root, "/run/fail2ban").mkdir(parents=True, exist_ok=True)
+        with (host.base / "fail2ban-server.log").open("ab") as out:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", host.netns, fail2ban.SERVER, "-f", "-x", "-c", str(host.fail2ban_dir)],
+                env={"PATH": SYSTEMD_PATH, "LANG": "C.UTF-8"}, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                start_new_session=True, cwd="/",
+            )  # fmt: skip
+        host.fail2ban = Recorded.of(proc)
+        with self._lock:
+            self._save()
+
+    def _wait_fail2ban(self, host: LocalHost, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if host.fail2ban is None or not host.fail2ban.alive:
+                raise HostError(f"fail2ban-server on {host.instance_id} exited: see {host.base}/fail2ban-server.log")
+            if fail2ban.client(host.fail2ban_dir, "ping", check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise HostError(f"fail2ban-server on {host.instance_id} did not answer in {timeout:.0f} s")
+
+    def _stop_fail2ban(self, host: LocalHost, *, power_loss: bool = False) -> None:
+        """systemd stopping ``fail2ban.service`` (SIGTERM: its actions remove their chains), or with
+        ``power_loss`` the server SIGKILLed and its chains gone with the host's kernel."""
+        process, host.fail2ban = host.fail2ban, None
+        if process is not None and process.alive and not power_loss:
+            process.kill(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while process.alive and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if process is not None and process.alive:
+            process.kill()
+        if power_loss:
+            self._drop_fail2ban_chains(host)
+        if host.fail2ban_socket.parent == Path("/run"):
+            host.fail2ban_socket.unlink(missing_ok=True)
+
+    def _drop_fail2ban_chains(self, host: LocalHost) -> None:
+        saved = run(["ip", "netns", "exec", host.netns, "iptables-save", "-t", "filter"], check=False)
+        chains = [line.split()[0][1:] for line in saved.splitlines() if line.startswith(":f2b-")]
+        ipt = ["ip", "netns", "exec", host.netns, "iptables", "-w", "5"]
+        for line in saved.splitlines():
+            words = line.split()
+            if words[:2] == ["-A", "INPUT"] and "-j" in words and words[words.index("-j") + 1] in chains:
+                run([*ipt, "-D", *words[1:]], check=False)
+        for chain in chains:
+            run([*ipt, "-F", chain], check=False)
+            run([*ipt, "-X", chain], check=False)
+
+    def fail2ban_client(self, instance_id: str, *args: str) -> str:
+        """``fail2ban-client`` of the host's server (what an operator runs on the host); its output."""
+        return fail2ban.client(self.host(instance_id).fail2ban_dir, *args).stdout
+
+    def fail2ban_banned(self, instance_id: str) -> list[str]:
+        """The addresses the host's product jail bans now (empty before an apply enabled the jail)."""
+        host = self.host(instance_id)
+        if "asterisk-sip-trunk" not in fail2ban.client(host.fail2ban_dir, "status", check=False).stdout:
+            return []
+        return fail2ban.banned(host.fail2ban_dir)
 
     def host_exec(self, host: LocalHost, argv: Sequence[str]) -> list[str]:
         """The command line that runs ``argv`` as a process of ``host``: in its network namespace, with its
@@ -800,10 +911,12 @@ class LocalHostManager:
             asterisk.start(wait=False)
             with self._lock:
                 self._save()
+            self._start_fail2ban(host)
             host.bridge = self._namespace_bridge(netns, base / "moto-bridge.log")
             with self._lock:
                 self._save()
             asterisk.wait_fully_booted(asterisk.boot_timeout)
+            self._wait_fail2ban(host)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.stop_host(instance_id)
@@ -885,8 +998,9 @@ class LocalHostManager:
         return host.asterisk.boot_seconds or 0.0
 
     def power_off(self, instance_id: str) -> None:
-        """The host goes down as in a power loss: every process of it (Asterisk, watch-peer, its link to the AWS
-        endpoints) SIGKILLed; its namespace, address and disk (``role.env``, releases, astdb) stay."""
+        """The host goes down as in a power loss: every process of it (Asterisk, watch-peer, fail2ban, its link to
+        the AWS endpoints) SIGKILLed and fail2ban's chains gone with its kernel; its namespace, address and disk
+        (``role.env``, releases, astdb, fail2ban's database) stay."""
         with self._lock:
             host = self.host(instance_id)
             for process in (host.watch, host.bridge):
@@ -894,12 +1008,14 @@ class LocalHostManager:
                     process.kill()
             host.watch = host.bridge = None
             host.asterisk.kill()
+            self._stop_fail2ban(host, power_loss=True)
             self._save()
 
     def power_on(self, instance_id: str, *, launch_role: bool = False) -> dict[str, Any]:
-        """The host boots again from its disk: Asterisk starts (systemd's ``asterisk.service``), then
-        ``sip-trunk-boot.service`` runs ``sip-trunk-agent bootstrap`` as systemd would, and the services its
-        ``role.env`` enables follow (watch-peer). Returns the bootstrap's answer (its last JSON line).
+        """The host boots again from its disk: Asterisk and fail2ban start (systemd's ``asterisk.service`` and
+        ``fail2ban.service``; local mode waits for fail2ban's socket, so a reload by the boot's apply never races
+        its start), then ``sip-trunk-boot.service`` runs ``sip-trunk-agent bootstrap`` as systemd would, and the
+        services its ``role.env`` enables follow (watch-peer). Returns the bootstrap's answer (its last JSON line).
         ``launch_role``: agent.env keeps naming the role the host had before (a planted defect for the drills: a
         host that trusts its own record of its role)."""
         with self._lock:
@@ -909,6 +1025,8 @@ class LocalHostManager:
         host.bridge = self._namespace_bridge(host.netns, host.base / "moto-bridge.log")
         host.asterisk.process = None
         host.asterisk.start()
+        self._start_fail2ban(host)
+        self._wait_fail2ban(host)
         code, out, err = self.run_unit(instance_id, BOOT_UNIT, timeout=self.command_timeout_s)
         with (host.base / "boot.log").open("a") as log:
             log.write(out + err)
@@ -947,6 +1065,7 @@ class LocalHostManager:
             for process in (host.watch, host.bridge):
                 if process is not None:
                     process.kill()
+            self._stop_fail2ban(host)
             host.asterisk.stop(timeout=5)
             if self.topology is not None and host.label in self.topology.instances:
                 self.topology.remove_instance(host.label)
@@ -967,7 +1086,9 @@ class LocalHostManager:
     def apply_firewalls(self, firewall: HostFirewall | None = None) -> None:
         """Load the hosts' security group (``firewall``, else the manager's) into the INPUT chain of every host
         namespace that exists: a rule naming the hosts' own group admits every host's private address, so
-        each start or stop rewrites them all. Without a firewall the hosts accept anything."""
+        each start or stop rewrites them all. Without a firewall the hosts accept anything. fail2ban's chains
+        are carried over (:func:`~sip_trunk_local.firewall.keep_chains`; a ban added between the save and the
+        restore would be lost: rewrites happen only when a host starts or stops)."""
         with self._lock:
             if firewall is not None:
                 self.firewall = firewall
@@ -976,9 +1097,10 @@ class LocalHostManager:
             hosts = [h for h in self.hosts.values() if h.label in self.topology.instances]
             ruleset = self.firewall.ruleset(sorted(h.private_ip for h in hosts))
             for host in hosts:
+                saved = run(["ip", "netns", "exec", host.netns, "iptables-save", "-t", "filter"], check=False)
                 proc = subprocess.run(
                     ["ip", "netns", "exec", host.netns, "iptables-restore", "-w", "5"],
-                    input=ruleset, capture_output=True, text=True, timeout=20, check=False,
+                    input=keep_chains(ruleset, saved), capture_output=True, text=True, timeout=20, check=False,
                 )  # fmt: skip
                 if proc.returncode != 0:
                     raise HostError(f"iptables-restore in {host.netns} failed: {proc.stderr.strip()}\n{ruleset}")
@@ -1068,6 +1190,8 @@ class LocalHostManager:
                 "asterisk_running": host.asterisk.running,
                 "watch_peer_pid": host.watch.pid if host.watch else None,
                 "watch_peer_running": bool(host.watch and host.watch.alive),
+                "fail2ban_pid": host.fail2ban.pid if host.fail2ban else None,
+                "fail2ban_running": bool(host.fail2ban and host.fail2ban.alive),
                 "peer_address": host.peer_address,
                 "started_seconds": host.started_seconds,
                 "root": str(host.root),
@@ -1087,7 +1211,7 @@ class LocalHostManager:
         for iid, host in self.hosts.items():
             if host.asterisk.running:
                 procs.append(f"asterisk {iid} pid {host.asterisk.pid}")
-            for name, rec in (("watch-peer", host.watch), ("moto bridge", host.bridge)):
+            for name, rec in (("watch-peer", host.watch), ("moto bridge", host.bridge), ("fail2ban", host.fail2ban)):
                 if rec is not None and rec.alive:
                     procs.append(f"{name} {iid} pid {rec.pid}")
         for name, rec in self.extra_processes.items():
@@ -1110,7 +1234,7 @@ class LocalHostManager:
                     rec.kill()
                     removed["processes"].append(name)
             for iid, host in list(self.hosts.items()):
-                for process in (host.watch, host.bridge):
+                for process in (host.watch, host.bridge, host.fail2ban):
                     if process is not None and process.alive:
                         process.kill()
                         removed["processes"].append(f"{iid}:{process.pid}")
@@ -1145,6 +1269,8 @@ class LocalHostManager:
             if any(left.values()):
                 raise HostError(f"left after teardown: {left}")
             for host in self.hosts.values():
+                if host.fail2ban_socket.parent == Path("/run"):
+                    host.fail2ban_socket.unlink(missing_ok=True)
                 shutil.rmtree(host.base / "upper", ignore_errors=True)
                 shutil.rmtree(host.base / "work", ignore_errors=True)
             self.hosts.clear()

@@ -818,17 +818,18 @@ def flood_text(flood: Any) -> list[str]:
         "",
         *[f"- {state}: {by.get(state, {}).get('stopped')}" for state in ("unbanned", "banned")],
         "",
-        "| stranger | INVITE/s offered | achieved (sipp) | short of the offer: held back by | challenged (401) | "
+        "| stranger | INVITE/s offered | achieved (sipp) | short of the offer: held back by | flood window s | "
+        "challenged (401) | "
         "legitimate calls failed | RTP loss % | Asterisk CPU % | flood generator CPU % | machine CPU % | "
         "Asterisk ERRORs (I/O queue full) | pass |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for state, levels in flood.get("levels", {}).items():
         for lv in levels:
             cpu, glog = lv.get("cpu_pct", {}), lv.get("gateway_log") or {}
             lines.append(
                 f"| {state} | {lv.get('offered_rate')} | {_fmt(lv.get('achieved_rate'))} | "
-                f"{lv.get('limited_by') or '-'} | {_fmt(lv.get('flood_challenged'))} | "
+                f"{lv.get('limited_by') or '-'} | {_fmt(cpu.get('seconds'))} | {_fmt(lv.get('flood_challenged'))} | "
                 f"{_fmt(lv.get('failed_calls'))} | {_fmt(lv.get('loss_pct'))} | {_fmt(cpu.get('asterisk'))} | "
                 f"{_fmt(cpu.get('flood'))} | {_fmt(cpu.get('machine'))} | {_fmt(glog.get('errors'))} "
                 f"({_fmt(glog.get('ioqueue_full'))}) | {'ok' if lv.get('ok') else '**fail**'} |"

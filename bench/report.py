@@ -458,9 +458,34 @@ def goal_rows(results: dict[str, Any]) -> list[tuple[str, str, Any, str, str]]:
             "-",
             "execution started → the Elastic IP answers SIP OPTIONS from outside (moto)",
         ),
+        *flood_goal_rows(results.get("flood")),
         *soak_goal_rows(results.get("soak")),
         *flap_goal_rows(results.get("flap")),
     ]
+
+
+def flood_goal_rows(flood: Any) -> list[tuple[str, str, Any, str, str]]:
+    if not isinstance(flood, dict) or "by_state" not in flood:
+        return []
+    plan = flood.get("plan", {})
+    rows = []
+    for key, state, label in (
+        ("highest_passing_rate", "unbanned", "the stranger not banned (every INVITE reaches Asterisk)"),
+        ("highest_passing_rate_banned", "banned", "the stranger banned (the banaction's iptables rule)"),
+    ):
+        s = flood["by_state"].get(state, {})
+        rows.append(
+            (
+                f"flood.{key}",
+                "- (measured)",
+                flood.get(key),
+                "-",
+                f"unauthenticated INVITE/s offered (sipp achieved {s.get('highest_passing_achieved_rate')}/s) with "
+                f"{plan.get('calls')} calls up, {label}; pass = 0 calls failed, < {flood.get('loss_limit_pct')} % RTP "
+                f"loss; {s.get('stopped')}",
+            )
+        )
+    return rows
 
 
 def soak_goal_rows(soak: Any) -> list[tuple[str, str, Any, str, str]]:
@@ -665,6 +690,7 @@ def table(results: dict[str, Any], pngs: list[str]) -> str:
                 )
             lines += ["", *[f"![{png}](../bench/results/{png})" for png in pngs if png.endswith("post_dial.png")]]
         lines.append("")
+    lines += flood_text(results.get("flood"))
     lam = results.get("lambda")
     if isinstance(lam, dict):
         lines += ["### Lambda cost signals", ""]
@@ -776,6 +802,38 @@ def media_text(results: dict[str, Any], pngs: list[str]) -> list[str]:
             f"{_fmt((lv.get('capture') or {}).get('kernel_drops'))} | {_fmt(lv.get('asterisk_cpu_pct'))} |"
         )
     lines += ["", *[f"![{png}](../bench/results/{png})" for png in pngs if png.endswith("media_delay.png")]]
+    return [*lines, ""]
+
+
+def flood_text(flood: Any) -> list[str]:
+    if not isinstance(flood, dict):
+        return []
+    lines = ["### INVITE flood from a stranger", ""]
+    if "error" in flood or "by_state" not in flood:
+        return [*lines, "The flood benchmark broke: see `bench/results/latest.json`.", ""]
+    by = flood["by_state"]
+    lines += [
+        f"Method: {flood.get('method')}. Highest passing rate offered: **{_fmt(flood.get('highest_passing_rate'))}** "
+        f"INVITE/s without the ban, **{_fmt(flood.get('highest_passing_rate_banned'))}** with it.",
+        "",
+        *[f"- {state}: {by.get(state, {}).get('stopped')}" for state in ("unbanned", "banned")],
+        "",
+        "| stranger | INVITE/s offered | achieved (sipp) | short of the offer: held back by | flood window s | "
+        "challenged (401) | "
+        "legitimate calls failed | RTP loss % | Asterisk CPU % | flood generator CPU % | machine CPU % | "
+        "Asterisk ERRORs (I/O queue full) | pass |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for state, levels in flood.get("levels", {}).items():
+        for lv in levels:
+            cpu, glog = lv.get("cpu_pct", {}), lv.get("gateway_log") or {}
+            lines.append(
+                f"| {state} | {lv.get('offered_rate')} | {_fmt(lv.get('achieved_rate'))} | "
+                f"{lv.get('limited_by') or '-'} | {_fmt(cpu.get('seconds'))} | {_fmt(lv.get('flood_challenged'))} | "
+                f"{_fmt(lv.get('failed_calls'))} | {_fmt(lv.get('loss_pct'))} | {_fmt(cpu.get('asterisk'))} | "
+                f"{_fmt(cpu.get('flood'))} | {_fmt(cpu.get('machine'))} | {_fmt(glog.get('errors'))} "
+                f"({_fmt(glog.get('ioqueue_full'))}) | {'ok' if lv.get('ok') else '**fail**'} |"
+            )
     return [*lines, ""]
 
 

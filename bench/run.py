@@ -1,4 +1,4 @@
-"""``python -m bench.run [--only capacity,reload,post_dial,soak,lambda,local,flap,image] [--quick]``: run the
+"""``python -m bench.run [--only capacity,reload,post_dial,flood,soak,lambda,local,flap,image] [--quick]``: run the
 benchmarks, merge their results into bench/results/latest.json (sections not run keep their last numbers), write the
 plots, and regenerate the results of docs/PERFORMANCE.md.
 
@@ -28,6 +28,7 @@ SECTIONS = (
     "media_delay",
     "reload",
     "post_dial",
+    "flood",
     "soak",
     "lambda",
     "local",
@@ -36,8 +37,10 @@ SECTIONS = (
 )
 # image (the host install path's Asterisk compile, `make image-check`) takes 30+ minutes uncached: only on request
 # soak runs 22 minutes (--quick: 40 s)
-DEFAULT_SECTIONS = ("capacity", "gateway_core", "media_delay", "reload", "post_dial", "soak", "lambda", "local", "flap")
-NEEDS_ROOT = {"capacity", "gateway_core", "media_delay", "reload", "post_dial", "soak"}
+DEFAULT_SECTIONS = (
+    "capacity", "gateway_core", "media_delay", "reload", "post_dial", "flood", "soak", "lambda", "local", "flap",
+)  # fmt: skip
+NEEDS_ROOT = {"capacity", "gateway_core", "media_delay", "reload", "post_dial", "flood", "soak"}
 FULL_LEVELS = (50, 100, 200, 300, 400)
 QUICK_LEVELS = (10, 30)
 GOAL_LOSS = 1.0
@@ -235,6 +238,17 @@ def run_section(
         assert root is not None
         print("post-dial delay: carrier INVITE → agent (digest challenge) → 200 back, calls per second ramped")
         return run_post_dial(root, work / "post_dial", quick=quick)
+    if section == "flood":
+        from bench.flood import FULL, QUICK
+        from bench.flood import run as run_flood
+
+        assert root is not None
+        fp = QUICK if quick else FULL
+        print(
+            f"flood: {fp.calls} calls up, unauthenticated INVITEs from a stranger {fp.flood_s:g} s per level, rate "
+            f"ramped from {fp.ramp.start}/s by {fp.ramp.step} to {fp.ramp.top}, without and with the ban"
+        )
+        return run_flood(root, work / "flood", quick=quick)
     if section == "soak":
         from bench.soak import FULL, QUICK
         from bench.soak import run as run_soak

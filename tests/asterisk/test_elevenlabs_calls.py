@@ -141,9 +141,11 @@ def carrier_call_reaches_agent(pair: Pair, rtp_counter: RtpCounterFactory, workd
     el_counter = rtp_counter(pair.standin.rtp_range)
     carrier_calls_agent(pair, workdir, duration_ms=3000)
     assert pair.standin.agent_calls() == [pair.e164], pair.standin.inst.log_text("messages")
-    security = pair.standin.inst.log_text("security")
-    assert 'SecurityEvent="ChallengeSent"' in security, security
-    assert re.search(r'SecurityEvent="SuccessfulAuth".*AccountID="gateway-out"', security), security
+    security_log = pair.standin.inst.log_text
+    assert pair.standin.inst.log_has("security", 'SecurityEvent="ChallengeSent"'), security_log("security")
+    assert pair.standin.inst.log_has("security", r'SecurityEvent="SuccessfulAuth".*AccountID="gateway-out"'), (
+        security_log("security")
+    )
     el_counts, gw_counts = el_counter.counts(), gw_counter.counts()
     # 3 s of 20 ms packets = 150 per direction; the agent's echo comes back the same way
     assert el_counts.to_range >= 75, f"no audio reached the agent: {el_counts}"
@@ -170,8 +172,8 @@ def agent_call_lands_in_from_elevenlabs(pair: Pair, exten: str = "1001") -> None
     landed = re.compile(rf"{re.escape(user)}: Call .*extension '{exten}'.*context 'from-elevenlabs'")
     ok = wait_for(lambda: bool(landed.search(pair.gateway.log_text("messages"))), 8.0)
     assert ok, "the agent's call never reached from-elevenlabs:\n" + pair.gateway.log_text("messages")[-3000:]
-    security = pair.gateway.log_text("security")
-    assert re.search(rf'SecurityEvent="SuccessfulAuth".*AccountID="{re.escape(user)}"', security), security
+    authenticated = rf'SecurityEvent="SuccessfulAuth".*AccountID="{re.escape(user)}"'
+    assert pair.gateway.log_has("security", authenticated), pair.gateway.log_text("security")
 
 
 # -------------------------------------------------------------------------------- negative controls
@@ -324,7 +326,7 @@ def test_agent_call_with_wrong_password_reaches_no_context(
     pairs.append(pair)
     with pytest.raises(AssertionError):
         agent_call_lands_in_from_elevenlabs(pair)
-    assert 'SecurityEvent="ChallengeResponseFailed"' in pair.gateway.log_text("security")
+    assert pair.gateway.log_has("security", 'SecurityEvent="ChallengeResponseFailed"')
     assert "context '" not in pair.gateway.log_text("messages")
 
 
@@ -360,7 +362,7 @@ def test_unauthenticated_invite_as_elevenlabs_is_challenged(
     assert "context '" not in pair.gateway.log_text("messages")
     assert "0 active channels" in pair.gateway.rx("core show channels count")
     assert pair.standin.agent_calls() == []
-    assert 'SecurityEvent="ChallengeSent"' in pair.gateway.log_text("security")
+    assert pair.gateway.log_has("security", 'SecurityEvent="ChallengeSent"')
 
 
 # ------------------------------------------------------------------------------------------- P10

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import re
 import shutil
 import subprocess
 import time
@@ -327,7 +328,7 @@ def test_tls_call_media_encryption(
     finally:
         uas.stop()
     trace = peer.log_text("full")
-    assert f"IPV4/TLS/127.0.0.1/{tls_port}" in gw.log_text("security"), "the call did not use the TLS transport"
+    assert gw.log_has("security", re.escape(f"IPV4/TLS/127.0.0.1/{tls_port}")), "the call did not use the TLS transport"
     answer = trace.split("SIP/2.0 200 OK", 1)[1].split("<---", 1)[0] if "SIP/2.0 200 OK" in trace else ""
     if gateway_mode == "required" and peer_offer == "no":
         # Then a plain-RTP offer is refused with 488, and no audio flows

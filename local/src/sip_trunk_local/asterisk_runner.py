@@ -374,6 +374,19 @@ class AsteriskInstance:
         path = self.log_file(name)
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def log_has(self, name: str, pattern: str, timeout: float = 5.0) -> bool:
+        """Whether log ``name`` shows regular expression ``pattern`` within ``timeout`` seconds. Asterisk's
+        logger thread writes the files after the fact, and security events come through Stasis: one can land
+        after a messages line about a later moment of the same call, so a log read once right after another
+        sign of an event can miss it."""
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while not compiled.search(self.log_text(name)):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def log_files(self) -> dict[str, Path]:
         """Every file Asterisk wrote in its log directory plus the console output."""
         files = {p.name: p for p in sorted(self.log_dir.glob("*")) if p.is_file()}
